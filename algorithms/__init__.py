@@ -1,0 +1,9 @@
+"""Algorithms as engine programs, and the scikit-learn-style estimators that wrap them.
+
+Programs declare what runs on a partition (``local``), how partials combine
+(``combine``) and how the model updates (``update``); they know nothing of MPI.
+"""
+
+from .logistic import LogisticGD, LogisticRegression
+
+__all__ = ["LogisticGD", "LogisticRegression"]

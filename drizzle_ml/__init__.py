@@ -1,0 +1,62 @@
+"""drizzle-ml: iterative and online machine learning on MPI, with Drizzle-style group scheduling.
+
+Under ``mpiexec -n W+1``, rank 0 runs your program as the driver and the other
+ranks serve as workers from the moment they import this package. From a plain
+Python process, :class:`Cluster` (or any estimator) launches its workers.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+_os.environ.setdefault("UCX_LOG_LEVEL", "error")
+
+from ._bootstrap import serve_if_worker_rank as _serve_if_worker_rank
+
+_serve_if_worker_rank()
+
+from .cluster import Cluster, get_cluster  # noqa: E402
+from .data import ArrayDataset, HDF5Dataset  # noqa: E402
+from .errors import (  # noqa: E402
+    ClusterClosedError,
+    DrizzleError,
+    VersionMismatchError,
+    WorkerError,
+    WorkerFailedError,
+    WorkerTimeoutError,
+)
+from .metrics import GroupMetrics, JobResult  # noqa: E402
+from .program import Partition, Program  # noqa: E402
+from .store import ModelStore, ModelVersion  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayDataset",
+    "Cluster",
+    "ClusterClosedError",
+    "DrizzleError",
+    "GroupMetrics",
+    "HDF5Dataset",
+    "JobResult",
+    "LogisticRegression",
+    "ModelStore",
+    "ModelVersion",
+    "Partition",
+    "Program",
+    "VersionMismatchError",
+    "WorkerError",
+    "WorkerFailedError",
+    "WorkerTimeoutError",
+    "get_cluster",
+]
+
+
+def __getattr__(name: str):
+    # Estimators live in drizzle_ml.algorithms; import them lazily so the
+    # engine itself never imports an algorithm.
+    if name in {"LogisticRegression"}:
+        from . import algorithms
+
+        return getattr(algorithms, name)
+    raise AttributeError(f"module 'drizzle_ml' has no attribute {name!r}")

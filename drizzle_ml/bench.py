@@ -1,0 +1,203 @@
+"""Benchmarks that print figures measured side by side in one run.
+
+``python -m drizzle_ml.bench coordination`` (also ``drizzle-ml bench coordination``)
+runs a tiny logistic-regression gradient-descent job with 2 workers at group
+sizes 1, 10, 100 and auto, the ``bsp`` baseline, and a plain mpi4py loop doing
+the same arithmetic with ``Allreduce`` (the limit), and prints per-iteration
+times and their ratios to the plain loop, then a cost model extrapolating the
+driver's measured costs to more workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def _make_data(rows_per_worker: int, features: int, n_workers: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n = rows_per_worker * n_workers
+    X = rng.standard_normal((n, features))
+    w = rng.standard_normal(features)
+    y = (X @ w + 0.5 * rng.standard_normal(n) > 0).astype(np.float64)
+    return X, y
+
+
+def _program():
+    from drizzle_ml.algorithms import LogisticGD
+
+    return LogisticGD(C=1.0, learning_rate=0.5, tol=0.0)
+
+
+def _plain(args: argparse.Namespace) -> dict[str, Any]:
+    """Rank-symmetric loop: local gradient, Allreduce, update on every rank."""
+    from mpi4py import MPI
+
+    from drizzle_ml.data import row_bounds
+    from drizzle_ml.layout import Layout
+    from drizzle_ml.program import Partition
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    X, y = _make_data(args.rows, args.features, size)
+    bounds = row_bounds(X.shape[0], size)
+    part = Partition(X[bounds[rank] : bounds[rank + 1]], y[bounds[rank] : bounds[rank + 1]])
+    program = _program()
+    model = {"coef": np.zeros(args.features), "intercept": np.zeros(1)}
+    layout = Layout(program.local(model, part))
+    send, recv = np.empty(layout.nbytes // 8), np.empty(layout.nbytes // 8)
+    for _ in range(2):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        model = {"coef": np.zeros(args.features), "intercept": np.zeros(1)}
+        for it in range(args.iterations):
+            layout.pack(program.local(model, part), send.view(np.uint8))
+            comm.Allreduce(send, recv)
+            model, _ = program.update(model, layout.unpack(recv.view(np.uint8)), it)
+        elapsed = time.perf_counter() - t0
+    return {"per_iter": elapsed / args.iterations, "coef": model["coef"].tolist()}
+
+
+def _engine(args: argparse.Namespace) -> dict[str, Any]:
+    """Rank 0 of an mpiexec world: the engine at each group size, and BSP."""
+    from drizzle_ml import ArrayDataset, Cluster
+
+    with Cluster(timeout=120) as cluster:
+        X, y = _make_data(args.rows, args.features, cluster.n_workers)
+        dataset = ArrayDataset(X, y)
+        cluster.load(dataset)
+        results = {}
+        configs = [("group", 1), ("group", 10), ("group", 100), ("group", "auto"), ("bsp", 1)]
+        for scheduling, group_size in configs:
+            best = None
+            for _ in range(2):  # first pass warms caches and code paths
+                model = {"coef": np.zeros(args.features), "intercept": np.zeros(1)}
+                t0 = time.perf_counter()
+                result = cluster.run(_program(), model, dataset, max_iter=args.iterations,
+                                     group_size=group_size, scheduling=scheduling)
+                elapsed = time.perf_counter() - t0
+                if best is None or elapsed < best[0]:
+                    best = (elapsed, result)
+            elapsed, result = best
+            summary = result.summary()
+            name = "bsp" if scheduling == "bsp" else f"group={group_size}"
+            results[name] = {
+                "per_iter": elapsed / result.n_iter,
+                "groups": len(result.history),
+                "final_group_size": result.history[-1].group_size,
+                "driver_per_group": (summary["schedule"] + summary["wall"] - summary["wait"])
+                / max(len(result.history), 1),
+                "driver_schedule_per_iter": (summary["schedule"] + summary["reduce"]) / result.n_iter
+                if scheduling == "bsp" else None,
+                "compute_per_iter": summary["compute"] / result.n_iter,
+                "update_per_iter": summary["update"] / result.n_iter,
+                "coef": np.asarray(result.model["coef"]).tolist(),
+            }
+        return {"n_workers": cluster.n_workers, "fanout": cluster.fanout, "results": results}
+
+
+def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, str]) -> dict[str, Any]:
+    from drizzle_ml.cluster import find_mpiexec
+
+    cmd = [find_mpiexec(), "-n", str(n), sys.executable, "-m", "drizzle_ml.bench", role,
+           "--rows", str(args.rows), "--features", str(args.features),
+           "--iterations", str(args.iterations)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               **extra_env)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def _depth(workers: int, fanout: int) -> int:
+    depth, w = 0, workers - 1
+    while w > 0:
+        w = (w - 1) // fanout
+        depth += 1
+    return depth
+
+
+def coordination(args: argparse.Namespace) -> dict[str, Any]:
+    workers = 2
+    plain = _mpirun(workers, "_plain", args, {"DRIZZLE_NO_SERVE": "1"})
+    engine = _mpirun(workers + 1, "_engine", args, {})
+    base = plain["per_iter"]
+    rows = [("plain mpi4py Allreduce loop (limit)", base, 1.0, "")]
+    for name, res in engine["results"].items():
+        note = f"{res['groups']} groups" + (f", final size {res['final_group_size']}" if "auto" in name else "")
+        rows.append((f"drizzle {name}", res["per_iter"], res["per_iter"] / base, note))
+    print(f"coordination benchmark: logistic GD, {args.rows} rows x {args.features} features per worker, "
+          f"{args.iterations} iterations, {workers} workers")
+    print(f"{'configuration':42s} {'us/iter':>10s} {'x plain':>8s}  notes")
+    for name, per_iter, ratio, note in rows:
+        print(f"{name:42s} {per_iter * 1e6:10.1f} {ratio:8.2f}  {note}")
+    agree = max(float(np.max(np.abs(np.subtract(r["coef"], plain["coef"])))) for r in engine["results"].values())
+    print(f"max |coef - plain loop coef| over all configurations: {agree:.2e}")
+
+    # Cost model from the measured driver costs (labelled as a model, not a measurement).
+    bsp, g10 = engine["results"]["bsp"], engine["results"]["group=10"]
+    work = g10["compute_per_iter"] + g10["update_per_iter"]
+    hop = max(g10["per_iter"] - work, 0.0) / max(2 * _depth(workers, engine["fanout"]), 1)
+    bsp_per_worker = bsp["driver_schedule_per_iter"] / workers
+    group_per_worker = g10["driver_per_group"] / workers
+    print("\ncost model (extrapolated from this run's measured costs, not measured):")
+    print(f"  per-iteration work {work * 1e6:.1f} us, tree hop {hop * 1e6:.1f} us, "
+          f"driver cost per worker: bsp {bsp_per_worker * 1e6:.1f} us/iteration, "
+          f"group {group_per_worker * 1e6:.1f} us/group")
+    print(f"  {'workers':>8s} {'bsp us/iter':>12s} {'group=10':>10s} {'group=100':>10s} {'bsp/group=100':>14s}")
+    model_rows = []
+    for w in (4, 16, 128, 1024):
+        depth = _depth(w, engine["fanout"])
+        t_bsp = work + 2 * hop + w * bsp_per_worker
+        t_g10 = work + 2 * depth * hop + w * group_per_worker / 10
+        t_g100 = work + 2 * depth * hop + w * group_per_worker / 100
+        model_rows.append({"workers": w, "bsp": t_bsp, "group10": t_g10, "group100": t_g100})
+        print(f"  {w:8d} {t_bsp * 1e6:12.1f} {t_g10 * 1e6:10.1f} {t_g100 * 1e6:10.1f} {t_bsp / t_g100:14.1f}")
+    report = {"plain": plain, "engine": engine, "cost_model": model_rows,
+              "ratios": {name: res["per_iter"] / base for name, res in engine["results"].items()}}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return report
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m drizzle_ml.bench")
+    sub = parser.add_subparsers(dest="bench", required=True)
+    for name in ("coordination", "_plain", "_engine"):
+        p = sub.add_parser(name, help="engine overhead vs group size, BSP and a plain MPI loop"
+                           if name == "coordination" else argparse.SUPPRESS)
+        p.add_argument("--rows", type=int, default=2000, help="rows per worker")
+        p.add_argument("--features", type=int, default=10)
+        p.add_argument("--iterations", type=int, default=2000)
+        p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.bench == "_plain":
+        from mpi4py import MPI
+
+        out = _plain(args)
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            print(json.dumps(out), flush=True)
+    elif args.bench == "_engine":
+        print(json.dumps(_engine(args)), flush=True)
+    else:
+        coordination(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

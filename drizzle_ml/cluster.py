@@ -1,0 +1,465 @@
+"""The driver's view of a set of workers: how they start, how to talk to them, how they stop.
+
+Two ways to get one, one engine:
+
+* **World mode.** Under ``mpiexec -n W+1`` rank 0 is the driver and ranks
+  1..W serve as workers (they do so as soon as they import :mod:`drizzle_ml`).
+  ``Cluster()`` on rank 0 attaches to them.
+* **Launched mode.** From a plain Python process, ``Cluster(n_workers=W)``
+  starts a worker job with ``mpiexec -n W`` and joins it through an MPI port
+  (``Open_port``/``Accept``/``Connect``, then ``Merge`` so that the driver is
+  rank 0 here too). A separate job rather than ``COMM_SELF.Spawn``: under
+  MPICH's Hydra a spawned child's death kills its singleton parent, and a
+  notebook must survive a dead worker with a clear exception.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from typing import Any, Callable
+
+from mpi4py import MPI
+
+from . import protocol as P
+from .errors import ClusterClosedError, WorkerError, WorkerFailedError, WorkerTimeoutError
+from .waiting import WaitPolicy, WaitTimeout, poll
+
+_open_clusters: "weakref.WeakSet[Cluster]" = weakref.WeakSet()
+_world_cluster: "Cluster | None" = None
+
+#: Partitions kept per worker before the least recently used one is dropped.
+CACHE_DATASETS = 4
+
+
+def launched_by_mpiexec() -> bool:
+    """True when this process is one rank of a multi-rank ``mpiexec`` world."""
+    if os.environ.get("DRIZZLE_ROLE") == "worker-job":
+        return False
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var]) > 1
+            except ValueError:
+                return False
+    return False
+
+
+def find_mpiexec() -> str:
+    """``mpiexec`` next to this interpreter (the ``mpich`` wheel), else on PATH."""
+    here = os.path.dirname(sys.executable)
+    found = shutil.which("mpiexec", path=here + os.pathsep + os.environ.get("PATH", ""))
+    if found is None:
+        raise FileNotFoundError(
+            "mpiexec not found next to the Python interpreter or on PATH; "
+            "install the 'mpich' wheel (pip install mpich) or a system MPI"
+        )
+    return found
+
+
+class Cluster:
+    """A driver and ``n_workers`` worker processes, reused across jobs.
+
+    Parameters
+    ----------
+    n_workers : int or None
+        Workers to launch. ``None``: in world mode all ranks but 0, otherwise
+        the machine's core count.
+    timeout : float
+        Seconds any single wait may last without progress before a worker is
+        declared failed (a group's wait adds its expected duration).
+    fanout : int
+        Children per node of the reduce tree.
+    mpiexec_args : sequence of str
+        Extra arguments for ``mpiexec`` in launched mode (e.g. ``-hosts``).
+    start_timeout : float
+        Seconds to wait for launched workers to connect.
+
+    Use as a context manager, or call :meth:`close`; clusters still open at
+    interpreter exit are closed then.
+    """
+
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        *,
+        timeout: float = 60.0,
+        fanout: int = 4,
+        mpiexec_args: tuple[str, ...] | list[str] = (),
+        start_timeout: float = 120.0,
+    ):
+        global _world_cluster
+        if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
+            raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if fanout < 1:
+            raise ValueError(f"fanout must be >= 1, got {fanout!r}")
+        self.timeout, self.fanout = float(timeout), int(fanout)
+        self._closed = False
+        self._broken: str | None = None
+        self._proc: subprocess.Popen | None = None
+        self._stderr_tail: deque[str] = deque(maxlen=200)
+        self._stderr_thread: threading.Thread | None = None
+        self._job_seq = 0
+        self._loaded: OrderedDict[str, int] = OrderedDict()
+        self.workers: list[P.Hello] = []
+        if launched_by_mpiexec():
+            if MPI.COMM_WORLD.Get_rank() != 0:
+                raise RuntimeError("Cluster() can only be created on rank 0 (the driver)")
+            if _world_cluster is not None and not _world_cluster._closed:
+                raise RuntimeError("this mpiexec world already has a Cluster; use get_cluster()")
+            available = MPI.COMM_WORLD.Get_size() - 1
+            if n_workers is not None and n_workers != available:
+                raise ValueError(
+                    f"n_workers={n_workers} but mpiexec started {available} workers "
+                    f"(-n {available + 1}); pass n_workers=None or match -n"
+                )
+            self.mode = "world"
+            self.ctrl = MPI.COMM_WORLD
+            self.n_workers = available
+            _world_cluster = self
+        else:
+            self.mode = "launched"
+            self.n_workers = n_workers or (os.cpu_count() or 1)
+            self.ctrl = self._launch(list(mpiexec_args), start_timeout)
+        ranks_here = self.n_workers + 1 if self.mode == "launched" else int(
+            os.environ.get("MPI_LOCALNRANKS", self.n_workers + 1)
+        )
+        self.policy = WaitPolicy.for_ranks(ranks_here, self.timeout)
+        _open_clusters.add(self)
+        try:
+            self._collect(lambda m: isinstance(m, P.Hello), self.n_workers, "start-up", timeout=start_timeout)
+        except BaseException:
+            self._teardown()
+            raise
+        self.workers.sort(key=lambda h: h.worker)
+
+    # -- start-up -------------------------------------------------------------------
+    def _launch(self, mpiexec_args: list[str], start_timeout: float) -> MPI.Intracomm:
+        mpiexec = find_mpiexec()
+        port = MPI.Open_port()
+        env = dict(os.environ)
+        env.update(
+            DRIZZLE_ROLE="worker-job",
+            DRIZZLE_DRIVER_HOST=socket.gethostname(),
+            DRIZZLE_TIMEOUT=str(self.timeout),
+            UCX_LOG_LEVEL=env.get("UCX_LOG_LEVEL", "error"),
+        )
+        cmd = [mpiexec, "-n", str(self.n_workers), *mpiexec_args, sys.executable, "-m",
+               "drizzle_ml.worker", "--connect", port, "--driver-pid", str(os.getpid())]
+        self._proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        self._stderr_thread = threading.Thread(target=self._pump_stderr, daemon=True)
+        self._stderr_thread.start()
+        accepted: list[MPI.Intercomm] = []
+        acceptor = threading.Thread(target=lambda: accepted.append(MPI.COMM_SELF.Accept(port)), daemon=True)
+        acceptor.start()
+        try:
+            poll(lambda: accepted or self._proc.poll() is not None,
+                 WaitPolicy(timeout=start_timeout, spin=0.0, max_sleep=0.02))
+        except WaitTimeout:
+            pass
+        if not accepted:
+            # Unblock the pending Accept by connecting to ourselves, then give up.
+            MPI.COMM_SELF.Connect(port).Disconnect()
+            acceptor.join()
+            accepted[0].Disconnect()
+            MPI.Close_port(port)
+            self._kill_job()
+            raise WorkerFailedError(
+                f"the worker job did not connect within {start_timeout:g} s"
+                + self._job_diagnosis()
+            )
+        acceptor.join()
+        MPI.Close_port(port)
+        self._intercomm = accepted[0]
+        return self._intercomm.Merge(high=False)
+
+    def _pump_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for raw in iter(self._proc.stderr.readline, b""):
+            line = raw.decode(errors="replace")
+            self._stderr_tail.append(line)
+            if "UCX  WARN" in line and "mpool" in line:
+                continue  # teardown noise from the transport
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (ValueError, OSError):
+                pass
+
+    def _job_diagnosis(self) -> str:
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=2.0)
+        tail = "".join(self._stderr_tail)
+        code = self._proc.poll() if self._proc is not None else None
+        if code is not None:
+            detail = f" (worker job exit code {code})"
+        else:
+            detail = ""
+        lines = [ln for ln in tail.splitlines() if ln.strip() and not ln.startswith("=")]
+        return detail + (": " + " | ".join(lines[-5:]) if lines else "")
+
+    # -- liveness ---------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        if self._proc is None or self._proc.poll() is None:
+            return
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=2.0)
+        tail = "".join(self._stderr_tail)
+        dead = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s*EXIT CODE: (\d+)", tail)
+        worker = None
+        if dead:
+            pid, host, code = int(dead.group(1)), dead.group(2), int(dead.group(3))
+            worker = next((h.worker for h in self.workers if h.pid == pid), None)
+            who = f"worker {worker}" if worker is not None else "a worker"
+            how = f"killed by {signal.Signals(code).name}" if 0 < code < 32 else f"exit code {code}"
+            message = f"{who} (pid {pid} on {host}) died ({how})"
+        else:
+            message = f"the worker job exited{self._job_diagnosis()}"
+        self._fail(WorkerFailedError(message + "; the cluster has been shut down", worker))
+
+    def _fail(self, exc: BaseException) -> None:
+        self._broken = str(exc)
+        self._teardown()
+        raise exc
+
+    # -- messaging ---------------------------------------------------------------------
+    def _require_open(self) -> None:
+        if self._closed:
+            raise ClusterClosedError(
+                "the cluster is closed" + (f" after a failure: {self._broken}" if self._broken else "")
+            )
+
+    def broadcast(self, message: Any, workers: range | list[int] | None = None) -> None:
+        """Send one pickled control message to each worker (pickled once)."""
+        self._require_open()
+        payload = MPI.pickle.dumps(message)
+        targets = range(self.n_workers) if workers is None else workers
+        requests = [self.ctrl.Isend([payload, MPI.BYTE], dest=w + 1, tag=P.TAG_CTRL) for w in targets]
+        self._complete(requests, "control message delivery")
+
+    def send_buffers(self, worker: int, buffers: list) -> None:
+        requests = [self.ctrl.Isend(buf, dest=worker + 1, tag=P.TAG_DATA) for buf in buffers]
+        self._complete(requests, f"sending a partition to worker {worker}")
+
+    def _complete(self, requests: list[MPI.Request], what: str) -> None:
+        if not requests or MPI.Request.Testall(requests):
+            return
+        self.wait(lambda: MPI.Request.Testall(requests), what)
+
+    def wait(self, test: Callable[[], Any], what: str, *, first_sleep: float = 0.0,
+             extra: float = 0.0) -> Any:
+        """Poll ``test`` under the cluster's policy, checking the workers are alive."""
+        try:
+            return poll(test, self.policy, on_idle=self._check_alive, first_sleep=first_sleep,
+                        timeout=self.timeout + extra)
+        except WaitTimeout:
+            self._fail(WorkerTimeoutError(
+                f"timed out after {self.timeout + extra:.3g} s waiting for {what}; "
+                "the cluster has been shut down"))
+
+    def _collect(self, accept: Callable[[Any], bool], count: int, what: str, *,
+                 first_sleep: float = 0.0, extra: float = 0.0, timeout: float | None = None,
+                 job: int | None = None) -> list[Any]:
+        """Receive reports until ``count`` accepted ones arrived; raise on worker errors."""
+        got: list[Any] = []
+        errors: list[P.ErrorReport] = []
+
+        def test() -> bool:
+            while True:
+                msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
+                if msg is None:
+                    break
+                obj = msg.recv()
+                if isinstance(obj, P.Hello):
+                    self.workers.append(obj)
+                if isinstance(obj, P.ErrorReport):
+                    errors.append(obj)
+                    return True
+                if accept(obj):
+                    got.append(obj)
+            return len(got) >= count
+
+        try:
+            if timeout is not None:
+                poll(test, self.policy, on_idle=self._check_alive, timeout=timeout)
+            else:
+                self.wait(test, what, first_sleep=first_sleep, extra=extra)
+        except WaitTimeout:
+            self._fail(WorkerTimeoutError(f"timed out after {timeout:g} s waiting for {what}"))
+        except WorkerTimeoutError as exc:
+            missing = sorted(set(range(self.n_workers)) - {getattr(m, "worker", -1) for m in got})
+            names = ", ".join(str(w) for w in missing) or "?"
+            exc.args = (f"{exc.args[0]} (no answer from worker {names})",)
+            exc.worker = missing[0] if missing else None
+            raise
+        if errors:
+            err = errors[0]
+            if err.job is not None:
+                self.broadcast(P.Abort(err.job, err.message))
+            raise WorkerError(f"worker {err.worker} failed: {err.message}", err.worker, err.traceback)
+        return got
+
+    def collect(self, accept: Callable[[Any], bool], count: int, what: str, **kw: Any) -> list[Any]:
+        """Receive ``count`` reports that ``accept`` recognises (stale ones are dropped)."""
+        self._require_open()
+        return self._collect(accept, count, what, **kw)
+
+    def new_job(self) -> int:
+        self._job_seq += 1
+        return self._job_seq
+
+    # -- data -------------------------------------------------------------------------
+    def load(self, dataset: Any) -> str:
+        """Make sure every worker holds its partition of ``dataset``; return its id."""
+        from .data import row_bounds
+
+        self._require_open()
+        key = dataset.dataset_id
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return key
+        bounds = row_bounds(dataset.n_rows, self.n_workers)
+        while len(self._loaded) >= CACHE_DATASETS:
+            old, _ = self._loaded.popitem(last=False)
+            self.broadcast(P.DropData(old))
+        for w in range(self.n_workers):
+            spec, buffers = dataset.slices(int(bounds[w]), int(bounds[w + 1]))
+            self.broadcast(P.LoadData(key, spec), workers=[w])
+            if buffers:
+                self.send_buffers(w, buffers)
+        self._collect(lambda m: isinstance(m, P.Loaded) and m.dataset_id == key,
+                      self.n_workers, f"workers to load {key}")
+        self._loaded[key] = dataset.n_rows
+        return key
+
+    # -- jobs ---------------------------------------------------------------------------
+    def run(self, program: Any, model: dict, dataset: Any, **kwargs: Any):
+        """Run ``program`` on ``dataset`` from ``model``; see :func:`drizzle_ml.scheduler.run_job`."""
+        from .scheduler import run_job
+
+        dataset_id = self.load(dataset)
+        return run_job(self, program, model, dataset_id, **kwargs)
+
+    # -- shutdown -----------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Shut the workers down and wait for them (bounded); idempotent."""
+        if self._closed:
+            return
+        try:
+            self.broadcast(P.Shutdown())
+            self._collect(lambda m: isinstance(m, P.Bye), self.n_workers, "worker shutdown",
+                          timeout=min(self.timeout, 30.0))
+        except BaseException:
+            self._teardown()
+            return
+        self._closed = True
+        if self.mode == "launched":
+            try:
+                self.ctrl.Free()
+                self._intercomm.Disconnect()
+            finally:
+                self._wait_job(10.0)
+
+    def _teardown(self) -> None:
+        """Forceful end after a failure: no waiting on workers that may be gone."""
+        self._closed = True
+        if self._broken is None:
+            self._broken = "torn down"
+        if self.mode == "launched":
+            self._kill_job()
+        elif self.mode == "world":
+            # Hung or half-dead ranks: only mpiexec can end them. Leave the
+            # abort to interpreter exit, so the caller still sees the exception.
+            atexit.register(_abort_world)
+
+    def _kill_job(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        self._wait_job(5.0)
+
+    def _wait_job(self, timeout: float) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._proc.wait(timeout=5.0)
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Cluster(n_workers={self.n_workers}, mode={self.mode!r}, {state})"
+
+
+def _abort_world() -> None:
+    sys.stderr.write("drizzle-ml: aborting the MPI job after a worker failure\n")
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(1)
+
+
+_default: Cluster | None = None
+
+
+def get_cluster(n_workers: int | None = None) -> Cluster:
+    """The shared default cluster, created on first use and reused across fits.
+
+    In world mode this is the ``mpiexec`` world. In launched mode a cluster
+    of another size replaces the previous default one.
+    """
+    global _default
+    if launched_by_mpiexec():
+        if _world_cluster is not None and not _world_cluster.closed:
+            if n_workers is not None and n_workers != _world_cluster.n_workers:
+                raise ValueError(
+                    f"n_workers={n_workers} but mpiexec started {_world_cluster.n_workers} workers"
+                )
+            return _world_cluster
+        if _world_cluster is not None:
+            raise ClusterClosedError("the mpiexec world's cluster is closed")
+        return Cluster(n_workers)
+    if _default is not None and not _default.closed:
+        if n_workers is None or n_workers == _default.n_workers:
+            return _default
+        _default.close()
+    _default = Cluster(n_workers)
+    return _default
+
+
+@atexit.register
+def _close_all() -> None:
+    for cluster in list(_open_clusters):
+        try:
+            cluster.close()
+        except Exception:
+            pass

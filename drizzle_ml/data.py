@@ -1,0 +1,222 @@
+"""Datasets and their partitions: scattered from driver-held arrays, or read by each worker from HDF5.
+
+Partitions are loaded once per worker and cached by dataset id, so repeated
+fits on the same data (``n_init``, grid searches, warm starts) do not move it
+again. Rows are split into contiguous, balanced ranges: worker ``i`` of ``W``
+gets rows ``bounds[i]:bounds[i + 1]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .program import Partition
+
+
+def row_bounds(n_rows: int, n_workers: int) -> np.ndarray:
+    """Start offsets of each worker's contiguous row range (length ``n_workers + 1``)."""
+    if n_rows < n_workers:
+        raise ValueError(
+            f"the dataset has {n_rows} rows, fewer than the {n_workers} workers: "
+            "every worker needs at least one row"
+        )
+    base, extra = divmod(n_rows, n_workers)
+    sizes = np.full(n_workers, base, dtype=np.int64)
+    sizes[:extra] += 1
+    return np.concatenate([[0], np.cumsum(sizes)])
+
+
+def _fingerprint(*arrays: Any) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for arr in arrays:
+        if arr is None:
+            digest.update(b"none")
+            continue
+        if sp.issparse(arr):
+            parts = [arr.data, arr.indices, arr.indptr]
+            digest.update(f"csr{arr.shape}".encode())
+        else:
+            parts = [arr]
+        for part in parts:
+            part = np.ascontiguousarray(part)
+            digest.update(f"{part.dtype.str}{part.shape}".encode())
+            digest.update(memoryview(part).cast("B"))
+    return digest.hexdigest()
+
+
+class ArrayDataset:
+    """Arrays held by the driver, scattered to the workers once.
+
+    X : ndarray (n_rows, n_features) or scipy.sparse matrix (converted to CSR)
+    y, sample_weight : ndarray (n_rows,) or None
+    """
+
+    kind = "arrays"
+
+    def __init__(self, X: Any, y: np.ndarray | None = None, sample_weight: np.ndarray | None = None):
+        self.X = X.tocsr() if sp.issparse(X) else np.ascontiguousarray(X)
+        self.y = None if y is None else np.ascontiguousarray(y)
+        self.sample_weight = None if sample_weight is None else np.ascontiguousarray(sample_weight)
+        self.n_rows = self.X.shape[0]
+        self.dataset_id = "arrays:" + _fingerprint(self.X, self.y, self.sample_weight)
+
+    def _fields(self):
+        yield "X", self.X
+        if self.y is not None:
+            yield "y", self.y
+        if self.sample_weight is not None:
+            yield "sample_weight", self.sample_weight
+
+    def slices(self, lo: int, hi: int) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """Metadata and the buffers that carry rows ``lo:hi`` (sent in this order)."""
+        fields, buffers = [], []
+        for name, arr in self._fields():
+            if sp.issparse(arr):
+                start, stop = arr.indptr[lo], arr.indptr[hi]
+                parts = [
+                    np.ascontiguousarray(arr.data[start:stop]),
+                    np.ascontiguousarray(arr.indices[start:stop]),
+                    np.ascontiguousarray(arr.indptr[lo : hi + 1] - start),
+                ]
+                fields.append((name, "csr", (hi - lo, arr.shape[1]), [(p.shape, p.dtype.str) for p in parts]))
+                buffers.extend(parts)
+            else:
+                part = np.ascontiguousarray(arr[lo:hi])
+                fields.append((name, "dense", part.shape, [(part.shape, part.dtype.str)]))
+                buffers.append(part)
+        return {"kind": "arrays", "fields": fields, "row_offset": lo, "n_total": self.n_rows}, buffers
+
+
+class HDF5Dataset:
+    """A dataset in an HDF5 file; each worker reads only its own row range.
+
+    path : the file (must be readable at the same path on every worker's host)
+    x_key : dataset of shape (n_rows, n_features), or a group holding CSR
+        arrays ``data``, ``indices``, ``indptr`` and a ``shape`` attribute
+    y_key : dataset of shape (n_rows,), or None
+    """
+
+    kind = "hdf5"
+
+    def __init__(self, path: str | os.PathLike, x_key: str = "X", y_key: str | None = "y"):
+        import h5py
+
+        self.path = os.path.abspath(os.fspath(path))
+        self.x_key, self.y_key = x_key, y_key
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"HDF5 file not found: {self.path}")
+        try:
+            with h5py.File(self.path, "r") as f:
+                self.n_rows, self.n_features = _h5_shape(f, x_key, self.path)
+                if y_key is not None:
+                    if y_key not in f:
+                        raise KeyError(f"{self.path} has no dataset {y_key!r} (keys: {sorted(f.keys())})")
+                    if f[y_key].shape[0] != self.n_rows:
+                        raise ValueError(
+                            f"{self.path}: {y_key!r} has {f[y_key].shape[0]} rows but "
+                            f"{x_key!r} has {self.n_rows}"
+                        )
+        except OSError as exc:
+            raise OSError(f"cannot read HDF5 file {self.path}: {exc}") from None
+        stat = os.stat(self.path)
+        self.dataset_id = f"hdf5:{self.path}:{x_key}:{y_key}:{stat.st_mtime_ns}:{stat.st_size}"
+
+    def slices(self, lo: int, hi: int) -> tuple[dict[str, Any], list[np.ndarray]]:
+        spec = {
+            "kind": "hdf5",
+            "path": self.path,
+            "x_key": self.x_key,
+            "y_key": self.y_key,
+            "rows": (lo, hi),
+            "n_total": self.n_rows,
+        }
+        return spec, []
+
+
+def _h5_shape(f: Any, key: str, path: str) -> tuple[int, int]:
+    if key not in f:
+        raise KeyError(f"{path} has no dataset {key!r} (keys: {sorted(f.keys())})")
+    node = f[key]
+    if hasattr(node, "shape"):
+        if len(node.shape) != 2:
+            raise ValueError(f"{path}: {key!r} must be 2-D (rows, features), got shape {node.shape}")
+        return int(node.shape[0]), int(node.shape[1])
+    if not {"data", "indices", "indptr"} <= set(node.keys()) or "shape" not in node.attrs:
+        raise ValueError(f"{path}: group {key!r} is not a CSR matrix (data, indices, indptr, shape)")
+    shape = tuple(int(s) for s in node.attrs["shape"])
+    return shape[0], shape[1]
+
+
+def read_hdf5_partition(spec: dict[str, Any]) -> Partition:
+    """Worker side: read rows ``spec['rows']`` of an HDF5 dataset and check them."""
+    import h5py
+
+    lo, hi = spec["rows"]
+    path, x_key, y_key = spec["path"], spec["x_key"], spec["y_key"]
+    try:
+        with h5py.File(path, "r") as f:
+            node = f[x_key]
+            if hasattr(node, "shape"):
+                X = node[lo:hi]
+            else:
+                indptr = node["indptr"][lo : hi + 1]
+                start, stop = int(indptr[0]), int(indptr[-1])
+                X = sp.csr_matrix(
+                    (node["data"][start:stop], node["indices"][start:stop], indptr - start),
+                    shape=(hi - lo, int(node.attrs["shape"][1])),
+                )
+            y = f[y_key][lo:hi] if y_key is not None else None
+    except (OSError, KeyError) as exc:
+        raise OSError(f"cannot read rows {lo}:{hi} of {path}: {exc}") from None
+    values = X.data if sp.issparse(X) else X
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: {x_key!r} has non-numeric dtype {values.dtype}")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ValueError(f"{path}: {x_key!r} rows {lo}:{hi} contain NaN or infinity")
+    return Partition(X=X, y=y, row_offset=lo, n_total=spec["n_total"])
+
+
+def assemble_partition(spec: dict[str, Any], buffers: list[np.ndarray]) -> Partition:
+    """Worker side: rebuild a partition from the buffers a LoadData announced."""
+    values, it = {}, iter(buffers)
+    for name, kind, shape, _ in spec["fields"]:
+        if kind == "csr":
+            data, indices, indptr = next(it), next(it), next(it)
+            values[name] = sp.csr_matrix((data, indices, indptr), shape=tuple(shape))
+        else:
+            values[name] = next(it)
+    return Partition(
+        X=values["X"],
+        y=values.get("y"),
+        sample_weight=values.get("sample_weight"),
+        row_offset=spec["row_offset"],
+        n_total=spec["n_total"],
+    )
+
+
+class PartitionCache:
+    """Worker-side LRU of loaded partitions; the driver mirrors it and sends drops."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, Partition] = OrderedDict()
+
+    def put(self, dataset_id: str, partition: Partition) -> None:
+        self._items[dataset_id] = partition
+        self._items.move_to_end(dataset_id)
+
+    def get(self, dataset_id: str) -> Partition:
+        try:
+            partition = self._items[dataset_id]
+        except KeyError:
+            raise KeyError(f"dataset {dataset_id} is not loaded on this worker") from None
+        self._items.move_to_end(dataset_id)
+        return partition
+
+    def drop(self, dataset_id: str) -> None:
+        self._items.pop(dataset_id, None)

@@ -1,0 +1,40 @@
+"""Exceptions raised by the engine. All derive from :class:`DrizzleError`."""
+
+from __future__ import annotations
+
+
+class DrizzleError(RuntimeError):
+    """Base class of drizzle-ml's engine errors."""
+
+
+class WorkerFailedError(DrizzleError):
+    """A worker died, hung or could not be reached; the cluster was torn down.
+
+    ``worker`` is the 0-based worker index (MPI rank ``worker + 1`` in the
+    driver's communicator), or ``None`` when the failing worker is unknown.
+    """
+
+    def __init__(self, message: str, worker: int | None = None):
+        super().__init__(message)
+        self.worker = worker
+
+
+class WorkerTimeoutError(WorkerFailedError):
+    """A worker did not answer within the cluster's timeout."""
+
+
+class WorkerError(DrizzleError):
+    """User or algorithm code raised on a worker; the remote traceback is attached."""
+
+    def __init__(self, message: str, worker: int, remote_traceback: str = ""):
+        super().__init__(message)
+        self.worker = worker
+        self.remote_traceback = remote_traceback
+
+
+class VersionMismatchError(DrizzleError):
+    """A group named a model version that a worker's replica does not hold."""
+
+
+class ClusterClosedError(DrizzleError):
+    """The cluster was used after it was closed or torn down."""

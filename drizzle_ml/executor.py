@@ -1,0 +1,279 @@
+"""Worker side of a job: run groups of iterations over the pre-scheduled reduce tree.
+
+For each iteration a worker computes its partial, folds in its children's
+partials in their fixed order as they arrive (receives are posted up front for
+the group), sends the result to its parent, and waits for the new model coming
+down the tree, which it forwards to its children before using it. The root
+runs the program's update instead of sending up. Nothing here talks to the
+driver inside a group.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from mpi4py import MPI
+
+from . import protocol as P
+from .errors import VersionMismatchError
+from .layout import Layout
+from .program import Partition
+from .tree import ReduceTree
+
+if TYPE_CHECKING:
+    from .worker import WorkerRuntime
+
+# Receive buffers posted ahead per channel: enough to cover a group of small
+# messages, bounded in bytes for large ones (a d x d scatter matrix).
+_MAX_SLOTS = 64
+_SLOT_BYTES_BUDGET = 64 << 20
+
+
+class RecvRing:
+    """Receives for consecutive iterations from one source, posted ahead into a ring of buffers."""
+
+    def __init__(self, comm: MPI.Comm, source: int, kind: int, job: int, nbytes: int, slots: int):
+        self.comm, self.source, self.kind, self.job = comm, source, kind, job
+        self.buffers = [np.empty(nbytes, dtype=np.uint8) for _ in range(slots)]
+        self.requests: dict[int, MPI.Request] = {}
+        self.holds: list[list[MPI.Request]] = [[] for _ in range(slots)]
+        self.next_post = 0
+        self.limit = 0
+
+    def post_until(self, start: int, stop: int) -> None:
+        """Make sure iterations ``start..stop-1`` are (or will be) posted."""
+        if self.next_post < start:
+            self.next_post = start
+        self.limit = stop
+        self._fill()
+
+    def _fill(self) -> None:
+        slots = len(self.buffers)
+        while self.next_post < self.limit and len(self.requests) < slots:
+            it = self.next_post
+            slot = it % slots
+            for hold in self.holds[slot]:
+                hold.Wait()  # a forward from this buffer; long done by now
+            self.holds[slot] = []
+            self.requests[it] = self.comm.Irecv(
+                [self.buffers[slot], MPI.BYTE], source=self.source, tag=P.data_tag(self.kind, self.job, it)
+            )
+            self.next_post += 1
+
+    def request(self, it: int) -> MPI.Request:
+        if it not in self.requests:
+            self.post_until(it, max(self.limit, it + 1))
+        return self.requests[it]
+
+    def take(self, it: int, holds: list[MPI.Request] | None = None) -> np.ndarray:
+        """Buffer of a completed iteration; its slot is reposted once ``holds`` are done."""
+        del self.requests[it]
+        slot = it % len(self.buffers)
+        if holds:
+            self.holds[slot] = holds
+        buf = self.buffers[slot]
+        self._fill()
+        return buf
+
+    def cancel(self) -> None:
+        for req in self.requests.values():
+            req.Cancel()
+            req.Wait()
+        self.requests.clear()
+        self.next_post = self.limit = 0
+
+
+class SendRing:
+    """Send buffers reused round-robin; a slot is reused only after its sends completed."""
+
+    def __init__(self, nbytes: int, slots: int):
+        self.buffers = [np.empty(nbytes, dtype=np.uint8) for _ in range(slots)]
+        self.pending: list[list[MPI.Request]] = [[] for _ in range(slots)]
+
+    def slot(self, it: int) -> np.ndarray:
+        index = it % len(self.buffers)
+        for req in self.pending[index]:
+            req.Wait()
+        self.pending[index] = []
+        return self.buffers[index]
+
+    def track(self, it: int, requests: list[MPI.Request]) -> None:
+        self.pending[it % len(self.buffers)].extend(requests)
+
+
+def _slots(nbytes: int) -> int:
+    return max(2, min(_MAX_SLOTS, _SLOT_BYTES_BUDGET // max(nbytes, 1)))
+
+
+class JobExecutor:
+    """One job's state on one worker: model replica, tree position, channels."""
+
+    def __init__(self, rt: "WorkerRuntime", spec: P.StartJob, partition: Partition):
+        self.rt, self.job, self.program, self.partition = rt, spec.job, spec.program, partition
+        self.tree = ReduceTree(rt.n_workers, spec.fanout)
+        self.me = rt.index
+        self.parent = self.tree.parent(self.me)
+        self.children = self.tree.children(self.me)
+        self.is_root = self.parent is None
+        self.version = spec.version
+        self.stopped = False
+        shared = spec.program.shared
+        self.shared_keys = tuple(spec.model) if shared is None else tuple(shared)
+        missing = [k for k in self.shared_keys if k not in spec.model]
+        if missing:
+            raise KeyError(f"program.shared names {missing}, which the model does not have")
+        # The root keeps the full model (optimizer state included); others only what local reads.
+        self.model = dict(spec.model) if self.is_root else {k: spec.model[k] for k in self.shared_keys}
+        self.down_layout = Layout({k: spec.model[k] for k in self.shared_keys})
+        self.header_bytes = P.HEADER_SLOTS * 8
+        down_bytes = self.header_bytes + self.down_layout.nbytes
+        self.down_slots = _slots(down_bytes)
+        self.down_recv = (
+            None
+            if self.is_root
+            else RecvRing(rt.peers, self.parent, P.DOWN, self.job, down_bytes, self.down_slots)
+        )
+        self.down_send = SendRing(down_bytes, self.down_slots) if self.is_root else None
+        # The partial layout is learnt from this worker's first partial.
+        self.up_layout: Layout | None = None
+        self.up_recv: dict[int, RecvRing] = {}
+        self.up_send: SendRing | None = None
+        self.group_end = 0
+        self._iteration = 0
+        self._iter_estimate = 0.0
+
+    # -- channels ---------------------------------------------------------------
+    def _init_up(self, partial: Any) -> None:
+        self.up_layout = Layout(partial)
+        nbytes = self.up_layout.nbytes
+        slots = _slots(nbytes)
+        self.up_recv = {
+            c: RecvRing(self.rt.peers, c, P.UP, self.job, nbytes, slots) for c in self.children
+        }
+        for ring in self.up_recv.values():
+            ring.post_until(self._iteration, self.group_end)
+        if not self.is_root:
+            self.up_send = SendRing(nbytes, slots)
+
+    def _wait(self, req: MPI.Request, what: str) -> None:
+        self.rt.wait(req.Test, what, extra=4 * self._iter_estimate)
+
+    # -- one group ----------------------------------------------------------------
+    def run_group(self, group: P.RunGroup) -> P.GroupReport:
+        if group.version != self.version:
+            raise VersionMismatchError(
+                f"worker {self.me}: group at iteration {group.start} starts from model "
+                f"version {group.version}, but this worker holds version {self.version}"
+            )
+        t_group = time.perf_counter()
+        compute = reduce = broadcast = update = 0.0
+        metrics: dict[str, list] = {}
+        self.group_end = group.start + group.size
+        for ring in self.up_recv.values():
+            ring.post_until(group.start, self.group_end)
+        if self.down_recv is not None:
+            self.down_recv.post_until(group.start, self.group_end)
+        n_done = 0
+        perf = time.perf_counter
+        for it in range(group.start, self.group_end):
+            self._iteration = it
+            t0 = perf()
+            acc = self.program.local(self.model, self.partition)
+            t1 = perf()
+            compute += t1 - t0
+            if self.up_layout is None:
+                self._init_up(acc)
+            for child in self.children:
+                ring = self.up_recv[child]
+                req = ring.request(it)
+                if not req.Test():
+                    self._wait(req, f"worker {child}'s partial for iteration {it}")
+                acc = self.program.combine(acc, self.up_layout.unpack(ring.take(it)))
+            t2 = perf()
+            reduce += t2 - t1
+            if self.is_root:
+                new_model, step_metrics = self.program.update(self.model, acc, it)
+                t3 = perf()
+                update += t3 - t2
+                self._check_model(new_model)
+                self.model = new_model
+                stop = bool(step_metrics.get("converged", False))
+                for key, value in step_metrics.items():
+                    metrics.setdefault(key, []).append(float(value))
+                self.version += 1
+                if self.children:
+                    self._send_down(it, new_model, stop)
+            else:
+                sbuf = self.up_send.slot(it)
+                self.up_layout.pack(acc, sbuf)
+                self.up_send.track(
+                    it,
+                    [self.rt.peers.Isend([sbuf, MPI.BYTE], dest=self.parent, tag=P.data_tag(P.UP, self.job, it))],
+                )
+                req = self.down_recv.request(it)
+                if not req.Test():
+                    self._wait(req, f"the model for iteration {it} from worker {self.parent}")
+                buf = self.down_recv.buffers[it % self.down_slots]
+                tag = P.data_tag(P.DOWN, self.job, it)
+                forwards = [self.rt.peers.Isend([buf, MPI.BYTE], dest=c, tag=tag) for c in self.children]
+                buf = self.down_recv.take(it, forwards)
+                version, _, flags = buf[: self.header_bytes].view(np.float64)
+                # Views into the ring slot are safe: the slot's next message is for
+                # iteration it + slots, which cannot be sent before this worker has
+                # moved past this model.
+                self.model = self.down_layout.unpack(buf, self.header_bytes)
+                self.version = int(version)
+                stop = flags == P.FLAG_STOP
+                broadcast += perf() - t2
+            n_done += 1
+            self._iter_estimate = max(self._iter_estimate, perf() - t0)
+            if stop:
+                self.stopped = True
+                break
+        if self.stopped:
+            self._cancel()
+        timings = {
+            "compute": compute,
+            "reduce": reduce,
+            "broadcast": broadcast,
+            "update": update,
+            "execution": time.perf_counter() - t_group,
+        }
+        return P.GroupReport(
+            job=self.job,
+            start=group.start,
+            worker=self.me,
+            n_done=n_done,
+            version=self.version,
+            stopped=self.stopped,
+            timings=timings,
+            model=dict(self.model) if self.is_root else None,
+            metrics=metrics,
+        )
+
+    def _send_down(self, it: int, model: dict, stop: bool) -> None:
+        buf = self.down_send.slot(it)
+        buf[: self.header_bytes].view(np.float64)[:] = (self.version, it, P.FLAG_STOP if stop else 0.0)
+        self.down_layout.pack({k: model[k] for k in self.shared_keys}, buf, self.header_bytes)
+        tag = P.data_tag(P.DOWN, self.job, it)
+        self.down_send.track(
+            it, [self.rt.peers.Isend([buf, MPI.BYTE], dest=c, tag=tag) for c in self.children]
+        )
+
+    def _check_model(self, model: dict) -> None:
+        if not isinstance(model, dict):
+            raise TypeError(f"update must return a dict model, got {type(model).__name__}")
+        for key in self.shared_keys:
+            if key not in model:
+                raise KeyError(f"update dropped model key {key!r}")
+
+    def _cancel(self) -> None:
+        for ring in self.up_recv.values():
+            ring.cancel()
+        if self.down_recv is not None:
+            self.down_recv.cancel()
+
+    def close(self) -> None:
+        self._cancel()

@@ -1,0 +1,132 @@
+"""Pack nested numeric values (arrays, scalars, tuples, dicts) into one byte buffer.
+
+Partials and models cross the reduce tree as raw bytes in preallocated
+buffers: no pickling on the hot path. A :class:`Layout` is computed once per
+job from a sample value and then reused for every iteration; values whose
+structure, shapes or dtypes differ from the layout are rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_ALIGN = 8
+
+
+def _is_numeric_leaf(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "biufc"
+    return isinstance(value, (np.generic, int, float)) and np.asarray(value).dtype.kind in "biufc"
+
+
+def is_packable(value: Any) -> bool:
+    """True when ``value`` is a tree of numeric arrays/scalars that a Layout can carry."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_packable(v) for k, v in value.items())
+    if isinstance(value, (tuple, list)):
+        return all(is_packable(v) for v in value)
+    return _is_numeric_leaf(value)
+
+
+class Layout:
+    """Byte layout of a nested numeric value.
+
+    ``pack(value, buf)`` copies the leaves into ``buf``; ``unpack(buf)``
+    returns the same structure with arrays that are *views* of ``buf``
+    (scalars come back as numpy scalars).
+    """
+
+    __slots__ = ("treedef", "leaves", "nbytes")
+
+    def __init__(self, value: Any):
+        leaves: list[tuple[tuple[int, ...], np.dtype, int, bool]] = []
+        offset = 0
+
+        def build(v: Any) -> Any:
+            nonlocal offset
+            if isinstance(v, dict):
+                return ("d", tuple((k, build(x)) for k, x in v.items()))
+            if isinstance(v, (tuple, list)):
+                return ("t" if isinstance(v, tuple) else "l", tuple(build(x) for x in v))
+            if not _is_numeric_leaf(v):
+                raise TypeError(
+                    f"cannot pack a value of type {type(v).__name__}: partials and "
+                    "models must be numeric arrays, scalars, tuples, lists or dicts"
+                )
+            arr = np.asarray(v)
+            index = len(leaves)
+            leaves.append((arr.shape, arr.dtype, offset, not isinstance(v, np.ndarray)))
+            offset += -(-arr.nbytes // _ALIGN) * _ALIGN
+            return ("a", index)
+
+        self.treedef = build(value)
+        self.leaves = leaves
+        self.nbytes = max(offset, _ALIGN)
+
+    def new_buffer(self) -> np.ndarray:
+        return np.empty(self.nbytes, dtype=np.uint8)
+
+    def _flatten(self, value: Any, out: list) -> None:
+        stack = [(self.treedef, value)]
+        while stack:
+            node, v = stack.pop()
+            kind, payload = node
+            if kind == "a":
+                out.append(v)
+            elif kind == "d":
+                if not isinstance(v, dict) or len(v) != len(payload):
+                    raise ValueError("value structure differs from the job's layout")
+                for key, sub in reversed(payload):
+                    if key not in v:
+                        raise ValueError(f"value is missing key {key!r} of the job's layout")
+                    stack.append((sub, v[key]))
+            else:
+                if not isinstance(v, (tuple, list)) or len(v) != len(payload):
+                    raise ValueError("value structure differs from the job's layout")
+                for sub, item in zip(reversed(payload), reversed(v)):
+                    stack.append((sub, item))
+
+    def pack(self, value: Any, buf: np.ndarray, offset: int = 0) -> None:
+        flat: list = []
+        self._flatten(value, flat)
+        for leaf, (shape, dtype, off, _) in zip(flat, self.leaves):
+            arr = np.asarray(leaf)
+            if arr.shape != shape:
+                raise ValueError(f"shape {arr.shape} differs from the job's layout {shape}")
+            start = offset + off
+            dest = buf[start : start + arr.nbytes].view(dtype).reshape(shape)
+            np.copyto(dest, arr, casting="same_kind")
+
+    def unpack(self, buf: np.ndarray, offset: int = 0) -> Any:
+        views = []
+        for shape, dtype, off, scalar in self.leaves:
+            start = offset + off
+            count = int(np.prod(shape, dtype=np.int64))
+            view = buf[start : start + count * dtype.itemsize].view(dtype).reshape(shape)
+            views.append(view[()] if scalar else view)
+
+        def build(node: Any) -> Any:
+            kind, payload = node
+            if kind == "a":
+                return views[payload]
+            if kind == "d":
+                return {k: build(sub) for k, sub in payload}
+            items = [build(sub) for sub in payload]
+            return tuple(items) if kind == "t" else items
+
+        return build(self.treedef)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Layout)
+            and self.treedef == other.treedef
+            and self.leaves == other.leaves
+        )
+
+    def __getstate__(self):
+        return (self.treedef, self.leaves, self.nbytes)
+
+    def __setstate__(self, state) -> None:
+        self.treedef, self.leaves, self.nbytes = state

@@ -1,0 +1,80 @@
+"""Per-group timing and progress metrics, and the job history built from them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class GroupMetrics:
+    """What one group cost, in seconds, and where the time went.
+
+    wall : driver time from the previous group's end (or the job start) to this
+        group's last report.
+    schedule : driver time building and sending this group's control messages.
+    wait : driver time waiting for the reports.
+    compute : slowest worker's time inside ``local``.
+    reduce : slowest worker's time combining partials and waiting for children.
+    broadcast : slowest worker's time waiting for the new model from its parent.
+    update : root's time inside ``update``.
+    execution : slowest worker's time from group start to its report.
+    coordination : ``wall - execution``: time the workers were not running the
+        group (scheduling, serialization, driver round-trips).
+    overhead : non-compute share of the wall time, ``1 - compute / wall``.
+    """
+
+    group: int
+    start_iteration: int
+    group_size: int
+    n_iterations: int
+    version: int
+    wall: float = 0.0
+    schedule: float = 0.0
+    wait: float = 0.0
+    compute: float = 0.0
+    reduce: float = 0.0
+    broadcast: float = 0.0
+    update: float = 0.0
+    execution: float = 0.0
+    coordination: float = 0.0
+    overhead: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def finish(self) -> "GroupMetrics":
+        self.coordination = max(self.wall - self.execution, 0.0)
+        self.overhead = 1.0 - self.compute / self.wall if self.wall > 0 else 0.0
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class JobResult:
+    """The outcome of one engine job.
+
+    model : final model dict (read-only arrays).
+    version : model version of ``model``.
+    n_iter : iterations run.
+    converged : True when the program reported convergence.
+    history : one :class:`GroupMetrics` per group.
+    iteration_metrics : per-iteration metrics from ``update`` (lists of floats).
+    """
+
+    model: dict
+    version: int
+    n_iter: int
+    converged: bool
+    history: list[GroupMetrics]
+    iteration_metrics: dict[str, list[float]]
+    wall: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        """Totals over the job: time per phase and the overall overhead share."""
+        keys = ("wall", "schedule", "wait", "compute", "reduce", "broadcast", "update", "coordination")
+        totals = {k: sum(getattr(g, k) for g in self.history) for k in keys}
+        totals["overhead"] = 1.0 - totals["compute"] / totals["wall"] if totals["wall"] > 0 else 0.0
+        totals["n_iter"] = self.n_iter
+        totals["n_groups"] = len(self.history)
+        return totals

@@ -1,0 +1,88 @@
+"""The algorithm contract: what runs on a partition, how partials combine, how the model updates.
+
+Programs live in ``drizzle_ml.algorithms`` and know nothing of MPI; the engine
+never imports them (it receives program objects from the caller and ships them
+to workers by pickling, once per job).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Model = dict[str, np.ndarray]
+
+
+@dataclass
+class Partition:
+    """One worker's rows of a dataset.
+
+    X : ndarray of shape (n_rows, n_features), or scipy.sparse CSR matrix
+    y : ndarray of shape (n_rows,) or None
+    sample_weight : ndarray of shape (n_rows,) or None
+    row_offset : index of this partition's first row in the whole dataset
+    n_total : number of rows in the whole dataset
+    """
+
+    X: Any
+    y: np.ndarray | None = None
+    sample_weight: np.ndarray | None = None
+    row_offset: int = 0
+    n_total: int = 0
+
+    @property
+    def n_rows(self) -> int:
+        return self.X.shape[0]
+
+
+class Program:
+    """Base class of an iterative algorithm run by the engine.
+
+    A program has three pure parts:
+
+    ``local(model, partition) -> partial``
+        The work on one partition, vectorized. ``model`` holds only the keys in
+        :attr:`shared`. A partial is a numeric array, scalar, or a tuple/list/dict
+        of them, whose structure, shapes and dtypes do not depend on the partition
+        (it crosses the reduce tree as raw bytes). Counts the update needs (rows,
+        weight sums) belong in the partial.
+    ``combine(a, b) -> partial``
+        Associative merge of two partials. The default sums them leaf by leaf,
+        in place into ``a``; ``b`` may be a view of a receive buffer and must not
+        be kept.
+    ``update(model, total, iteration) -> (model, metrics)``
+        The driver-free step that makes the next model version from the
+        combined partial of all workers. It runs on the tree root. It must not
+        modify the input model's arrays in place (older versions may still be
+        read); it returns a new dict with the same keys, shapes and dtypes and a
+        dict of float metrics. ``metrics["converged"] = True`` stops the job
+        after this iteration.
+    """
+
+    #: Model keys that ``local`` reads and that flow down the tree each
+    #: iteration; ``None`` means all keys. Other keys (optimizer state) stay
+    #: on the root and reach the driver with the group report.
+    shared: tuple[str, ...] | None = None
+
+    def local(self, model: Model, partition: Partition) -> Any:
+        raise NotImplementedError
+
+    def combine(self, a: Any, b: Any) -> Any:
+        return sum_partials(a, b)
+
+    def update(self, model: Model, total: Any, iteration: int) -> tuple[Model, dict[str, float]]:
+        raise NotImplementedError
+
+
+def sum_partials(a: Any, b: Any) -> Any:
+    """Leaf-wise ``a + b`` over nested arrays/scalars, in place into ``a`` where possible."""
+    if isinstance(a, dict):
+        return {k: sum_partials(a[k], b[k]) for k in a}
+    if isinstance(a, (tuple, list)):
+        return type(a)(sum_partials(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) and a.ndim and a.flags.writeable:
+        np.add(a, b, out=a)
+        return a
+    return a + b

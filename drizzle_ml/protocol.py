@@ -1,0 +1,117 @@
+"""Messages between the driver and the workers, and the MPI tags they use.
+
+Control messages and reports are small pickled dataclasses (one per worker per
+group). Partials and models travel as raw bytes under per-job tags, so that
+messages left over from an aborted job can never match a later job's receives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TAG_CTRL = 1  # driver -> worker, pickled control messages
+TAG_REPORT = 2  # worker -> driver, pickled reports
+TAG_DATA = 3  # driver -> worker, raw partition buffers after a LoadArrays
+
+# Per-job data tags: kind (3 bits) | job (12 bits) | iteration (14 bits) < 2**29.
+UP, DOWN, BSP_TASK, BSP_PARTIAL = 1, 2, 3, 4
+_ITER_BITS, _JOB_BITS = 14, 12
+ITER_MOD = 1 << _ITER_BITS
+
+
+def data_tag(kind: int, job: int, iteration: int) -> int:
+    return (kind << (_ITER_BITS + _JOB_BITS)) | ((job % (1 << _JOB_BITS)) << _ITER_BITS) | (
+        iteration % ITER_MOD
+    )
+
+
+# Header in front of every model message going down the tree (float64 slots).
+HEADER_SLOTS = 3  # version, iteration, flags
+FLAG_STOP = 1.0
+
+
+@dataclass
+class LoadData:
+    dataset_id: str
+    spec: dict[str, Any]  # {"kind": "arrays", "fields": [...]} or {"kind": "hdf5", ...}
+
+
+@dataclass
+class DropData:
+    dataset_id: str
+
+
+@dataclass
+class StartJob:
+    job: int
+    program: Any
+    dataset_id: str
+    model: dict
+    version: int
+    fanout: int
+    scheduling: str  # "group" or "bsp"
+
+
+@dataclass
+class RunGroup:
+    job: int
+    start: int  # first iteration of the group
+    size: int  # iterations in the group
+    version: int  # model version the group starts from
+
+
+@dataclass
+class EndJob:
+    job: int
+
+
+@dataclass
+class Abort:
+    job: int
+    reason: str = ""
+
+
+@dataclass
+class Shutdown:
+    pass
+
+
+@dataclass
+class Hello:
+    worker: int
+    pid: int
+    host: str
+
+
+@dataclass
+class Loaded:
+    dataset_id: str
+    worker: int
+    n_rows: int
+
+
+@dataclass
+class GroupReport:
+    job: int
+    start: int
+    worker: int
+    n_done: int
+    version: int
+    stopped: bool
+    timings: dict[str, float]
+    model: dict | None = None  # root only
+    metrics: dict[str, list] = field(default_factory=dict)  # root only
+
+
+@dataclass
+class ErrorReport:
+    job: int | None
+    worker: int
+    message: str
+    traceback: str = ""
+
+
+@dataclass
+class Bye:
+    worker: int

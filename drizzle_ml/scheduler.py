@@ -1,0 +1,251 @@
+"""The driver's side of a job: group scheduling, and the BSP baseline it replaces.
+
+Group mode sends one :class:`~drizzle_ml.protocol.RunGroup` per worker per
+group of k iterations and hears back once per group; the next group is sent
+ahead so that workers never wait on the driver. The driver sleeps through most
+of a group (it knows how long the last one took) instead of polling.
+
+BSP mode (``scheduling="bsp"``) is the centralized pattern: every iteration
+the driver sends each worker its task with the model, gathers the partials,
+combines them and updates. It uses preallocated buffers and the same waits,
+so comparisons measure the pattern rather than overheads of our making.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from mpi4py import MPI
+
+from . import protocol as P
+from .layout import Layout
+from .metrics import GroupMetrics, JobResult
+from .store import ModelStore, freeze
+from .tuner import GroupSizer
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+SCHEDULING = ("group", "bsp")
+
+
+@dataclass
+class _Sent:
+    start: int
+    size: int
+    version: int
+    sent_at: float
+    schedule: float
+
+
+def run_job(
+    cluster: "Cluster",
+    program: Any,
+    model: dict,
+    dataset_id: str,
+    *,
+    max_iter: int,
+    group_size: int | str = "auto",
+    scheduling: str = "group",
+    version: int = 0,
+    start_iteration: int = 0,
+    store: ModelStore | None = None,
+    on_group: Callable[[GroupMetrics], None] | None = None,
+    pipeline: bool = True,
+    sizer: GroupSizer | None = None,
+) -> JobResult:
+    """Run ``program`` for at most ``max_iter`` iterations from ``model`` (at ``version``).
+
+    The model is committed to ``store`` at every group boundary (every
+    iteration in BSP mode). ``on_group`` is called with each group's metrics.
+    Raises :class:`~drizzle_ml.errors.WorkerError` when program code fails on
+    a worker, :class:`~drizzle_ml.errors.WorkerFailedError` when a worker dies
+    or hangs.
+    """
+    if scheduling not in SCHEDULING:
+        raise ValueError(f"scheduling must be one of {SCHEDULING}, got {scheduling!r}")
+    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not isinstance(model, dict) or not model:
+        raise ValueError("model must be a non-empty dict of arrays")
+    sizer = sizer or GroupSizer(group_size)
+    store = store if store is not None else ModelStore()
+    try:
+        newest = store.latest().version
+    except LookupError:
+        newest = None
+    if newest is None or newest < version:
+        store.commit(version, model, start_iteration)
+    job = cluster.new_job()
+    model = {k: np.asarray(v) for k, v in model.items()}
+    t_job = time.perf_counter()
+    cluster.broadcast(P.StartJob(job, program, dataset_id, model, version, cluster.fanout, scheduling))
+    if scheduling == "bsp":
+        result = _run_bsp(cluster, job, program, model, version, start_iteration, max_iter, store, on_group)
+    else:
+        result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store, on_group,
+                             pipeline, sizer)
+        cluster.broadcast(P.EndJob(job))
+    result.wall = time.perf_counter() - t_job
+    return result
+
+
+def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer):
+    end = it0 + max_iter
+    sent: deque[_Sent] = deque()
+    next_start, next_version = it0, version
+    history: list[GroupMetrics] = []
+    iteration_metrics: dict[str, list[float]] = {}
+    per_iteration = 0.0
+    converged = False
+    last_done = time.perf_counter()
+
+    def send(size: int) -> None:
+        nonlocal next_start, next_version
+        size = min(size, end - next_start)
+        t0 = time.perf_counter()
+        cluster.broadcast(P.RunGroup(job, next_start, size, next_version))
+        sent.append(_Sent(next_start, size, next_version, t0, time.perf_counter() - t0))
+        next_start += size
+        next_version += size
+
+    send(sizer.size)
+    if pipeline and next_start < end:
+        send(sizer.size)
+    while sent:
+        group = sent.popleft()
+        began = max(group.sent_at, last_done)
+        expected = per_iteration * group.size
+        remaining = expected - (time.perf_counter() - began)
+        t_wait = time.perf_counter()
+        reports = cluster.collect(
+            lambda m, g=group: isinstance(m, P.GroupReport) and m.job == job and m.start == g.start,
+            cluster.n_workers,
+            f"group at iteration {group.start} (size {group.size})",
+            first_sleep=0.8 * remaining if remaining > 2e-4 else 0.0,
+            extra=4 * expected,
+        )
+        done_at = time.perf_counter()
+        root = next(r for r in reports if r.worker == 0)
+        for key, values in root.metrics.items():
+            iteration_metrics.setdefault(key, []).extend(values)
+        model, version = root.model, root.version
+        n_done = root.n_done
+        converged = root.stopped
+        store.commit(version, model, group.start + n_done,
+                     {k: v[-1] for k, v in root.metrics.items() if v})
+        slowest = lambda key: max(r.timings.get(key, 0.0) for r in reports)
+        metrics = GroupMetrics(
+            group=len(history), start_iteration=group.start, group_size=group.size,
+            n_iterations=n_done, version=version, wall=done_at - began,
+            schedule=group.schedule, wait=done_at - t_wait, compute=slowest("compute"),
+            reduce=slowest("reduce"), broadcast=slowest("broadcast"), update=slowest("update"),
+            execution=slowest("execution"),
+            metrics={k: v[-1] for k, v in root.metrics.items() if v},
+        ).finish()
+        history.append(metrics)
+        per_iteration = metrics.execution / max(n_done, 1)
+        last_done = done_at
+        if on_group is not None:
+            on_group(metrics)
+        if converged or group.start + n_done >= end:
+            break
+        size = sizer.next(metrics.coordination / metrics.wall if metrics.wall > 0 else 0.0)
+        if next_start < end and (pipeline or not sent):
+            send(size)
+    return JobResult(freeze(model), version, group.start + n_done - it0, converged, history, iteration_metrics)
+
+
+def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group):
+    ctrl, n = cluster.ctrl, cluster.n_workers
+    shared = program.shared
+    keys = tuple(model) if shared is None else tuple(shared)
+    down = Layout({k: model[k] for k in keys})
+    header = P.HEADER_SLOTS * 8
+    task_bufs = [np.empty(header + down.nbytes, dtype=np.uint8) for _ in range(2)]
+    task_reqs: list[list[MPI.Request]] = [[], []]
+    up: Layout | None = None
+    recv_bufs: list[list[np.ndarray]] = []
+    history: list[GroupMetrics] = []
+    iteration_metrics: dict[str, list[float]] = {}
+    converged = False
+    it = 0
+
+    def send_task(i: int, stop: bool) -> float:
+        t0 = time.perf_counter()
+        slot = i % 2
+        if task_reqs[slot]:
+            cluster._complete(task_reqs[slot], "task delivery")
+        buf = task_bufs[slot]
+        buf[:header].view(np.float64)[:] = (version, it0 + i, P.FLAG_STOP if stop else 0.0)
+        if not stop:
+            down.pack({k: model[k] for k in keys}, buf, header)
+        tag = P.data_tag(P.BSP_TASK, job, i)
+        task_reqs[slot] = [ctrl.Isend([buf, MPI.BYTE], dest=w + 1, tag=tag) for w in range(n)]
+        return time.perf_counter() - t0
+
+    schedule = send_task(0, False)
+    for it in range(max_iter):
+        t_start = time.perf_counter() - schedule
+        tag = P.data_tag(P.BSP_PARTIAL, job, it)
+        t_wait = time.perf_counter()
+        if up is None:
+            firsts: dict[int, Any] = {}
+
+            def first_partials() -> bool:
+                for w in range(n):
+                    if w not in firsts:
+                        msg = ctrl.improbe(source=w + 1, tag=tag)
+                        if msg is not None:
+                            firsts[w] = msg.recv()
+                return len(firsts) == n
+
+            cluster.wait(first_partials, f"partials for iteration {it}")
+            up = firsts[0][0]
+            recv_bufs = [[up.new_buffer() for _ in range(n)] for _ in range(2)]
+            partials = [firsts[w][1] for w in range(n)]
+        else:
+            bufs = recv_bufs[it % 2]
+            reqs = [ctrl.Irecv([bufs[w], MPI.BYTE], source=w + 1, tag=tag) for w in range(n)]
+            if not MPI.Request.Testall(reqs):
+                cluster.wait(lambda: MPI.Request.Testall(reqs), f"partials for iteration {it}")
+            partials = [up.unpack(b) for b in bufs]
+        t_reduce = time.perf_counter()
+        total = partials[0]
+        for p in partials[1:]:
+            total = program.combine(total, p)
+        t_update = time.perf_counter()
+        model, step_metrics = program.update(model, total, it0 + it)
+        version += 1
+        t_done = time.perf_counter()
+        for key, value in step_metrics.items():
+            iteration_metrics.setdefault(key, []).append(float(value))
+        converged = bool(step_metrics.get("converged", False))
+        last = converged or it + 1 == max_iter
+        schedule = send_task(it + 1, last)
+        store.commit(version, model, it0 + it + 1, {k: float(v) for k, v in step_metrics.items()})
+        metrics = GroupMetrics(
+            group=it, start_iteration=it0 + it, group_size=1, n_iterations=1, version=version,
+            wall=time.perf_counter() - t_start, schedule=schedule, wait=t_reduce - t_wait,
+            reduce=t_update - t_reduce, update=t_done - t_update,
+            metrics={k: float(v) for k, v in step_metrics.items()},
+        )
+        history.append(metrics)
+        if on_group is not None:
+            on_group(metrics)
+        if last:
+            break
+    reports = cluster.collect(lambda m: isinstance(m, P.GroupReport) and m.job == job, n,
+                              "BSP job reports")
+    # Workers time their compute in total; spread it over the iterations.
+    compute = max(r.timings["compute"] for r in reports) / max(len(history), 1)
+    for metrics in history:
+        metrics.compute = compute
+        metrics.execution = compute
+        metrics.finish()
+    cluster._complete([r for reqs in task_reqs for r in reqs], "task delivery")
+    return JobResult(freeze(model), version, len(history), converged, history, iteration_metrics)

@@ -1,0 +1,94 @@
+"""Bounded, CPU-friendly waiting on MPI requests.
+
+MPICH busy-polls inside blocking calls, and on an oversubscribed machine a
+spinning rank steals the core its peers need. Every wait in the engine goes
+through :func:`poll`: test and yield the CPU for a short budget (cheap when the
+answer is near), then sleep with exponential back-off, and always give up at a
+deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class WaitTimeout(Exception):
+    """Raised by :func:`poll` when the deadline passes (the engine rewraps it)."""
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    """How long and how eagerly to wait.
+
+    timeout : seconds before a wait gives up (every wait has one).
+    spin : seconds of busy testing before the first sleep.
+    max_sleep : ceiling of the exponential back-off, in seconds.
+    check_every : seconds between calls of a wait's ``on_idle`` hook
+        (liveness checks, abort messages) once it sleeps.
+    """
+
+    timeout: float = 60.0
+    spin: float = 2e-4
+    max_sleep: float = 1e-3
+    check_every: float = 0.02
+
+    @classmethod
+    def for_ranks(cls, ranks_on_host: int, timeout: float = 60.0) -> "WaitPolicy":
+        """Spin only when every rank on this host has a core of its own."""
+        cores = os.cpu_count() or 1
+        spin = 2e-4 if ranks_on_host <= cores else 1e-5
+        return cls(timeout=timeout, spin=spin)
+
+
+def poll(
+    test: Callable[[], T],
+    policy: WaitPolicy,
+    *,
+    on_idle: Callable[[], None] | None = None,
+    first_sleep: float = 0.0,
+    timeout: float | None = None,
+) -> T:
+    """Call ``test`` until it returns something truthy, and return that.
+
+    ``first_sleep`` lets a caller that knows roughly when the answer is due
+    (the driver waiting for a group) sleep through most of the wait without
+    polling. ``on_idle`` runs between sleeps, at most every
+    ``policy.check_every`` seconds, and may raise to end the wait.
+    Raises :class:`WaitTimeout` after ``timeout`` (default ``policy.timeout``).
+    """
+    result = test()
+    if result:
+        return result
+    start = time.perf_counter()
+    limit = policy.timeout if timeout is None else timeout
+    deadline = start + limit
+    if first_sleep > 0:
+        time.sleep(min(first_sleep, limit))
+    # Yield between tests: on a busy machine the peer we wait for may need this core.
+    spin_until = time.perf_counter() + policy.spin
+    while True:
+        result = test()
+        if result:
+            return result
+        if time.perf_counter() >= spin_until:
+            break
+        os.sched_yield()
+    sleep = 2e-5
+    next_check = time.perf_counter()
+    while True:
+        result = test()
+        if result:
+            return result
+        now = time.perf_counter()
+        if now >= deadline:
+            raise WaitTimeout(f"no answer after {limit:g} s")
+        if on_idle is not None and now >= next_check:
+            on_idle()
+            next_check = now + policy.check_every
+        time.sleep(min(sleep, deadline - now))
+        sleep = min(sleep * 2, policy.max_sleep)

@@ -1,0 +1,275 @@
+"""The worker role: serve control messages, keep partitions, run jobs' groups.
+
+Workers are ranks 1..W of the driver's communicator. They come up either from
+``mpiexec -n W+1`` (importing :mod:`drizzle_ml` on a rank other than 0 serves
+here until the driver shuts the cluster down) or as a separate worker job that
+a :class:`~drizzle_ml.Cluster` launches and that connects back to the driver
+(``python -m drizzle_ml.worker --connect PORT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+from mpi4py import MPI
+
+from . import protocol as P
+from .data import PartitionCache, assemble_partition, read_hdf5_partition
+from .errors import WorkerTimeoutError
+from .executor import JobExecutor, RecvRing, SendRing
+from .layout import Layout
+from .waiting import WaitPolicy, WaitTimeout, poll
+
+
+class JobAborted(Exception):
+    """The driver aborted the job this worker is running."""
+
+
+def _limit_blas_threads(ranks_on_host: int) -> None:
+    # One BLAS thread per rank unless the user said otherwise: W+1 ranks on a
+    # few cores must not each start a full thread pool.
+    if any(v in os.environ for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(max(1, (os.cpu_count() or 1) // max(ranks_on_host, 1)))
+    except Exception:  # threadpoolctl is optional at run time
+        pass
+
+
+class WorkerRuntime:
+    def __init__(self, ctrl: MPI.Intracomm, peers: MPI.Intracomm, timeout: float):
+        self.ctrl, self.peers = ctrl, peers
+        self.index, self.n_workers = peers.Get_rank(), peers.Get_size()
+        ranks_here = int(os.environ.get("MPI_LOCALNRANKS", self.n_workers + 1))
+        # The driver sleeps through groups, so only the workers compete for cores.
+        self.policy = WaitPolicy.for_ranks(ranks_here - 1, timeout)
+        self.idle_policy = WaitPolicy(timeout=float("inf"), spin=0.0, max_sleep=2e-3, check_every=1.0)
+        _limit_blas_threads(ranks_here)
+        self.inbox: deque = deque()
+        self.cache = PartitionCache()
+        self.jobs: dict[int, Any] = {}
+        self.finished: set[int] = set()
+        self.current_job: int | None = None
+        self.driver_pid: int | None = None
+        self.pending_reports: list[MPI.Request] = []
+
+    # -- messaging --------------------------------------------------------------
+    def report(self, message: Any) -> None:
+        self.pending_reports = [r for r in self.pending_reports if not r.Test()]
+        self.pending_reports.append(self.ctrl.isend(message, dest=0, tag=P.TAG_REPORT))
+
+    def poll_ctrl(self) -> None:
+        while True:
+            msg = self.ctrl.improbe(source=0, tag=P.TAG_CTRL)
+            if msg is None:
+                return
+            obj = msg.recv()
+            if isinstance(obj, P.Abort):
+                self.finished.add(obj.job)
+                if obj.job == self.current_job:
+                    raise JobAborted(obj.reason)
+            else:
+                self.inbox.append(obj)
+
+    def wait(self, test: Callable[[], Any], what: str, extra: float = 0.0) -> Any:
+        try:
+            return poll(test, self.policy, on_idle=self.poll_ctrl, timeout=self.policy.timeout + extra)
+        except WaitTimeout:
+            raise WorkerTimeoutError(
+                f"worker {self.index} waited {self.policy.timeout + extra:.3g} s for {what}", self.index
+            ) from None
+
+    def _driver_alive(self) -> None:
+        if self.driver_pid is not None:
+            try:
+                os.kill(self.driver_pid, 0)
+            except ProcessLookupError:
+                raise SystemExit(f"drizzle-ml worker {self.index}: the driver (pid {self.driver_pid}) is gone")
+
+    def next_message(self) -> Any:
+        def ready():
+            if not self.inbox:
+                self.poll_ctrl()
+            return self.inbox.popleft() if self.inbox else None
+
+        return poll(ready, self.idle_policy, on_idle=self._driver_alive)
+
+    # -- serving ------------------------------------------------------------------
+    def serve(self) -> None:
+        self.report(P.Hello(self.index, os.getpid(), socket.gethostname()))
+        while True:
+            msg = self.next_message()
+            if isinstance(msg, P.Shutdown):
+                for job in list(self.jobs.values()):
+                    job.close()
+                self.report(P.Bye(self.index))
+                poll(lambda: all(r.Test() for r in self.pending_reports), self.policy)
+                return
+            try:
+                self.handle(msg)
+            except JobAborted:
+                self._drop_job(self.current_job)
+            except Exception as exc:  # reported to the driver, which raises it
+                job = getattr(msg, "job", None)
+                self._drop_job(job)
+                self.report(
+                    P.ErrorReport(job, self.index, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                )
+            finally:
+                self.current_job = None
+
+    def _drop_job(self, job: int | None) -> None:
+        if job is None:
+            return
+        self.finished.add(job)
+        executor = self.jobs.pop(job, None)
+        if executor is not None:
+            executor.close()
+
+    def handle(self, msg: Any) -> None:
+        if isinstance(msg, P.LoadData):
+            self.load(msg)
+        elif isinstance(msg, P.DropData):
+            self.cache.drop(msg.dataset_id)
+        elif isinstance(msg, P.StartJob):
+            self.current_job = msg.job
+            partition = self.cache.get(msg.dataset_id)
+            if msg.scheduling == "bsp":
+                BspWorker(self, msg, partition).run()
+                self.finished.add(msg.job)
+            else:
+                self.jobs[msg.job] = JobExecutor(self, msg, partition)
+        elif isinstance(msg, P.RunGroup):
+            if msg.job in self.finished:
+                return  # a group sent ahead for a job that already stopped
+            executor = self.jobs.get(msg.job)
+            if executor is None:
+                raise KeyError(f"worker {self.index} has no job {msg.job}")
+            self.current_job = msg.job
+            report = executor.run_group(msg)
+            if report.stopped:
+                self._drop_job(msg.job)
+            self.report(report)
+        elif isinstance(msg, P.EndJob):
+            self._drop_job(msg.job)
+        else:
+            raise TypeError(f"unknown control message {type(msg).__name__}")
+
+    def load(self, msg: P.LoadData) -> None:
+        spec = msg.spec
+        if spec["kind"] == "hdf5":
+            partition = read_hdf5_partition(spec)
+        else:
+            buffers, requests = [], []
+            for _, _, _, parts in spec["fields"]:
+                for shape, dtype in parts:
+                    buf = np.empty(shape, dtype=np.dtype(dtype))
+                    buffers.append(buf)
+                    requests.append(self.ctrl.Irecv(buf, source=0, tag=P.TAG_DATA))
+            self.wait(lambda: MPI.Request.Testall(requests), f"partition data of {msg.dataset_id}")
+            partition = assemble_partition(spec, buffers)
+        self.cache.put(msg.dataset_id, partition)
+        self.report(P.Loaded(msg.dataset_id, self.index, partition.n_rows))
+
+
+class BspWorker:
+    """Baseline (Spark-style) execution: every iteration is a task from the driver.
+
+    The driver sends the model with each task, gathers the partials itself,
+    updates, and sends the next task. Buffers are preallocated and reused so the
+    comparison measures the pattern, not pickling.
+    """
+
+    def __init__(self, rt: WorkerRuntime, spec: P.StartJob, partition):
+        self.rt, self.spec, self.partition = rt, spec, partition
+        shared = spec.program.shared
+        keys = tuple(spec.model) if shared is None else tuple(shared)
+        self.layout = Layout({k: spec.model[k] for k in keys})
+        self.header_bytes = P.HEADER_SLOTS * 8
+        self.version = spec.version
+
+    def run(self) -> None:
+        rt, job, program = self.rt, self.spec.job, self.spec.program
+        nbytes = self.header_bytes + self.layout.nbytes
+        tasks = RecvRing(rt.ctrl, 0, P.BSP_TASK, job, nbytes, 2)
+        sends: SendRing | None = None
+        up_layout = None
+        compute = 0.0
+        t_start = time.perf_counter()
+        it = 0
+        estimate = 0.0
+        while True:
+            tasks.post_until(it, it + 2)
+            req = tasks.request(it)
+            if not req.Test():
+                rt.wait(req.Test, f"the driver's task for iteration {it}", extra=4 * estimate)
+            buf = tasks.take(it)
+            version, _, flags = buf[: self.header_bytes].view(np.float64)
+            if flags == P.FLAG_STOP:
+                break
+            self.version = int(version)
+            model = self.layout.unpack(buf, self.header_bytes)
+            t0 = time.perf_counter()
+            partial = program.local(model, self.partition)
+            compute += time.perf_counter() - t0
+            tag = P.data_tag(P.BSP_PARTIAL, job, it)
+            if up_layout is None:
+                # The first partial goes pickled so the driver learns its layout.
+                up_layout = Layout(partial)
+                rt.ctrl.send((up_layout, partial), dest=0, tag=tag)
+                sends = SendRing(up_layout.nbytes, 2)
+            else:
+                sbuf = sends.slot(it)
+                up_layout.pack(partial, sbuf)
+                sends.track(it, [rt.ctrl.Isend([sbuf, MPI.BYTE], dest=0, tag=tag)])
+            estimate = max(estimate, time.perf_counter() - t0)
+            it += 1
+        tasks.cancel()
+        timings = {"compute": compute, "execution": time.perf_counter() - t_start}
+        rt.report(P.GroupReport(job, 0, rt.index, it, self.version, True, timings))
+
+
+def serve_world(comm: MPI.Intracomm | None = None) -> None:
+    """Serve as a worker of an ``mpiexec``-launched world whose rank 0 is the driver."""
+    world = comm or MPI.COMM_WORLD
+    group = world.Get_group().Excl([0])
+    peers = world.Create_group(group)  # collective over the workers only
+    group.Free()
+    runtime = WorkerRuntime(world, peers, _timeout_from_env())
+    runtime.serve()
+
+
+def _timeout_from_env() -> float:
+    return float(os.environ.get("DRIZZLE_TIMEOUT", "60"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of a worker job launched by :class:`drizzle_ml.Cluster`."""
+    parser = argparse.ArgumentParser(prog="python -m drizzle_ml.worker")
+    parser.add_argument("--connect", required=True, help="MPI port name published by the driver")
+    parser.add_argument("--driver-pid", type=int, default=None)
+    parser.add_argument("--timeout", type=float, default=_timeout_from_env())
+    args = parser.parse_args(argv)
+    peers = MPI.COMM_WORLD.Dup()
+    inter = MPI.COMM_WORLD.Connect(args.connect, root=0)
+    ctrl = inter.Merge(high=True)
+    runtime = WorkerRuntime(ctrl, peers, args.timeout)
+    if args.driver_pid and socket.gethostname() == os.environ.get("DRIZZLE_DRIVER_HOST"):
+        runtime.driver_pid = args.driver_pid
+    runtime.serve()
+    ctrl.Free()
+    inter.Disconnect()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
