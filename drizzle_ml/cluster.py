@@ -109,10 +109,14 @@ class Cluster:
         self._closed = False
         self._broken: str | None = None
         self._proc: subprocess.Popen | None = None
-        self._stderr_tail: deque[str] = deque(maxlen=200)
-        self._stderr_thread: threading.Thread | None = None
+        self._output_tail: deque[str] = deque(maxlen=200)
+        self._pumps: list[threading.Thread] = []
         self._job_seq = 0
         self._loaded: OrderedDict[str, int] = OrderedDict()
+        # Reports that arrived before anyone asked for them: with groups sent
+        # ahead, a fast worker can finish group g+1 while group g is collected.
+        self._backlog: list[Any] = []
+        self._aborted: set[int] = set()
         self.workers: list[P.Hello] = []
         if launched_by_mpiexec():
             if MPI.COMM_WORLD.Get_rank() != 0:
@@ -159,10 +163,17 @@ class Cluster:
         cmd = [mpiexec, "-n", str(self.n_workers), *mpiexec_args, sys.executable, "-m",
                "drizzle_ml.worker", "--connect", port, "--driver-pid", str(os.getpid())]
         self._proc = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,
         )
-        self._stderr_thread = threading.Thread(target=self._pump_stderr, daemon=True)
-        self._stderr_thread.start()
+        # Workers' output (and Hydra's notices, which name a dead process) pass
+        # through here: forwarded to ours, the tail kept for diagnosis.
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(self._proc.stdout, "stdout"), daemon=True),
+            threading.Thread(target=self._pump, args=(self._proc.stderr, "stderr"), daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
         accepted: list[MPI.Intercomm] = []
         acceptor = threading.Thread(target=lambda: accepted.append(MPI.COMM_SELF.Accept(port)), daemon=True)
         acceptor.start()
@@ -187,23 +198,26 @@ class Cluster:
         self._intercomm = accepted[0]
         return self._intercomm.Merge(high=False)
 
-    def _pump_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        for raw in iter(self._proc.stderr.readline, b""):
+    def _pump(self, stream: Any, name: str) -> None:
+        for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace")
-            self._stderr_tail.append(line)
+            self._output_tail.append(line)
             if "UCX  WARN" in line and "mpool" in line:
                 continue  # teardown noise from the transport
             try:
-                sys.stderr.write(line)
-                sys.stderr.flush()
-            except (ValueError, OSError):
+                target = getattr(sys, name)
+                target.write(line)
+                target.flush()
+            except (ValueError, OSError, AttributeError):
                 pass
 
+    def _join_pumps(self) -> None:
+        for pump in self._pumps:
+            pump.join(timeout=2.0)
+
     def _job_diagnosis(self) -> str:
-        if self._stderr_thread is not None:
-            self._stderr_thread.join(timeout=2.0)
-        tail = "".join(self._stderr_tail)
+        self._join_pumps()
+        tail = "".join(self._output_tail)
         code = self._proc.poll() if self._proc is not None else None
         if code is not None:
             detail = f" (worker job exit code {code})"
@@ -216,9 +230,8 @@ class Cluster:
     def _check_alive(self) -> None:
         if self._proc is None or self._proc.poll() is None:
             return
-        if self._stderr_thread is not None:
-            self._stderr_thread.join(timeout=2.0)
-        tail = "".join(self._stderr_tail)
+        self._join_pumps()
+        tail = "".join(self._output_tail)
         dead = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s*EXIT CODE: (\d+)", tail)
         worker = None
         if dead:
@@ -275,11 +288,12 @@ class Cluster:
                  first_sleep: float = 0.0, extra: float = 0.0, timeout: float | None = None,
                  job: int | None = None) -> list[Any]:
         """Receive reports until ``count`` accepted ones arrived; raise on worker errors."""
-        got: list[Any] = []
+        got: list[Any] = [m for m in self._backlog if accept(m)]
+        self._backlog = [m for m in self._backlog if not accept(m)]
         errors: list[P.ErrorReport] = []
 
         def test() -> bool:
-            while True:
+            while len(got) < count:
                 msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
                 if msg is None:
                     break
@@ -287,10 +301,14 @@ class Cluster:
                 if isinstance(obj, P.Hello):
                     self.workers.append(obj)
                 if isinstance(obj, P.ErrorReport):
+                    if obj.job in self._aborted:
+                        continue  # a second worker failing in a job already aborted
                     errors.append(obj)
                     return True
                 if accept(obj):
                     got.append(obj)
+                else:
+                    self._backlog.append(obj)
             return len(got) >= count
 
         try:
@@ -309,7 +327,9 @@ class Cluster:
         if errors:
             err = errors[0]
             if err.job is not None:
+                self._aborted.add(err.job)
                 self.broadcast(P.Abort(err.job, err.message))
+                self._backlog = [m for m in self._backlog if getattr(m, "job", None) != err.job]
             raise WorkerError(f"worker {err.worker} failed: {err.message}", err.worker, err.traceback)
         return got
 
@@ -321,6 +341,11 @@ class Cluster:
     def new_job(self) -> int:
         self._job_seq += 1
         return self._job_seq
+
+    def end_job(self, job: int) -> None:
+        """Tell the workers ``job`` is over and forget its unclaimed reports."""
+        self.broadcast(P.EndJob(job))
+        self._backlog = [m for m in self._backlog if getattr(m, "job", None) != job]
 
     # -- data -------------------------------------------------------------------------
     def load(self, dataset: Any) -> str:
@@ -395,6 +420,7 @@ class Cluster:
             return
         try:
             os.killpg(self._proc.pid, signal.SIGTERM)
+            os.killpg(self._proc.pid, signal.SIGCONT)  # a stopped (hung) worker must see it
         except ProcessLookupError:
             return
         self._wait_job(5.0)

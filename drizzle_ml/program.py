@@ -24,6 +24,7 @@ class Partition:
     sample_weight : ndarray of shape (n_rows,) or None
     row_offset : index of this partition's first row in the whole dataset
     n_total : number of rows in the whole dataset
+    worker : 0-based index of the worker holding the partition
     """
 
     X: Any
@@ -31,6 +32,7 @@ class Partition:
     sample_weight: np.ndarray | None = None
     row_offset: int = 0
     n_total: int = 0
+    worker: int = 0
 
     @property
     def n_rows(self) -> int:

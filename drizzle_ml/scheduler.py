@@ -89,7 +89,7 @@ def run_job(
     else:
         result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store, on_group,
                              pipeline, sizer)
-        cluster.broadcast(P.EndJob(job))
+        cluster.end_job(job)
     result.wall = time.perf_counter() - t_job
     return result
 

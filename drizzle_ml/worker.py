@@ -10,7 +10,9 @@ a :class:`~drizzle_ml.Cluster` launches and that connects back to the driver
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import socket
 import sys
 import time
@@ -169,6 +171,7 @@ class WorkerRuntime:
         spec = msg.spec
         if spec["kind"] == "hdf5":
             partition = read_hdf5_partition(spec)
+            partition.worker = self.index
         else:
             buffers, requests = [], []
             for _, _, _, parts in spec["fields"]:
@@ -178,6 +181,7 @@ class WorkerRuntime:
                     requests.append(self.ctrl.Irecv(buf, source=0, tag=P.TAG_DATA))
             self.wait(lambda: MPI.Request.Testall(requests), f"partition data of {msg.dataset_id}")
             partition = assemble_partition(spec, buffers)
+        partition.worker = self.index
         self.cache.put(msg.dataset_id, partition)
         self.report(P.Loaded(msg.dataset_id, self.index, partition.n_rows))
 
@@ -260,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--driver-pid", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=_timeout_from_env())
     args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR2)  # `kill -USR2 <pid>` prints where a worker is
     peers = MPI.COMM_WORLD.Dup()
     inter = MPI.COMM_WORLD.Connect(args.connect, root=0)
     ctrl = inter.Merge(high=True)

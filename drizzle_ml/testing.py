@@ -1,0 +1,75 @@
+"""Small programs that exercise the engine in tests and examples.
+
+They live in the package (not in ``tests/``) because workers unpickle programs
+by module path, and every worker can import ``drizzle_ml.testing``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from .program import Partition, Program
+
+
+class TreeSum(Program):
+    """One pass: the model becomes the column sums and row count of the whole dataset."""
+
+    def local(self, model, part: Partition):
+        X = part.X
+        sums = np.asarray(X.sum(axis=0)).ravel() if sp.issparse(X) else X.sum(axis=0)
+        return {"sums": np.array(sums, dtype=np.float64), "rows": np.array([float(X.shape[0])])}
+
+    def update(self, model, total, iteration):
+        return {"sums": np.array(total["sums"]), "rows": np.array(total["rows"])}, {"converged": True}
+
+
+class Counter(Program):
+    """``x`` grows by one per update, so it always equals the model version.
+
+    ``stop_at``: report convergence at that iteration. ``fail_at``/``fail_worker``:
+    raise ValueError in ``local`` on that worker at that iteration.
+    ``kill_at``/``kill_worker``: SIGKILL the worker process there.
+    ``sleep``: seconds each ``local`` sleeps.
+    """
+
+    def __init__(self, stop_at=None, fail_at=None, fail_worker=None, kill_at=None, kill_worker=None,
+                 sleep=0.0):
+        self.stop_at, self.fail_at, self.fail_worker = stop_at, fail_at, fail_worker
+        self.kill_at, self.kill_worker, self.sleep = kill_at, kill_worker, sleep
+
+    def local(self, model, part: Partition):
+        it = int(model["x"][0])
+        if self.sleep:
+            time.sleep(self.sleep)
+        if self.fail_at == it and self.fail_worker == part.worker:
+            raise ValueError(f"injected failure at iteration {it}")
+        if self.kill_at == it and self.kill_worker == part.worker:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return np.array([float(part.n_rows)])
+
+    def update(self, model, total, iteration):
+        x = model["x"] + 1.0
+        return {"x": x, "seen": np.array([iteration], dtype=np.float64)}, {
+            "rows": float(total[0]),
+            "converged": self.stop_at is not None and iteration >= self.stop_at,
+        }
+
+
+class LeastSquaresGD(Program):
+    """Least squares by gradient descent on ``coef``; a small non-trivial float workload."""
+
+    def __init__(self, learning_rate=0.1):
+        self.learning_rate = learning_rate
+
+    def local(self, model, part: Partition):
+        r = part.X @ model["coef"] - part.y
+        return np.asarray(part.X.T @ r, dtype=np.float64), np.array([0.5 * float(r @ r), part.n_rows])
+
+    def update(self, model, total, iteration):
+        grad, (loss, n) = total
+        return {"coef": model["coef"] - self.learning_rate * grad / n}, {"loss": loss / n}

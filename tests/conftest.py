@@ -1,0 +1,64 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from drizzle_ml.cluster import find_mpiexec
+
+TIMEOUT = 120
+
+
+def worker_processes(marker: str) -> list[str]:
+    """Command lines of live processes whose arguments contain ``marker``."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if marker in ln and "ps -eo" not in ln and " Z" not in ln]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def wait_cluster_gone(cluster, timeout: float = 10.0) -> list[int]:
+    """Wait until a launched cluster's mpiexec and workers are gone; return survivors."""
+    import time
+
+    pids = [h.pid for h in cluster.workers] + [cluster._proc.pid]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if pid_alive(p)]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return alive
+
+
+def run_mpi(n: int, script: str, tmp_path, timeout: float = TIMEOUT, env=None):
+    """Run ``script`` under ``mpiexec -n n``; return (returncode, stdout, stderr)."""
+    path = tmp_path / f"job_{n}.py"
+    path.write_text(textwrap.dedent(script))
+    full_env = dict(os.environ, DRIZZLE_TIMEOUT="30", OMP_NUM_THREADS="1", **(env or {}))
+    proc = subprocess.run([find_mpiexec(), "-n", str(n), sys.executable, str(path)],
+                          capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=str(tmp_path))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def last_json(stdout: str):
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"no JSON line in output:\n{stdout}"
+    return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="session")
+def cluster2():
+    import drizzle_ml
+
+    with drizzle_ml.Cluster(2, timeout=30) as cluster:
+        yield cluster

@@ -1,0 +1,114 @@
+"""Engine parts that need no MPI job: layout, tree, store, tuner, partitioning."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from drizzle_ml.data import row_bounds
+from drizzle_ml.layout import Layout
+from drizzle_ml.store import ModelStore
+from drizzle_ml.tree import ReduceTree
+from drizzle_ml.tuner import GroupSizer, check_group_size
+
+
+def test_layout_round_trip_mixed_dtypes_and_nesting():
+    value = {"a": np.arange(5.0), "b": (np.ones((2, 3), np.float32), 2.5, np.int64(7)), "c": [np.zeros(0)]}
+    layout = Layout(value)
+    buf = layout.new_buffer()
+    layout.pack(value, buf)
+    out = layout.unpack(buf)
+    np.testing.assert_array_equal(out["a"], value["a"])
+    assert out["b"][0].dtype == np.float32 and out["b"][0].shape == (2, 3)
+    assert out["b"][1] == 2.5 and out["b"][2] == 7
+    assert isinstance(out["c"], list) and out["c"][0].shape == (0,)
+    assert pickle.loads(pickle.dumps(layout)) == layout
+
+
+def test_layout_rejects_changed_shapes_and_objects():
+    layout = Layout((np.zeros(3), np.zeros(2)))
+    with pytest.raises(ValueError, match="shape"):
+        layout.pack((np.zeros(4), np.zeros(2)), layout.new_buffer())
+    with pytest.raises(ValueError, match="structure"):
+        layout.pack((np.zeros(3),), layout.new_buffer())
+    with pytest.raises(TypeError, match="cannot pack"):
+        Layout({"a": "text"})
+
+
+@pytest.mark.parametrize("workers,fanout", [(1, 2), (2, 2), (5, 2), (7, 3), (16, 4)])
+def test_tree_parents_and_children_agree(workers, fanout):
+    tree = ReduceTree(workers, fanout)
+    seen = set()
+    for w in range(workers):
+        for c in tree.children(w):
+            assert tree.parent(c) == w
+            seen.add(c)
+    assert seen == set(range(1, workers))
+    assert tree.parent(0) is None
+    # depth: longest chain of parents
+    longest = 0
+    for w in range(workers):
+        d = 0
+        while tree.parent(w) is not None:
+            w, d = tree.parent(w), d + 1
+        longest = max(longest, d)
+    assert tree.depth == longest
+
+
+def test_tree_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="n_workers"):
+        ReduceTree(0)
+    with pytest.raises(ValueError, match="fanout"):
+        ReduceTree(3, 0)
+
+
+def test_store_versions_history_and_readonly():
+    store = ModelStore(history=3)
+    with pytest.raises(LookupError, match="no model version"):
+        store.latest()
+    for v in range(5):
+        store.commit(v, {"w": np.full(2, float(v))}, iteration=v)
+    assert store.versions() == [2, 3, 4]
+    assert store.latest().version == 4
+    np.testing.assert_array_equal(store.get(3).model["w"], [3.0, 3.0])
+    with pytest.raises(LookupError, match="kept: 2..4"):
+        store.get(0)
+    with pytest.raises(ValueError, match="not newer"):
+        store.commit(4, {"w": np.zeros(2)}, iteration=4)
+    with pytest.raises(ValueError, match="read-only"):
+        store.latest().model["w"][0] = 1.0
+
+
+def test_store_wait_for_times_out():
+    store = ModelStore()
+    store.commit(0, {"w": np.zeros(1)}, 0)
+    with pytest.raises(TimeoutError, match="version 5"):
+        store.wait_for(5, timeout=0.05)
+    assert store.wait_for(0, timeout=0.05).version == 0
+
+
+def test_row_bounds_balanced_and_checked():
+    np.testing.assert_array_equal(row_bounds(10, 3), [0, 4, 7, 10])
+    np.testing.assert_array_equal(row_bounds(3, 3), [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="fewer than the 4 workers"):
+        row_bounds(3, 4)
+
+
+def test_group_sizer_fixed_and_aimd():
+    fixed = GroupSizer(10)
+    assert [fixed.next(0.9), fixed.next(0.0)] == [10, 10]
+    auto = GroupSizer("auto", lower=0.05, upper=0.10, min_group=1, max_group=64)
+    start = auto.size
+    assert auto.next(0.5) == 2 * start  # multiplicative increase
+    assert auto.next(0.5) == 4 * start
+    assert auto.next(0.01) == 4 * start - 1  # additive decrease
+    assert auto.next(0.07) == 4 * start - 1  # within bounds: unchanged
+    for _ in range(10):
+        auto.next(0.9)
+    assert auto.size == 64
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "big", True])
+def test_group_size_validation(bad):
+    with pytest.raises(ValueError, match="group_size"):
+        check_group_size(bad)
