@@ -489,3 +489,11 @@ def _close_all() -> None:
             cluster.close()
         except Exception:
             pass
+    # The driver of an mpiexec world must release its workers even if it never
+    # made a Cluster (an early error, a script that did not need one).
+    if _world_cluster is None and launched_by_mpiexec() and MPI.Is_initialized() and not MPI.Is_finalized():
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            try:
+                Cluster(timeout=30.0, start_timeout=30.0).close()
+            except Exception:
+                pass

@@ -1,0 +1,107 @@
+"""World mode: the user launches mpiexec; rank 0 runs the script, the other ranks serve."""
+
+import numpy as np
+import pytest
+
+from .conftest import last_json, run_mpi
+
+SCRIPT = """
+import json, numpy as np
+import drizzle_ml
+from drizzle_ml import ArrayDataset, ModelStore
+from drizzle_ml.testing import LeastSquaresGD, TreeSum, Counter
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((61, 5)); y = X @ np.arange(5.0)
+cluster = drizzle_ml.get_cluster()
+out = {"workers": cluster.n_workers}
+r = cluster.run(TreeSum(), {"sums": np.zeros(5), "rows": np.zeros(1)}, ArrayDataset(X), max_iter=2)
+out["sum_err"] = float(np.max(np.abs(r.model["sums"] - X.sum(axis=0))))
+runs = [cluster.run(LeastSquaresGD(), {"coef": np.zeros(5)}, ArrayDataset(X, y), max_iter=30, group_size=g)
+        for g in (4, 4, "auto")]
+out["identical"] = bool(np.array_equal(runs[0].model["coef"], runs[1].model["coef"]))
+out["coef"] = runs[0].model["coef"].tolist()
+store = ModelStore(history=50)
+c = cluster.run(Counter(stop_at=9), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X),
+                max_iter=50, group_size=4, store=store)
+out["stop"] = [c.n_iter, c.version, c.converged]
+out["versions_ok"] = all(store.get(v).model["x"][0] == v for v in store.versions())
+print(json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 5])
+def test_world_mode_jobs(ranks, tmp_path):
+    code, out, err = run_mpi(ranks, SCRIPT, tmp_path)
+    assert code == 0, err
+    result = last_json(out)
+    assert result["workers"] == ranks - 1
+    assert result["sum_err"] < 1e-12
+    assert result["identical"]
+    assert result["stop"] == [10, 10, True]
+    assert result["versions_ok"]
+    # reference gradient descent in numpy
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((61, 5))
+    y = X @ np.arange(5.0)
+    coef = np.zeros(5)
+    for _ in range(30):
+        coef = coef - 0.1 * (X.T @ (X @ coef - y)) / len(y)
+    np.testing.assert_allclose(result["coef"], coef, rtol=1e-10)
+
+
+def test_world_mode_estimator_script(tmp_path):
+    script = """
+    import json
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.preprocessing import StandardScaler
+    from drizzle_ml import LogisticRegression
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    clf = LogisticRegression(learning_rate=0.5, max_iter=50, group_size=10).fit(X, y)
+    print(json.dumps({"acc": clf.score(X, y), "n_iter": clf.n_iter_, "groups": len(clf.history_)}))
+    """
+    code, out, err = run_mpi(3, script, tmp_path)
+    assert code == 0, err
+    result = last_json(out)
+    assert result["acc"] > 0.95 and result["n_iter"] == 50 and result["groups"] == 5
+
+
+def test_world_mode_driver_exception_shuts_workers_down(tmp_path):
+    script = """
+    import numpy as np, drizzle_ml
+    cluster = drizzle_ml.get_cluster()
+    raise RuntimeError("user code failed on the driver")
+    """
+    code, out, err = run_mpi(3, script, tmp_path, timeout=60)
+    assert code != 0
+    assert "user code failed on the driver" in err
+
+
+def test_world_mode_dead_worker_ends_the_job(tmp_path):
+    script = """
+    import numpy as np, drizzle_ml
+    from drizzle_ml import ArrayDataset
+    from drizzle_ml.testing import Counter
+    cluster = drizzle_ml.get_cluster()
+    cluster.run(Counter(kill_at=3, kill_worker=1), {"x": np.zeros(1), "seen": np.zeros(1)},
+                ArrayDataset(np.ones((10, 2))), max_iter=100, group_size=2)
+    print("not reached")
+    """
+    code, out, err = run_mpi(3, script, tmp_path, timeout=60)
+    assert code != 0
+    assert "not reached" not in out
+    assert "BAD TERMINATION" in out + err
+
+
+def test_world_mode_n_workers_mismatch(tmp_path):
+    script = """
+    import drizzle_ml
+    try:
+        drizzle_ml.Cluster(n_workers=5)
+    except ValueError as exc:
+        print("ERR", exc)
+    """
+    code, out, err = run_mpi(3, script, tmp_path)
+    assert code == 0, err
+    assert "ERR n_workers=5 but mpiexec started 2 workers" in out
