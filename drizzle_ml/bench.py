@@ -184,8 +184,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     if args.bench == "_plain":
         from mpi4py import MPI
 
@@ -197,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         coordination(args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,7 @@ class JobExecutor:
         self.group_end = 0
         self._iteration = 0
         self._iter_estimate = 0.0
+        self.startup = 0.0  # set by the runtime; reported with the first group
 
     # -- channels ---------------------------------------------------------------
     def _init_up(self, partial: Any) -> None:
@@ -240,7 +241,9 @@ class JobExecutor:
             "broadcast": broadcast,
             "update": update,
             "execution": time.perf_counter() - t_group,
+            "startup": self.startup,
         }
+        self.startup = 0.0
         return P.GroupReport(
             job=self.job,
             start=group.start,

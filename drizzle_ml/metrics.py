@@ -60,6 +60,9 @@ class JobResult:
     converged : True when the program reported convergence.
     history : one :class:`GroupMetrics` per group.
     iteration_metrics : per-iteration metrics from ``update`` (lists of floats).
+    wall : driver time for the whole job, in seconds.
+    startup : slowest worker's one-time job set-up (unpickling the program,
+        which may import its module), excluded from the first group's wall.
     """
 
     model: dict
@@ -69,6 +72,7 @@ class JobResult:
     history: list[GroupMetrics]
     iteration_metrics: dict[str, list[float]]
     wall: float = 0.0
+    startup: float = 0.0
 
     def summary(self) -> dict[str, float]:
         """Totals over the job: time per phase and the overall overhead share."""

@@ -51,6 +51,7 @@ class StartJob:
     version: int
     fanout: int
     scheduling: str  # "group" or "bsp"
+    received_in: float = 0.0  # set by the worker: time to unpickle this message
 
 
 @dataclass

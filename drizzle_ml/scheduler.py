@@ -102,6 +102,7 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
     iteration_metrics: dict[str, list[float]] = {}
     per_iteration = 0.0
     converged = False
+    job_startup = 0.0
     last_done = time.perf_counter()
 
     def send(size: int) -> None:
@@ -139,9 +140,11 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         store.commit(version, model, group.start + n_done,
                      {k: v[-1] for k, v in root.metrics.items() if v})
         slowest = lambda key: max(r.timings.get(key, 0.0) for r in reports)
+        job_startup = max(job_startup, slowest("startup"))
+        startup = slowest("startup")
         metrics = GroupMetrics(
             group=len(history), start_iteration=group.start, group_size=group.size,
-            n_iterations=n_done, version=version, wall=done_at - began,
+            n_iterations=n_done, version=version, wall=max(done_at - began - startup, 0.0),
             schedule=group.schedule, wait=done_at - t_wait, compute=slowest("compute"),
             reduce=slowest("reduce"), broadcast=slowest("broadcast"), update=slowest("update"),
             execution=slowest("execution"),
@@ -157,7 +160,8 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         size = sizer.next(metrics.coordination / metrics.wall if metrics.wall > 0 else 0.0)
         if next_start < end and (pipeline or not sent):
             send(size)
-    return JobResult(freeze(model), version, group.start + n_done - it0, converged, history, iteration_metrics)
+    return JobResult(freeze(model), version, group.start + n_done - it0, converged, history,
+                     iteration_metrics, startup=job_startup)
 
 
 def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group):

@@ -75,7 +75,11 @@ class WorkerRuntime:
             msg = self.ctrl.improbe(source=0, tag=P.TAG_CTRL)
             if msg is None:
                 return
+            t0 = time.perf_counter()
             obj = msg.recv()
+            if isinstance(obj, P.StartJob):
+                # Unpickling a program may import its module (and scikit-learn): start-up, not coordination.
+                obj.received_in = time.perf_counter() - t0
             if isinstance(obj, P.Abort):
                 self.finished.add(obj.job)
                 if obj.job == self.current_job:
@@ -150,7 +154,10 @@ class WorkerRuntime:
                 BspWorker(self, msg, partition).run()
                 self.finished.add(msg.job)
             else:
-                self.jobs[msg.job] = JobExecutor(self, msg, partition)
+                t0 = time.perf_counter()
+                executor = JobExecutor(self, msg, partition)
+                executor.startup = msg.received_in + time.perf_counter() - t0
+                self.jobs[msg.job] = executor
         elif isinstance(msg, P.RunGroup):
             if msg.job in self.finished:
                 return  # a group sent ahead for a job that already stopped

@@ -1,0 +1,1 @@
+"""The ``drizzle-ml`` command line and the launcher that supervises ``mpiexec``."""

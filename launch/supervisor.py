@@ -1,0 +1,46 @@
+"""Run an ``mpiexec`` job as a child, forward signals to it, and never leave it behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import Sequence
+
+
+def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace: float = 10.0) -> int:
+    """Run ``cmd`` in its own process group; return its exit code.
+
+    SIGINT/SIGTERM to this process are forwarded to the whole group (mpiexec
+    and every rank); after ``grace`` seconds the group is killed.
+    """
+    proc = subprocess.Popen(list(cmd), env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=grace if received else None)
+                break
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    if received:
+        return 128 + received[0]
+    return code
