@@ -80,8 +80,9 @@ class DrizzleEstimator(BaseEstimator):
         loss = g.metrics.get("loss")
         loss_s = f" loss {loss:.6g}" if loss is not None else ""
         rate = g.n_iterations / g.wall if g.wall > 0 else float("inf")
+        coordination = 100 * g.coordination / g.wall if g.wall > 0 else 0.0
         print(
             f"iter {g.start_iteration + g.n_iterations:>6}{loss_s} group {g.group_size:>4} "
-            f"{rate:,.0f} it/s coordination {100 * g.overhead:4.1f}%",
+            f"{rate:,.0f} it/s coordination {coordination:4.1f}%",
             file=sys.stderr,
         )

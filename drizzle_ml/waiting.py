@@ -56,8 +56,8 @@ def poll(
     """Call ``test`` until it returns something truthy, and return that.
 
     ``first_sleep`` lets a caller that knows roughly when the answer is due
-    (the driver waiting for a group) sleep through most of the wait without
-    polling. ``on_idle`` runs between sleeps, at most every
+    (the driver waiting for a group) sleep through most of the wait, testing
+    only every ``policy.max_sleep`` seconds. ``on_idle`` runs between sleeps, at most every
     ``policy.check_every`` seconds, and may raise to end the wait.
     Raises :class:`WaitTimeout` after ``timeout`` (default ``policy.timeout``).
     """
@@ -68,7 +68,14 @@ def poll(
     limit = policy.timeout if timeout is None else timeout
     deadline = start + limit
     if first_sleep > 0:
-        time.sleep(min(first_sleep, limit))
+        # Sleep through most of the expected wait, but look every max_sleep:
+        # the answer may come early (a job that converged inside its group).
+        wake = start + min(first_sleep, limit)
+        while (now := time.perf_counter()) < wake:
+            time.sleep(min(policy.max_sleep, wake - now))
+            result = test()
+            if result:
+                return result
     # Yield between tests: on a busy machine the peer we wait for may need this core.
     spin_until = time.perf_counter() + policy.spin
     while True:

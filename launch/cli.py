@@ -37,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     train.add_argument("--group-size", type=_group_size, default="auto", help="'auto' or iterations per group")
     train.add_argument("--scheduling", choices=("group", "bsp"), default="group")
-    train.add_argument("--max-iter", type=int, default=500)
+    train.add_argument("--max-iter", type=int, default=2000)
     train.add_argument("--learning-rate", type=float, default=0.5)
-    train.add_argument("--tol", type=float, default=1e-4)
+    train.add_argument("--tol", type=float, default=1e-3, help="stop when max |gradient| < tol")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
     train.add_argument("--mpiexec-args", default="", help="extra arguments for mpiexec, e.g. '-hosts a,b'")
     from drizzle_ml.bench import build_parser as bench_parser
@@ -91,16 +91,17 @@ def _train(args: argparse.Namespace) -> int:
         clf.fit(X, y)
     wall = time.perf_counter() - t1
     history = clf.history_
-    total = {k: sum(g[k] for g in history) for k in ("wall", "compute", "reduce", "broadcast", "update", "coordination")}
+    total = {k: sum(g[k] for g in history) for k in ("wall", "compute", "update", "coordination")}
     loss = history[-1]["metrics"].get("loss", float("nan"))
     print(f"done: {clf.n_iter_} iterations in {len(history)} groups, {wall:.3f} s "
           f"({clf.n_iter_ / wall:,.0f} it/s), model version {clf.model_version_}")
     print(f"  loss {loss:.6f}, training accuracy {clf.score(X, y):.4f}"
           + ("" if not caught else " (did not converge: raise --max-iter)"))
-    share = lambda k: 100 * total[k] / total["wall"] if total["wall"] else 0.0
-    print(f"  time: start-up and load {t_load:.3f} s; in groups compute {share('compute'):.1f}%, "
-          f"reduce {share('reduce'):.1f}%, broadcast {share('broadcast'):.1f}%, update {share('update'):.1f}%, "
-          f"coordination {share('coordination'):.1f}%")
+    per_iter = lambda k: 1e6 * total[k] / max(clf.n_iter_, 1)
+    coordination = 100 * total["coordination"] / total["wall"] if total["wall"] else 0.0
+    print(f"  per iteration: {per_iter('wall'):.0f} us, of which local compute {per_iter('compute'):.0f} us "
+          f"and update {per_iter('update'):.0f} us (the rest is the tree's reduce and broadcast); "
+          f"coordination {coordination:.1f}% of the time; load {t_load:.3f} s")
     return 0
 
 
