@@ -160,4 +160,5 @@ class LogisticRegression(ClassifierMixin, DrizzleEstimator):
 
     def predict(self, X):
         """Predicted labels, shape (n_samples,)."""
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+        scores = self.decision_function(X)  # checks fitted first
+        return self.classes_[(scores > 0).astype(int)]

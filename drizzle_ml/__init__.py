@@ -11,10 +11,6 @@ import os as _os
 
 _os.environ.setdefault("UCX_LOG_LEVEL", "error")
 
-from ._bootstrap import serve_if_worker_rank as _serve_if_worker_rank
-
-_serve_if_worker_rank()
-
 from .cluster import Cluster, get_cluster  # noqa: E402
 from .data import ArrayDataset, HDF5Dataset  # noqa: E402
 from .errors import (  # noqa: E402
@@ -60,3 +56,9 @@ def __getattr__(name: str):
 
         return getattr(algorithms, name)
     raise AttributeError(f"module 'drizzle_ml' has no attribute {name!r}")
+
+
+# Last, so that program modules imported by a worker see the whole package.
+from ._bootstrap import serve_if_worker_rank as _serve_if_worker_rank  # noqa: E402
+
+_serve_if_worker_rank()

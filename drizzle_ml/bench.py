@@ -53,7 +53,8 @@ def _plain(args: argparse.Namespace) -> dict[str, Any]:
     model = {"coef": np.zeros(args.features), "intercept": np.zeros(1)}
     layout = Layout(program.local(model, part))
     send, recv = np.empty(layout.nbytes // 8), np.empty(layout.nbytes // 8)
-    for _ in range(2):
+    elapsed = float("inf")
+    for _ in range(2):  # best of two, as for the engine
         comm.Barrier()
         t0 = time.perf_counter()
         model = {"coef": np.zeros(args.features), "intercept": np.zeros(1)}
@@ -61,7 +62,7 @@ def _plain(args: argparse.Namespace) -> dict[str, Any]:
             layout.pack(program.local(model, part), send.view(np.uint8))
             comm.Allreduce(send, recv)
             model, _ = program.update(model, layout.unpack(recv.view(np.uint8)), it)
-        elapsed = time.perf_counter() - t0
+        elapsed = min(elapsed, time.perf_counter() - t0)
     return {"per_iter": elapsed / args.iterations, "coef": model["coef"].tolist()}
 
 

@@ -274,11 +274,12 @@ class Cluster:
         self.wait(lambda: MPI.Request.Testall(requests), what)
 
     def wait(self, test: Callable[[], Any], what: str, *, first_sleep: float = 0.0,
-             extra: float = 0.0) -> Any:
-        """Poll ``test`` under the cluster's policy, checking the workers are alive."""
+             extra: float = 0.0, watch_reports: bool = False) -> Any:
+        """Poll ``test`` under the cluster's policy, checking the workers are alive
+        (and, with ``watch_reports``, raising workers' error reports)."""
         try:
-            return poll(test, self.policy, on_idle=self._check_alive, first_sleep=first_sleep,
-                        timeout=self.timeout + extra)
+            return poll(test, self.policy, on_idle=self._watch if watch_reports else self._check_alive,
+                        first_sleep=first_sleep, timeout=self.timeout + extra)
         except WaitTimeout:
             self._fail(WorkerTimeoutError(
                 f"timed out after {self.timeout + extra:.3g} s waiting for {what}; "
@@ -290,7 +291,8 @@ class Cluster:
         """Receive reports until ``count`` accepted ones arrived; raise on worker errors."""
         got: list[Any] = [m for m in self._backlog if accept(m)]
         self._backlog = [m for m in self._backlog if not accept(m)]
-        errors: list[P.ErrorReport] = []
+        errors: list[P.ErrorReport] = [m for m in self._backlog if isinstance(m, P.ErrorReport)]
+        self._backlog = [m for m in self._backlog if not isinstance(m, P.ErrorReport)]
 
         def test() -> bool:
             while len(got) < count:
@@ -312,7 +314,9 @@ class Cluster:
             return len(got) >= count
 
         try:
-            if timeout is not None:
+            if errors:
+                pass
+            elif timeout is not None:
                 poll(test, self.policy, on_idle=self._check_alive, timeout=timeout)
             else:
                 self.wait(test, what, first_sleep=first_sleep, extra=extra)
@@ -327,9 +331,7 @@ class Cluster:
         if errors:
             err = errors[0]
             if err.job is not None:
-                self._aborted.add(err.job)
-                self.broadcast(P.Abort(err.job, err.message))
-                self._backlog = [m for m in self._backlog if getattr(m, "job", None) != err.job]
+                self.abort_job(err.job, err.message)
             raise WorkerError(f"worker {err.worker} failed: {err.message}", err.worker, err.traceback)
         return got
 
@@ -341,6 +343,31 @@ class Cluster:
     def new_job(self) -> int:
         self._job_seq += 1
         return self._job_seq
+
+    def abort_job(self, job: int, reason: str) -> None:
+        """Best effort: tell workers to drop ``job`` (no-op on a closed cluster)."""
+        if self._closed or job in self._aborted:
+            return
+        self._aborted.add(job)
+        try:
+            self.broadcast(P.Abort(job, reason))
+        except Exception:
+            pass
+        self._backlog = [m for m in self._backlog if getattr(m, "job", None) != job]
+
+    def _watch(self) -> None:
+        """While waiting on data (BSP partials): notice dead workers and error reports."""
+        self._check_alive()
+        while True:
+            msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
+            if msg is None:
+                return
+            obj = msg.recv()
+            if isinstance(obj, P.ErrorReport) and obj.job not in self._aborted:
+                self._backlog.append(obj)
+                self._collect(lambda m: False, 1, "an error report")
+            elif not isinstance(obj, P.ErrorReport):
+                self._backlog.append(obj)
 
     def end_job(self, job: int) -> None:
         """Tell the workers ``job`` is over and forget its unclaimed reports."""

@@ -45,13 +45,12 @@ class DropData:
 @dataclass
 class StartJob:
     job: int
-    program: Any
+    program: bytes  # pickled: unpickled by the worker inside the job, so failures are reported
     dataset_id: str
     model: dict
     version: int
     fanout: int
     scheduling: str  # "group" or "bsp"
-    received_in: float = 0.0  # set by the worker: time to unpickle this message
 
 
 @dataclass

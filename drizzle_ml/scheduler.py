@@ -83,13 +83,20 @@ def run_job(
     job = cluster.new_job()
     model = {k: np.asarray(v) for k, v in model.items()}
     t_job = time.perf_counter()
-    cluster.broadcast(P.StartJob(job, program, dataset_id, model, version, cluster.fanout, scheduling))
-    if scheduling == "bsp":
-        result = _run_bsp(cluster, job, program, model, version, start_iteration, max_iter, store, on_group)
-    else:
-        result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store, on_group,
-                             pipeline, sizer)
-        cluster.end_job(job)
+    cluster.broadcast(P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version,
+                                 cluster.fanout, scheduling))
+    try:
+        if scheduling == "bsp":
+            result = _run_bsp(cluster, job, program, model, version, start_iteration, max_iter, store,
+                              on_group)
+        else:
+            result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store,
+                                 on_group, pipeline, sizer)
+            cluster.end_job(job)
+    except BaseException as exc:
+        # Driver-side failures (update in BSP mode, a callback, Ctrl-C): stop the job everywhere.
+        cluster.abort_job(job, f"{type(exc).__name__}: {exc}")
+        raise
     result.wall = time.perf_counter() - t_job
     return result
 
@@ -208,7 +215,7 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
                             firsts[w] = msg.recv()
                 return len(firsts) == n
 
-            cluster.wait(first_partials, f"partials for iteration {it}")
+            cluster.wait(first_partials, f"partials for iteration {it}", watch_reports=True)
             up = firsts[0][0]
             recv_bufs = [[up.new_buffer() for _ in range(n)] for _ in range(2)]
             partials = [firsts[w][1] for w in range(n)]
@@ -216,7 +223,8 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
             bufs = recv_bufs[it % 2]
             reqs = [ctrl.Irecv([bufs[w], MPI.BYTE], source=w + 1, tag=tag) for w in range(n)]
             if not MPI.Request.Testall(reqs):
-                cluster.wait(lambda: MPI.Request.Testall(reqs), f"partials for iteration {it}")
+                cluster.wait(lambda: MPI.Request.Testall(reqs), f"partials for iteration {it}",
+                             watch_reports=True)
             partials = [up.unpack(b) for b in bufs]
         t_reduce = time.perf_counter()
         total = partials[0]

@@ -75,11 +75,7 @@ class WorkerRuntime:
             msg = self.ctrl.improbe(source=0, tag=P.TAG_CTRL)
             if msg is None:
                 return
-            t0 = time.perf_counter()
             obj = msg.recv()
-            if isinstance(obj, P.StartJob):
-                # Unpickling a program may import its module (and scikit-learn): start-up, not coordination.
-                obj.received_in = time.perf_counter() - t0
             if isinstance(obj, P.Abort):
                 self.finished.add(obj.job)
                 if obj.job == self.current_job:
@@ -149,6 +145,16 @@ class WorkerRuntime:
             self.cache.drop(msg.dataset_id)
         elif isinstance(msg, P.StartJob):
             self.current_job = msg.job
+            t0 = time.perf_counter()
+            try:
+                # May import the program's module (and scikit-learn): start-up, not coordination.
+                msg.program = MPI.pickle.loads(msg.program)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"cannot unpickle the program ({type(exc).__name__}: {exc}); define program "
+                    "classes in a module the workers can import, not in __main__"
+                ) from exc
+            unpickled_in = time.perf_counter() - t0
             partition = self.cache.get(msg.dataset_id)
             if msg.scheduling == "bsp":
                 BspWorker(self, msg, partition).run()
@@ -156,7 +162,7 @@ class WorkerRuntime:
             else:
                 t0 = time.perf_counter()
                 executor = JobExecutor(self, msg, partition)
-                executor.startup = msg.received_in + time.perf_counter() - t0
+                executor.startup = unpickled_in + time.perf_counter() - t0
                 self.jobs[msg.job] = executor
         elif isinstance(msg, P.RunGroup):
             if msg.job in self.finished:

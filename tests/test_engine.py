@@ -118,7 +118,9 @@ def test_version_mismatch_is_an_error(cluster2):
     dataset_id = cluster2.load(ArrayDataset(X))
     job = cluster2.new_job()
     model = {"x": np.zeros(1), "seen": np.zeros(1)}
-    cluster2.broadcast(P.StartJob(job, Counter(), dataset_id, model, 0, cluster2.fanout, "group"))
+    from mpi4py import MPI
+
+    cluster2.broadcast(P.StartJob(job, MPI.pickle.dumps(Counter()), dataset_id, model, 0, cluster2.fanout, "group"))
     cluster2.broadcast(P.RunGroup(job, 0, 2, version=5))
     with pytest.raises(WorkerError, match="VersionMismatchError: .*starts from model version 5.*holds version 0"):
         cluster2.collect(lambda m: isinstance(m, P.GroupReport) and m.job == job, 2, "mismatched group")
@@ -214,3 +216,34 @@ def test_hung_worker_times_out_naming_it():
             pass
     assert cluster.closed
     assert wait_cluster_gone(cluster) == []
+
+
+def test_program_error_in_bsp_mode_is_raised_and_cluster_survives(cluster2):
+    with pytest.raises(WorkerError, match=r"worker 0 failed: ValueError: injected failure at iteration 2"):
+        cluster2.run(Counter(fail_at=2, fail_worker=0), {"x": np.zeros(1), "seen": np.zeros(1)},
+                     ArrayDataset(X), max_iter=10, scheduling="bsp")
+    assert cluster2.run(Counter(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X), max_iter=4).version == 4
+
+
+def test_program_workers_cannot_import_is_a_worker_error(cluster2, tmp_path, monkeypatch):
+    # A module only the driver can import (the workers started before it existed).
+    (tmp_path / "driver_only_program.py").write_text(
+        "from drizzle_ml.testing import Counter\nclass DriverOnly(Counter):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from driver_only_program import DriverOnly
+
+    with pytest.raises(WorkerError, match="cannot unpickle the program .*module the workers can import"):
+        cluster2.run(DriverOnly(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X), max_iter=3)
+    assert cluster2.run(Counter(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X), max_iter=2).version == 2
+
+
+class _FailingUpdate(Counter):
+    def update(self, model, total, iteration):
+        raise ArithmeticError("update failed on the driver")
+
+
+def test_driver_side_error_in_bsp_aborts_the_job(cluster2):
+    with pytest.raises(ArithmeticError, match="update failed"):
+        cluster2.run(_FailingUpdate(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X),
+                     max_iter=5, scheduling="bsp")
+    assert cluster2.run(Counter(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X), max_iter=3).version == 3

@@ -132,3 +132,10 @@ def test_predict_checks_features():
 def test_divergence_is_reported():
     with pytest.raises(Exception, match="diverged"):
         fit(learning_rate=1e6, max_iter=200).fit(X * 1e3, Y)
+
+
+def test_predict_before_fit_is_not_fitted_error():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        LogisticRegression().predict(X)
