@@ -314,7 +314,7 @@ class Cluster:
             return len(got) >= count
 
         try:
-            if errors:
+            if errors:  # an error report was already in the backlog
                 pass
             elif timeout is not None:
                 poll(test, self.policy, on_idle=self._check_alive, timeout=timeout)

@@ -11,7 +11,7 @@ driver inside a group.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from mpi4py import MPI
@@ -31,14 +31,26 @@ _MAX_SLOTS = 64
 _SLOT_BYTES_BUDGET = 64 << 20
 
 
-class RecvRing:
-    """Receives for consecutive iterations from one source, posted ahead into a ring of buffers."""
+Waiter = Callable[[Callable[[], Any], str], Any]
 
-    def __init__(self, comm: MPI.Comm, source: int, kind: int, job: int, nbytes: int, slots: int):
+
+class RecvRing:
+    """Receives for consecutive iterations from one source, posted ahead into a ring of buffers.
+
+    ``wait(test, what)`` is the caller's bounded wait; ``what`` names the
+    messages in errors ("worker 3's partial"). Every message is checked to be
+    exactly ``nbytes`` long: partials must have the same structure on every
+    worker, and a mismatch is an error, not silently wrong bytes.
+    """
+
+    def __init__(self, comm: MPI.Comm, source: int, kind: int, job: int, nbytes: int, slots: int,
+                 wait: Waiter, what: str):
         self.comm, self.source, self.kind, self.job = comm, source, kind, job
+        self.nbytes, self.wait, self.what = nbytes, wait, what
         self.buffers = [np.empty(nbytes, dtype=np.uint8) for _ in range(slots)]
         self.requests: dict[int, MPI.Request] = {}
         self.holds: list[list[MPI.Request]] = [[] for _ in range(slots)]
+        self.status = MPI.Status()
         self.next_post = 0
         self.limit = 0
 
@@ -54,33 +66,57 @@ class RecvRing:
         while self.next_post < self.limit and len(self.requests) < slots:
             it = self.next_post
             slot = it % slots
-            for hold in self.holds[slot]:
-                hold.Wait()  # a forward from this buffer; long done by now
+            holds = self.holds[slot]
+            if holds and not MPI.Request.Testall(holds):
+                self.wait(lambda: MPI.Request.Testall(holds), f"forwarding {self.what} onwards")
             self.holds[slot] = []
             self.requests[it] = self.comm.Irecv(
                 [self.buffers[slot], MPI.BYTE], source=self.source, tag=P.data_tag(self.kind, self.job, it)
             )
             self.next_post += 1
 
-    def request(self, it: int) -> MPI.Request:
+    def _ready(self, it: int) -> bool:
         if it not in self.requests:
             self.post_until(it, max(self.limit, it + 1))
-        return self.requests[it]
+        try:
+            done = self.requests[it].Test(self.status)
+        except MPI.Exception as exc:
+            del self.requests[it]  # completed in error: nothing to cancel
+            if exc.Get_error_class() == MPI.ERR_TRUNCATE:
+                raise ValueError(
+                    f"{self.what} for iteration {it} is larger than expected ({self.nbytes} bytes): "
+                    "partials must have the same structure, shapes and dtypes on every worker"
+                ) from None
+            raise
+        if done and self.status.Get_count(MPI.BYTE) != self.nbytes:
+            count = self.status.Get_count(MPI.BYTE)
+            del self.requests[it]
+            raise ValueError(
+                f"{self.what} for iteration {it} has {count} bytes, expected {self.nbytes}: "
+                "partials must have the same structure, shapes and dtypes on every worker"
+            )
+        return done
 
-    def take(self, it: int, holds: list[MPI.Request] | None = None) -> np.ndarray:
-        """Buffer of a completed iteration; its slot is reposted once ``holds`` are done."""
+    def receive(self, it: int) -> np.ndarray:
+        """Wait (bounded) for iteration ``it`` and return its buffer; call :meth:`release` after use."""
+        if not self._ready(it):
+            self.wait(lambda: self._ready(it), f"{self.what} for iteration {it}")
+        return self.buffers[it % len(self.buffers)]
+
+    def release(self, it: int, holds: list[MPI.Request] | None = None) -> None:
+        """Done with iteration ``it``'s buffer; its slot is reposted once ``holds`` completed."""
         del self.requests[it]
-        slot = it % len(self.buffers)
         if holds:
-            self.holds[slot] = holds
-        buf = self.buffers[slot]
+            self.holds[it % len(self.buffers)] = holds
         self._fill()
-        return buf
 
     def cancel(self) -> None:
         for req in self.requests.values():
-            req.Cancel()
-            req.Wait()
+            try:
+                req.Cancel()
+                req.Wait()  # a cancelled receive completes locally
+            except MPI.Exception:
+                pass
         self.requests.clear()
         self.next_post = self.limit = 0
 
@@ -88,14 +124,16 @@ class RecvRing:
 class SendRing:
     """Send buffers reused round-robin; a slot is reused only after its sends completed."""
 
-    def __init__(self, nbytes: int, slots: int):
+    def __init__(self, nbytes: int, slots: int, wait: Waiter, what: str):
         self.buffers = [np.empty(nbytes, dtype=np.uint8) for _ in range(slots)]
         self.pending: list[list[MPI.Request]] = [[] for _ in range(slots)]
+        self.wait, self.what = wait, what
 
     def slot(self, it: int) -> np.ndarray:
         index = it % len(self.buffers)
-        for req in self.pending[index]:
-            req.Wait()
+        pending = self.pending[index]
+        if pending and not MPI.Request.Testall(pending):
+            self.wait(lambda: MPI.Request.Testall(pending), f"delivery of {self.what}")
         self.pending[index] = []
         return self.buffers[index]
 
@@ -133,9 +171,12 @@ class JobExecutor:
         self.down_recv = (
             None
             if self.is_root
-            else RecvRing(rt.peers, self.parent, P.DOWN, self.job, down_bytes, self.down_slots)
+            else RecvRing(rt.peers, self.parent, P.DOWN, self.job, down_bytes, self.down_slots,
+                          self._wait, f"the model from worker {self.parent}")
         )
-        self.down_send = SendRing(down_bytes, self.down_slots) if self.is_root else None
+        self.down_send = (
+            SendRing(down_bytes, self.down_slots, self._wait, "the model") if self.is_root else None
+        )
         # The partial layout is learnt from this worker's first partial.
         self.up_layout: Layout | None = None
         self.up_recv: dict[int, RecvRing] = {}
@@ -151,15 +192,17 @@ class JobExecutor:
         nbytes = self.up_layout.nbytes
         slots = _slots(nbytes)
         self.up_recv = {
-            c: RecvRing(self.rt.peers, c, P.UP, self.job, nbytes, slots) for c in self.children
+            c: RecvRing(self.rt.peers, c, P.UP, self.job, nbytes, slots, self._wait, f"worker {c}'s partial")
+            for c in self.children
         }
         for ring in self.up_recv.values():
             ring.post_until(self._iteration, self.group_end)
         if not self.is_root:
-            self.up_send = SendRing(nbytes, slots)
+            self.up_send = SendRing(nbytes, slots, self._wait, "this worker's partial")
 
-    def _wait(self, req: MPI.Request, what: str) -> None:
-        self.rt.wait(req.Test, what, extra=4 * self._iter_estimate)
+    def _wait(self, test: Callable[[], Any], what: str) -> Any:
+        # Bounded like every wait; a slow iteration elsewhere in the tree extends it.
+        return self.rt.wait(test, what, extra=4 * self._iter_estimate)
 
     # -- one group ----------------------------------------------------------------
     def run_group(self, group: P.RunGroup) -> P.GroupReport:
@@ -188,10 +231,8 @@ class JobExecutor:
                 self._init_up(acc)
             for child in self.children:
                 ring = self.up_recv[child]
-                req = ring.request(it)
-                if not req.Test():
-                    self._wait(req, f"worker {child}'s partial for iteration {it}")
-                acc = self.program.combine(acc, self.up_layout.unpack(ring.take(it)))
+                acc = self.program.combine(acc, self.up_layout.unpack(ring.receive(it)))
+                ring.release(it)
             t2 = perf()
             reduce += t2 - t1
             if self.is_root:
@@ -213,13 +254,10 @@ class JobExecutor:
                     it,
                     [self.rt.peers.Isend([sbuf, MPI.BYTE], dest=self.parent, tag=P.data_tag(P.UP, self.job, it))],
                 )
-                req = self.down_recv.request(it)
-                if not req.Test():
-                    self._wait(req, f"the model for iteration {it} from worker {self.parent}")
-                buf = self.down_recv.buffers[it % self.down_slots]
+                buf = self.down_recv.receive(it)
                 tag = P.data_tag(P.DOWN, self.job, it)
                 forwards = [self.rt.peers.Isend([buf, MPI.BYTE], dest=c, tag=tag) for c in self.children]
-                buf = self.down_recv.take(it, forwards)
+                self.down_recv.release(it, forwards)
                 version, _, flags = buf[: self.header_bytes].view(np.float64)
                 # Views into the ring slot are safe: the slot's next message is for
                 # iteration it + slots, which cannot be sent before this worker has

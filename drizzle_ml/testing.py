@@ -73,3 +73,16 @@ class LeastSquaresGD(Program):
     def update(self, model, total, iteration):
         grad, (loss, n) = total
         return {"coef": model["coef"] - self.learning_rate * grad / n}, {"loss": loss / n}
+
+
+class UnevenPartial(Program):
+    """A broken program: worker 1's partial has ``extra`` more (or fewer) entries than worker 0's."""
+
+    def __init__(self, extra: int):
+        self.extra = extra
+
+    def local(self, model, part: Partition):
+        return np.ones(2 + (self.extra if part.worker == 1 else 0))
+
+    def update(self, model, total, iteration):
+        return {"x": model["x"] + 1.0}, {}

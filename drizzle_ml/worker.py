@@ -218,19 +218,23 @@ class BspWorker:
     def run(self) -> None:
         rt, job, program = self.rt, self.spec.job, self.spec.program
         nbytes = self.header_bytes + self.layout.nbytes
-        tasks = RecvRing(rt.ctrl, 0, P.BSP_TASK, job, nbytes, 2)
+        estimate = 0.0
+
+        def wait(test, what):
+            return rt.wait(test, what, extra=4 * estimate)
+
+        tasks = RecvRing(rt.ctrl, 0, P.BSP_TASK, job, nbytes, 2, wait, "the driver's task")
         sends: SendRing | None = None
         up_layout = None
         compute = 0.0
         t_start = time.perf_counter()
         it = 0
-        estimate = 0.0
         while True:
             tasks.post_until(it, it + 2)
-            req = tasks.request(it)
-            if not req.Test():
-                rt.wait(req.Test, f"the driver's task for iteration {it}", extra=4 * estimate)
-            buf = tasks.take(it)
+            buf = tasks.receive(it)
+            # The model views stay valid: this slot's next task is for it + 2,
+            # which the driver sends only after this iteration's partial.
+            tasks.release(it)
             version, _, flags = buf[: self.header_bytes].view(np.float64)
             if flags == P.FLAG_STOP:
                 break
@@ -243,8 +247,9 @@ class BspWorker:
             if up_layout is None:
                 # The first partial goes pickled so the driver learns its layout.
                 up_layout = Layout(partial)
-                rt.ctrl.send((up_layout, partial), dest=0, tag=tag)
-                sends = SendRing(up_layout.nbytes, 2)
+                first = rt.ctrl.isend((up_layout, partial), dest=0, tag=tag)
+                wait(first.Test, "delivery of the first partial")
+                sends = SendRing(up_layout.nbytes, 2, wait, "a partial")
             else:
                 sbuf = sends.slot(it)
                 up_layout.pack(partial, sbuf)

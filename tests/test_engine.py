@@ -247,3 +247,15 @@ def test_driver_side_error_in_bsp_aborts_the_job(cluster2):
         cluster2.run(_FailingUpdate(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X),
                      max_iter=5, scheduling="bsp")
     assert cluster2.run(Counter(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X), max_iter=3).version == 3
+
+
+@pytest.mark.parametrize("extra,match", [
+    (-1, r"worker 1's partial for iteration 0 has 8 bytes, expected 16"),
+    (3, r"worker 1's partial for iteration 0 is larger than expected \(16 bytes\)"),
+])
+def test_partials_of_different_structure_are_an_error(cluster2, extra, match):
+    from drizzle_ml.testing import UnevenPartial
+
+    with pytest.raises(WorkerError, match=r"worker 0 failed: ValueError: " + match):
+        cluster2.run(UnevenPartial(extra), {"x": np.zeros(1)}, ArrayDataset(X), max_iter=5, group_size=2)
+    assert cluster2.run(Counter(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X), max_iter=3).version == 3
