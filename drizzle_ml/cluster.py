@@ -274,65 +274,62 @@ class Cluster:
         self.wait(lambda: MPI.Request.Testall(requests), what)
 
     def wait(self, test: Callable[[], Any], what: str, *, first_sleep: float = 0.0,
-             extra: float = 0.0, watch_reports: bool = False) -> Any:
-        """Poll ``test`` under the cluster's policy, checking the workers are alive
-        (and, with ``watch_reports``, raising workers' error reports)."""
+             extra: float = 0.0, timeout: float | None = None, watch_reports: bool = False) -> Any:
+        """Poll ``test`` under the cluster's policy, checking the workers are alive.
+
+        The limit is ``timeout`` if given, else the cluster's timeout plus
+        ``extra``. With ``watch_reports``, workers' error reports are raised
+        while waiting (other reports are kept for later).
+        """
+        limit = self.timeout + extra if timeout is None else timeout
         try:
             return poll(test, self.policy, on_idle=self._watch if watch_reports else self._check_alive,
-                        first_sleep=first_sleep, timeout=self.timeout + extra)
+                        first_sleep=first_sleep, timeout=limit)
         except WaitTimeout:
             self._fail(WorkerTimeoutError(
-                f"timed out after {self.timeout + extra:.3g} s waiting for {what}; "
-                "the cluster has been shut down"))
+                f"timed out after {limit:.3g} s waiting for {what}; the cluster has been shut down"))
 
-    def _collect(self, accept: Callable[[Any], bool], count: int, what: str, *,
-                 first_sleep: float = 0.0, extra: float = 0.0, timeout: float | None = None,
-                 job: int | None = None) -> list[Any]:
-        """Receive reports until ``count`` accepted ones arrived; raise on worker errors."""
+    def _next_report(self) -> Any:
+        """The next report that has arrived, or None. A worker's error report is raised."""
+        while True:
+            msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
+            if msg is None:
+                return None
+            obj = msg.recv()
+            if isinstance(obj, P.Hello):
+                self.workers.append(obj)
+            if not isinstance(obj, P.ErrorReport):
+                return obj
+            if obj.job in self._aborted:
+                continue  # a second worker failing in a job already aborted
+            if obj.job is not None:
+                self.abort_job(obj.job, obj.message)
+            raise WorkerError(f"worker {obj.worker} failed: {obj.message}", obj.worker, obj.traceback)
+
+    def _watch(self) -> None:
+        """While waiting on data (BSP partials): notice dead workers and error reports."""
+        self._check_alive()
+        while (obj := self._next_report()) is not None:
+            self._backlog.append(obj)
+
+    def _collect(self, accept: Callable[[Any], bool], count: int, what: str, **wait: Any) -> list[Any]:
+        """Receive reports until ``count`` accepted ones arrived; keep others for later."""
         got: list[Any] = [m for m in self._backlog if accept(m)]
         self._backlog = [m for m in self._backlog if not accept(m)]
-        errors: list[P.ErrorReport] = [m for m in self._backlog if isinstance(m, P.ErrorReport)]
-        self._backlog = [m for m in self._backlog if not isinstance(m, P.ErrorReport)]
 
         def test() -> bool:
-            while len(got) < count:
-                msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
-                if msg is None:
-                    break
-                obj = msg.recv()
-                if isinstance(obj, P.Hello):
-                    self.workers.append(obj)
-                if isinstance(obj, P.ErrorReport):
-                    if obj.job in self._aborted:
-                        continue  # a second worker failing in a job already aborted
-                    errors.append(obj)
-                    return True
-                if accept(obj):
-                    got.append(obj)
-                else:
-                    self._backlog.append(obj)
+            while len(got) < count and (obj := self._next_report()) is not None:
+                (got if accept(obj) else self._backlog).append(obj)
             return len(got) >= count
 
         try:
-            if errors:  # an error report was already in the backlog
-                pass
-            elif timeout is not None:
-                poll(test, self.policy, on_idle=self._check_alive, timeout=timeout)
-            else:
-                self.wait(test, what, first_sleep=first_sleep, extra=extra)
-        except WaitTimeout:
-            self._fail(WorkerTimeoutError(f"timed out after {timeout:g} s waiting for {what}"))
+            self.wait(test, what, **wait)
         except WorkerTimeoutError as exc:
             missing = sorted(set(range(self.n_workers)) - {getattr(m, "worker", -1) for m in got})
             names = ", ".join(str(w) for w in missing) or "?"
             exc.args = (f"{exc.args[0]} (no answer from worker {names})",)
             exc.worker = missing[0] if missing else None
             raise
-        if errors:
-            err = errors[0]
-            if err.job is not None:
-                self.abort_job(err.job, err.message)
-            raise WorkerError(f"worker {err.worker} failed: {err.message}", err.worker, err.traceback)
         return got
 
     def collect(self, accept: Callable[[Any], bool], count: int, what: str, **kw: Any) -> list[Any]:
@@ -354,20 +351,6 @@ class Cluster:
         except Exception:
             pass
         self._backlog = [m for m in self._backlog if getattr(m, "job", None) != job]
-
-    def _watch(self) -> None:
-        """While waiting on data (BSP partials): notice dead workers and error reports."""
-        self._check_alive()
-        while True:
-            msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
-            if msg is None:
-                return
-            obj = msg.recv()
-            if isinstance(obj, P.ErrorReport) and obj.job not in self._aborted:
-                self._backlog.append(obj)
-                self._collect(lambda m: False, 1, "an error report")
-            elif not isinstance(obj, P.ErrorReport):
-                self._backlog.append(obj)
 
     def end_job(self, job: int) -> None:
         """Tell the workers ``job`` is over and forget its unclaimed reports."""
