@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from drizzle_ml.tree import ReduceTree
+
 
 def _make_data(rows_per_worker: int, features: int, n_workers: int, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -119,30 +121,33 @@ def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, st
     return json.loads(lines[-1])
 
 
-def _depth(workers: int, fanout: int) -> int:
-    depth, w = 0, workers - 1
-    while w > 0:
-        w = (w - 1) // fanout
-        depth += 1
-    return depth
-
-
 def coordination(args: argparse.Namespace) -> dict[str, Any]:
     workers = 2
-    plain = _mpirun(workers, "_plain", args, {"DRIZZLE_NO_SERVE": "1"})
-    engine = _mpirun(workers + 1, "_engine", args, {})
-    base = plain["per_iter"]
-    rows = [("plain mpi4py Allreduce loop (limit)", base, 1.0, "")]
-    for name, res in engine["results"].items():
-        note = f"{res['groups']} groups" + (f", largest {res['max_group_size']}" if "auto" in name else "")
-        rows.append((f"drizzle {name}", res["per_iter"], res["per_iter"] / base, note))
+    # Plain loop and engine alternate, so that a change in the machine's load
+    # hits both; each ratio pairs the two runs of one repeat.
+    plains, engines = [], []
+    for _ in range(args.repeats):
+        plains.append(_mpirun(workers, "_plain", args, {"DRIZZLE_NO_SERVE": "1"}))
+        engines.append(_mpirun(workers + 1, "_engine", args, {}))
+    plain, engine = plains[-1], engines[-1]
+    base = float(np.median([p["per_iter"] for p in plains]))
+    ratios = {
+        name: [e["results"][name]["per_iter"] / p["per_iter"] for p, e in zip(plains, engines)]
+        for name in engine["results"]
+    }
     print(f"coordination benchmark: logistic GD, {args.rows} rows x {args.features} features per worker, "
-          f"{args.iterations} iterations, {workers} workers")
-    print(f"{'configuration':42s} {'us/iter':>10s} {'x plain':>8s}  notes")
-    for name, per_iter, ratio, note in rows:
-        print(f"{name:42s} {per_iter * 1e6:10.1f} {ratio:8.2f}  {note}")
-    agree = max(float(np.max(np.abs(np.subtract(r["coef"], plain["coef"])))) for r in engine["results"].values())
-    print(f"max |coef - plain loop coef| over all configurations: {agree:.2e}")
+          f"{args.iterations} iterations, {workers} workers, median of {args.repeats} alternating repeats")
+    print(f"{'configuration':42s} {'us/iter':>10s} {'x plain':>8s} {'range':>12s}  notes")
+    print(f"{'plain mpi4py Allreduce loop (limit)':42s} {base * 1e6:10.1f} {1.0:8.2f} {'':>12s}")
+    for name, res in engine["results"].items():
+        per_iter = np.median([e["results"][name]["per_iter"] for e in engines])
+        spread = f"{min(ratios[name]):.2f}-{max(ratios[name]):.2f}"
+        note = f"{res['groups']} groups" + (f", largest {res['max_group_size']}" if "auto" in name else "")
+        print(f"{'drizzle ' + name:42s} {per_iter * 1e6:10.1f} {np.median(ratios[name]):8.2f} "
+              f"{spread:>12s}  {note}")
+    agree = max(float(np.max(np.abs(np.subtract(r["coef"], p["coef"]))))
+                for p, e in zip(plains, engines) for r in e["results"].values())
+    print(f"max |coef - plain loop coef| over all configurations and repeats: {agree:.2e}")
 
     # Cost model from the measured driver costs (labelled as a model, not a measurement).
     bsp, g10 = engine["results"]["bsp"], engine["results"]["group=10"]
@@ -158,14 +163,16 @@ def coordination(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  {'workers':>8s} {'bsp us/iter':>12s} {'group=10':>10s} {'group=100':>10s} {'bsp/group=100':>14s}")
     model_rows = []
     for w in (4, 16, 128, 1024):
-        depth = _depth(w, engine["fanout"])
+        depth = ReduceTree(w, engine["fanout"]).depth
         t_bsp = work + 2 * hop + w * bsp_per_worker
         t_g10 = work + 2 * depth * hop + w * group_per_worker / 10
         t_g100 = work + 2 * depth * hop + w * group_per_worker / 100
         model_rows.append({"workers": w, "bsp": t_bsp, "group10": t_g10, "group100": t_g100})
         print(f"  {w:8d} {t_bsp * 1e6:12.1f} {t_g10 * 1e6:10.1f} {t_g100 * 1e6:10.1f} {t_bsp / t_g100:14.1f}")
-    report = {"plain": plain, "engine": engine, "cost_model": model_rows,
-              "ratios": {name: res["per_iter"] / base for name, res in engine["results"].items()}}
+    report = {"plain": plain, "engine": engine, "repeats": {"plain": plains, "engine": engines},
+              "cost_model": model_rows,
+              "ratios": {name: float(np.median(r)) for name, r in ratios.items()},
+              "ratio_ranges": {name: [min(r), max(r)] for name, r in ratios.items()}}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
@@ -183,6 +190,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         p.add_argument("--features", type=int, default=10)
         p.add_argument("--iterations", type=int, default=2000)
         p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+        p.add_argument("--repeats", type=int, default=3,
+                       help="alternating plain/engine repeats; the table shows medians (default 3)")
     return parser
 
 

@@ -36,13 +36,17 @@ def test_cli_errors_are_one_line():
 
 def test_bench_coordination_prints_ratios(tmp_path):
     out = tmp_path / "bench.json"
-    proc = drizzle("bench", "coordination", "--rows", "50", "--features", "3", "--iterations", "40",
+    proc = drizzle("bench", "coordination", "--rows", "50", "--features", "3", "--iterations", "40", "--repeats", "2",
                    "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "plain mpi4py Allreduce loop (limit)" in proc.stdout
     assert "cost model (extrapolated" in proc.stdout
     report = json.loads(out.read_text())
     assert set(report["ratios"]) == {"group=1", "group=10", "group=100", "group=auto", "bsp"}
-    # every configuration computes the same model as the plain loop
-    for result in report["engine"]["results"].values():
-        assert result["coef"] == report["plain"]["coef"]
+    assert len(report["repeats"]["engine"]) == 2
+    for name, (low, high) in report["ratio_ranges"].items():
+        assert low <= report["ratios"][name] <= high
+    # every configuration computes the same model as the plain loop, in every repeat
+    for plain, engine in zip(report["repeats"]["plain"], report["repeats"]["engine"]):
+        for result in engine["results"].values():
+            assert result["coef"] == plain["coef"]
