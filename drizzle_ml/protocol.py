@@ -51,6 +51,7 @@ class StartJob:
     version: int
     fanout: int
     scheduling: str  # "group" or "bsp"
+    timeout: float = 60.0  # the driver's Cluster(timeout): every wait of the job uses it
 
 
 @dataclass

@@ -84,7 +84,7 @@ def run_job(
     model = {k: np.asarray(v) for k, v in model.items()}
     t_job = time.perf_counter()
     cluster.broadcast(P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version,
-                                 cluster.fanout, scheduling))
+                                 cluster.fanout, scheduling, cluster.timeout))
     try:
         if scheduling == "bsp":
             result = _run_bsp(cluster, job, program, model, version, start_iteration, max_iter, store,
@@ -144,18 +144,17 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         model, version = root.model, root.version
         n_done = root.n_done
         converged = root.stopped
-        store.commit(version, model, group.start + n_done,
-                     {k: v[-1] for k, v in root.metrics.items() if v})
+        last_metrics = {k: v[-1] for k, v in root.metrics.items() if v}
+        store.commit(version, model, group.start + n_done, last_metrics)
         slowest = lambda key: max(r.timings.get(key, 0.0) for r in reports)
-        job_startup = max(job_startup, slowest("startup"))
         startup = slowest("startup")
+        job_startup = max(job_startup, startup)
         metrics = GroupMetrics(
             group=len(history), start_iteration=group.start, group_size=group.size,
             n_iterations=n_done, version=version, wall=max(done_at - began - startup, 0.0),
             schedule=group.schedule, wait=done_at - t_wait, compute=slowest("compute"),
             reduce=slowest("reduce"), broadcast=slowest("broadcast"), update=slowest("update"),
-            execution=slowest("execution"),
-            metrics={k: v[-1] for k, v in root.metrics.items() if v},
+            execution=slowest("execution"), metrics=last_metrics,
         ).finish()
         history.append(metrics)
         per_iteration = metrics.execution / max(n_done, 1)
@@ -184,7 +183,6 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
     history: list[GroupMetrics] = []
     iteration_metrics: dict[str, list[float]] = {}
     converged = False
-    it = 0
 
     def send_task(i: int, stop: bool) -> float:
         t0 = time.perf_counter()
@@ -217,6 +215,11 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
 
             cluster.wait(first_partials, f"partials for iteration {it}", watch_reports=True)
             up = firsts[0][0]
+            for w in range(1, n):
+                if firsts[w][0] != up:
+                    raise ValueError(
+                        f"worker {w}'s partial differs in structure from worker 0's: partials "
+                        "must have the same structure, shapes and dtypes on every worker")
             recv_bufs = [[up.new_buffer() for _ in range(n)] for _ in range(2)]
             partials = [firsts[w][1] for w in range(n)]
         else:

@@ -34,13 +34,14 @@ class Counter(Program):
     ``stop_at``: report convergence at that iteration. ``fail_at``/``fail_worker``:
     raise ValueError in ``local`` on that worker at that iteration.
     ``kill_at``/``kill_worker``: SIGKILL the worker process there.
-    ``sleep``: seconds each ``local`` sleeps.
+    ``sleep``: seconds each ``local`` sleeps; ``update_sleep``: seconds each ``update`` sleeps.
     """
 
     def __init__(self, stop_at=None, fail_at=None, fail_worker=None, kill_at=None, kill_worker=None,
-                 sleep=0.0):
+                 sleep=0.0, update_sleep=0.0):
         self.stop_at, self.fail_at, self.fail_worker = stop_at, fail_at, fail_worker
         self.kill_at, self.kill_worker, self.sleep = kill_at, kill_worker, sleep
+        self.update_sleep = update_sleep
 
     def local(self, model, part: Partition):
         it = int(model["x"][0])
@@ -53,6 +54,8 @@ class Counter(Program):
         return np.array([float(part.n_rows)])
 
     def update(self, model, total, iteration):
+        if self.update_sleep:
+            time.sleep(self.update_sleep)
         x = model["x"] + 1.0
         return {"x": x, "seen": np.array([iteration], dtype=np.float64)}, {
             "rows": float(total[0]),

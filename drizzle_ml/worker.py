@@ -10,6 +10,7 @@ a :class:`~drizzle_ml.Cluster` launches and that connects back to the driver
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import os
 import signal
@@ -145,6 +146,7 @@ class WorkerRuntime:
             self.cache.drop(msg.dataset_id)
         elif isinstance(msg, P.StartJob):
             self.current_job = msg.job
+            self.policy = dataclasses.replace(self.policy, timeout=msg.timeout)
             t0 = time.perf_counter()
             try:
                 # May import the program's module (and scikit-learn): start-up, not coordination.

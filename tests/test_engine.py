@@ -259,3 +259,12 @@ def test_partials_of_different_structure_are_an_error(cluster2, extra, match):
     with pytest.raises(WorkerError, match=r"worker 0 failed: ValueError: " + match):
         cluster2.run(UnevenPartial(extra), {"x": np.zeros(1)}, ArrayDataset(X), max_iter=5, group_size=2)
     assert cluster2.run(Counter(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X), max_iter=3).version == 3
+
+
+def test_partials_of_different_structure_in_bsp_mode(cluster2):
+    from drizzle_ml.testing import UnevenPartial
+
+    with pytest.raises(ValueError, match="worker 1's partial differs in structure from worker 0's"):
+        cluster2.run(UnevenPartial(1), {"x": np.zeros(1)}, ArrayDataset(X), max_iter=5, scheduling="bsp")
+    assert cluster2.run(Counter(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X), max_iter=3,
+                        scheduling="bsp").version == 3

@@ -105,3 +105,21 @@ def test_world_mode_n_workers_mismatch(tmp_path):
     code, out, err = run_mpi(3, script, tmp_path)
     assert code == 0, err
     assert "ERR n_workers=5 but mpiexec started 2 workers" in out
+
+
+def test_world_mode_workers_use_the_drivers_timeout(tmp_path):
+    # DRIZZLE_TIMEOUT is 30 s in the workers' environment; Cluster(timeout=1) must win.
+    script = """
+    import numpy as np, drizzle_ml
+    from drizzle_ml import ArrayDataset, WorkerError
+    from drizzle_ml.testing import Counter
+    cluster = drizzle_ml.Cluster(timeout=1.0)
+    try:
+        cluster.run(Counter(update_sleep=4.0), {"x": np.zeros(1), "seen": np.zeros(1)},
+                    ArrayDataset(np.ones((10, 2))), max_iter=3, scheduling="bsp")
+    except WorkerError as exc:
+        print("ERR", exc)
+    """
+    code, out, err = run_mpi(3, script, tmp_path, timeout=60)
+    assert code == 0, err
+    assert "ERR worker" in out and "waited 1 s for the driver's task for iteration 1" in out
