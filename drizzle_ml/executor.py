@@ -239,14 +239,15 @@ class JobExecutor:
                 new_model, step_metrics = self.program.update(self.model, acc, it)
                 t3 = perf()
                 update += t3 - t2
-                self._check_model(new_model)
-                self.model = new_model
                 stop = bool(step_metrics.get("converged", False))
-                for key, value in step_metrics.items():
-                    metrics.setdefault(key, []).append(float(value))
                 self.version += 1
                 if self.children:
+                    # First unblock the tree (pack checks shapes), then the bookkeeping.
                     self._send_down(it, new_model, stop)
+                self._check_model(new_model)
+                self.model = new_model
+                for key, value in step_metrics.items():
+                    metrics.setdefault(key, []).append(float(value))
             else:
                 sbuf = self.up_send.slot(it)
                 self.up_layout.pack(acc, sbuf)

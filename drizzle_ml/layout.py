@@ -38,7 +38,7 @@ class Layout:
     (scalars come back as numpy scalars).
     """
 
-    __slots__ = ("treedef", "leaves", "nbytes")
+    __slots__ = ("treedef", "leaves", "nbytes", "_views", "_has_scalars")
 
     def __init__(self, value: Any):
         leaves: list[tuple[tuple[int, ...], np.dtype, int, bool]] = []
@@ -64,6 +64,11 @@ class Layout:
         self.treedef = build(value)
         self.leaves = leaves
         self.nbytes = max(offset, _ALIGN)
+        self._init_cache()
+
+    def _init_cache(self) -> None:
+        self._views: dict[tuple[int, int], tuple[np.ndarray, list, Any]] = {}
+        self._has_scalars = any(scalar for *_, scalar in self.leaves)
 
     def new_buffer(self) -> np.ndarray:
         return np.empty(self.nbytes, dtype=np.uint8)
@@ -91,22 +96,38 @@ class Layout:
     def pack(self, value: Any, buf: np.ndarray, offset: int = 0) -> None:
         flat: list = []
         self._flatten(value, flat)
-        for leaf, (shape, dtype, off, _) in zip(flat, self.leaves):
-            arr = np.asarray(leaf)
-            if arr.shape != shape:
-                raise ValueError(f"shape {arr.shape} differs from the job's layout {shape}")
-            start = offset + off
-            dest = buf[start : start + arr.nbytes].view(dtype).reshape(shape)
-            np.copyto(dest, arr, casting="same_kind")
+        for leaf, dest in zip(flat, self._cached(buf, offset)[1]):
+            if getattr(leaf, "shape", ()) != dest.shape:
+                raise ValueError(f"shape {np.shape(leaf)} differs from the job's layout {dest.shape}")
+            np.copyto(dest, leaf, casting="same_kind")
 
     def unpack(self, buf: np.ndarray, offset: int = 0) -> Any:
-        views = []
-        for shape, dtype, off, scalar in self.leaves:
-            start = offset + off
-            count = int(np.prod(shape, dtype=np.int64))
-            view = buf[start : start + count * dtype.itemsize].view(dtype).reshape(shape)
-            views.append(view[()] if scalar else view)
+        """The value in ``buf``, as views of it.
 
+        Views of a buffer are built once and reused (the engine's ring buffers
+        never move), so packing and unpacking on the hot path allocate nothing;
+        calls on the same buffer return the same objects. Scalar leaves are
+        read afresh each time.
+        """
+        _, leaves, value = self._cached(buf, offset)
+        if self._has_scalars:
+            return self._assemble([v[()] if scalar else v for v, (*_, scalar) in zip(leaves, self.leaves)])
+        return value
+
+    def _cached(self, buf: np.ndarray, offset: int) -> tuple[np.ndarray, list[np.ndarray], Any]:
+        key = (id(buf), offset)
+        cached = self._views.get(key)
+        if cached is None or cached[0] is not buf:
+            leaves = []
+            for shape, dtype, off, _ in self.leaves:
+                start = offset + off
+                count = int(np.prod(shape, dtype=np.int64))
+                leaves.append(buf[start : start + count * dtype.itemsize].view(dtype).reshape(shape))
+            cached = (buf, leaves, self._assemble(leaves))
+            self._views[key] = cached
+        return cached
+
+    def _assemble(self, views: list) -> Any:
         def build(node: Any) -> Any:
             kind, payload = node
             if kind == "a":
@@ -130,3 +151,4 @@ class Layout:
 
     def __setstate__(self, state) -> None:
         self.treedef, self.leaves, self.nbytes = state
+        self._init_cache()

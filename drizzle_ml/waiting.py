@@ -39,9 +39,14 @@ class WaitPolicy:
 
     @classmethod
     def for_ranks(cls, ranks_on_host: int, timeout: float = 60.0) -> "WaitPolicy":
-        """Spin only when every rank on this host has a core of its own."""
+        """Spin only when every rank on this host has a core of its own.
+
+        ``DRIZZLE_SPIN_US`` (microseconds) overrides the spin budget.
+        """
         cores = os.cpu_count() or 1
         spin = 2e-4 if ranks_on_host <= cores else 1e-5
+        if os.environ.get("DRIZZLE_SPIN_US"):
+            spin = float(os.environ["DRIZZLE_SPIN_US"]) * 1e-6
         return cls(timeout=timeout, spin=spin)
 
 

@@ -112,3 +112,19 @@ def test_group_sizer_fixed_and_aimd():
 def test_group_size_validation(bad):
     with pytest.raises(ValueError, match="group_size"):
         check_group_size(bad)
+
+
+def test_layout_unpack_reuses_views_and_sees_new_data():
+    layout = Layout({"a": np.zeros(3), "s": 1.0})
+    buf = layout.new_buffer()
+    layout.pack({"a": np.arange(3.0), "s": 2.0}, buf)
+    first = layout.unpack(buf)
+    assert first["s"] == 2.0
+    layout.pack({"a": np.full(3, 7.0), "s": 9.0}, buf)
+    second = layout.unpack(buf)
+    assert second["a"] is first["a"]  # same view, no new allocation
+    np.testing.assert_array_equal(second["a"], [7.0, 7.0, 7.0])
+    assert second["s"] == 9.0 and first["s"] == 2.0  # scalars are read afresh
+    other = layout.new_buffer()
+    layout.pack({"a": np.ones(3), "s": 0.0}, other)
+    np.testing.assert_array_equal(layout.unpack(other)["a"], np.ones(3))
