@@ -45,12 +45,15 @@ class DrizzleEstimator(BaseEstimator):
         ):
             raise ValueError(f"n_workers must be None or a positive integer, got {self.n_workers!r}")
 
-    def _run(self, program: Any, model: dict, dataset: ArrayDataset, max_iter: int):
+    def _run(self, program: Any, model: dict, dataset: ArrayDataset, max_iter: int,
+             warn_not_converged: bool = True):
+        """Run ``program`` from ``model`` on ``dataset``; set the engine attributes; return the JobResult."""
         cluster = get_cluster(None if self.n_workers is None else int(self.n_workers))
         if dataset.n_rows < cluster.n_workers:
+            n = dataset.n_rows
             raise ValueError(
-                f"{type(self).__name__} got {dataset.n_rows} samples, fewer than the "
-                f"{cluster.n_workers} workers; use fewer workers (n_workers)"
+                f"{type(self).__name__} got {n} sample{'s' if n != 1 else ''}, fewer than the "
+                f"{cluster.n_workers} workers; every worker needs at least one row (n_workers)"
             )
         self.model_store_ = ModelStore()
         on_group = self._print_progress if self.verbose else None
@@ -67,7 +70,7 @@ class DrizzleEstimator(BaseEstimator):
         self.n_iter_ = result.n_iter
         self.model_version_ = result.version
         self.history_ = [g.as_dict() for g in result.history]
-        if not result.converged:
+        if warn_not_converged and not result.converged:
             warnings.warn(
                 f"{type(self).__name__} did not converge in max_iter={max_iter} iterations; "
                 "increase max_iter or relax tol",
@@ -86,3 +89,31 @@ class DrizzleEstimator(BaseEstimator):
             f"{rate:,.0f} it/s coordination {coordination:4.1f}%",
             file=sys.stderr,
         )
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int if it is an integer >= ``minimum``, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int, dtype=np.float64) -> np.ndarray | None:
+    """Validated weights of shape (n_samples,), finite and non-negative with a positive sum.
+
+    ``None`` stays ``None`` (unweighted, which programs treat as all ones).
+    """
+    if sample_weight is None:
+        return None
+    sw = np.asarray(sample_weight, dtype=dtype)
+    if sw.ndim == 0:
+        sw = np.full(n_samples, float(sw), dtype=dtype)
+    if sw.shape != (n_samples,):
+        raise ValueError(f"sample_weight must have shape ({n_samples},), got {sw.shape}")
+    if not np.isfinite(sw).all():
+        raise ValueError("sample_weight contains NaN or infinity")
+    if (sw < 0).any():
+        raise ValueError("sample_weight must be non-negative")
+    if not sw.sum() > 0:
+        raise ValueError("sample_weight sums to zero: at least one sample needs a positive weight")
+    return np.ascontiguousarray(sw)

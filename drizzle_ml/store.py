@@ -107,6 +107,16 @@ class ModelStore:
                 raise TimeoutError(f"model version {version} not committed within {timeout:g} s")
             return next(reversed(self._versions.values()))
 
+    def __getstate__(self) -> dict:
+        # Locks do not pickle; a fitted estimator (and its store) must.
+        with self._lock:
+            return {"history": self._history, "versions": list(self._versions.values())}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["history"])
+        for entry in state["versions"]:
+            self._versions[entry.version] = entry
+
     def versions(self) -> list[int]:
         with self._lock:
             return list(self._versions)
