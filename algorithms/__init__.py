@@ -4,6 +4,8 @@ Programs declare what runs on a partition (``local``), how partials combine
 (``combine``) and how the model updates (``update``); they know nothing of MPI.
 """
 
-from .logistic import LogisticGD, LogisticRegression
+from .linear import LinearRegression, NormalEquations, Ridge
+from .logistic import LogisticRegression
+from .optim import Minimize
 
-__all__ = ["LogisticGD", "LogisticRegression"]
+__all__ = ["LinearRegression", "LogisticRegression", "Minimize", "NormalEquations", "Ridge"]

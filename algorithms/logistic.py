@@ -1,106 +1,66 @@
-"""Logistic regression by gradient descent, as an engine program and an estimator."""
+"""Logistic regression (binary and multinomial) by L-BFGS or gradient descent."""
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.special import expit
+from scipy.special import expit, softmax
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
-from drizzle_ml.data import ArrayDataset
-from drizzle_ml.program import Partition, Program
-
-from .base import DrizzleEstimator
-
-
-class LogisticGD(Program):
-    """Binary logistic regression, plain gradient descent with a fixed step.
-
-    Objective (per sample): ``mean_i w_i * logloss(y_i, x_i·coef + b) + ||coef||² / (2 C n)``
-    with ``n`` the total sample weight, which has the same minimizer as
-    scikit-learn's ``C * sum_i w_i * logloss + ||coef||² / 2``.
-
-    Model: ``coef`` (n_features,), ``intercept`` (1,).
-    Partial: ``(X^T r, [sum r, loss, weight])`` with ``r = w * (sigmoid(z) - y)``.
-    """
-
-    def __init__(self, C: float = 1.0, learning_rate: float = 1.0, tol: float = 1e-4,
-                 fit_intercept: bool = True):
-        self.C, self.learning_rate, self.tol, self.fit_intercept = C, learning_rate, tol, fit_intercept
-
-    def local(self, model, part: Partition):
-        X, y, sw = part.X, part.y, part.sample_weight
-        z = X @ model["coef"] + model["intercept"][0]
-        losses = np.logaddexp(0.0, z) - y * z
-        r = expit(z) - y
-        if sw is not None:
-            losses *= sw
-            r *= sw
-            weight = sw.sum()
-        else:
-            weight = float(X.shape[0])
-        grad = X.T @ r
-        return np.asarray(grad, dtype=np.float64), np.array([r.sum(), losses.sum(), weight])
-
-    def update(self, model, total, iteration):
-        grad_sum, (r_sum, loss_sum, n) = total
-        coef, intercept = model["coef"], model["intercept"]
-        penalty = 0.0 if np.isinf(self.C) else 1.0 / (self.C * n)
-        grad = grad_sum / n + penalty * coef
-        grad_b = r_sum / n if self.fit_intercept else 0.0
-        loss = loss_sum / n + 0.5 * penalty * float(coef @ coef)
-        if not np.isfinite(loss):
-            raise FloatingPointError(
-                f"gradient descent diverged at iteration {iteration} (loss {loss}); "
-                "lower learning_rate or scale the features"
-            )
-        grad_norm = max(float(np.max(np.abs(grad), initial=0.0)), abs(grad_b))
-        new = {
-            "coef": coef - self.learning_rate * grad,
-            "intercept": intercept - self.learning_rate * np.array([grad_b]),
-        }
-        return new, {"loss": loss, "grad_norm": grad_norm, "converged": grad_norm < self.tol}
+from .base import check_sample_weight
+from .linear import LinearModelBase
+from .optim import SOLVERS
 
 
-class LogisticRegression(ClassifierMixin, DrizzleEstimator):
-    """Binary logistic regression trained on a drizzle-ml cluster.
+class LogisticRegression(ClassifierMixin, LinearModelBase):
+    """L2-regularized logistic regression trained on a drizzle-ml cluster.
+
+    Two classes give a binary model (one coefficient row for ``classes_[1]``);
+    more give a multinomial (softmax) model with one row per class, as
+    scikit-learn does. The objective is scikit-learn's:
+    ``C * sum_i w_i * logloss_i + ||coef||² / 2`` (intercepts unpenalized),
+    minimized in the equivalent per-sample form
+    ``mean_w(logloss) + ||coef||² / (2 C sum_i w_i)``.
 
     Parameters
     ----------
-    solver : {"gd"}
-        Gradient descent with a fixed step ``learning_rate``.
-    C : float
-        Inverse L2 regularization strength, as in scikit-learn (``np.inf``: none).
-    learning_rate : float
-        Gradient-descent step on the per-sample objective.
-    max_iter : int
-        Maximum iterations.
+    solver : {"lbfgs", "gd"}
+        ``lbfgs``: limited-memory BFGS whose backtracking line search runs
+        inside the iterations (a rejected step is one more iteration, no
+        extra coordination). ``gd``: steepest descent, with a fixed
+        ``learning_rate`` or the same line search.
+    C : float > 0
+        Inverse L2 strength, as scikit-learn (``np.inf``: no penalty).
     tol : float
-        Stop when the largest absolute gradient entry is below ``tol``.
+        Stop when the largest absolute gradient entry of the per-sample
+        objective is at most ``tol``.
+    max_iter : int
+        Maximum iterations (objective evaluations, line-search steps included).
     fit_intercept : bool
-        Fit an (unpenalized) intercept.
+        Fit unpenalized intercepts.
+    learning_rate : float or None
+        ``gd`` only: a fixed step, or None for the backtracking line search.
     n_workers, group_size, scheduling, random_state, verbose
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
 
     Attributes
     ----------
-    classes_ : ndarray of shape (2,)
-    coef_ : ndarray of shape (1, n_features)
-    intercept_ : ndarray of shape (1,)
+    classes_ : ndarray of shape (n_classes,)
+    coef_ : ndarray of shape (1, n_features) for two classes, else (n_classes, n_features)
+    intercept_ : ndarray of shape (1,) or (n_classes,)
     n_iter_, model_version_, history_
     """
 
-    def __init__(self, solver="gd", *, C=1.0, learning_rate=1.0, max_iter=1000, tol=1e-4,
-                 fit_intercept=True, n_workers=None, group_size="auto", scheduling="group",
+    def __init__(self, solver="lbfgs", *, C=1.0, tol=1e-4, max_iter=100, fit_intercept=True,
+                 learning_rate=None, n_workers=None, group_size="auto", scheduling="group",
                  random_state=None, verbose=0):
         self.solver = solver
         self.C = C
-        self.learning_rate = learning_rate
-        self.max_iter = max_iter
         self.tol = tol
+        self.max_iter = max_iter
         self.fit_intercept = fit_intercept
+        self.learning_rate = learning_rate
         self.n_workers = n_workers
         self.group_size = group_size
         self.scheduling = scheduling
@@ -108,57 +68,55 @@ class LogisticRegression(ClassifierMixin, DrizzleEstimator):
         self.verbose = verbose
 
     def fit(self, X, y, sample_weight=None):
-        """Fit on X (n_samples, n_features), dense or CSR, and binary labels y (n_samples,)."""
-        self._check_params()
-        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64, y_numeric=False)
+        """Fit on X (n_samples, n_features), dense or CSR, and labels y (n_samples,)."""
+        self._check_solver_params(SOLVERS)
+        if not (isinstance(self.C, (int, float, np.number)) and self.C > 0):
+            raise ValueError(f"C must be a positive number (np.inf for no penalty), got {self.C!r}")
+        if self.max_iter is None:
+            raise ValueError("max_iter must be a positive integer, got None")
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
         check_classification_targets(y)
-        self.classes_ = np.unique(y)
+        self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(
-                f"LogisticRegression needs samples of at least 2 classes; y has only {self.classes_[0]!r}"
+                "LogisticRegression needs samples of at least 2 classes in the data, but the data "
+                f"contains only one class: {self.classes_[0]!r}"
             )
-        if len(self.classes_) > 2:
-            raise ValueError(
-                f"solver='gd' is binary; y has {len(self.classes_)} classes"
-            )
-        y01 = (y == self.classes_[1]).astype(np.float64)
-        sw = None
-        if sample_weight is not None:
-            sw = np.asarray(sample_weight, dtype=np.float64)
-            if sw.shape != (X.shape[0],) or not np.isfinite(sw).all() or (sw < 0).any():
-                raise ValueError("sample_weight must be finite, non-negative, of shape (n_samples,)")
-        program = LogisticGD(self.C, self.learning_rate, self.tol, self.fit_intercept)
-        model = {"coef": np.zeros(X.shape[1]), "intercept": np.zeros(1)}
-        result = self._run(program, model, ArrayDataset(X, y01, sw), self.max_iter)
-        self.coef_ = np.array(result.model["coef"]).reshape(1, -1)
-        self.intercept_ = np.array(result.model["intercept"])
+        sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+        alpha = 0.0 if np.isinf(self.C) else 1.0 / float(self.C)
+        if len(self.classes_) == 2:
+            coef, intercept = self._minimize("binomial", X, codes.astype(X.dtype), sw, 1, alpha,
+                                             self.solver, self.max_iter)
+        else:
+            coef, intercept = self._minimize("multinomial", X, codes.astype(np.intp), sw,
+                                             len(self.classes_), alpha, self.solver, self.max_iter)
+        self.coef_, self.intercept_ = coef.astype(X.dtype), intercept.astype(X.dtype)
         return self
 
-    def _check_params(self) -> None:
-        self._check_engine_params()
-        if self.solver != "gd":
-            raise ValueError(f"solver must be 'gd', got {self.solver!r}")
-        if not (self.C > 0):
-            raise ValueError(f"C must be positive, got {self.C!r}")
-        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        if not (self.tol >= 0):
-            raise ValueError(f"tol must be non-negative, got {self.tol!r}")
-
     def decision_function(self, X):
-        """Signed distance to the boundary, shape (n_samples,)."""
-        check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=False)
-        return np.asarray(X @ self.coef_[0] + self.intercept_[0]).ravel()
+        """Scores: shape (n_samples,) for two classes (positive: ``classes_[1]``), else (n_samples, n_classes)."""
+        scores = self._decision(X)
+        return scores[:, 0] if scores.shape[1] == 1 else scores
 
     def predict_proba(self, X):
-        """Class probabilities, shape (n_samples, 2), columns in ``classes_`` order."""
-        p = expit(self.decision_function(X))
-        return np.column_stack([1.0 - p, p])
+        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            p = expit(scores)
+            return np.column_stack([1.0 - p, p])
+        return softmax(scores, axis=1)
+
+    def predict_log_proba(self, X):
+        """Log of :meth:`predict_proba`."""
+        return np.log(self.predict_proba(X))
 
     def predict(self, X):
         """Predicted labels, shape (n_samples,)."""
-        scores = self.decision_function(X)  # checks fitted first
-        return self.classes_[(scores > 0).astype(int)]
+        scores = self.decision_function(X)
+        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+        return self.classes_[index]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags

@@ -35,11 +35,13 @@ __all__ = [
     "GroupMetrics",
     "HDF5Dataset",
     "JobResult",
+    "LinearRegression",
     "LogisticRegression",
     "ModelStore",
     "ModelVersion",
     "Partition",
     "Program",
+    "Ridge",
     "VersionMismatchError",
     "WorkerError",
     "WorkerFailedError",
@@ -51,7 +53,7 @@ __all__ = [
 def __getattr__(name: str):
     # Estimators live in drizzle_ml.algorithms; import them lazily so the
     # engine itself never imports an algorithm.
-    if name in {"LogisticRegression"}:
+    if name in {"LinearRegression", "LogisticRegression", "Ridge"}:
         from . import algorithms
 
         return getattr(algorithms, name)

@@ -32,10 +32,17 @@ def _make_data(rows_per_worker: int, features: int, n_workers: int, seed: int = 
     return X, y
 
 
-def _program():
-    from drizzle_ml.algorithms import LogisticGD
+def _program(features: int):
+    from drizzle_ml.algorithms.losses import LinearLoss
+    from drizzle_ml.algorithms.optim import Minimize
 
-    return LogisticGD(C=1.0, learning_rate=0.5, tol=0.0)
+    return Minimize(LinearLoss("binomial", features), "gd", alpha=1.0, tol=0.0, learning_rate=0.5)
+
+
+def _model(features: int) -> dict:
+    from drizzle_ml.algorithms.optim import initial_model
+
+    return initial_model(features + 1, "gd", 0)
 
 
 def _plain(args: argparse.Namespace) -> dict[str, Any]:
@@ -51,21 +58,21 @@ def _plain(args: argparse.Namespace) -> dict[str, Any]:
     X, y = _make_data(args.rows, args.features, size)
     bounds = row_bounds(X.shape[0], size)
     part = Partition(X[bounds[rank] : bounds[rank + 1]], y[bounds[rank] : bounds[rank + 1]])
-    program = _program()
-    model = {"coef": np.zeros(args.features), "intercept": np.zeros(1)}
+    program = _program(args.features)
+    model = _model(args.features)
     layout = Layout(program.local(model, part))
     send, recv = np.empty(layout.nbytes // 8), np.empty(layout.nbytes // 8)
     elapsed = float("inf")
     for _ in range(2):  # best of two, as for the engine
         comm.Barrier()
         t0 = time.perf_counter()
-        model = {"coef": np.zeros(args.features), "intercept": np.zeros(1)}
+        model = _model(args.features)
         for it in range(args.iterations):
             layout.pack(program.local(model, part), send.view(np.uint8))
             comm.Allreduce(send, recv)
             model, _ = program.update(model, layout.unpack(recv.view(np.uint8)), it)
         elapsed = min(elapsed, time.perf_counter() - t0)
-    return {"per_iter": elapsed / args.iterations, "coef": model["coef"].tolist()}
+    return {"per_iter": elapsed / args.iterations, "coef": model["x"].tolist()}
 
 
 def _engine(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,9 +88,9 @@ def _engine(args: argparse.Namespace) -> dict[str, Any]:
         for scheduling, group_size in configs:
             best = None
             for _ in range(2):  # first pass warms caches and code paths
-                model = {"coef": np.zeros(args.features), "intercept": np.zeros(1)}
+                model = _model(args.features)
                 t0 = time.perf_counter()
-                result = cluster.run(_program(), model, dataset, max_iter=args.iterations,
+                result = cluster.run(_program(args.features), model, dataset, max_iter=args.iterations,
                                      group_size=group_size, scheduling=scheduling)
                 elapsed = time.perf_counter() - t0
                 if best is None or elapsed < best[0]:
@@ -101,7 +108,7 @@ def _engine(args: argparse.Namespace) -> dict[str, Any]:
                 if scheduling == "bsp" else None,
                 "compute_per_iter": summary["compute"] / result.n_iter,
                 "update_per_iter": summary["update"] / result.n_iter,
-                "coef": np.asarray(result.model["coef"]).tolist(),
+                "coef": np.asarray(result.model["x"]).tolist(),
             }
         return {"n_workers": cluster.n_workers, "fanout": cluster.fanout, "results": results}
 

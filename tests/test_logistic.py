@@ -1,4 +1,4 @@
-"""The minimal LogisticRegression(solver="gd") end to end through the engine."""
+"""LogisticRegression (binary and multinomial, L-BFGS and gradient descent) against scikit-learn."""
 
 import warnings
 
@@ -6,14 +6,72 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from scipy.special import expit
-from sklearn.datasets import load_breast_cancer
+from sklearn import datasets
+from sklearn import linear_model as sk
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 
 from drizzle_ml import LogisticRegression
 
-X, Y = load_breast_cancer(return_X_y=True)
-X = StandardScaler().fit_transform(X)
+
+def standardized(loader):
+    X, y = loader(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+BREAST = standardized(datasets.load_breast_cancer)
+WINE = standardized(datasets.load_wine)
+DIGITS = standardized(datasets.load_digits)
+X, Y = BREAST
+
+
+def objective(clf, X, y, C, sample_weight=None):
+    """scikit-learn's objective divided by C * sum(w): mean log-loss + ||coef||² / (2 C sum(w))."""
+    sw_sum = len(y) if sample_weight is None else np.sum(sample_weight)
+    penalty = 0.0 if np.isinf(C) else 0.5 * np.sum(clf.coef_.astype(float) ** 2) / (C * sw_sum)
+    return log_loss(y, clf.predict_proba(X), sample_weight=sample_weight) + penalty
+
+
+@pytest.mark.parametrize("data", ["breast_cancer", "wine", "digits"])
+@pytest.mark.parametrize("C", [1.0, 0.05])
+def test_lbfgs_reaches_sklearn_optimum(data, C):
+    X, y = {"breast_cancer": BREAST, "wine": WINE, "digits": DIGITS}[data]
+    optimum = sk.LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    ours = LogisticRegression(C=C, tol=1e-6, max_iter=1000, n_workers=2).fit(X, y)
+    f_opt, f_ours = objective(optimum, X, y, C), objective(ours, X, y, C)
+    assert f_ours <= f_opt * (1 + 1e-6), (f_ours, f_opt)
+    assert np.mean(ours.predict(X) == optimum.predict(X)) >= 0.995
+    n_classes = len(np.unique(y))
+    assert ours.coef_.shape == ((1 if n_classes == 2 else n_classes), X.shape[1])
+    assert ours.intercept_.shape == ((1 if n_classes == 2 else n_classes),)
+    np.testing.assert_allclose(ours.predict_proba(X), optimum.predict_proba(X), atol=1e-3)
+
+
+def test_default_fit_matches_sklearn_default_fit():
+    ours = LogisticRegression(n_workers=2).fit(*DIGITS)
+    theirs = sk.LogisticRegression().fit(*DIGITS)
+    assert np.mean(ours.predict(DIGITS[0]) == theirs.predict(DIGITS[0])) >= 0.995
+    rel = abs(objective(ours, *DIGITS, 1.0) / objective(theirs, *DIGITS, 1.0) - 1)
+    assert rel < 1e-3  # both stop at tol=1e-4 on the gradient, at slightly different points
+
+
+def test_no_penalty_matches_sklearn():
+    Xs, ys = datasets.make_classification(300, 5, n_informative=3, flip_y=0.2, random_state=0)
+    ours = LogisticRegression(C=np.inf, tol=1e-8, n_workers=2).fit(Xs, ys)
+    theirs = sk.LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(Xs, ys)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-5)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-5, atol=1e-7)
+
+
+def test_same_result_for_1_2_4_workers_and_bit_identical_repeats():
+    fits = {n: LogisticRegression(n_workers=n, tol=1e-6, max_iter=500).fit(*WINE) for n in (1, 2, 4)}
+    for n in (1, 4):
+        np.testing.assert_allclose(fits[n].coef_, fits[2].coef_, rtol=1e-8, atol=1e-10)
+        assert np.array_equal(fits[n].predict(WINE[0]), fits[2].predict(WINE[0]))
+    again = LogisticRegression(n_workers=2, tol=1e-6, max_iter=500).fit(*WINE)
+    assert np.array_equal(again.coef_, fits[2].coef_)
+    assert np.array_equal(again.intercept_, fits[2].intercept_)
 
 
 def reference_gd(X, y, C, lr, iters):
@@ -25,62 +83,77 @@ def reference_gd(X, y, C, lr, iters):
     return coef, b
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-
-
-def fit(**kw):
-    params = dict(learning_rate=0.5, max_iter=40, n_workers=2, group_size=8)
-    params.update(kw)
-    return LogisticRegression(**params)
-
-
-def test_matches_numpy_reference_and_attributes():
-    clf = fit(C=2.0).fit(X, Y)
+def test_fixed_step_gd_matches_numpy_reference_and_engine_attributes():
+    clf = LogisticRegression(solver="gd", learning_rate=0.5, C=2.0, max_iter=40, tol=0.0,
+                             n_workers=2, group_size=8)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(X, Y)
     coef, b = reference_gd(X, Y.astype(float), 2.0, 0.5, 40)
-    np.testing.assert_allclose(clf.coef_[0], coef, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(clf.intercept_[0], b, rtol=1e-10)
-    assert clf.coef_.shape == (1, X.shape[1]) and clf.intercept_.shape == (1,)
+    # The engine returns the last evaluated point: the reference after 39 steps.
+    coef39, b39 = reference_gd(X, Y.astype(float), 2.0, 0.5, 39)
+    np.testing.assert_allclose(clf.coef_[0], coef39, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(clf.intercept_[0], b39, rtol=1e-10)
     assert clf.n_iter_ == 40 and clf.model_version_ == 40
     assert len(clf.history_) == 5 and {"wall", "compute", "coordination", "overhead"} <= set(clf.history_[0])
     assert clf.model_store_.latest().version == 40
-    proba = clf.predict_proba(X)
-    assert proba.shape == (len(X), 2)
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
-    assert clf.score(X, Y) > 0.95
-    assert set(clf.predict(X)) <= set(clf.classes_)
+    np.testing.assert_allclose(clf.model_store_.latest().model["w"][:-1], coef, rtol=1e-10, atol=1e-12)
 
 
-def test_bsp_and_group_agree_and_repeat_bit_identically():
-    a = fit().fit(X, Y)
-    b = fit().fit(X, Y)
-    c = fit(scheduling="bsp").fit(X, Y)
-    assert np.array_equal(a.coef_, b.coef_)
+def test_gd_with_line_search_converges_to_lbfgs_solution():
+    gd = LogisticRegression(solver="gd", tol=1e-5, max_iter=5000, n_workers=2).fit(X, Y)
+    lbfgs = LogisticRegression(tol=1e-8, n_workers=2).fit(X, Y)
+    assert objective(gd, X, Y, 1.0) <= objective(lbfgs, X, Y, 1.0) * (1 + 1e-5)
+    assert gd.n_iter_ > lbfgs.n_iter_
+
+
+def test_bsp_and_group_agree():
+    a = LogisticRegression(n_workers=2, group_size=4).fit(*WINE)
+    c = LogisticRegression(n_workers=2, scheduling="bsp").fit(*WINE)
     np.testing.assert_allclose(a.coef_, c.coef_, rtol=1e-12)
 
 
-def test_sparse_input_and_string_labels():
-    labels = np.where(Y == 1, "benign", "malignant")
-    dense = fit().fit(X, labels)
-    sparse = fit().fit(sp.csr_matrix(X), labels)
-    np.testing.assert_allclose(dense.coef_, sparse.coef_, rtol=1e-10)
+def test_sparse_float32_and_string_labels():
+    labels = np.array(["benign", "malignant"])[Y]
+    dense = LogisticRegression(n_workers=2, tol=1e-6).fit(X, labels)
+    sparse = LogisticRegression(n_workers=2, tol=1e-6).fit(sp.csr_matrix(X), labels)
+    np.testing.assert_allclose(dense.coef_, sparse.coef_, rtol=1e-7, atol=1e-9)
     assert set(dense.predict(X[:20])) <= {"benign", "malignant"}
+    single = LogisticRegression(n_workers=2, tol=1e-4).fit(X.astype(np.float32), labels)
+    assert single.coef_.dtype == np.float32
+    assert np.mean(single.predict(X) == dense.predict(X)) >= 0.99
 
 
 def test_sample_weight_equals_repetition():
     w = np.ones(len(Y))
     w[:50] = 2.0
-    weighted = fit().fit(X, Y, sample_weight=w)
-    repeated = fit().fit(np.vstack([X, X[:50]]), np.concatenate([Y, Y[:50]]))
-    np.testing.assert_allclose(weighted.coef_, repeated.coef_, rtol=1e-8)
+    w[50:60] = 0.0
+    keep = w > 0
+    weighted = LogisticRegression(tol=1e-10, n_workers=2).fit(X, Y, sample_weight=w)
+    repeated = LogisticRegression(tol=1e-10, n_workers=2).fit(
+        np.vstack([X[keep], X[:50]]), np.concatenate([Y[keep], Y[:50]]))
+    np.testing.assert_allclose(weighted.coef_, repeated.coef_, rtol=1e-6)
+    ref = sk.LogisticRegression(tol=1e-10, max_iter=10_000).fit(X, Y, sample_weight=w)
+    np.testing.assert_allclose(weighted.coef_, ref.coef_, rtol=1e-5, atol=1e-6)
 
 
 def test_convergence_warning_and_early_stop():
     with pytest.warns(ConvergenceWarning, match="did not converge in max_iter=3"):
-        LogisticRegression(learning_rate=0.5, max_iter=3, n_workers=2).fit(X, Y)
+        LogisticRegression(max_iter=3, n_workers=2).fit(X, Y)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        clf = LogisticRegression(learning_rate=0.5, max_iter=5000, tol=1e-2, n_workers=2, group_size=50).fit(X, Y)
-    assert clf.n_iter_ < 5000
+        clf = LogisticRegression(max_iter=1000, n_workers=2).fit(X, Y)
+    assert clf.n_iter_ < 100
+
+
+def test_predictions_are_consistent():
+    clf = LogisticRegression(n_workers=2).fit(*DIGITS)
+    proba = clf.predict_proba(DIGITS[0])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert np.array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(DIGITS[0]))
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(DIGITS[0][:5])), proba[:5])
+    assert clf.decision_function(DIGITS[0]).shape == (len(DIGITS[0]), 10)
+    binary = LogisticRegression(n_workers=2).fit(X, Y)
+    assert np.array_equal(binary.decision_function(X) > 0, binary.predict(X) == 1)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +165,6 @@ def test_convergence_warning_and_early_stop():
         (np.ones(10), np.arange(10) % 2, "Expected 2D array"),
         (np.ones((0, 3)), np.array([]), "0 sample"),
         (np.ones((10, 3)), np.zeros(10), "at least 2 classes"),
-        (np.ones((10, 3)), np.arange(10) % 3, "binary"),
         (np.ones((10, 3)), np.linspace(0, 1, 10), "Unknown label type"),
     ],
 )
@@ -101,16 +173,26 @@ def test_bad_input_is_a_clear_value_error(X_bad, y_bad, match):
         LogisticRegression(n_workers=2).fit(X_bad, y_bad)
 
 
+def test_bad_sample_weight():
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(569,\)"):
+        LogisticRegression(n_workers=2).fit(X, Y, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="non-negative"):
+        LogisticRegression(n_workers=2).fit(X, Y, sample_weight=-np.ones(len(Y)))
+    with pytest.raises(ValueError, match="sums to zero"):
+        LogisticRegression(n_workers=2).fit(X, Y, sample_weight=np.zeros(len(Y)))
+
+
 @pytest.mark.parametrize(
     "params,match",
     [
         ({"group_size": 0}, "group_size"),
         ({"scheduling": "spark"}, "scheduling"),
         ({"n_workers": 0}, "n_workers"),
-        ({"C": -1}, "C must be positive"),
-        ({"learning_rate": 0}, "learning_rate"),
+        ({"C": -1}, "C must be a positive number"),
+        ({"solver": "gd", "learning_rate": 0}, "learning_rate must be None"),
+        ({"learning_rate": 0.1}, "learning_rate is a step of solver='gd'"),
         ({"max_iter": 0}, "max_iter"),
-        ({"solver": "newton"}, "solver"),
+        ({"solver": "newton"}, "solver must be one of"),
     ],
 )
 def test_bad_parameters(params, match):
@@ -124,14 +206,14 @@ def test_fewer_samples_than_workers():
 
 
 def test_predict_checks_features():
-    clf = fit().fit(X, Y)
+    clf = LogisticRegression(n_workers=2).fit(X, Y)
     with pytest.raises(ValueError, match="features"):
         clf.predict(X[:, :5])
 
 
 def test_divergence_is_reported():
-    with pytest.raises(Exception, match="diverged"):
-        fit(learning_rate=1e6, max_iter=200).fit(X * 1e3, Y)
+    with pytest.raises(Exception, match="lower learning_rate"):
+        LogisticRegression(solver="gd", learning_rate=1e6, max_iter=200, n_workers=2).fit(X * 1e3, Y)
 
 
 def test_predict_before_fit_is_not_fitted_error():

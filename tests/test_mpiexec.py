@@ -58,7 +58,7 @@ def test_world_mode_estimator_script(tmp_path):
     from drizzle_ml import LogisticRegression
     X, y = load_breast_cancer(return_X_y=True)
     X = StandardScaler().fit_transform(X)
-    clf = LogisticRegression(learning_rate=0.5, max_iter=50, group_size=10).fit(X, y)
+    clf = LogisticRegression(solver="gd", learning_rate=0.5, max_iter=50, tol=0.0, group_size=10).fit(X, y)
     print(json.dumps({"acc": clf.score(X, y), "n_iter": clf.n_iter_, "groups": len(clf.history_)}))
     """
     code, out, err = run_mpi(3, script, tmp_path)

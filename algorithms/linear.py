@@ -1,0 +1,252 @@
+"""Least-squares linear models: LinearRegression and Ridge.
+
+``solver="exact"`` sums the weighted moments of ``[X, y]`` up the reduce tree in
+one pass and solves the normal equations on the tree root. ``"lbfgs"`` and
+``"gd"`` minimize the same objective iteratively (for data too wide for a
+(d, d) Gram matrix). ``"auto"`` picks ``exact`` up to 2,000 columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+from sklearn.base import RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from drizzle_ml.data import ArrayDataset
+from drizzle_ml.program import Partition, Program
+
+from .base import DrizzleEstimator, check_positive_int, check_sample_weight
+from .losses import LinearLoss
+from .moments import combine_moments, partition_moments
+from .optim import SOLVERS, Minimize, initial_model
+
+EXACT_MAX_COLUMNS = 2000
+# The Gram matrix squares X's condition number, and its rounding noise is about
+# eps * ||X||²: eigenvalues below this fraction of the largest are that noise
+# (X's singular values below 1e-6 of its largest), so they count as zero.
+GRAM_RCOND = 1e-12
+
+
+class NormalEquations(Program):
+    """One pass: weighted moments of ``[X, Y]``, then ``(Sxx + alpha I) coef = Sxy`` on the root.
+
+    Model: ``coef`` (n_targets, n_features), ``intercept`` (n_targets,).
+    With ``alpha == 0`` the minimum-norm least-squares solution is taken, as
+    ``scipy.linalg.lstsq`` (and scikit-learn's LinearRegression) do; directions
+    of X with singular values below 1e-6 of the largest count as collinear.
+    """
+
+    shared = ()  # nothing flows down: the job is a single iteration
+
+    def __init__(self, n_features: int, alpha: float = 0.0, fit_intercept: bool = True):
+        self.n_features, self.alpha, self.fit_intercept = n_features, float(alpha), fit_intercept
+
+    def local(self, model, part: Partition):
+        Y = part.y.reshape(part.n_rows, -1)
+        XY = sp.hstack([part.X, sp.csr_matrix(Y)], format="csr") if sp.issparse(part.X) else np.hstack([part.X, Y])
+        return partition_moments(XY, part.sample_weight)
+
+    def combine(self, a, b):
+        return combine_moments(a, b)
+
+    def update(self, model, total, iteration):
+        weight, mean, scatter = (np.array(t) for t in total)
+        d = self.n_features
+        if not self.fit_intercept:  # uncentered second moments
+            scatter = scatter + weight[0] * np.outer(mean, mean)
+        sxx, sxy = scatter[:d, :d], scatter[:d, d:]
+        if self.alpha > 0:
+            sxx = sxx + self.alpha * np.eye(d)
+            try:
+                beta = scipy.linalg.solve(sxx, sxy, assume_a="pos")
+            except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+                beta = scipy.linalg.lstsq(sxx, sxy, cond=GRAM_RCOND)[0]
+        else:
+            beta = scipy.linalg.lstsq(sxx, sxy, cond=GRAM_RCOND)[0]
+        coef = beta.T
+        intercept = mean[d:] - coef @ mean[:d] if self.fit_intercept else np.zeros(coef.shape[0])
+        return {"coef": coef, "intercept": intercept}, {"converged": True}
+
+
+class LinearModelBase(DrizzleEstimator):
+    """Fitting shared by the linear models: validation, solver choice, coefficients back."""
+
+    def _check_solver_params(self, solvers: tuple[str, ...]) -> None:
+        self._check_engine_params()
+        if self.solver not in solvers:
+            raise ValueError(f"solver must be one of {solvers}, got {self.solver!r}")
+        if self.max_iter is not None:
+            check_positive_int("max_iter", self.max_iter)
+        if not (isinstance(self.tol, (int, float, np.number)) and self.tol >= 0):
+            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        lr = getattr(self, "learning_rate", None)
+        if lr is not None and not (isinstance(lr, (int, float, np.number)) and np.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning_rate must be None (line search) or a positive number, got {lr!r}")
+        if lr is not None and self.solver != "gd":
+            raise ValueError(f"learning_rate is a step of solver='gd'; solver={self.solver!r} chooses its own steps")
+
+    def _minimize(self, kind: str, X, y, sample_weight, n_outputs: int, alpha: float,
+                  solver: str, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run :class:`Minimize`; return ``coef`` (n_outputs, n_features) and ``intercept`` (n_outputs,)."""
+        loss = LinearLoss(kind, X.shape[1], n_outputs, self.fit_intercept)
+        program = Minimize(loss, solver, alpha=alpha, tol=self.tol,
+                           learning_rate=getattr(self, "learning_rate", None))
+        model = initial_model(loss.n_params, solver, program.memory)
+        result = self._run(program, model, ArrayDataset(X, y, sample_weight), max_iter)
+        self._check_line_search(result.model["state"])
+        coef, intercept = loss.split(np.array(result.model["x"]))
+        return coef.copy(), (np.zeros(n_outputs) if intercept is None else intercept.copy())
+
+    def _check_line_search(self, state: np.ndarray) -> None:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        from .optim import _LS_FAILED
+
+        if state[_LS_FAILED]:
+            warnings.warn(
+                f"{type(self).__name__}: the line search found no step that lowers the loss "
+                "(the gradient is at the limit of floating-point precision); stopped early",
+                ConvergenceWarning,
+            )
+
+    def _decision(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False)
+        coef = np.atleast_2d(self.coef_)
+        out = np.asarray(X @ coef.T.astype(X.dtype, copy=False)) + np.asarray(self.intercept_, dtype=X.dtype)
+        return out
+
+
+class _LeastSquares(RegressorMixin, LinearModelBase):
+    _alpha = 0.0
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit on X (n_samples, n_features), dense or CSR, and y (n_samples,) or (n_samples, n_targets)."""
+        self._check_solver_params(("auto", "exact") + SOLVERS)
+        alpha = self._alpha
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
+                             multi_output=True, y_numeric=True)
+        sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+        Y = np.asarray(y, dtype=X.dtype)
+        n_targets = 1 if Y.ndim == 1 else Y.shape[1]
+        solver = self.solver
+        if solver == "auto":
+            solver = "exact" if X.shape[1] + n_targets <= EXACT_MAX_COLUMNS else "lbfgs"
+        if solver == "exact":
+            program = NormalEquations(X.shape[1], alpha, self.fit_intercept)
+            model = {"coef": np.zeros((n_targets, X.shape[1])), "intercept": np.zeros(n_targets)}
+            result = self._run(program, model, ArrayDataset(X, Y, sw), 1)
+            coef, intercept = np.array(result.model["coef"]), np.array(result.model["intercept"])
+        else:
+            max_iter = 1000 if self.max_iter is None else self.max_iter
+            coef, intercept = self._minimize("squared", X, Y, sw, n_targets, alpha, solver, max_iter)
+        dtype = X.dtype
+        if Y.ndim == 1:
+            self.coef_, self.intercept_ = coef[0].astype(dtype), float(intercept[0])
+        else:
+            self.coef_, self.intercept_ = coef.astype(dtype), intercept.astype(dtype)
+        self.solver_ = solver
+        return self
+
+    def predict(self, X):
+        """Predictions, shape (n_samples,) or (n_samples, n_targets)."""
+        out = self._decision(X)
+        return out[:, 0] if np.ndim(self.coef_) == 1 else out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.input_tags.sparse = True
+        return tags
+
+
+_ENGINE_PARAMS_DOC = """    n_workers, group_size, scheduling, random_state, verbose
+        Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`."""
+
+_ATTRIBUTES_DOC = """    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,) or (n_targets, n_features)
+    intercept_ : float or ndarray of shape (n_targets,)
+    solver_ : the solver that ran ("exact", "lbfgs" or "gd")
+    n_iter_, model_version_, history_
+        Engine attributes (``n_iter_`` is 1 for the exact solver)."""
+
+
+class LinearRegression(_LeastSquares):
+    __doc__ = f"""Ordinary least squares on a drizzle-ml cluster.
+
+    Parameters
+    ----------
+    fit_intercept : bool
+        Fit an intercept (data are centered by the weighted mean).
+    solver : {{"auto", "exact", "lbfgs", "gd"}}
+        ``exact``: one pass of tree-summed moments, then the minimum-norm
+        least-squares solution. ``lbfgs``/``gd``: iterative, for wide data.
+        ``auto``: exact for up to {EXACT_MAX_COLUMNS} columns.
+    tol : float
+        Iterative solvers: stop when the largest gradient entry of the mean
+        half squared error is at most ``tol``.
+    max_iter : int or None
+        Iterative solvers' iteration limit (None: 1000).
+    learning_rate : float or None
+        ``gd`` only: fixed step, or None for a backtracking line search.
+{_ENGINE_PARAMS_DOC}
+
+{_ATTRIBUTES_DOC}
+    """
+
+    def __init__(self, *, fit_intercept=True, solver="auto", tol=1e-6, max_iter=None, learning_rate=None,
+                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0):
+        self.fit_intercept = fit_intercept
+        self.solver = solver
+        self.tol = tol
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.n_workers = n_workers
+        self.group_size = group_size
+        self.scheduling = scheduling
+        self.random_state = random_state
+        self.verbose = verbose
+
+
+class Ridge(_LeastSquares):
+    __doc__ = f"""Least squares with an L2 penalty ``alpha * ||coef||²`` (intercept unpenalized).
+
+    Minimizes ``sum_i w_i (y_i - x_i coef - b)² + alpha ||coef||²`` as
+    scikit-learn's Ridge.
+
+    Parameters
+    ----------
+    alpha : float >= 0
+        Penalty strength.
+    fit_intercept, solver, tol, max_iter, learning_rate
+        As :class:`LinearRegression` (``tol`` defaults to 1e-4 as scikit-learn's).
+{_ENGINE_PARAMS_DOC}
+
+{_ATTRIBUTES_DOC}
+    """
+
+    def __init__(self, alpha=1.0, *, fit_intercept=True, solver="auto", tol=1e-4, max_iter=None,
+                 learning_rate=None, n_workers=None, group_size="auto", scheduling="group",
+                 random_state=None, verbose=0):
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+        self.solver = solver
+        self.tol = tol
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.n_workers = n_workers
+        self.group_size = group_size
+        self.scheduling = scheduling
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @property
+    def _alpha(self) -> float:
+        if not (isinstance(self.alpha, (int, float, np.number)) and np.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"alpha must be a non-negative number, got {self.alpha!r}")
+        return float(self.alpha)

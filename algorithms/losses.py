@@ -1,0 +1,99 @@
+"""Data terms of linear models over a flat parameter vector, evaluated on one partition.
+
+Parameters are laid out as ``w = [coef.ravel(), intercept]`` with ``coef`` of
+shape (n_outputs, n_features) and ``intercept`` of shape (n_outputs,) (absent
+without an intercept). A partition's evaluation returns sums, not means, so
+that partials add up across workers:
+
+``(grad_sum, stats)`` with ``grad_sum`` of shape (n_params,) and
+``stats = [loss_sum, weight_sum]``, both float64 whatever the data's dtype.
+
+The optimizer turns them into the objective
+``f(w) = (loss_sum + alpha/2 * ||coef||²) / weight_sum``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import expit, log_expit
+
+KINDS = ("binomial", "multinomial", "squared")
+
+
+class LinearLoss:
+    """Loss of a linear model ``z = X @ coef.T + intercept``.
+
+    kind : {"binomial", "multinomial", "squared"}
+        ``binomial``: y in {0, 1}, one output. ``multinomial``: y integer class
+        codes in [0, n_outputs). ``squared``: half squared error, y of shape
+        (n,) for one output or (n, n_outputs).
+    n_features, n_outputs : sizes of ``coef``
+    fit_intercept : whether ``w`` ends with an intercept per output
+    """
+
+    def __init__(self, kind: str, n_features: int, n_outputs: int = 1, fit_intercept: bool = True):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind, self.n_features, self.n_outputs = kind, int(n_features), int(n_outputs)
+        self.fit_intercept = bool(fit_intercept)
+        self.n_coef = self.n_features * self.n_outputs
+        self.n_params = self.n_coef + (self.n_outputs if self.fit_intercept else 0)
+
+    def split(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(coef, intercept)`` views of ``w``: shapes (n_outputs, n_features) and (n_outputs,)."""
+        coef = w[: self.n_coef].reshape(self.n_outputs, self.n_features)
+        return coef, (w[self.n_coef :] if self.fit_intercept else None)
+
+    def penalty_mask(self) -> np.ndarray:
+        """1.0 for penalized entries of ``w`` (coefficients), 0.0 for intercepts."""
+        mask = np.zeros(self.n_params)
+        mask[: self.n_coef] = 1.0
+        return mask
+
+    def decision(self, w: np.ndarray, X: Any) -> np.ndarray:
+        """Linear scores of shape (n, n_outputs), in X's floating dtype."""
+        coef, intercept = self.split(w)
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+        z = X @ coef.T.astype(dtype, copy=False)
+        z = np.asarray(z)
+        if intercept is not None:
+            z += intercept.astype(dtype, copy=False)
+        return z
+
+    def evaluate(self, w: np.ndarray, X: Any, y: np.ndarray, sample_weight: np.ndarray | None):
+        """``(grad_sum, [loss_sum, weight_sum])`` of the data term on these rows."""
+        n = X.shape[0]
+        z = self.decision(w, X)
+        if self.kind == "binomial":
+            z1 = z[:, 0]
+            losses = -log_expit(z1) + (1.0 - y) * z1  # log(1 + e^z) - y z, stable
+            resid = (expit(z1) - y)[:, None]
+        elif self.kind == "multinomial":
+            zmax = z.max(axis=1, keepdims=True)
+            e = np.exp(z - zmax)
+            norm = e.sum(axis=1, keepdims=True)
+            rows = np.arange(n)
+            losses = (np.log(norm[:, 0]) + zmax[:, 0]) - z[rows, y]
+            resid = e / norm
+            resid[rows, y] -= 1.0
+        else:
+            resid = z - (y.reshape(n, -1) if y.ndim == 1 else y)
+            losses = 0.5 * np.einsum("ij,ij->i", resid, resid)
+        resid = resid.astype(z.dtype, copy=False)  # keep X.T @ resid in X's precision
+        if sample_weight is not None:
+            resid *= sample_weight.astype(resid.dtype, copy=False)[:, None]
+            losses = losses * sample_weight
+            weight = float(sample_weight.sum(dtype=np.float64))
+        else:
+            weight = float(n)
+        grad = np.empty(self.n_params)
+        gcoef = X.T @ resid  # (n_features, n_outputs)
+        if sp.issparse(gcoef):
+            gcoef = gcoef.toarray()
+        grad[: self.n_coef] = np.asarray(gcoef).T.ravel()
+        if self.fit_intercept:
+            grad[self.n_coef :] = resid.sum(axis=0, dtype=np.float64)
+        return grad, np.array([losses.sum(dtype=np.float64), weight])

@@ -1,0 +1,167 @@
+"""Smooth minimization as an engine program: gradient descent and L-BFGS with an in-DAG line search.
+
+Every iteration evaluates the objective and its gradient at the current
+*proposal* ``w`` (the only model key that flows down the tree). The update on
+the tree root then either accepts the proposal (sufficient decrease, Armijo)
+and proposes the next point along a new direction, or backtracks along the
+same direction. A line-search step is therefore just another iteration of the
+static group DAG: it costs no extra coordination with the driver.
+
+Model keys
+    ``w`` (n_params,): the proposal being evaluated (shared).
+    ``x`` (n_params,): the last accepted point, the answer; ``g``: its gradient;
+    ``p``: the search direction; ``S``, ``Y`` (memory, n_params): L-BFGS pairs;
+    ``state``: [f(x), step, g·p, pairs stored, newest slot, accepted?, line-search failures].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from drizzle_ml.program import Partition, Program
+
+from .losses import LinearLoss
+
+SOLVERS = ("lbfgs", "gd")
+
+_F, _STEP, _GTP, _NMEM, _HEAD, _HAVE_X, _LS_FAILED = range(7)
+_ARMIJO_C1 = 1e-4
+_FTOL = 64 * np.finfo(float).eps  # relative decrease below which L-BFGS stops, as scikit-learn
+
+
+def initial_model(n_params: int, solver: str, memory: int, w0: np.ndarray | None = None) -> dict:
+    """The model a :class:`Minimize` job starts from (at ``w0``, default zeros)."""
+    w = np.zeros(n_params) if w0 is None else np.array(w0, dtype=np.float64)
+    rows = memory if solver == "lbfgs" else 0
+    return {
+        "w": w,
+        "x": w.copy(),
+        "g": np.zeros(n_params),
+        "p": np.zeros(n_params),
+        "S": np.zeros((rows, n_params)),
+        "Y": np.zeros((rows, n_params)),
+        "state": np.zeros(7),
+    }
+
+
+class Minimize(Program):
+    """Minimize ``(loss_sum(w) + alpha/2 ||coef||²) / weight_sum`` of a :class:`LinearLoss`.
+
+    solver : {"lbfgs", "gd"}
+        L-BFGS with ``memory`` pairs, or steepest descent.
+    alpha : float
+        L2 penalty on the coefficients (not the intercepts); 0 for none.
+    tol : float
+        Stop when the largest absolute gradient entry is at most ``tol`` (or,
+        for L-BFGS, when the relative decrease of f falls below 64 eps).
+    learning_rate : float or None
+        For ``gd``: a fixed step; None backtracks (Armijo) from a step that
+        doubles after each accepted one.
+    """
+
+    shared = ("w",)
+
+    def __init__(self, loss: LinearLoss, solver: str = "lbfgs", alpha: float = 0.0, tol: float = 1e-4,
+                 learning_rate: float | None = None, memory: int = 10):
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        self.loss, self.solver, self.alpha, self.tol = loss, solver, float(alpha), float(tol)
+        self.learning_rate, self.memory = learning_rate, int(memory)
+        self.penalty = self.alpha * loss.penalty_mask()
+
+    def local(self, model, part: Partition):
+        return self.loss.evaluate(model["w"], part.X, part.y, part.sample_weight)
+
+    def objective(self, w: np.ndarray, total) -> tuple[float, np.ndarray]:
+        grad_sum, (loss_sum, weight) = total
+        pw = self.penalty * w
+        return (loss_sum + 0.5 * float(pw @ w)) / weight, (grad_sum + pw) / weight
+
+    def update(self, model, total, iteration):
+        w = model["w"]
+        f, g = self.objective(w, total)
+        state = model["state"].copy()
+        x, p = model["x"], model["p"]
+        if state[_HAVE_X] and self.learning_rate is None:
+            f0, step, gtp = state[_F], state[_STEP], state[_GTP]
+            if not (np.isfinite(f) and f <= f0 + _ARMIJO_C1 * step * gtp):
+                return self._backtrack(model, state, f, iteration)
+        elif not np.isfinite(f):
+            raise FloatingPointError(
+                f"the loss is {f} at iteration {iteration}: lower learning_rate or scale the features"
+            )
+        # Accept w.
+        new = dict(model)
+        converged = False
+        if state[_HAVE_X]:
+            decrease = (state[_F] - f) / max(abs(state[_F]), abs(f), 1.0)
+            converged = self.solver == "lbfgs" and 0 <= decrease <= _FTOL
+            if self.solver == "lbfgs":
+                self._remember(new, state, w - x, g - model["g"])
+        grad_max = float(np.max(np.abs(g), initial=0.0))
+        converged = converged or grad_max <= self.tol
+        new["x"], new["g"] = w, g
+        state[_F], state[_HAVE_X] = f, 1.0
+        if self.solver == "lbfgs":
+            p = self._two_loop(g, new["S"], new["Y"], state)
+        else:
+            p = -g
+        gtp = float(g @ p)
+        if not gtp < 0:  # not a descent direction: forget the curvature pairs
+            state[_NMEM] = 0
+            p = -g
+            gtp = float(g @ p)
+        if self.learning_rate is not None:
+            step = self.learning_rate
+        elif self.solver == "gd":
+            step = 2.0 * state[_STEP] if state[_STEP] > 0 else 1.0
+        elif state[_NMEM] == 0:
+            step = min(1.0, 1.0 / max(np.sqrt(-gtp), 1e-300))  # first step: unit length
+        else:
+            step = 1.0
+        state[_STEP], state[_GTP] = step, gtp
+        new["p"], new["w"], new["state"] = p, w + step * p, state
+        return new, {"loss": f, "grad_max": grad_max, "step": step, "converged": converged}
+
+    def _backtrack(self, model, state, f, iteration):
+        f0, step, gtp = state[_F], state[_STEP], state[_GTP]
+        # Safeguarded minimizer of the quadratic through f(0), f'(0) and f(step).
+        curvature = f - f0 - gtp * step
+        trial = -gtp * step * step / (2.0 * curvature) if np.isfinite(f) and curvature > 0 else 0.5 * step
+        step = min(max(trial, 0.1 * step), 0.5 * step)
+        x, p = model["x"], model["p"]
+        new = dict(model)
+        stuck = step * float(np.max(np.abs(p), initial=0.0)) <= 1e-16 * (1.0 + float(np.max(np.abs(x), initial=0.0)))
+        state[_STEP] = step
+        if stuck:  # no representable step decreases f: x is as good as it gets
+            state[_LS_FAILED] += 1
+        new["w"], new["state"] = (x if stuck else x + step * p), state
+        return new, {"loss": state[_F], "grad_max": float(np.max(np.abs(model["g"]), initial=0.0)),
+                     "step": step, "converged": bool(stuck)}
+
+    def _remember(self, new: dict, state: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
+        sy = float(s @ y)
+        if not sy > 1e-10 * float(y @ y):  # skip pairs that would break positive definiteness
+            return
+        head = (int(state[_HEAD]) + 1) % self.memory if state[_NMEM] else 0
+        S, Y = new["S"].copy(), new["Y"].copy()
+        S[head], Y[head] = s, y
+        new["S"], new["Y"] = S, Y
+        state[_HEAD], state[_NMEM] = head, min(state[_NMEM] + 1, self.memory)
+
+    def _two_loop(self, g: np.ndarray, S: np.ndarray, Y: np.ndarray, state: np.ndarray) -> np.ndarray:
+        n, head = int(state[_NMEM]), int(state[_HEAD])
+        order = [(head - i) % self.memory for i in range(n)]  # newest first
+        q = g.copy()
+        alphas = []
+        for i in order:
+            rho = 1.0 / float(S[i] @ Y[i])
+            a = rho * float(S[i] @ q)
+            q -= a * Y[i]
+            alphas.append((i, rho, a))
+        if n:
+            q *= float(S[head] @ Y[head]) / float(Y[head] @ Y[head])
+        for i, rho, a in reversed(alphas):
+            b = rho * float(Y[i] @ q)
+            q += (a - b) * S[i]
+        return -q

@@ -1,0 +1,20 @@
+"""scikit-learn's own estimator checks, run against every estimator on a real cluster."""
+
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from drizzle_ml import LinearRegression, LogisticRegression, Ridge
+
+# Checks expected to fail, by estimator name, each with the reason it cannot hold.
+EXPECTED_FAILURES: dict[str, dict[str, str]] = {}
+
+ESTIMATORS = [
+    LogisticRegression(n_workers=2),
+    LinearRegression(n_workers=2),
+    Ridge(n_workers=2),
+]
+
+
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=lambda est: EXPECTED_FAILURES.get(type(est).__name__, {}))
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
