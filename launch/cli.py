@@ -38,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--group-size", type=_group_size, default="auto", help="'auto' or iterations per group")
     train.add_argument("--scheduling", choices=("group", "bsp"), default="group")
     train.add_argument("--max-iter", type=int, default=2000)
-    train.add_argument("--learning-rate", type=float, default=0.5)
-    train.add_argument("--tol", type=float, default=1e-3, help="stop when max |gradient| < tol")
+    train.add_argument("--solver", choices=("lbfgs", "gd"), default="lbfgs")
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="fixed step for --solver gd (default: a backtracking line search)")
+    train.add_argument("--tol", type=float, default=1e-4, help="stop when max |gradient| <= tol")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
     train.add_argument("--mpiexec-args", default="", help="extra arguments for mpiexec, e.g. '-hosts a,b'")
     from drizzle_ml.bench import build_parser as bench_parser
@@ -56,6 +58,8 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
 
     from .supervisor import run_supervised
 
+    if args.learning_rate is not None and args.solver != "gd":
+        raise CLIError("--learning-rate is the step of --solver gd; lbfgs chooses its own steps")
     if args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
     try:
@@ -80,7 +84,7 @@ def _train(args: argparse.Namespace) -> int:
     cluster = drizzle_ml.get_cluster()
     t_load = time.perf_counter() - t0
     clf = drizzle_ml.LogisticRegression(
-        learning_rate=args.learning_rate, max_iter=args.max_iter, tol=args.tol,
+        solver=args.solver, learning_rate=args.learning_rate, max_iter=args.max_iter, tol=args.tol,
         group_size=args.group_size, scheduling=args.scheduling, verbose=0 if args.quiet else 1,
     )
     print(f"drizzle-ml: training logistic regression on {name} with {cluster.n_workers} workers "

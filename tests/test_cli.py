@@ -11,7 +11,8 @@ def drizzle(*args, timeout=300):
 
 
 def test_train_runs_the_bundled_dataset_with_one_worker():
-    proc = drizzle("train", "--workers", "1", "--max-iter", "30", "--group-size", "10", "--quiet")
+    proc = drizzle("train", "--workers", "1", "--solver", "gd", "--learning-rate", "0.5", "--max-iter", "30",
+                   "--group-size", "10", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "with 1 workers" in proc.stdout
     assert "done: 30 iterations in 3 groups" in proc.stdout
@@ -20,7 +21,7 @@ def test_train_runs_the_bundled_dataset_with_one_worker():
 
 
 def test_train_progress_lines_and_bsp():
-    proc = drizzle("train", "--workers", "2", "--max-iter", "20", "--scheduling", "bsp")
+    proc = drizzle("train", "--workers", "2", "--solver", "gd", "--max-iter", "20", "--scheduling", "bsp")
     assert proc.returncode == 0, proc.stderr
     assert "with 2 workers" in proc.stdout and "scheduling bsp" in proc.stdout
     assert proc.stderr.count("iter ") == 20  # one progress line per (one-iteration) group
@@ -30,6 +31,8 @@ def test_cli_errors_are_one_line():
     proc = drizzle("train", "--workers", "0")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "drizzle-ml: error: --workers must be at least 1, got 0"
+    proc = drizzle("train", "--learning-rate", "0.1")
+    assert proc.returncode == 2 and "--learning-rate is the step of --solver gd" in proc.stderr
     proc = drizzle("train", "--group-size", "zero")
     assert proc.returncode == 2 and "must be 'auto' or a positive integer" in proc.stderr
 
