@@ -4,6 +4,7 @@ Programs declare what runs on a partition (``local``), how partials combine
 (``combine``) and how the model updates (``update``); they know nothing of MPI.
 """
 
+from .kmeans import KMeans, KMeansPlusPlusInit, Lloyd, RandomInit
 from .logistic import LogisticGD, LogisticRegression
 
-__all__ = ["LogisticGD", "LogisticRegression"]
+__all__ = ["KMeans", "KMeansPlusPlusInit", "Lloyd", "LogisticGD", "LogisticRegression", "RandomInit"]

@@ -35,6 +35,7 @@ __all__ = [
     "GroupMetrics",
     "HDF5Dataset",
     "JobResult",
+    "KMeans",
     "LogisticRegression",
     "ModelStore",
     "ModelVersion",
@@ -51,7 +52,7 @@ __all__ = [
 def __getattr__(name: str):
     # Estimators live in drizzle_ml.algorithms; import them lazily so the
     # engine itself never imports an algorithm.
-    if name in {"LogisticRegression"}:
+    if name in {"KMeans", "LogisticRegression"}:
         from . import algorithms
 
         return getattr(algorithms, name)
