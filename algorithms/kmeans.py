@@ -460,7 +460,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         else:
             raise ValueError(f"init must be 'k-means++', 'random' or an array, got {type(init).__name__}")
         if self.n_init == "auto":
-            n_init = 10 if init == "random" else 1
+            n_init = 10 if centers is None and init == "random" else 1
         else:
             n_init = check_positive_int("n_init", self.n_init)
             if centers is not None and n_init != 1:
