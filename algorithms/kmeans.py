@@ -155,7 +155,9 @@ class KMeansPlusPlusInit(Program):
         """D² (n_rows,) to ``centers`` (m, d); reuses the last result when its centers are a prefix."""
         m = len(centers)
         memo = self._memo
-        if memo is not None and memo[0] is part and len(memo[1]) <= m and np.array_equal(memo[1], centers[: len(memo[1])]):
+        reusable = (memo is not None and memo[0] is part and len(memo[1]) <= m
+                    and np.array_equal(memo[1], centers[: len(memo[1])]))
+        if reusable:
             d2, start = memo[2].copy(), len(memo[1])
         else:
             d2, start = np.full(part.n_rows, np.inf), 0
@@ -439,7 +441,8 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         self._check_engine_params()
         k = check_positive_int("n_clusters", self.n_clusters)
         check_positive_int("max_iter", self.max_iter)
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float, np.number)) or not self.tol >= 0:
+        tol = self.tol
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.number)) or not tol >= 0:
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
         n_samples, n_features = X.shape
         if n_samples < k:
