@@ -4,8 +4,19 @@ Programs declare what runs on a partition (``local``), how partials combine
 (``combine``) and how the model updates (``update``); they know nothing of MPI.
 """
 
+from .kmeans import KMeans, KMeansPlusPlusInit, Lloyd, RandomInit
 from .linear import LinearRegression, NormalEquations, Ridge
 from .logistic import LogisticRegression
 from .optim import Minimize
 
-__all__ = ["LinearRegression", "LogisticRegression", "Minimize", "NormalEquations", "Ridge"]
+__all__ = [
+    "KMeans",
+    "KMeansPlusPlusInit",
+    "LinearRegression",
+    "LogisticRegression",
+    "Lloyd",
+    "Minimize",
+    "NormalEquations",
+    "RandomInit",
+    "Ridge",
+]

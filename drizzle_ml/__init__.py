@@ -35,6 +35,7 @@ __all__ = [
     "GroupMetrics",
     "HDF5Dataset",
     "JobResult",
+    "KMeans",
     "LinearRegression",
     "LogisticRegression",
     "ModelStore",
@@ -50,10 +51,13 @@ __all__ = [
 ]
 
 
+_ESTIMATORS = {"KMeans", "LinearRegression", "LogisticRegression", "PCA", "Ridge"}
+
+
 def __getattr__(name: str):
     # Estimators live in drizzle_ml.algorithms; import them lazily so the
     # engine itself never imports an algorithm.
-    if name in {"LinearRegression", "LogisticRegression", "Ridge"}:
+    if name in _ESTIMATORS:
         from . import algorithms
 
         return getattr(algorithms, name)

@@ -1,0 +1,552 @@
+"""k-means: k-means++ (or random) initialisation and Lloyd iterations as engine programs.
+
+Everything that needs the data runs on the cluster, driver-free inside a job:
+
+* :class:`KMeansPlusPlusInit` draws scikit-learn's greedy k-means++ centers
+  with D²-weighted sampling by exponential keys: row ``i`` gets
+  ``key = -log(u_i) / (w_i * D²_i)`` with ``u_i`` keyed by its global row
+  index (:func:`~drizzle_ml.algorithms._random.row_uniform`), and the row with
+  the smallest key over all workers is a sample with probability
+  proportional to ``w_i * D²_i``. A worker's partial carries its smallest key
+  and that row; :meth:`combine` keeps the smaller key (ties: the smaller row
+  index), so the draw does not depend on the partitioning.
+* :class:`RandomInit` draws ``n_clusters`` distinct rows with probability
+  proportional to the weights (the ``n_clusters`` smallest keys ``-log(u)/w``).
+* :class:`Lloyd` runs Lloyd iterations, then one evaluation iteration at the
+  final centers so that the inertia it reports belongs to them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from drizzle_ml.data import ArrayDataset
+from drizzle_ml.program import Partition, Program
+
+from ._random import row_uniform, seed_from
+from .base import DrizzleEstimator, check_positive_int, check_sample_weight
+
+_CHUNK = 4096  # rows per block of the (rows, centers) distance matrix
+
+
+# -- distances ---------------------------------------------------------------------------------
+
+def _row_norms_sq(X: Any) -> np.ndarray:
+    """Squared row norms of X (n, d), dense or CSR, shape (n,), in X's dtype."""
+    if sp.issparse(X):
+        return np.asarray(X.multiply(X).sum(axis=1)).ravel().astype(X.dtype, copy=False)
+    return np.einsum("ij,ij->i", X, X)
+
+
+def _sq_dists(X: Any, C: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Squared distances (n, m) between the rows of X (n, d) and C (m, d), clipped at 0.
+
+    Computed in X's dtype as ``|x|² - 2 x·c + |c|²``; ``xx`` are X's squared row norms.
+    """
+    C = np.asarray(C, dtype=X.dtype)
+    cc = np.einsum("ij,ij->i", C, C)
+    d = X @ C.T
+    d = np.asarray(d.toarray() if sp.issparse(d) else d)
+    d *= -2
+    d += xx[:, None]
+    d += cc[None, :]
+    np.maximum(d, 0, out=d)
+    return d
+
+
+def _assign(X: Any, centers: np.ndarray, xx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Closest center of each row of X (n, d): labels (n,) int64 and squared distances (n,) float64."""
+    n = X.shape[0]
+    if xx is None:
+        xx = _row_norms_sq(X)
+    labels = np.empty(n, dtype=np.int64)
+    d2 = np.empty(n, dtype=np.float64)
+    for lo in range(0, n, _CHUNK):
+        hi = min(lo + _CHUNK, n)
+        d = _sq_dists(X[lo:hi], centers, xx[lo:hi])
+        labels[lo:hi] = np.argmin(d, axis=1)
+        d2[lo:hi] = d[np.arange(hi - lo), labels[lo:hi]]
+    return labels, d2
+
+
+def _weights(part: Partition) -> np.ndarray:
+    sw = part.sample_weight
+    return np.ones(part.n_rows) if sw is None else np.asarray(sw, dtype=np.float64)
+
+
+def _row(X: Any, i: int) -> np.ndarray:
+    """Row ``i`` of X as a float64 vector (d,)."""
+    r = X[i].toarray().ravel() if sp.issparse(X) else X[i]
+    return np.asarray(r, dtype=np.float64)
+
+
+def _first_k(keys: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest ``(key, id)`` pairs, in that order (fewer if len < k)."""
+    if len(keys) > k:
+        # Everything tied with the k-th smallest key may belong, so cut at the value.
+        kth = np.partition(keys, k - 1)[k - 1]
+        pos = np.flatnonzero(keys <= kth)
+    else:
+        pos = np.arange(len(keys))
+    order = np.lexsort((ids[pos], keys[pos]))
+    return pos[order[:k]]
+
+
+def _merge_first_k(a: dict, b: dict, k: int, key: str, fields: tuple[str, ...]) -> None:
+    """Keep in ``a`` (in place) the ``k`` smallest ``(a[key], a["id"])`` entries of ``a`` and ``b``."""
+    keys = np.concatenate([a[key], b[key]])
+    ids = np.concatenate([a["id"], b["id"]])
+    pos = _first_k(keys, ids, k)
+    for f in fields:
+        merged = np.concatenate([a[f], b[f]])[pos]  # a copy: b may be a receive buffer
+        a[f][...] = merged
+
+
+# -- programs ----------------------------------------------------------------------------------
+
+class KMeansPlusPlusInit(Program):
+    """Greedy k-means++ seeding (scikit-learn's variant) as ``2 * n_clusters - 1`` iterations.
+
+    Iteration 0 draws the first center with probability proportional to the
+    sample weight. Then each new center takes two iterations: a *sample*
+    phase draws ``n_local_trials`` candidates (independently, with
+    probability proportional to ``w * D²``), an *evaluate* phase computes the
+    potential ``sum_i w_i * min(D²_i, |x_i - candidate|²)`` of each candidate,
+    and the update keeps the candidate with the lowest potential.
+
+    Model (all shared):
+        ``centers`` (n_clusters, d) float64, rows ``:n_chosen`` filled;
+        ``candidates`` (n_local_trials, d) float64;
+        ``state`` (2,) int64: ``[phase (0 sample, 1 evaluate), n_chosen]``.
+    Partial (fixed structure in both phases):
+        ``key`` (L,), ``id`` (L,) int64, ``row`` (L, d): the smallest key per
+        trial and its row; ``pot`` (L,): per-candidate potentials.
+    """
+
+    shared = ("centers", "candidates", "state")
+
+    def __init__(self, n_clusters: int, n_local_trials: int, seed: int):
+        self.n_clusters, self.n_local_trials, self.seed = n_clusters, n_local_trials, seed
+        self._memo: tuple | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_memo"] = None
+        return state
+
+    @staticmethod
+    def initial_model(n_clusters: int, n_features: int, n_local_trials: int) -> dict[str, np.ndarray]:
+        return {
+            "centers": np.zeros((n_clusters, n_features)),
+            "candidates": np.zeros((n_local_trials, n_features)),
+            "state": np.zeros(2, dtype=np.int64),
+        }
+
+    def _closest_sq(self, part: Partition, centers: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        """D² (n_rows,) to ``centers`` (m, d); reuses the last result when its centers are a prefix."""
+        m = len(centers)
+        memo = self._memo
+        reusable = (memo is not None and memo[0] is part and len(memo[1]) <= m
+                    and np.array_equal(memo[1], centers[: len(memo[1])]))
+        if reusable:
+            d2, start = memo[2].copy(), len(memo[1])
+        else:
+            d2, start = np.full(part.n_rows, np.inf), 0
+        for lo in range(0, part.n_rows, _CHUNK):
+            hi = min(lo + _CHUNK, part.n_rows)
+            if start < m:
+                d = _sq_dists(part.X[lo:hi], centers[start:], xx[lo:hi])
+                np.minimum(d2[lo:hi], d.min(axis=1), out=d2[lo:hi])
+        self._memo = (part, np.array(centers), d2)
+        return d2
+
+    def local(self, model: dict, part: Partition) -> dict[str, np.ndarray]:
+        X, n, L = part.X, part.n_rows, self.n_local_trials
+        phase, m = int(model["state"][0]), int(model["state"][1])
+        w = _weights(part)
+        out = {
+            "key": np.full(L, np.inf),
+            "id": np.full(L, part.n_total, dtype=np.int64),
+            "row": np.zeros((L, X.shape[1])),
+            "pot": np.zeros(L),
+        }
+        xx = _row_norms_sq(X)
+        if phase == 0:
+            if m == 0:
+                weight, trials = w, 1
+            else:
+                weight, trials = w * self._closest_sq(part, model["centers"][:m], xx), L
+            with np.errstate(divide="ignore"):
+                for j in range(trials):
+                    u = row_uniform(self.seed, m * L + j, part.row_offset, n)
+                    keys = -np.log(u) / weight
+                    i = int(np.argmin(keys))
+                    out["key"][j], out["id"][j], out["row"][j] = keys[i], part.row_offset + i, _row(X, i)
+        else:
+            d2 = self._closest_sq(part, model["centers"][:m], xx)
+            cand = model["candidates"]
+            for lo in range(0, n, _CHUNK):
+                hi = min(lo + _CHUNK, n)
+                d = np.minimum(_sq_dists(X[lo:hi], cand, xx[lo:hi]), d2[lo:hi, None])
+                out["pot"] += w[lo:hi] @ d
+        return out
+
+    def combine(self, a: dict, b: dict) -> dict:
+        take = (b["key"] < a["key"]) | ((b["key"] == a["key"]) & (b["id"] < a["id"]))
+        for f in ("key", "id", "row"):
+            a[f][take] = b[f][take]
+        a["pot"] += b["pot"]
+        return a
+
+    def update(self, model: dict, total: dict, iteration: int) -> tuple[dict, dict[str, float]]:
+        phase, m = int(model["state"][0]), int(model["state"][1])
+        centers, candidates = model["centers"].copy(), model["candidates"].copy()
+        metrics: dict[str, float] = {}
+        if phase == 0 and m == 0:
+            centers[0] = total["row"][0]
+            m = 1
+        elif phase == 0:
+            candidates[...] = total["row"]
+            phase = 1
+        else:
+            best = int(np.argmin(total["pot"]))
+            centers[m] = candidates[best]
+            metrics["loss"] = float(total["pot"][best])
+            m, phase = m + 1, 0
+        metrics["converged"] = m == self.n_clusters
+        state = np.array([phase, m], dtype=np.int64)
+        return {"centers": centers, "candidates": candidates, "state": state}, metrics
+
+
+class RandomInit(Program):
+    """``n_clusters`` distinct rows drawn with probability proportional to the weights, in one iteration.
+
+    Weighted sampling without replacement by the ``n_clusters`` smallest
+    keys ``-log(u_i) / w_i`` (Efraimidis–Spirakis), merged in :meth:`combine`.
+    Model: ``centers`` (n_clusters, d). Partial: ``key`` (k,), ``id`` (k,)
+    int64, ``row`` (k, d).
+    """
+
+    def __init__(self, n_clusters: int, seed: int):
+        self.n_clusters, self.seed = n_clusters, seed
+
+    def local(self, model: dict, part: Partition) -> dict[str, np.ndarray]:
+        k, n = self.n_clusters, part.n_rows
+        u = row_uniform(self.seed, 0, part.row_offset, n)
+        with np.errstate(divide="ignore"):
+            keys = -np.log(u) / _weights(part)
+        ids = part.row_offset + np.arange(n, dtype=np.int64)
+        pos = _first_k(keys, ids, k)
+        out = {
+            "key": np.full(k, np.inf),
+            "id": np.full(k, part.n_total, dtype=np.int64),  # padding sorts after every real row
+            "row": np.zeros((k, part.X.shape[1])),
+        }
+        out["key"][: len(pos)], out["id"][: len(pos)] = keys[pos], ids[pos]
+        for j, i in enumerate(pos):
+            out["row"][j] = _row(part.X, int(i))
+        return out
+
+    def combine(self, a: dict, b: dict) -> dict:
+        _merge_first_k(a, b, self.n_clusters, "key", ("key", "id", "row"))
+        return a
+
+    def update(self, model: dict, total: dict, iteration: int) -> tuple[dict, dict[str, float]]:
+        return {"centers": np.array(total["row"])}, {"converged": True}
+
+
+class Lloyd(Program):
+    """Lloyd iterations from ``model["centers"]``, then one evaluation at the final centers.
+
+    Each iteration assigns rows to their closest center and moves each center
+    to the weighted mean of its rows. It stops when the squared Frobenius
+    norm of the center shift is ``<= tol`` (absolute) or after ``max_iter``
+    Lloyd iterations; one more iteration then computes the inertia at the
+    final centers (``converged`` is reported only then).
+
+    Empty clusters are relocated as in scikit-learn: the ``j``-th empty
+    cluster (by index) takes the ``j``-th farthest positive-weight row from
+    its center (ties: lower row index), which leaves its old cluster. The
+    partial carries each worker's ``n_clusters`` farthest rows for that.
+
+    Model: ``centers`` (k, d) float64 (shared); ``info`` (4,) float64 kept on
+    the root: ``[final, inertia, converged_by_tol, n_lloyd_iterations]``.
+    Partial: ``sums`` (k, d), ``weights`` (k,), ``inertia`` (1,), and the
+    farthest rows ``far_d2`` (k,), ``id`` (k,) int64, ``far_w`` (k,),
+    ``far_label`` (k,) int64, ``far_row`` (k, d).
+    """
+
+    shared = ("centers",)
+    _FAR = ("far_key", "id", "far_w", "far_label", "far_row")
+
+    def __init__(self, tol: float, max_iter: int):
+        self.tol, self.max_iter = tol, max_iter
+
+    @staticmethod
+    def initial_model(centers: np.ndarray) -> dict[str, np.ndarray]:
+        return {"centers": np.array(centers, dtype=np.float64), "info": np.zeros(4)}
+
+    def local(self, model: dict, part: Partition) -> dict[str, np.ndarray]:
+        X, n = part.X, part.n_rows
+        centers = model["centers"]
+        k = len(centers)
+        w = _weights(part)
+        labels, d2 = _assign(X, centers)
+        onehot = sp.csr_matrix((w, (labels, np.arange(n))), shape=(k, n))
+        sums = onehot @ X
+        sums = np.asarray(sums.toarray() if sp.issparse(sums) else sums, dtype=np.float64)
+        out = {
+            "sums": sums,
+            "weights": np.bincount(labels, weights=w, minlength=k).astype(np.float64),
+            "inertia": np.array([w @ d2]),
+        }
+        # Farthest positive-weight rows first: key -d2 (rows of zero weight never relocate).
+        keys = np.where(w > 0, -d2, np.inf)
+        ids = part.row_offset + np.arange(n, dtype=np.int64)
+        pos = _first_k(keys, ids, k)
+        out["far_key"] = np.full(k, np.inf)
+        out["id"] = np.full(k, part.n_total, dtype=np.int64)
+        out["far_w"] = np.zeros(k)
+        out["far_label"] = np.zeros(k, dtype=np.int64)
+        out["far_row"] = np.zeros((k, X.shape[1]))
+        m = len(pos)
+        out["far_key"][:m], out["id"][:m] = keys[pos], ids[pos]
+        out["far_w"][:m], out["far_label"][:m] = w[pos], labels[pos]
+        for j, i in enumerate(pos):
+            out["far_row"][j] = _row(X, int(i))
+        return out
+
+    def combine(self, a: dict, b: dict) -> dict:
+        _merge_first_k(a, b, len(a["weights"]), "far_key", self._FAR)
+        a["sums"] += b["sums"]
+        a["weights"] += b["weights"]
+        a["inertia"] += b["inertia"]
+        return a
+
+    def update(self, model: dict, total: dict, iteration: int) -> tuple[dict, dict[str, float]]:
+        old = model["centers"]
+        final, _, by_tol, n_lloyd = model["info"]
+        inertia = float(total["inertia"][0])
+        if final:
+            info = np.array([1.0, inertia, by_tol, n_lloyd])
+            return {"centers": old.copy(), "info": info}, {"loss": inertia, "converged": True}
+        sums, weights = total["sums"].copy(), total["weights"].copy()
+        empty = np.flatnonzero(weights <= 0)
+        if empty.size:
+            usable = np.flatnonzero(np.isfinite(total["far_key"]))  # already in relocation order
+            for e, j in zip(empty, usable):
+                row, wj, src = total["far_row"][j], total["far_w"][j], total["far_label"][j]
+                sums[src] -= wj * row
+                weights[src] -= wj
+                sums[e] = wj * row
+                weights[e] = wj
+        new = old.copy()
+        nz = weights > 0
+        new[nz] = sums[nz] / weights[nz, None]
+        shift = float(((new - old) ** 2).sum())
+        n_lloyd += 1
+        by_tol = shift <= self.tol
+        final = by_tol or n_lloyd >= self.max_iter
+        info = np.array([float(final), inertia, float(by_tol), n_lloyd])
+        metrics = {"loss": inertia, "center_shift": shift, "n_empty": float(empty.size), "converged": False}
+        return {"centers": new, "info": info}, metrics
+
+
+# -- estimator ---------------------------------------------------------------------------------
+
+def _tolerance(X: Any, tol: float) -> float:
+    """scikit-learn's absolute tolerance: ``tol`` times the mean feature variance of X."""
+    if tol == 0:
+        return 0.0
+    if sp.issparse(X):
+        from sklearn.utils.sparsefuncs import mean_variance_axis
+
+        variances = mean_variance_axis(X, axis=0)[1]
+    else:
+        variances = np.var(X, axis=0)
+    return float(np.mean(variances) * tol)
+
+
+class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
+    """k-means clustering on a drizzle-ml cluster (k-means++ seeding, then Lloyd).
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of clusters.
+    init : {"k-means++", "random"} or ndarray of shape (n_clusters, n_features)
+        "k-means++": scikit-learn's greedy k-means++, run as engine iterations
+        (``2 * n_clusters - 1`` of them) with no driver in the loop.
+        "random": ``n_clusters`` distinct rows drawn proportionally to the
+        sample weights (one engine iteration). An array: the initial centers.
+    n_init : "auto" or int
+        Initialisations to run; the one with the lowest inertia is kept.
+        "auto": 1 for "k-means++" and an array, 10 for "random".
+    max_iter : int
+        Maximum Lloyd iterations per initialisation.
+    tol : float
+        Stop when the squared Frobenius norm of the center shift is at most
+        ``tol`` times the mean feature variance of X (scikit-learn's rule).
+    n_workers, group_size, scheduling, random_state, verbose
+        Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
+        ``random_state`` seeds the initialisations; results do not depend on
+        ``n_workers`` beyond rounding.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features), dtype of X
+    labels_ : ndarray of shape (n_samples,)
+    inertia_ : float
+        Sum of (weighted) squared distances to the closest center.
+    n_iter_ : int
+        Lloyd iterations of the kept initialisation.
+    n_features_in_, model_version_, history_, model_store_
+        Engine attributes of the kept initialisation's Lloyd job.
+
+    Empty clusters are relocated to the rows farthest from their centers, as
+    scikit-learn does (see :class:`Lloyd`).
+    """
+
+    def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4,
+                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_workers = n_workers
+        self.group_size = group_size
+        self.scheduling = scheduling
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    # -- parameters --------------------------------------------------------------------------
+    def _check_params(self, X: Any) -> tuple[int, np.ndarray | None]:
+        """Validate the parameters against X; return (n_init, initial centers or None)."""
+        self._check_engine_params()
+        k = check_positive_int("n_clusters", self.n_clusters)
+        check_positive_int("max_iter", self.max_iter)
+        tol = self.tol
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.number)) or not tol >= 0:
+            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        n_samples, n_features = X.shape
+        if n_samples < k:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
+        init = self.init
+        centers = None
+        if isinstance(init, str):
+            if init not in ("k-means++", "random"):
+                raise ValueError(f"init must be 'k-means++', 'random' or an array, got {init!r}")
+        elif hasattr(init, "__array__") or isinstance(init, (list, tuple)):
+            centers = check_array(init, dtype=[np.float64, np.float32], input_name="init")
+            if centers.shape != (k, n_features):
+                raise ValueError(
+                    f"init array must have shape (n_clusters, n_features) = ({k}, {n_features}), "
+                    f"got {centers.shape}"
+                )
+            centers = np.array(centers, dtype=np.float64)
+        else:
+            raise ValueError(f"init must be 'k-means++', 'random' or an array, got {type(init).__name__}")
+        if self.n_init == "auto":
+            n_init = 10 if centers is None and init == "random" else 1
+        else:
+            n_init = check_positive_int("n_init", self.n_init)
+            if centers is not None and n_init != 1:
+                warnings.warn(
+                    f"Explicit initial center position passed: performing only one init in "
+                    f"{type(self).__name__} instead of n_init={n_init}.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                n_init = 1
+        return n_init, centers
+
+    # -- fitting -----------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
+        """Cluster X (n_samples, n_features), dense or CSR; ``sample_weight`` (n_samples,) optional."""
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], order="C")
+        n_init, init_centers = self._check_params(X)
+        sw = check_sample_weight(sample_weight, X.shape[0])
+        k = int(self.n_clusters)
+        dataset = ArrayDataset(X, None, sw)
+        lloyd = Lloyd(_tolerance(X, self.tol), int(self.max_iter))
+        rs = check_random_state(self.random_state)
+        best, n_unconverged = None, 0
+        for _ in range(n_init):
+            seed = seed_from(rs)
+            centers = init_centers if init_centers is not None else self._init_centers(dataset, X, k, seed)
+            result = self._run(lloyd, Lloyd.initial_model(centers), dataset, int(self.max_iter) + 1,
+                               warn_not_converged=False)
+            _, inertia, by_tol, n_lloyd = result.model["info"]
+            n_unconverged += not by_tol
+            if best is None or inertia < best[1]:
+                engine = (self.model_version_, self.history_, self.model_store_)
+                best = (np.array(result.model["centers"]), float(inertia), int(n_lloyd), engine)
+        if n_unconverged:
+            warnings.warn(
+                f"{type(self).__name__} did not converge in max_iter={self.max_iter} iterations"
+                + (f" in {n_unconverged} of {n_init} initialisations" if n_init > 1 else "")
+                + "; increase max_iter or relax tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        centers, self.inertia_, self.n_iter_, engine = best
+        self.model_version_, self.history_, self.model_store_ = engine
+        self.cluster_centers_ = centers.astype(X.dtype, copy=False)
+        self.labels_ = _assign(X, self.cluster_centers_)[0]
+        return self
+
+    def _init_centers(self, dataset: ArrayDataset, X: Any, k: int, seed: int) -> np.ndarray:
+        """Initial centers (k, d) float64 from an engine job."""
+        if self.init == "random":
+            result = self._run(RandomInit(k, seed), {"centers": np.zeros((k, X.shape[1]))}, dataset, 1,
+                               warn_not_converged=False)
+        else:
+            trials = 2 + int(math.log(k))
+            program = KMeansPlusPlusInit(k, trials, seed)
+            result = self._run(program, program.initial_model(k, X.shape[1], trials), dataset, 2 * k - 1,
+                               warn_not_converged=False)
+        return np.array(result.model["centers"])
+
+    # -- using the model ---------------------------------------------------------------------
+    def _check_X(self, X: Any) -> Any:
+        check_is_fitted(self)
+        return validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], order="C",
+                             reset=False)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Index of the closest center for each row of X (n_samples, n_features); shape (n_samples,)."""
+        X = self._check_X(X)
+        return _assign(X, self.cluster_centers_)[0]
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Euclidean distances (n_samples, n_clusters) to the centers, in X's float dtype."""
+        X = self._check_X(X)
+        xx = _row_norms_sq(X)
+        out = np.empty((X.shape[0], len(self.cluster_centers_)), dtype=X.dtype)
+        for lo in range(0, X.shape[0], _CHUNK):
+            hi = min(lo + _CHUNK, X.shape[0])
+            out[lo:hi] = np.sqrt(_sq_dists(X[lo:hi], self.cluster_centers_, xx[lo:hi]))
+        return out
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Opposite of the (weighted) inertia of X (n_samples, n_features) under the fitted centers."""
+        X = self._check_X(X)
+        sw = check_sample_weight(sample_weight, X.shape[0])
+        d2 = _assign(X, self.cluster_centers_)[1]
+        return -float(d2.sum() if sw is None else sw @ d2)
