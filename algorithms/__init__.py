@@ -5,5 +5,6 @@ Programs declare what runs on a partition (``local``), how partials combine
 """
 
 from .logistic import LogisticGD, LogisticRegression
+from .pca import PCA, CovariancePCA, SubspacePCA
 
-__all__ = ["LogisticGD", "LogisticRegression"]
+__all__ = ["CovariancePCA", "LogisticGD", "LogisticRegression", "PCA", "SubspacePCA"]

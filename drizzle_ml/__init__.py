@@ -38,6 +38,7 @@ __all__ = [
     "LogisticRegression",
     "ModelStore",
     "ModelVersion",
+    "PCA",
     "Partition",
     "Program",
     "VersionMismatchError",
@@ -51,7 +52,7 @@ __all__ = [
 def __getattr__(name: str):
     # Estimators live in drizzle_ml.algorithms; import them lazily so the
     # engine itself never imports an algorithm.
-    if name in {"LogisticRegression"}:
+    if name in {"LogisticRegression", "PCA"}:
         from . import algorithms
 
         return getattr(algorithms, name)
