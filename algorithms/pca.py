@@ -36,18 +36,28 @@ _EPS = np.finfo(np.float64).eps
 # -- per-partition statistics ------------------------------------------------------------
 
 
+# Dense rows are centered in blocks of about this many entries (8 MB of float64),
+# so that no centered copy of a whole partition is ever made.
+_BLOCK_ENTRIES = 1 << 20
+
+
+def _row_blocks(shape: tuple[int, int]):
+    """``(lo, hi)`` row ranges covering ``shape[0]`` rows, each of at most ``_BLOCK_ENTRIES`` entries."""
+    step = max(1, _BLOCK_ENTRIES // max(shape[1], 1))
+    for lo in range(0, shape[0], step):
+        yield lo, min(lo + step, shape[0])
+
+
 def _as_float64(X: Any) -> Any:
-    """``X`` (dense or CSR) in float64; no copy when it already is."""
-    if sp.issparse(X):
-        return X if X.dtype == np.float64 else X.astype(np.float64)
-    return np.asarray(X, dtype=np.float64)
+    """CSR ``X`` in float64; no copy when it already is."""
+    return X if X.dtype == np.float64 else X.astype(np.float64)
 
 
 def _weight_and_mean(X: Any, sw: np.ndarray | None) -> tuple[float, np.ndarray]:
     """Weight sum and weighted mean (d,) of the rows of ``X`` (float64, dense or CSR)."""
     if sw is None:
         weight = float(X.shape[0])
-        total = np.asarray(X.sum(axis=0), dtype=np.float64).ravel()
+        total = np.asarray(X.sum(axis=0, dtype=np.float64), dtype=np.float64).ravel()
     else:
         weight = float(sw.sum())
         total = np.asarray(X.T @ sw, dtype=np.float64).ravel()
@@ -58,28 +68,26 @@ def _weight_and_mean(X: Any, sw: np.ndarray | None) -> tuple[float, np.ndarray]:
 def _scatter(X: Any, sw: np.ndarray | None, weight: float, mean: np.ndarray) -> np.ndarray:
     """Centered scatter ``sum_i w_i (x_i - mean)(x_i - mean)^T``, shape (d, d).
 
-    Dense rows are centered first (no cancellation); CSR uses ``X^T W X - n mean mean^T``.
+    Dense rows are centered block by block (no cancellation, no float64 copy
+    of the whole partition); CSR uses ``X^T W X - n mean mean^T``.
     """
     if sp.issparse(X):
         XW = X if sw is None else X.multiply(sw[:, None]).tocsr()
         G = np.asarray((X.T @ XW).toarray(), dtype=np.float64)
         G -= weight * np.outer(mean, mean)
         return G
-    Xc = X - mean
-    if sw is None:
-        return Xc.T @ Xc
-    return Xc.T @ (Xc * sw[:, None])
+    m2 = np.zeros((X.shape[1], X.shape[1]))
+    for lo, hi in _row_blocks(X.shape):
+        Xc = X[lo:hi] - mean
+        m2 += Xc.T @ (Xc if sw is None else Xc * sw[lo:hi, None])
+    return m2
 
 
-def _diag_scatter(X: Any, sw: np.ndarray | None, weight: float, mean: np.ndarray) -> np.ndarray:
-    """Per-feature centered sums of squares ``sum_i w_i (x_ij - mean_j)^2``, shape (d,)."""
-    if sp.issparse(X):
-        sq = X.multiply(X)
-        s2 = np.asarray(sq.sum(axis=0) if sw is None else sq.T @ sw, dtype=np.float64).ravel()
-        return np.maximum(s2 - weight * mean * mean, 0.0)
-    Xc = X - mean
-    Xc *= Xc
-    return Xc.sum(axis=0) if sw is None else sw @ Xc
+def _sparse_diag_scatter(X: Any, sw: np.ndarray | None, weight: float, mean: np.ndarray) -> np.ndarray:
+    """Per-feature centered sums of squares ``sum_i w_i (x_ij - mean_j)^2`` of CSR rows, shape (d,)."""
+    sq = X.multiply(X)
+    s2 = np.asarray(sq.sum(axis=0) if sw is None else sq.T @ sw, dtype=np.float64).ravel()
+    return np.maximum(s2 - weight * mean * mean, 0.0)
 
 
 def _merge_moments(a_n: np.ndarray, a_mean: np.ndarray, a_m2: np.ndarray,
@@ -129,7 +137,7 @@ class CovariancePCA(Program):
     shared: tuple[str, ...] = ()
 
     def local(self, model, part: Partition):
-        X = _as_float64(part.X)
+        X = _as_float64(part.X) if sp.issparse(part.X) else part.X
         sw = part.sample_weight
         weight, mean = _weight_and_mean(X, sw)
         m2 = _scatter(X, sw, weight, mean) if weight > 0 else np.zeros((X.shape[1], X.shape[1]))
@@ -190,17 +198,38 @@ class SubspacePCA(Program):
         X = part.X
         sw = part.sample_weight
         Q, m = model["Q"], model["mean"]
-        if not sp.issparse(X) and X.dtype != np.float64:
-            X = X.astype(np.float64)
+        n_features = X.shape[1]
+        if sp.issparse(X):
+            X = _as_float64(X)
+            weight, mean = _weight_and_mean(X, sw)
+            m2 = _sparse_diag_scatter(X, sw, weight, mean) if weight > 0 else np.zeros(n_features)
+            # Sparse rows stay sparse: Z = X Q - 1 (m^T Q), Y = X^T W Z - m (1^T W Z).
+            Z = np.asarray(X @ Q, dtype=np.float64)
+            Z -= m @ Q
+            if sw is not None:
+                Z *= sw[:, None]
+            Y = np.asarray(X.T @ Z, dtype=np.float64)
+            Y -= np.outer(m, Z.sum(axis=0))
+            return np.array([weight]), mean, m2, np.ascontiguousarray(Y)
+        # Dense rows are centered block by block (float64, no copy of the whole
+        # partition): X Q - 1 (m^T Q) would cancel badly when the mean is large
+        # compared with the spread.
         weight, mean = _weight_and_mean(X, sw)
-        m2 = _diag_scatter(X, sw, weight, mean) if weight > 0 else np.zeros(X.shape[1])
-        Z = np.asarray(X @ Q, dtype=np.float64)
-        Z -= m @ Q
-        if sw is not None:
-            Z *= sw[:, None]
-        Y = np.asarray(X.T @ Z, dtype=np.float64)
-        Y -= np.outer(m, Z.sum(axis=0))
-        return np.array([weight]), mean, m2, np.ascontiguousarray(Y)
+        m2 = np.zeros(n_features)
+        Y = np.zeros(Q.shape)
+        for lo, hi in _row_blocks(X.shape):
+            block = np.array(X[lo:hi], dtype=np.float64)  # a copy, in float64
+            w = None if sw is None else sw[lo:hi, None]
+            if weight > 0:
+                dev = block - mean
+                dev *= dev
+                m2 += dev.sum(axis=0) if w is None else (dev * w).sum(axis=0)
+            block -= m
+            Z = block @ Q
+            if w is not None:
+                Z *= w
+            Y += block.T @ Z
+        return np.array([weight]), mean, m2, Y
 
     def combine(self, a, b):
         a = _writable(a)
