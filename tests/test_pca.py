@@ -221,17 +221,52 @@ def test_chan_merge_equals_direct_scatter():
     np.testing.assert_allclose(total[2], Xc.T @ (Xc * sw[:, None]), rtol=1e-12)
 
 
-def test_subspace_partial_is_centered_product():
+@pytest.mark.parametrize("block_entries", [1 << 20, 10])  # one block, and blocks of 2 rows
+@pytest.mark.parametrize("kind", ["dense", "float32", "csr"])
+def test_subspace_partial_is_centered_product(kind, block_entries, monkeypatch):
+    import drizzle_ml.algorithms.pca as pca_module
+
+    monkeypatch.setattr(pca_module, "_BLOCK_ENTRIES", block_entries)
     rng = np.random.default_rng(2)
-    X = rng.standard_normal((30, 5)) + 3.0
+    X = np.round(rng.standard_normal((30, 5)) + 3.0, 2)
+    Xin = {"dense": X, "float32": X.astype(np.float32), "csr": sp.csr_matrix(X)}[kind]
+    X = Xin.toarray() if kind == "csr" else Xin.astype(np.float64)
+    sw = rng.random(30)
     Q, _ = np.linalg.qr(rng.standard_normal((5, 3)))
     m = rng.standard_normal(5)
     prog = SubspacePCA(2)
-    parts = [prog.local({"Q": Q, "mean": m}, p) for p in _partitions(X, [0, 7, 30])]
+    parts = [prog.local({"Q": Q, "mean": m}, p) for p in _partitions(Xin, [0, 7, 30], sw)]
     total = prog.combine(*parts)
-    np.testing.assert_allclose(total[3], (X - m).T @ ((X - m) @ Q), rtol=1e-12)
-    np.testing.assert_allclose(total[1], X.mean(axis=0), rtol=1e-13)
-    np.testing.assert_allclose(total[2], ((X - X.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-12)
+    mean = sw @ X / sw.sum()
+    np.testing.assert_allclose(total[0], [sw.sum()], rtol=1e-14)
+    np.testing.assert_allclose(total[3], (X - m).T @ (sw[:, None] * ((X - m) @ Q)), rtol=1e-12)
+    np.testing.assert_allclose(total[1], mean, rtol=1e-13)
+    np.testing.assert_allclose(total[2], sw @ ((X - mean) ** 2), rtol=1e-12)
+    assert np.array_equal(X, Xin.toarray() if kind == "csr" else Xin)  # the partition is not modified
+
+    cov = CovariancePCA()
+    parts = [cov.local({}, p) for p in _partitions(Xin, [0, 7, 30], sw)]
+    total = cov.combine(*parts)
+    np.testing.assert_allclose(total[2], (X - mean).T @ (sw[:, None] * (X - mean)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_fewer_samples_than_features(solver):
+    # Rank 19: the 20th component is any direction in the null space, so
+    # compare the first 19; the subspace solver must not wait for it to settle.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 50)) * np.linspace(1, 3, 50)
+    for k in (None, 10):
+        ref = SkPCA(k, svd_solver="covariance_eigh").fit(X)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConvergenceWarning)
+            ours = fit(X, solver, n_components=k)
+        top = min(ref.n_components_, 19)
+        assert ours.n_components_ == ref.n_components_
+        assert max_angle(ours.components_[:top], ref.components_[:top]) <= 1e-8
+        assert_rel(ours.transform(X)[:, :top], ref.transform(X)[:, :top])
+        assert_rel(ours.explained_variance_, ref.explained_variance_)
+        assert ours.noise_variance_ == pytest.approx(ref.noise_variance_, rel=1e-8, abs=1e-12)
 
 
 def test_import_paths():
