@@ -147,6 +147,15 @@ def test_sample_weight_equals_repetition(solver):
     assert_rel(weighted.mean_, repeated.mean_, rtol=1e-12, scale=np.abs(X).max())
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_bsp_scheduling_agrees(solver):
+    group = fit(DIGITS, solver, n_components=5, group_size=3)
+    bsp = fit(DIGITS, solver, n_components=5, scheduling="bsp")
+    assert bsp.n_iter_ == group.n_iter_
+    assert_rel(bsp.components_, group.components_, rtol=1e-12)
+    assert_rel(bsp.explained_variance_, group.explained_variance_, rtol=1e-12)
+
+
 def test_convergence_warning_and_metrics():
     with pytest.warns(ConvergenceWarning, match="did not converge in max_iter=3"):
         p = fit(DIGITS, "subspace", n_components=10, max_iter=3)
