@@ -175,9 +175,10 @@ class SubspacePCA(Program):
 
     Partial: ``(n (1,), mean (d,), m2 (d,), Y (d, l))``: weight sum, mean and
     per-feature centered sums of squares of the worker's rows (merged by Chan
-    et al.'s formula), and ``Y = X_c^T W X_c Q`` centered at the model's mean,
-    computed as ``Z = X Q - 1 (mean^T Q)``, ``Y = X^T W Z - mean (1^T W Z)``
-    (summed). The structure is the same every iteration.
+    et al.'s formula), and ``Y = X_c^T W X_c Q`` centered at the model's mean
+    ``m`` (summed). Dense rows are centered in blocks of rows, never as a whole
+    partition; CSR rows stay sparse, with ``Z = X Q - 1 (m^T Q)``,
+    ``Y = X^T W Z - m (1^T W Z)``. The structure is the same every iteration.
 
     Iteration 0 runs with the initial mean (zero) and establishes the true mean
     ``mu``; its ``Y`` is corrected by ``- n delta (delta^T Q)``, ``delta = mu - m``
