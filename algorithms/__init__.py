@@ -8,8 +8,10 @@ from .kmeans import KMeans, KMeansPlusPlusInit, Lloyd, RandomInit
 from .linear import LinearRegression, NormalEquations, Ridge
 from .logistic import LogisticRegression
 from .optim import Minimize
+from .pca import PCA, CovariancePCA, SubspacePCA
 
 __all__ = [
+    "CovariancePCA",
     "KMeans",
     "KMeansPlusPlusInit",
     "LinearRegression",
@@ -17,6 +19,8 @@ __all__ = [
     "Lloyd",
     "Minimize",
     "NormalEquations",
+    "PCA",
     "RandomInit",
     "Ridge",
+    "SubspacePCA",
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "LogisticRegression",
     "ModelStore",
     "ModelVersion",
+    "PCA",
     "Partition",
     "Program",
     "Ridge",

@@ -1,0 +1,479 @@
+"""Principal component analysis, as engine programs and an estimator.
+
+Two programs:
+
+:class:`CovariancePCA`
+    One iteration: every worker reduces its rows to (weight sum, mean, centered
+    scatter matrix); partials merge with Chan et al.'s parallel formula; the
+    root eigendecomposes the covariance matrix.
+:class:`SubspacePCA`
+    Randomized block subspace (power) iteration for the top components when a
+    ``d x d`` matrix is too big to move or decompose: only ``d x l`` blocks
+    cross the tree.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from drizzle_ml.data import ArrayDataset
+from drizzle_ml.program import Partition, Program
+
+from .base import DrizzleEstimator, check_positive_int, check_sample_weight
+
+SVD_SOLVERS = ("covariance", "subspace")
+
+_EPS = np.finfo(np.float64).eps
+
+
+# -- per-partition statistics ------------------------------------------------------------
+
+
+# Dense rows are centered in blocks of about this many entries (8 MB of float64),
+# so that no centered copy of a whole partition is ever made.
+_BLOCK_ENTRIES = 1 << 20
+
+
+def _row_blocks(shape: tuple[int, int]):
+    """``(lo, hi)`` row ranges covering ``shape[0]`` rows, each of at most ``_BLOCK_ENTRIES`` entries."""
+    step = max(1, _BLOCK_ENTRIES // max(shape[1], 1))
+    for lo in range(0, shape[0], step):
+        yield lo, min(lo + step, shape[0])
+
+
+def _as_float64(X: Any) -> Any:
+    """CSR ``X`` in float64; no copy when it already is."""
+    return X if X.dtype == np.float64 else X.astype(np.float64)
+
+
+def _weight_and_mean(X: Any, sw: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """Weight sum and weighted mean (d,) of the rows of ``X`` (float64, dense or CSR)."""
+    if sw is None:
+        weight = float(X.shape[0])
+        total = np.asarray(X.sum(axis=0, dtype=np.float64), dtype=np.float64).ravel()
+    else:
+        weight = float(sw.sum())
+        total = np.asarray(X.T @ sw, dtype=np.float64).ravel()
+    mean = total / weight if weight > 0 else np.zeros(X.shape[1])
+    return weight, mean
+
+
+def _scatter(X: Any, sw: np.ndarray | None, weight: float, mean: np.ndarray) -> np.ndarray:
+    """Centered scatter ``sum_i w_i (x_i - mean)(x_i - mean)^T``, shape (d, d).
+
+    Dense rows are centered block by block (no cancellation, no float64 copy
+    of the whole partition); CSR uses ``X^T W X - n mean mean^T``.
+    """
+    if sp.issparse(X):
+        XW = X if sw is None else X.multiply(sw[:, None]).tocsr()
+        G = np.asarray((X.T @ XW).toarray(), dtype=np.float64)
+        G -= weight * np.outer(mean, mean)
+        return G
+    m2 = np.zeros((X.shape[1], X.shape[1]))
+    for lo, hi in _row_blocks(X.shape):
+        Xc = X[lo:hi] - mean
+        m2 += Xc.T @ (Xc if sw is None else Xc * sw[lo:hi, None])
+    return m2
+
+
+def _sparse_diag_scatter(X: Any, sw: np.ndarray | None, weight: float, mean: np.ndarray) -> np.ndarray:
+    """Per-feature centered sums of squares ``sum_i w_i (x_ij - mean_j)^2`` of CSR rows, shape (d,)."""
+    sq = X.multiply(X)
+    s2 = np.asarray(sq.sum(axis=0) if sw is None else sq.T @ sw, dtype=np.float64).ravel()
+    return np.maximum(s2 - weight * mean * mean, 0.0)
+
+
+def _merge_moments(a_n: np.ndarray, a_mean: np.ndarray, a_m2: np.ndarray,
+                   b_n: np.ndarray, b_mean: np.ndarray, b_m2: np.ndarray) -> None:
+    """Chan et al.'s parallel merge of (weight, mean, centered M2), in place into the ``a_*`` arrays.
+
+    ``a_m2``/``b_m2`` are (d, d) scatter matrices or (d,) diagonals.
+    """
+    na, nb = float(a_n[0]), float(b_n[0])
+    if nb == 0.0:
+        return
+    if na == 0.0:
+        a_n[...] = b_n
+        a_mean[...] = b_mean
+        a_m2[...] = b_m2
+        return
+    n = na + nb
+    delta = b_mean - a_mean
+    a_m2 += b_m2
+    if a_m2.ndim == 2:
+        a_m2 += np.outer(delta, delta * (na * nb / n))
+    else:
+        a_m2 += delta * delta * (na * nb / n)
+    a_mean += delta * (nb / n)
+    a_n[0] = n
+
+
+def _writable(partial: tuple) -> tuple:
+    return tuple(p if p.flags.writeable else p.copy() for p in partial)
+
+
+# -- programs ---------------------------------------------------------------------------
+
+
+class CovariancePCA(Program):
+    """PCA from the covariance matrix, in one iteration.
+
+    Model: ``mean`` (d,), ``variances`` (d,) eigenvalues of the covariance in
+    decreasing order, ``eigenvectors`` (d, d) in matching columns, ``n`` (1,)
+    total weight. ``local`` reads nothing from the model (``shared = ()``).
+
+    Partial: ``(n (1,), mean (d,), M2 (d, d))``, the weight sum, mean and
+    centered scatter matrix of the worker's rows; ``combine`` merges them with
+    Chan et al.'s formula ``M2 = M2a + M2b + delta delta^T na nb / n``.
+    """
+
+    shared: tuple[str, ...] = ()
+
+    def local(self, model, part: Partition):
+        X = _as_float64(part.X) if sp.issparse(part.X) else part.X
+        sw = part.sample_weight
+        weight, mean = _weight_and_mean(X, sw)
+        m2 = _scatter(X, sw, weight, mean) if weight > 0 else np.zeros((X.shape[1], X.shape[1]))
+        return np.array([weight]), mean, np.ascontiguousarray(m2)
+
+    def combine(self, a, b):
+        a = _writable(a)
+        _merge_moments(*a, *b)
+        return a
+
+    def update(self, model, total, iteration):
+        n_arr, mean, m2 = total
+        n = float(n_arr[0])
+        cov = m2 / (n - 1.0)
+        variances, vectors = np.linalg.eigh(cov)
+        variances = variances[::-1].copy()
+        variances[variances < 0.0] = 0.0
+        new = {
+            "mean": mean.copy(),
+            "variances": variances,
+            "eigenvectors": np.ascontiguousarray(vectors[:, ::-1]),
+            "n": n_arr.copy(),
+        }
+        return new, {"total_variance": float(variances.sum()), "converged": True}
+
+
+class SubspacePCA(Program):
+    """Top principal components by block subspace (power) iteration on the covariance.
+
+    Model, shared (read by ``local``): ``Q`` (d, l) orthonormal block, ``mean``
+    (d,) the centering used by ``local``. Root only: ``V`` (d, l) Ritz vectors
+    of the last block, ``ritz`` (l,) their Ritz values of the scatter matrix
+    (decreasing), ``n`` (1,) total weight, ``total_ss`` (1,) total centered sum
+    of squares.
+
+    Partial: ``(n (1,), mean (d,), m2 (d,), Y (d, l))``: weight sum, mean and
+    per-feature centered sums of squares of the worker's rows (merged by Chan
+    et al.'s formula), and ``Y = X_c^T W X_c Q`` centered at the model's mean
+    ``m`` (summed). Dense rows are centered in blocks of rows, never as a whole
+    partition; CSR rows stay sparse, with ``Z = X Q - 1 (m^T Q)``,
+    ``Y = X^T W Z - m (1^T W Z)``. The structure is the same every iteration.
+
+    Iteration 0 runs with the initial mean (zero) and establishes the true mean
+    ``mu``; its ``Y`` is corrected by ``- n delta (delta^T Q)``, ``delta = mu - m``
+    (exact algebra, only rounding-sensitive, and it only seeds the next block).
+    From iteration 1 on ``m == mu`` exactly. Each update does Rayleigh-Ritz on
+    the block, orthonormalizes ``C Q U`` for the next block, and stops when the
+    sine of the largest principal angle between the top-``k`` Ritz subspaces of
+    two successive iterations is at most ``tol``. Ritz vectors whose Ritz value
+    is numerically zero (beyond the rank of the data) are left out of the test.
+    """
+
+    shared: tuple[str, ...] = ("Q", "mean")
+
+    def __init__(self, n_components: int, tol: float = 1e-12):
+        self.n_components, self.tol = n_components, tol
+
+    def local(self, model, part: Partition):
+        X = part.X
+        sw = part.sample_weight
+        Q, m = model["Q"], model["mean"]
+        n_features = X.shape[1]
+        if sp.issparse(X):
+            X = _as_float64(X)
+            weight, mean = _weight_and_mean(X, sw)
+            m2 = _sparse_diag_scatter(X, sw, weight, mean) if weight > 0 else np.zeros(n_features)
+            # Sparse rows stay sparse: Z = X Q - 1 (m^T Q), Y = X^T W Z - m (1^T W Z).
+            Z = np.asarray(X @ Q, dtype=np.float64)
+            Z -= m @ Q
+            if sw is not None:
+                Z *= sw[:, None]
+            Y = np.asarray(X.T @ Z, dtype=np.float64)
+            Y -= np.outer(m, Z.sum(axis=0))
+            return np.array([weight]), mean, m2, np.ascontiguousarray(Y)
+        # Dense rows are centered block by block (float64, no copy of the whole
+        # partition): X Q - 1 (m^T Q) would cancel badly when the mean is large
+        # compared with the spread.
+        weight, mean = _weight_and_mean(X, sw)
+        m2 = np.zeros(n_features)
+        Y = np.zeros(Q.shape)
+        for lo, hi in _row_blocks(X.shape):
+            block = np.array(X[lo:hi], dtype=np.float64)  # a copy, in float64
+            w = None if sw is None else sw[lo:hi, None]
+            if weight > 0:
+                dev = block - mean
+                dev *= dev
+                m2 += dev.sum(axis=0) if w is None else (dev * w).sum(axis=0)
+            block -= m
+            Z = block @ Q
+            if w is not None:
+                Z *= w
+            Y += block.T @ Z
+        return np.array([weight]), mean, m2, Y
+
+    def combine(self, a, b):
+        a = _writable(a)
+        _merge_moments(a[0], a[1], a[2], b[0], b[1], b[2])
+        np.add(a[3], b[3], out=a[3])
+        return a
+
+    def update(self, model, total, iteration):
+        n_arr, mean, m2, Y = total
+        n = float(n_arr[0])
+        Q, m = model["Q"], model["mean"]
+        mu = mean.copy()
+        delta = mu - m
+        Yc = Y - n * np.outer(delta, delta @ Q) if delta.any() else Y.copy()
+        H = Q.T @ Yc
+        ritz, U = np.linalg.eigh(0.5 * (H + H.T))
+        ritz, U = ritz[::-1].copy(), U[:, ::-1]
+        V = Q @ U
+        Q_next, _ = np.linalg.qr(Yc @ U)
+        k = self.n_components
+        top = ritz[0] if ritz.size else 0.0
+        k_eff = int(np.count_nonzero(ritz[:k] > 100 * max(Q.shape[0], 100) * _EPS * top)) if top > 0 else 0
+        if k_eff == 0:
+            angle = 0.0
+        else:
+            P, W = model["V"][:, :k_eff], V[:, :k_eff]
+            angle = float(np.linalg.norm(W - P @ (P.T @ W), 2))
+        converged = iteration >= 1 and angle <= self.tol
+        new = {
+            "Q": np.ascontiguousarray(Q_next),
+            "mean": mu,
+            "V": np.ascontiguousarray(V),
+            "ritz": ritz,
+            "n": n_arr.copy(),
+            "total_ss": np.array([float(m2.sum())]),
+        }
+        return new, {"angle": angle, "converged": converged}
+
+
+# -- estimator --------------------------------------------------------------------------
+
+
+def _flip_signs(components: np.ndarray) -> np.ndarray:
+    """scikit-learn's ``svd_flip(u_based_decision=False)``: each row's largest-|.| entry positive."""
+    rows = np.arange(components.shape[0])
+    signs = np.sign(components[rows, np.argmax(np.abs(components), axis=1)])
+    return components * signs[:, None]
+
+
+class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
+    """Principal component analysis on a drizzle-ml cluster, with scikit-learn's PCA attributes.
+
+    Parameters
+    ----------
+    n_components : int or None
+        Components to keep, ``1 <= n_components <= min(n_samples, n_features)``;
+        None keeps ``min(n_samples, n_features)``. Fractions and ``"mle"`` are
+        not supported.
+    svd_solver : {"covariance", "subspace"}
+        ``"covariance"``: one pass that reduces a ``d x d`` scatter matrix over
+        the tree and eigendecomposes it (exact; for up to a few thousand
+        features). ``"subspace"``: randomized block subspace iteration that
+        only moves ``d x (n_components + n_oversamples)`` blocks (for many
+        features and few components).
+    whiten : bool
+        Scale the projections to unit variance, as scikit-learn does.
+    tol : float
+        ``"subspace"``: stop when the sine of the largest principal angle
+        between the top-``n_components`` subspaces of two successive iterations
+        is at most ``tol``.
+    max_iter : int
+        ``"subspace"``: maximum iterations (at least 2 are needed to converge).
+    n_oversamples : int
+        ``"subspace"``: extra block columns beyond ``n_components``.
+    random_state : None, int or RandomState
+        ``"subspace"``: seeds the random initial block (drawn on the driver).
+    n_workers, group_size, scheduling, verbose
+        Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components_, n_features)
+    explained_variance_ : ndarray of shape (n_components_,)
+    explained_variance_ratio_ : ndarray of shape (n_components_,)
+        Ratio to the total variance of all features.
+    singular_values_ : ndarray of shape (n_components_,)
+    mean_ : ndarray of shape (n_features,)
+    n_components_ : int
+    n_samples_ : int
+    noise_variance_ : float
+        Mean of the ``n_features - n_components_`` discarded covariance
+        eigenvalues (0 when ``n_components_ == min(n_samples, n_features)``).
+    n_features_in_ : int
+    n_iter_, model_version_, history_, model_store_
+        Engine attributes.
+    """
+
+    def __init__(self, n_components=None, *, svd_solver="covariance", whiten=False, tol=1e-12,
+                 max_iter=200, n_oversamples=10, n_workers=None, group_size="auto",
+                 scheduling="group", random_state=None, verbose=0):
+        self.n_components = n_components
+        self.svd_solver = svd_solver
+        self.whiten = whiten
+        self.tol = tol
+        self.max_iter = max_iter
+        self.n_oversamples = n_oversamples
+        self.n_workers = n_workers
+        self.group_size = group_size
+        self.scheduling = scheduling
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _check_params(self) -> None:
+        self._check_engine_params()
+        if self.svd_solver not in SVD_SOLVERS:
+            raise ValueError(f"svd_solver must be one of {SVD_SOLVERS}, got {self.svd_solver!r}")
+        k = self.n_components
+        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral)):
+            raise ValueError(
+                f"n_components must be None or an integer, got {k!r} (fractions of the variance "
+                "and 'mle' are not supported)"
+            )
+        check_positive_int("max_iter", self.max_iter)
+        check_positive_int("n_oversamples", self.n_oversamples, minimum=0)
+        if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
+            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+
+    def _resolve_n_components(self, n_samples: int, n_features: int) -> int:
+        limit = min(n_samples, n_features)
+        if self.n_components is None:
+            return limit
+        k = int(self.n_components)
+        if not 1 <= k <= limit:
+            raise ValueError(
+                f"n_components={k} must be between 1 and min(n_samples, n_features)={limit} "
+                f"with svd_solver={self.svd_solver!r}"
+            )
+        return k
+
+    def fit(self, X, y=None, sample_weight=None) -> "PCA":
+        """Fit on X of shape (n_samples, n_features), dense or sparse.
+
+        ``sample_weight`` (n_samples,), optional, are frequency weights: an
+        integer weight acts as repeating the row (the covariance denominator is
+        ``sum(sample_weight) - 1``). ``y`` is ignored.
+        """
+        self._check_params()
+        X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32])
+        n_samples, n_features = X.shape
+        if n_samples < 2:
+            raise ValueError(f"PCA needs at least 2 samples, got n_samples = {n_samples}")
+        sw = check_sample_weight(sample_weight, n_samples)
+        if sw is not None and not sw.sum() > 1:
+            raise ValueError(f"sample_weight must sum to more than 1, got {sw.sum()!r}")
+        k = self._resolve_n_components(n_samples, n_features)
+        if sp.issparse(X):
+            X = X.tocsr()
+        dataset = ArrayDataset(X, None, sw)
+        dtype = X.dtype
+        if self.svd_solver == "covariance":
+            model = {
+                "mean": np.zeros(n_features),
+                "variances": np.zeros(n_features),
+                "eigenvectors": np.zeros((n_features, n_features)),
+                "n": np.zeros(1),
+            }
+            result = self._run(CovariancePCA(), model, dataset, 1)
+            fitted = result.model
+            n = float(fitted["n"][0])
+            variances = np.asarray(fitted["variances"])
+            components = np.asarray(fitted["eigenvectors"])[:, :k].T
+            total_var = float(variances.sum())
+            noise = float(variances[k:].mean()) if k < min(n_samples, n_features) else 0.0
+        else:
+            width = min(k + int(self.n_oversamples), n_features)
+            rng = check_random_state(self.random_state)
+            Q0, _ = np.linalg.qr(rng.standard_normal((n_features, width)))
+            model = {
+                "Q": np.ascontiguousarray(Q0),
+                "mean": np.zeros(n_features),
+                "V": np.zeros((n_features, width)),
+                "ritz": np.zeros(width),
+                "n": np.zeros(1),
+                "total_ss": np.zeros(1),
+            }
+            result = self._run(SubspacePCA(k, float(self.tol)), model, dataset, int(self.max_iter))
+            fitted = result.model
+            n = float(fitted["n"][0])
+            ritz = np.asarray(fitted["ritz"])[:k]
+            variances = np.maximum(ritz, 0.0) / (n - 1.0)
+            components = np.asarray(fitted["V"])[:, :k].T
+            total_var = float(fitted["total_ss"][0]) / (n - 1.0)
+            if k < min(n_samples, n_features):
+                noise = max(total_var - float(variances.sum()), 0.0) / (n_features - k)
+            else:
+                noise = 0.0
+        explained = np.array(variances[:k], dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = explained / total_var
+        self.mean_ = np.asarray(fitted["mean"], dtype=dtype).copy()
+        self.components_ = np.ascontiguousarray(_flip_signs(components), dtype=dtype)
+        self.explained_variance_ = explained.astype(dtype)
+        self.explained_variance_ratio_ = ratio.astype(dtype)
+        self.singular_values_ = np.sqrt(explained * (n - 1.0)).astype(dtype)
+        self.noise_variance_ = float(noise)
+        self.n_components_ = k
+        self.n_samples_ = n_samples
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Project X (n_samples, n_features) onto the components: shape (n_samples, n_components_)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32],
+                          reset=False)
+        Xt = np.asarray(X @ self.components_.T)
+        Xt -= self.mean_ @ self.components_.T
+        if self.whiten:
+            scale = np.sqrt(self.explained_variance_)
+            scale[scale < np.finfo(scale.dtype).eps] = np.finfo(scale.dtype).eps
+            Xt /= scale
+        return Xt
+
+    def fit_transform(self, X, y=None, sample_weight=None) -> np.ndarray:
+        """Fit on X (n_samples, n_features) and return its projection (n_samples, n_components_)."""
+        return self.fit(X, y, sample_weight=sample_weight).transform(X)
+
+    def inverse_transform(self, X) -> np.ndarray:
+        """Map projections (n_samples, n_components_) back to feature space: (n_samples, n_features).
+
+        With ``whiten=True`` the whitening is undone as well.
+        """
+        check_is_fitted(self)
+        X = check_array(X, input_name="X", dtype=[np.float64, np.float32])
+        if self.whiten:
+            return X @ (np.sqrt(self.explained_variance_)[:, None] * self.components_) + self.mean_
+        return X @ self.components_ + self.mean_
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.components_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.input_tags.sparse = True
+        return tags
