@@ -47,6 +47,14 @@ def _row_norms_sq(X: Any) -> np.ndarray:
     return np.einsum("ij,ij->i", X, X)
 
 
+def _cached_row_norms_sq(part: Partition) -> np.ndarray:
+    """The partition's squared row norms, computed once per worker and kept in ``part.cache``."""
+    xx = part.cache.get("kmeans.row_norms_sq")
+    if xx is None:
+        xx = part.cache["kmeans.row_norms_sq"] = _row_norms_sq(part.X)
+    return xx
+
+
 def _sq_dists(X: Any, C: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """Squared distances (n, m) between the rows of X (n, d) and C (m, d), clipped at 0.
 
@@ -63,19 +71,38 @@ def _sq_dists(X: Any, C: np.ndarray, xx: np.ndarray) -> np.ndarray:
     return d
 
 
-def _assign(X: Any, centers: np.ndarray, xx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Closest center of each row of X (n, d): labels (n,) int64 and squared distances (n,) float64."""
-    n = X.shape[0]
+def _assign(X: Any, centers: np.ndarray, xx: np.ndarray | None = None,
+            weights: np.ndarray | None = None):
+    """Closest center of each row of X (n, d): labels (n,) int64 and squared distances (n,) float64.
+
+    With ``weights`` (n,), also returns the weighted sum of each cluster's rows
+    (k, d) float64. Dense rows are summed block by block while the block is
+    still in cache (one dense indicator product per block), so X is read once.
+    """
+    n, k = X.shape[0], len(centers)
     if xx is None:
         xx = _row_norms_sq(X)
     labels = np.empty(n, dtype=np.int64)
     d2 = np.empty(n, dtype=np.float64)
+    dense_sums = weights is not None and not sp.issparse(X)
+    sums = np.zeros((k, X.shape[1])) if dense_sums else None
     for lo in range(0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
-        d = _sq_dists(X[lo:hi], centers, xx[lo:hi])
+        block = X[lo:hi]
+        d = _sq_dists(block, centers, xx[lo:hi])
+        rows = np.arange(hi - lo)
         labels[lo:hi] = np.argmin(d, axis=1)
-        d2[lo:hi] = d[np.arange(hi - lo), labels[lo:hi]]
-    return labels, d2
+        d2[lo:hi] = d[rows, labels[lo:hi]]
+        if dense_sums:
+            indicator = np.zeros((hi - lo, k), dtype=X.dtype)
+            indicator[rows, labels[lo:hi]] = weights[lo:hi]
+            sums += indicator.T @ block
+    if weights is None:
+        return labels, d2
+    if sums is None:  # sparse rows: one sparse indicator product
+        sums = np.asarray((sp.csr_matrix((weights, (labels, np.arange(n))), shape=(k, n)) @ X).toarray(),
+                          dtype=np.float64)
+    return labels, d2, sums
 
 
 def _weights(part: Partition) -> np.ndarray:
@@ -179,7 +206,7 @@ class KMeansPlusPlusInit(Program):
             "row": np.zeros((L, X.shape[1])),
             "pot": np.zeros(L),
         }
-        xx = _row_norms_sq(X)
+        xx = _cached_row_norms_sq(part)
         if phase == 0:
             if m == 0:
                 weight, trials = w, 1
@@ -300,10 +327,7 @@ class Lloyd(Program):
         centers = model["centers"]
         k = len(centers)
         w = _weights(part)
-        labels, d2 = _assign(X, centers)
-        onehot = sp.csr_matrix((w, (labels, np.arange(n))), shape=(k, n))
-        sums = onehot @ X
-        sums = np.asarray(sums.toarray() if sp.issparse(sums) else sums, dtype=np.float64)
+        labels, d2, sums = _assign(X, centers, _cached_row_norms_sq(part), w)
         out = {
             "sums": sums,
             "weights": np.bincount(labels, weights=w, minlength=k).astype(np.float64),

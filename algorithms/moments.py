@@ -15,42 +15,94 @@ import numpy as np
 import scipy.sparse as sp
 
 
+# Dense rows are centered in blocks of about this many entries (8 MB of float64),
+# so that no centered copy of a whole partition is ever made.
+_BLOCK_ENTRIES = 1 << 20
+
+
+def row_blocks(shape: tuple[int, int]):
+    """``(lo, hi)`` row ranges covering ``shape[0]`` rows, each of at most ``_BLOCK_ENTRIES`` entries."""
+    step = max(1, _BLOCK_ENTRIES // max(shape[1], 1))
+    for lo in range(0, shape[0], step):
+        yield lo, min(lo + step, shape[0])
+
+
+def as_float64(X: Any) -> Any:
+    """CSR ``X`` in float64; no copy when it already is."""
+    return X if X.dtype == np.float64 else X.astype(np.float64)
+
+
+def weight_and_mean(X: Any, sw: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """Weight sum and weighted mean (d,) of the rows of ``X`` (float64, dense or CSR)."""
+    if sw is None:
+        weight = float(X.shape[0])
+        total = np.asarray(X.sum(axis=0, dtype=np.float64), dtype=np.float64).ravel()
+    else:
+        weight = float(sw.sum())
+        total = np.asarray(X.T @ sw, dtype=np.float64).ravel()
+    mean = total / weight if weight > 0 else np.zeros(X.shape[1])
+    return weight, mean
+
+
+def scatter(X: Any, sw: np.ndarray | None, weight: float, mean: np.ndarray) -> np.ndarray:
+    """Centered scatter ``sum_i w_i (x_i - mean)(x_i - mean)^T``, shape (d, d).
+
+    Dense rows are centered block by block (no cancellation, no float64 copy
+    of the whole partition); CSR uses ``X^T W X - n mean mean^T``.
+    """
+    if sp.issparse(X):
+        XW = X if sw is None else X.multiply(sw[:, None]).tocsr()
+        G = np.asarray((X.T @ XW).toarray(), dtype=np.float64)
+        G -= weight * np.outer(mean, mean)
+        return G
+    m2 = np.zeros((X.shape[1], X.shape[1]))
+    for lo, hi in row_blocks(X.shape):
+        Xc = X[lo:hi] - mean
+        m2 += Xc.T @ (Xc if sw is None else Xc * sw[lo:hi, None])
+    return m2
+
+
+def merge_moments(a_n: np.ndarray, a_mean: np.ndarray, a_m2: np.ndarray,
+                   b_n: np.ndarray, b_mean: np.ndarray, b_m2: np.ndarray) -> None:
+    """Chan et al.'s parallel merge of (weight, mean, centered M2), in place into the ``a_*`` arrays.
+
+    ``a_m2``/``b_m2`` are (d, d) scatter matrices or (d,) diagonals.
+    """
+    na, nb = float(a_n[0]), float(b_n[0])
+    if nb == 0.0:
+        return
+    if na == 0.0:
+        a_n[...] = b_n
+        a_mean[...] = b_mean
+        a_m2[...] = b_m2
+        return
+    n = na + nb
+    delta = b_mean - a_mean
+    a_m2 += b_m2
+    if a_m2.ndim == 2:
+        a_m2 += np.outer(delta, delta * (na * nb / n))
+    else:
+        a_m2 += delta * delta * (na * nb / n)
+    a_mean += delta * (nb / n)
+    a_n[0] = n
+
+
+def writable(partial: tuple) -> tuple:
+    return tuple(p if p.flags.writeable else p.copy() for p in partial)
+
+
+
 def partition_moments(X: Any, sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(weight (1,), mean (p,), scatter (p, p))`` of the rows of X (dense or CSR), in float64."""
-    n = X.shape[0]
-    sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    weight = float(n) if sw is None else float(sw.sum())
-    if weight <= 0:  # all weights zero: contributes nothing
-        p = X.shape[1]
-        return np.zeros(1), np.zeros(p), np.zeros((p, p))
-    if sp.issparse(X):
-        X = X.astype(np.float64)
-        mean = np.asarray(X.sum(axis=0) if sw is None else X.T @ sw).ravel() / weight
-        Xw = X if sw is None else sp.diags(sw) @ X
-        scatter = np.asarray((X.T @ Xw).toarray()) - weight * np.outer(mean, mean)
-    else:
-        X = np.asarray(X, dtype=np.float64)
-        mean = (X.sum(axis=0) if sw is None else sw @ X) / weight
-        centered = X - mean
-        scatter = centered.T @ (centered if sw is None else centered * sw[:, None])
-    return np.array([weight]), mean, scatter
+    X = as_float64(X) if sp.issparse(X) else X
+    weight, mean = weight_and_mean(X, sample_weight)
+    p = X.shape[1]
+    m2 = scatter(X, sample_weight, weight, mean) if weight > 0 else np.zeros((p, p))
+    return np.array([weight]), mean, np.ascontiguousarray(m2)
 
 
 def combine_moments(a, b):
     """Merge two moment partials (Chan et al.); writes into ``a`` and returns it."""
-    wa, ma, sa = a
-    wb, mb, sb = b
-    na, nb = float(wa[0]), float(wb[0])
-    if nb == 0:
-        return a
-    if na == 0:
-        wa[:], ma[:], sa[:] = wb, mb, sb
-        return a
-    n = na + nb
-    delta = mb - ma
-    sa += sb
-    sa += np.outer(delta, delta) * (na * nb / n)
-    ma += delta * (nb / n)
-    wa[0] = n
+    a = writable(a)
+    merge_moments(*a, *b)
     return a
-

@@ -27,6 +27,15 @@ from drizzle_ml.data import ArrayDataset
 from drizzle_ml.program import Partition, Program
 
 from .base import DrizzleEstimator, check_positive_int, check_sample_weight
+from .moments import (
+    as_float64,
+    combine_moments,
+    merge_moments,
+    partition_moments,
+    row_blocks,
+    weight_and_mean,
+    writable,
+)
 
 SVD_SOLVERS = ("covariance", "subspace")
 
@@ -36,87 +45,11 @@ _EPS = np.finfo(np.float64).eps
 # -- per-partition statistics ------------------------------------------------------------
 
 
-# Dense rows are centered in blocks of about this many entries (8 MB of float64),
-# so that no centered copy of a whole partition is ever made.
-_BLOCK_ENTRIES = 1 << 20
-
-
-def _row_blocks(shape: tuple[int, int]):
-    """``(lo, hi)`` row ranges covering ``shape[0]`` rows, each of at most ``_BLOCK_ENTRIES`` entries."""
-    step = max(1, _BLOCK_ENTRIES // max(shape[1], 1))
-    for lo in range(0, shape[0], step):
-        yield lo, min(lo + step, shape[0])
-
-
-def _as_float64(X: Any) -> Any:
-    """CSR ``X`` in float64; no copy when it already is."""
-    return X if X.dtype == np.float64 else X.astype(np.float64)
-
-
-def _weight_and_mean(X: Any, sw: np.ndarray | None) -> tuple[float, np.ndarray]:
-    """Weight sum and weighted mean (d,) of the rows of ``X`` (float64, dense or CSR)."""
-    if sw is None:
-        weight = float(X.shape[0])
-        total = np.asarray(X.sum(axis=0, dtype=np.float64), dtype=np.float64).ravel()
-    else:
-        weight = float(sw.sum())
-        total = np.asarray(X.T @ sw, dtype=np.float64).ravel()
-    mean = total / weight if weight > 0 else np.zeros(X.shape[1])
-    return weight, mean
-
-
-def _scatter(X: Any, sw: np.ndarray | None, weight: float, mean: np.ndarray) -> np.ndarray:
-    """Centered scatter ``sum_i w_i (x_i - mean)(x_i - mean)^T``, shape (d, d).
-
-    Dense rows are centered block by block (no cancellation, no float64 copy
-    of the whole partition); CSR uses ``X^T W X - n mean mean^T``.
-    """
-    if sp.issparse(X):
-        XW = X if sw is None else X.multiply(sw[:, None]).tocsr()
-        G = np.asarray((X.T @ XW).toarray(), dtype=np.float64)
-        G -= weight * np.outer(mean, mean)
-        return G
-    m2 = np.zeros((X.shape[1], X.shape[1]))
-    for lo, hi in _row_blocks(X.shape):
-        Xc = X[lo:hi] - mean
-        m2 += Xc.T @ (Xc if sw is None else Xc * sw[lo:hi, None])
-    return m2
-
-
 def _sparse_diag_scatter(X: Any, sw: np.ndarray | None, weight: float, mean: np.ndarray) -> np.ndarray:
     """Per-feature centered sums of squares ``sum_i w_i (x_ij - mean_j)^2`` of CSR rows, shape (d,)."""
     sq = X.multiply(X)
     s2 = np.asarray(sq.sum(axis=0) if sw is None else sq.T @ sw, dtype=np.float64).ravel()
     return np.maximum(s2 - weight * mean * mean, 0.0)
-
-
-def _merge_moments(a_n: np.ndarray, a_mean: np.ndarray, a_m2: np.ndarray,
-                   b_n: np.ndarray, b_mean: np.ndarray, b_m2: np.ndarray) -> None:
-    """Chan et al.'s parallel merge of (weight, mean, centered M2), in place into the ``a_*`` arrays.
-
-    ``a_m2``/``b_m2`` are (d, d) scatter matrices or (d,) diagonals.
-    """
-    na, nb = float(a_n[0]), float(b_n[0])
-    if nb == 0.0:
-        return
-    if na == 0.0:
-        a_n[...] = b_n
-        a_mean[...] = b_mean
-        a_m2[...] = b_m2
-        return
-    n = na + nb
-    delta = b_mean - a_mean
-    a_m2 += b_m2
-    if a_m2.ndim == 2:
-        a_m2 += np.outer(delta, delta * (na * nb / n))
-    else:
-        a_m2 += delta * delta * (na * nb / n)
-    a_mean += delta * (nb / n)
-    a_n[0] = n
-
-
-def _writable(partial: tuple) -> tuple:
-    return tuple(p if p.flags.writeable else p.copy() for p in partial)
 
 
 # -- programs ---------------------------------------------------------------------------
@@ -137,16 +70,10 @@ class CovariancePCA(Program):
     shared: tuple[str, ...] = ()
 
     def local(self, model, part: Partition):
-        X = _as_float64(part.X) if sp.issparse(part.X) else part.X
-        sw = part.sample_weight
-        weight, mean = _weight_and_mean(X, sw)
-        m2 = _scatter(X, sw, weight, mean) if weight > 0 else np.zeros((X.shape[1], X.shape[1]))
-        return np.array([weight]), mean, np.ascontiguousarray(m2)
+        return partition_moments(part.X, part.sample_weight)
 
     def combine(self, a, b):
-        a = _writable(a)
-        _merge_moments(*a, *b)
-        return a
+        return combine_moments(a, b)
 
     def update(self, model, total, iteration):
         n_arr, mean, m2 = total
@@ -201,8 +128,8 @@ class SubspacePCA(Program):
         Q, m = model["Q"], model["mean"]
         n_features = X.shape[1]
         if sp.issparse(X):
-            X = _as_float64(X)
-            weight, mean = _weight_and_mean(X, sw)
+            X = as_float64(X)
+            weight, mean = weight_and_mean(X, sw)
             m2 = _sparse_diag_scatter(X, sw, weight, mean) if weight > 0 else np.zeros(n_features)
             # Sparse rows stay sparse: Z = X Q - 1 (m^T Q), Y = X^T W Z - m (1^T W Z).
             Z = np.asarray(X @ Q, dtype=np.float64)
@@ -215,10 +142,10 @@ class SubspacePCA(Program):
         # Dense rows are centered block by block (float64, no copy of the whole
         # partition): X Q - 1 (m^T Q) would cancel badly when the mean is large
         # compared with the spread.
-        weight, mean = _weight_and_mean(X, sw)
+        weight, mean = weight_and_mean(X, sw)
         m2 = np.zeros(n_features)
         Y = np.zeros(Q.shape)
-        for lo, hi in _row_blocks(X.shape):
+        for lo, hi in row_blocks(X.shape):
             block = np.array(X[lo:hi], dtype=np.float64)  # a copy, in float64
             w = None if sw is None else sw[lo:hi, None]
             if weight > 0:
@@ -233,8 +160,8 @@ class SubspacePCA(Program):
         return np.array([weight]), mean, m2, Y
 
     def combine(self, a, b):
-        a = _writable(a)
-        _merge_moments(a[0], a[1], a[2], b[0], b[1], b[2])
+        a = writable(a)
+        merge_moments(a[0], a[1], a[2], b[0], b[1], b[2])
         np.add(a[3], b[3], out=a[3])
         return a
 

@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import weakref
 from collections import OrderedDict, deque
 from typing import Any, Callable

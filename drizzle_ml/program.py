@@ -7,7 +7,7 @@ to workers by pickling, once per job).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,10 @@ class Partition:
     row_offset : index of this partition's first row in the whole dataset
     n_total : number of rows in the whole dataset
     worker : 0-based index of the worker holding the partition
+    cache : scratch for quantities a program derives from the partition's data
+        alone (row norms, a transposed copy). It lives as long as the worker
+        keeps the partition, across iterations and jobs, and must never hold
+        model-dependent values. Name keys after the program to avoid clashes.
     """
 
     X: Any
@@ -33,6 +37,7 @@ class Partition:
     row_offset: int = 0
     n_total: int = 0
     worker: int = 0
+    cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_rows(self) -> int:

@@ -9,7 +9,6 @@ and the other ranks serve as workers.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 

@@ -233,9 +233,9 @@ def test_chan_merge_equals_direct_scatter():
 @pytest.mark.parametrize("block_entries", [1 << 20, 10])  # one block, and blocks of 2 rows
 @pytest.mark.parametrize("kind", ["dense", "float32", "csr"])
 def test_subspace_partial_is_centered_product(kind, block_entries, monkeypatch):
-    import drizzle_ml.algorithms.pca as pca_module
+    import drizzle_ml.algorithms.moments as moments_module
 
-    monkeypatch.setattr(pca_module, "_BLOCK_ENTRIES", block_entries)
+    monkeypatch.setattr(moments_module, "_BLOCK_ENTRIES", block_entries)
     rng = np.random.default_rng(2)
     X = np.round(rng.standard_normal((30, 5)) + 3.0, 2)
     Xin = {"dense": X, "float32": X.astype(np.float32), "csr": sp.csr_matrix(X)}[kind]

@@ -1,6 +1,5 @@
 """scikit-learn's own estimator checks, run against every estimator on a real cluster."""
 
-import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from drizzle_ml import LinearRegression, LogisticRegression, Ridge
