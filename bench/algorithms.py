@@ -14,8 +14,9 @@ to one thread per process, it prints:
   ``PCA(svd_solver="covariance_eigh")``;
 - KMeans(n_clusters=10): Lloyd iteration time against a plain mpi4py Lloyd loop.
 
-Every figure is the best of ``--repeats`` runs made in this one process; the
-ratios are what to read, not the absolute times.
+Each round times both sides back to back (the plain loops in a fresh
+``mpiexec``); the printed ratio is the median over rounds, with its range.
+Read the ratios, not the absolute times.
 """
 
 from __future__ import annotations
@@ -114,15 +115,10 @@ def run_plain(args) -> dict:
 
 
 # -- drizzle-ml and scikit-learn, in this process ------------------------------------------
-def best_of(repeats: int, fn):
-    best = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        value = fn()
-        elapsed = time.perf_counter() - t0
-        if best is None or elapsed < best[0]:
-            best = (elapsed, value)
-    return best
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def engine_seconds(est) -> float:
@@ -136,13 +132,55 @@ def logistic_objective(est, X, y, C: float) -> float:
     return log_loss(y, est.predict_proba(X)) + 0.5 * float(np.sum(est.coef_ ** 2)) / (C * len(y))
 
 
+BENCHMARKS = [
+    # name, what drizzle-ml is compared with, target ratio
+    ("logistic gd, per iteration", "plain mpi4py Allreduce loop", 1.0),
+    ("logistic lbfgs, fit to optimum", "scikit-learn lbfgs fit", 1.0),
+    ("PCA(10) covariance, fit", "scikit-learn covariance_eigh", 1.0),
+    ("kmeans lloyd, per iteration", "plain mpi4py Lloyd loop", 1.2),
+]
+
+
+def one_round(args, X, y, target_loss: float) -> tuple[dict, dict]:
+    """One measurement of every benchmark, each side right after the other: {name: (ours, reference)}."""
+    from sklearn import decomposition as skd
+    from sklearn import linear_model as skl
+
+    import drizzle_ml as dm
+
+    plain = run_plain(args)
+    out, extra = {}, {}
+    gd = dm.LogisticRegression(solver="gd", learning_rate=0.5, tol=0.0, max_iter=args.iterations,
+                               n_workers=args.workers).fit(X, y)
+    out["logistic gd, per iteration"] = (engine_seconds(gd) / gd.n_iter_, plain["gd"])
+
+    sk = skl.LogisticRegression()
+    sk_time = timed(lambda: sk.fit(X, y))
+    ours = dm.LogisticRegression(tol=1e-5, max_iter=1000, n_workers=args.workers)
+    ours_time = timed(lambda: ours.fit(X, y))
+    out["logistic lbfgs, fit to optimum"] = (ours_time, sk_time)
+    extra["lbfgs"] = {
+        "drizzle_gap": logistic_objective(ours, X, y, 1.0) / target_loss - 1, "drizzle_iter": ours.n_iter_,
+        "sklearn_gap": logistic_objective(sk, X, y, 1.0) / target_loss - 1, "sklearn_iter": int(sk.n_iter_[0]),
+    }
+
+    sk_time = timed(lambda: skd.PCA(n_components=10, svd_solver="covariance_eigh").fit(X))
+    ours_time = timed(lambda: dm.PCA(n_components=10, n_workers=args.workers).fit(X))
+    out["PCA(10) covariance, fit"] = (ours_time, sk_time)
+
+    km = dm.KMeans(n_clusters=10, init=X[:10].copy(), n_init=1, max_iter=args.iterations, tol=0.0,
+                   n_workers=args.workers).fit(X)
+    out["kmeans lloyd, per iteration"] = (engine_seconds(km) / (km.n_iter_ + 1), plain["lloyd"])
+    return out, extra
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=30, help="iterations per timed loop")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each round measures both sides")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -152,7 +190,6 @@ def main(argv=None) -> int:
 
     import warnings
 
-    from sklearn import decomposition as skd
     from sklearn import linear_model as skl
     from sklearn.exceptions import ConvergenceWarning
 
@@ -161,55 +198,30 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore", ConvergenceWarning)
     X, y = make_data(args.rows, args.features)
     print(f"data: make_classification({args.rows}, {args.features}), {args.workers} workers, "
-          f"BLAS 1 thread per process, best of {args.repeats}", flush=True)
-    plain = run_plain(args)
-    dm.get_cluster(args.workers)
-    rows = []
-
-    def report(name: str, ours: float, theirs: float, against: str, target: float) -> None:
-        ratio = ours / theirs
-        rows.append({"benchmark": name, "drizzle_s": ours, "reference_s": theirs, "reference": against,
-                     "ratio": ratio, "target": target})
-        print(f"{name:<34} drizzle-ml {ours * 1e3:9.2f} ms   {against:<30} {theirs * 1e3:9.2f} ms   "
-              f"ratio {ratio:5.2f} (target <= {target})", flush=True)
-
-    # Gradient descent, fixed step: time per iteration of a long group-scheduled job.
-    gd = dm.LogisticRegression(solver="gd", learning_rate=0.5, tol=0.0, max_iter=args.iterations,
-                               n_workers=args.workers)
-    gd.fit(X, y)  # loads the partitions once
-    elapsed, _ = best_of(args.repeats, lambda: gd.fit(X, y))
-    report("logistic gd, per iteration", engine_seconds(gd) / gd.n_iter_, plain["gd"],
-           "plain mpi4py Allreduce loop", 1.0)
-
-    # L-BFGS: time to scikit-learn's optimum (to 1e-6 relative).
-    sk_time, sk_est = best_of(args.repeats, lambda: skl.LogisticRegression().fit(X, y))
+          f"BLAS 1 thread per process; {args.repeats} rounds (+1 warm-up), each timing both sides "
+          "back to back; ratio = drizzle-ml / reference, median and range over rounds", flush=True)
     target = logistic_objective(skl.LogisticRegression(tol=1e-10, max_iter=10_000).fit(X, y), X, y, 1.0)
-    ours_est = dm.LogisticRegression(tol=1e-5, max_iter=1000, n_workers=args.workers)
-    ours_time, _ = best_of(args.repeats, lambda: ours_est.fit(X, y))
-    gap_ours = logistic_objective(ours_est, X, y, 1.0) / target - 1
-    gap_sk = logistic_objective(sk_est, X, y, 1.0) / target - 1
-    report("logistic lbfgs, fit to optimum", ours_time, sk_time, "scikit-learn lbfgs fit", 1.0)
-    print(f"    loss above the optimum: drizzle-ml {gap_ours:.1e} ({ours_est.n_iter_} iterations), "
-          f"scikit-learn {gap_sk:.1e} ({int(sk_est.n_iter_[0])} iterations)")
-    rows[-1].update(drizzle_gap=gap_ours, sklearn_gap=gap_sk)
-
-    # PCA, covariance solver: one pass.
-    if hasattr(dm, "PCA") or "PCA" in dir(dm.algorithms):
-        pca = dm.PCA(n_components=10, n_workers=args.workers)
-        ours_time, _ = best_of(args.repeats, lambda: pca.fit(X))
-        sk_time, _ = best_of(args.repeats, lambda: skd.PCA(n_components=10, svd_solver="covariance_eigh").fit(X))
-        report("PCA(10) covariance, fit", ours_time, sk_time, "scikit-learn covariance_eigh", 1.0)
-
-    # KMeans: Lloyd iterations from the same initial centers as the plain loop.
-    km = dm.KMeans(n_clusters=10, init=X[:10].copy(), n_init=1, max_iter=args.iterations, tol=0.0,
-                   n_workers=args.workers)
-    best_of(args.repeats, lambda: km.fit(X))
-    report("kmeans lloyd, per iteration", engine_seconds(km) / (km.n_iter_ + 1), plain["lloyd"],
-           "plain mpi4py Lloyd loop", 1.2)
-
+    dm.get_cluster(args.workers)
+    args_plain = argparse.Namespace(**{**vars(args), "repeats": 1})
+    one_round(args_plain, X, y, target)  # warm-up: partitions loaded, code paths hot
+    rounds = [one_round(args_plain, X, y, target) for _ in range(args.repeats)]
+    rows = []
+    for name, against, goal in BENCHMARKS:
+        ours = [r[0][name][0] for r in rounds]
+        ref = [r[0][name][1] for r in rounds]
+        ratios = [a / b for a, b in zip(ours, ref)]
+        rows.append({"benchmark": name, "reference": against, "target": goal, "drizzle_s": ours,
+                     "reference_s": ref, "ratio": float(np.median(ratios)),
+                     "ratio_range": [min(ratios), max(ratios)]})
+        print(f"{name:<32} drizzle-ml {np.median(ours) * 1e3:8.1f} ms  {against:<29} "
+              f"{np.median(ref) * 1e3:8.1f} ms  ratio {np.median(ratios):5.2f} "
+              f"({min(ratios):.2f}-{max(ratios):.2f}; target <= {goal})", flush=True)
+    lbfgs = rounds[-1][1]["lbfgs"]
+    print(f"  lbfgs loss above the optimum: drizzle-ml {lbfgs['drizzle_gap']:.1e} ({lbfgs['drizzle_iter']} "
+          f"iterations), scikit-learn {lbfgs['sklearn_gap']:.1e} ({lbfgs['sklearn_iter']} iterations)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": rows, "plain": plain}, f, indent=2)
+            json.dump({"args": vars(args), "results": rows, "lbfgs": lbfgs}, f, indent=2)
     return 0
 
 

@@ -128,3 +128,35 @@ def test_layout_unpack_reuses_views_and_sees_new_data():
     other = layout.new_buffer()
     layout.pack({"a": np.ones(3), "s": 0.0}, other)
     np.testing.assert_array_equal(layout.unpack(other)["a"], np.ones(3))
+
+
+def test_dataset_fingerprint_sees_every_change():
+    import scipy.sparse as sp
+
+    from drizzle_ml.data import ArrayDataset
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5000, 17))  # 85,000 words: several hash chunks and a partial one
+    base = ArrayDataset(X).dataset_id
+    assert ArrayDataset(X.copy()).dataset_id == base
+    changed = X.copy()
+    changed[4321, 3] = np.nextafter(changed[4321, 3], 1.0)  # one bit of one value
+    swapped = X.copy()
+    swapped[[0, 4999]] = swapped[[4999, 0]]
+    others = [changed, swapped, X.astype(np.float32), X[:-1], X.reshape(17, 5000)]
+    ids = {base} | {ArrayDataset(a).dataset_id for a in others}
+    assert len(ids) == 1 + len(others)
+    tail = np.arange(13, dtype=np.int8)  # bytes beyond the last whole word count too
+    assert ArrayDataset(tail).dataset_id != ArrayDataset(tail + (np.arange(13) == 12)).dataset_id
+    assert ArrayDataset(X, np.zeros(5000)).dataset_id != ArrayDataset(X, np.ones(5000)).dataset_id
+    assert ArrayDataset(sp.csr_matrix(X)).dataset_id != base
+
+
+def test_store_pickles_with_its_versions():
+    store = ModelStore(history=2)
+    for v in (1, 2, 3):
+        store.commit(v, {"w": np.full(2, v)}, v)
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.versions() == [2, 3] and copy.latest().model["w"][0] == 3
+    copy.commit(4, {"w": np.zeros(2)}, 4)  # the copy has a working lock
+    assert copy.versions() == [3, 4]
