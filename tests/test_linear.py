@@ -82,11 +82,13 @@ def test_float32_input_keeps_its_dtype():
     np.testing.assert_allclose(ours.coef_, sk.Ridge().fit(X, Y).coef_, rtol=1e-4)
 
 
-def test_moments_merge_matches_numpy_and_is_stable():
+@pytest.mark.parametrize("offset", [0.0, 1e8])  # 1e8: uncentered sums would cancel entirely
+@pytest.mark.parametrize("weighted", [False, True])
+def test_moments_merge_matches_numpy_and_is_stable(offset, weighted):
     rng = np.random.default_rng(1)
-    data = 1e8 + rng.standard_normal((300, 3))  # huge mean: uncentered sums would cancel
-    w = rng.uniform(0.5, 2.0, 300)
-    parts = [partition_moments(data[a:b], w[a:b]) for a, b in [(0, 100), (100, 130), (130, 300)]]
+    data = offset + rng.standard_normal((300, 3))
+    w = rng.uniform(0.5, 2.0, 300) if weighted else np.ones(300)
+    parts = [partition_moments(data[a:b], w[a:b] if weighted else None) for a, b in [(0, 100), (100, 130), (130, 300)]]
     total = parts[0]
     for p in parts[1:]:
         total = combine_moments(total, p)
@@ -95,7 +97,6 @@ def test_moments_merge_matches_numpy_and_is_stable():
     ref_scatter = ((data - ref_mean).T * w) @ (data - ref_mean)
     assert weight[0] == pytest.approx(w.sum())
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-15)
-    # Uncentered sums (1e16 * 300) would lose everything here; centered ones keep ~1e-8.
     np.testing.assert_allclose(scatter, ref_scatter, rtol=1e-7, atol=1e-5)
 
 
