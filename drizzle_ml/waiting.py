@@ -21,12 +21,17 @@ class WaitTimeout(Exception):
     """Raised by :func:`poll` when the deadline passes (the engine rewraps it)."""
 
 
+SPIN_ON_OWN_CORE = 2e-4
+
+
 @dataclass(frozen=True)
 class WaitPolicy:
     """How long and how eagerly to wait.
 
     timeout : seconds before a wait gives up (every wait has one).
-    spin : seconds of busy testing before the first sleep.
+    spin : seconds of busy testing before the first sleep. ``SPIN_ON_OWN_CORE``
+        or more means this rank has a core of its own and may spin longer
+        where a wait is known to be short.
     max_sleep : ceiling of the exponential back-off, in seconds.
     check_every : seconds between calls of a wait's ``on_idle`` hook
         (liveness checks, abort messages) once it sleeps.
@@ -44,7 +49,7 @@ class WaitPolicy:
         ``DRIZZLE_SPIN_US`` (microseconds) overrides the spin budget.
         """
         cores = os.cpu_count() or 1
-        spin = 2e-4 if ranks_on_host <= cores else 1e-5
+        spin = SPIN_ON_OWN_CORE if ranks_on_host <= cores else 1e-5
         if os.environ.get("DRIZZLE_SPIN_US"):
             spin = float(os.environ["DRIZZLE_SPIN_US"]) * 1e-6
         return cls(timeout=timeout, spin=spin)
@@ -57,6 +62,7 @@ def poll(
     on_idle: Callable[[], None] | None = None,
     first_sleep: float = 0.0,
     timeout: float | None = None,
+    spin: float | None = None,
 ) -> T:
     """Call ``test`` until it returns something truthy, and return that.
 
@@ -64,6 +70,7 @@ def poll(
     (the driver waiting for a group) sleep through most of the wait, testing
     only every ``policy.max_sleep`` seconds. ``on_idle`` runs between sleeps, at most every
     ``policy.check_every`` seconds, and may raise to end the wait.
+    ``spin`` overrides ``policy.spin`` for this wait.
     Raises :class:`WaitTimeout` after ``timeout`` (default ``policy.timeout``).
     """
     result = test()
@@ -82,7 +89,7 @@ def poll(
             if result:
                 return result
     # Yield between tests: on a busy machine the peer we wait for may need this core.
-    spin_until = time.perf_counter() + policy.spin
+    spin_until = time.perf_counter() + (policy.spin if spin is None else spin)
     while True:
         result = test()
         if result:

@@ -84,9 +84,10 @@ class WorkerRuntime:
             else:
                 self.inbox.append(obj)
 
-    def wait(self, test: Callable[[], Any], what: str, extra: float = 0.0) -> Any:
+    def wait(self, test: Callable[[], Any], what: str, extra: float = 0.0, spin: float | None = None) -> Any:
         try:
-            return poll(test, self.policy, on_idle=self.poll_ctrl, timeout=self.policy.timeout + extra)
+            return poll(test, self.policy, on_idle=self.poll_ctrl, timeout=self.policy.timeout + extra,
+                        spin=spin)
         except WaitTimeout:
             raise WorkerTimeoutError(
                 f"worker {self.index} waited {self.policy.timeout + extra:.3g} s for {what}", self.index
