@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -147,6 +148,9 @@ class Cluster:
             self._teardown()
             raise
         self.workers.sort(key=lambda h: h.worker)
+        self._deaths: list[int] = []  # workers in the order they were seen to die
+        if self.mode == "launched":
+            self._start_death_watch()
 
     # -- start-up -------------------------------------------------------------------
     def _launch(self, mpiexec_args: list[str], start_timeout: float) -> MPI.Intracomm:
@@ -159,7 +163,7 @@ class Cluster:
             DRIZZLE_TIMEOUT=str(self.timeout),
             UCX_LOG_LEVEL=env.get("UCX_LOG_LEVEL", "error"),
         )
-        cmd = [mpiexec, "-n", str(self.n_workers), *mpiexec_args, sys.executable, "-m",
+        cmd = [mpiexec, "-print-all-exitcodes", "-n", str(self.n_workers), *mpiexec_args, sys.executable, "-m",
                "drizzle_ml.worker", "--connect", port, "--driver-pid", str(os.getpid())]
         self._proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -226,19 +230,67 @@ class Cluster:
         return detail + (": " + " | ".join(lines[-5:]) if lines else "")
 
     # -- liveness ---------------------------------------------------------------------
+    def _start_death_watch(self) -> None:
+        """Note the order in which this host's workers exit, as the kernel reports it.
+
+        When one worker dies, Hydra kills the others within milliseconds, and
+        its notice may then name a victim of that clean-up; a process file
+        descriptor per worker wakes this thread at the first death.
+        """
+        here = socket.gethostname()
+        fds: dict[int, int] = {}
+        for hello in self.workers:
+            if hello.host != here or not hasattr(os, "pidfd_open"):
+                continue
+            try:
+                fds[os.pidfd_open(hello.pid)] = hello.worker
+            except OSError:  # already gone, or pidfds unsupported
+                continue
+        if not fds:
+            return
+
+        def watch() -> None:
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            try:
+                while fds and not self._closed:
+                    for fd, _ in poller.poll(500):
+                        self._deaths.append(fds.pop(fd))
+                        poller.unregister(fd)
+                        os.close(fd)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+        threading.Thread(target=watch, name="drizzle-death-watch", daemon=True).start()
+
     def _check_alive(self) -> None:
         if self._proc is None or self._proc.poll() is None:
             return
         self._join_pumps()
         tail = "".join(self._output_tail)
         dead = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s*EXIT CODE: (\d+)", tail)
+        codes = re.search(r"Exit codes: \[[^\]]+\] ([\d,]+)\s*$", tail, re.MULTILINE)
         worker = None
-        if dead:
-            pid, host, code = int(dead.group(1)), dead.group(2), int(dead.group(3))
-            worker = next((h.worker for h in self.workers if h.pid == pid), None)
+        if self._deaths:  # the first death this host saw, not a victim of the clean-up
+            worker = self._deaths[0]
+            hello = self.workers[worker]
+            rank_codes = codes.group(1).split(",") if codes else []
+            code = int(rank_codes[worker]) if worker < len(rank_codes) else None
+            dead_pid, dead_host = hello.pid, hello.host
+        elif dead:
+            dead_pid, dead_host, code = int(dead.group(1)), dead.group(2), int(dead.group(3))
+            worker = next((h.worker for h in self.workers if h.pid == dead_pid), None)
+        if worker is not None or dead:
             who = f"worker {worker}" if worker is not None else "a worker"
-            how = f"killed by {signal.Signals(code).name}" if 0 < code < 32 else f"exit code {code}"
-            message = f"{who} (pid {pid} on {host}) died ({how})"
+            if code is None:
+                how = "exited"
+            elif 0 < code < 32:
+                how = f"killed by {signal.Signals(code).name}"
+            else:
+                how = f"exit code {code}"
+            message = f"{who} (pid {dead_pid} on {dead_host}) died ({how})"
         else:
             message = f"the worker job exited{self._job_diagnosis()}"
         self._fail(WorkerFailedError(message + "; the cluster has been shut down", worker))
