@@ -8,7 +8,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
-from .base import check_sample_weight
+from .base import check_positive_int, check_sample_weight
 from .linear import LinearModelBase
 from .optim import SOLVERS
 
@@ -72,8 +72,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         self._check_solver_params(SOLVERS)
         if not (isinstance(self.C, (int, float, np.number)) and self.C > 0):
             raise ValueError(f"C must be a positive number (np.inf for no penalty), got {self.C!r}")
-        if self.max_iter is None:
-            raise ValueError("max_iter must be a positive integer, got None")
+        check_positive_int("max_iter", self.max_iter)
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)

@@ -551,8 +551,10 @@ def _close_all() -> None:
         except Exception:
             pass
     # The driver of an mpiexec world must release its workers even if it never
-    # made a Cluster (an early error, a script that did not need one).
-    if _world_cluster is None and launched_by_mpiexec() and MPI.Is_initialized() and not MPI.Is_finalized():
+    # made a Cluster (an early error, a script that did not need one); with
+    # DRIZZLE_NO_SERVE no rank serves, so there is nobody to release.
+    if (_world_cluster is None and launched_by_mpiexec() and not os.environ.get("DRIZZLE_NO_SERVE")
+            and MPI.Is_initialized() and not MPI.Is_finalized()):
         if MPI.COMM_WORLD.Get_rank() == 0:
             try:
                 Cluster(timeout=30.0, start_timeout=30.0).close()
