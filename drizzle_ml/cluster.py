@@ -325,17 +325,19 @@ class Cluster:
         self.wait(lambda: MPI.Request.Testall(requests), what)
 
     def wait(self, test: Callable[[], Any], what: str, *, first_sleep: float = 0.0,
-             extra: float = 0.0, timeout: float | None = None, watch_reports: bool = False) -> Any:
+             extra: float = 0.0, timeout: float | None = None, watch_reports: bool = False,
+             max_sleep: float | None = None) -> Any:
         """Poll ``test`` under the cluster's policy, checking the workers are alive.
 
         The limit is ``timeout`` if given, else the cluster's timeout plus
         ``extra``. With ``watch_reports``, workers' error reports are raised
-        while waiting (other reports are kept for later).
+        while waiting (other reports are kept for later). ``max_sleep`` caps
+        the sleeps between tests (default: the policy's).
         """
         limit = self.timeout + extra if timeout is None else timeout
         try:
             return poll(test, self.policy, on_idle=self._watch if watch_reports else self._check_alive,
-                        first_sleep=first_sleep, timeout=limit)
+                        first_sleep=first_sleep, timeout=limit, max_sleep=max_sleep)
         except WaitTimeout:
             self._fail(WorkerTimeoutError(
                 f"timed out after {limit:.3g} s waiting for {what}; the cluster has been shut down"))

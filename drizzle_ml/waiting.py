@@ -63,14 +63,15 @@ def poll(
     first_sleep: float = 0.0,
     timeout: float | None = None,
     spin: float | None = None,
+    max_sleep: float | None = None,
 ) -> T:
     """Call ``test`` until it returns something truthy, and return that.
 
     ``first_sleep`` lets a caller that knows roughly when the answer is due
     (the driver waiting for a group) sleep through most of the wait, testing
-    only every ``policy.max_sleep`` seconds. ``on_idle`` runs between sleeps, at most every
+    only every ``max_sleep`` seconds. ``on_idle`` runs between sleeps, at most every
     ``policy.check_every`` seconds, and may raise to end the wait.
-    ``spin`` overrides ``policy.spin`` for this wait.
+    ``spin`` and ``max_sleep`` override the policy's for this wait.
     Raises :class:`WaitTimeout` after ``timeout`` (default ``policy.timeout``).
     """
     result = test()
@@ -78,13 +79,14 @@ def poll(
         return result
     start = time.perf_counter()
     limit = policy.timeout if timeout is None else timeout
+    tick = policy.max_sleep if max_sleep is None else max_sleep
     deadline = start + limit
     if first_sleep > 0:
         # Sleep through most of the expected wait, but look every max_sleep:
         # the answer may come early (a job that converged inside its group).
         wake = start + min(first_sleep, limit)
         while (now := time.perf_counter()) < wake:
-            time.sleep(min(policy.max_sleep, wake - now))
+            time.sleep(min(tick, wake - now))
             result = test()
             if result:
                 return result
@@ -110,4 +112,4 @@ def poll(
             on_idle()
             next_check = now + policy.check_every
         time.sleep(min(sleep, deadline - now))
-        sleep = min(sleep * 2, policy.max_sleep)
+        sleep = min(sleep * 2, tick)
