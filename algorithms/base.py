@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 
 from drizzle_ml.cluster import get_cluster
-from drizzle_ml.data import ArrayDataset
+from drizzle_ml.data import ArrayDataset, HDF5Dataset
 from drizzle_ml.scheduler import SCHEDULING
 from drizzle_ml.store import ModelStore
 from drizzle_ml.tuner import check_group_size
@@ -45,7 +45,29 @@ class DrizzleEstimator(BaseEstimator):
         ):
             raise ValueError(f"n_workers must be None or a positive integer, got {self.n_workers!r}")
 
-    def _run(self, program: Any, model: dict, dataset: ArrayDataset, max_iter: int,
+    def _require_y(self, y: Any) -> None:
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+
+    def _check_hdf5(self, dataset: HDF5Dataset, y: Any, sample_weight: Any, needs_targets: bool) -> HDF5Dataset:
+        """Checks for a fit on an :class:`HDF5Dataset`, whose rows only the workers read.
+
+        The targets come from the file (``y_key``), so ``y`` must be None;
+        per-row weights are not read from files yet.
+        """
+        name = type(self).__name__
+        if y is not None:
+            raise ValueError(f"{name}.fit: y comes from the HDF5 dataset's y_key; pass y=None")
+        if sample_weight is not None:
+            raise ValueError(f"{name}.fit: sample_weight is not supported with an HDF5Dataset")
+        if needs_targets and dataset.y_key is None:
+            raise ValueError(f"{name} needs targets: {dataset.path} was opened with y_key=None")
+        if dataset.n_rows < 1:
+            raise ValueError(f"{dataset.path}: {dataset.x_key!r} has 0 samples; at least 1 is required")
+        self.n_features_in_ = dataset.n_features
+        return dataset
+
+    def _run(self, program: Any, model: dict, dataset: ArrayDataset | HDF5Dataset, max_iter: int,
              warn_not_converged: bool = True):
         """Run ``program`` from ``model`` on ``dataset``; set the engine attributes; return the JobResult."""
         cluster = get_cluster(None if self.n_workers is None else int(self.n_workers))

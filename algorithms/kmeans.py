@@ -29,11 +29,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from drizzle_ml.data import ArrayDataset
+from drizzle_ml.data import ArrayDataset, HDF5Dataset
 from drizzle_ml.program import Partition, Program
 
 from ._random import row_uniform, seed_from
 from .base import DrizzleEstimator, check_positive_int, check_sample_weight
+from .moments import FeatureMoments
 
 _CHUNK = 4096  # rows per block of the (rows, centers) distance matrix
 
@@ -460,15 +461,14 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         return tags
 
     # -- parameters --------------------------------------------------------------------------
-    def _check_params(self, X: Any) -> tuple[int, np.ndarray | None]:
-        """Validate the parameters against X; return (n_init, initial centers or None)."""
+    def _check_params(self, n_samples: int, n_features: int) -> tuple[int, np.ndarray | None]:
+        """Validate the parameters against the data's shape; return (n_init, initial centers or None)."""
         self._check_engine_params()
         k = check_positive_int("n_clusters", self.n_clusters)
         check_positive_int("max_iter", self.max_iter)
         tol = self.tol
         if isinstance(tol, bool) or not isinstance(tol, (int, float, np.number)) or not tol >= 0:
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
-        n_samples, n_features = X.shape
         if n_samples < k:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
         init = self.init
@@ -502,18 +502,32 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
 
     # -- fitting -----------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
-        """Cluster X (n_samples, n_features), dense or CSR; ``sample_weight`` (n_samples,) optional."""
-        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], order="C")
-        n_init, init_centers = self._check_params(X)
-        sw = check_sample_weight(sample_weight, X.shape[0])
+        """Cluster X (n_samples, n_features), dense or CSR; ``sample_weight`` (n_samples,) optional.
+
+        X may also be an :class:`~drizzle_ml.HDF5Dataset`: the workers read
+        their rows, and ``labels_`` is not set (use :meth:`predict`).
+        """
+        if isinstance(X, HDF5Dataset):  # rows stay on disk; each worker reads its own
+            dataset = self._check_hdf5(X, y, sample_weight, needs_targets=False)
+            n_samples, n_features = dataset.n_rows, dataset.n_features
+            dtype = dataset.dtype if dataset.dtype == np.float32 else np.dtype(np.float64)
+            n_init, init_centers = self._check_params(n_samples, n_features)
+            tol = self._dataset_tolerance(dataset) if self.tol else 0.0
+        else:
+            X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], order="C")
+            n_samples, n_features = X.shape
+            dtype = X.dtype
+            n_init, init_centers = self._check_params(n_samples, n_features)
+            sw = check_sample_weight(sample_weight, X.shape[0])
+            dataset = ArrayDataset(X, None, sw)
+            tol = _tolerance(X, self.tol)
         k = int(self.n_clusters)
-        dataset = ArrayDataset(X, None, sw)
-        lloyd = Lloyd(_tolerance(X, self.tol), int(self.max_iter))
+        lloyd = Lloyd(tol, int(self.max_iter))
         rs = check_random_state(self.random_state)
         best, n_unconverged = None, 0
         for _ in range(n_init):
             seed = seed_from(rs)
-            centers = init_centers if init_centers is not None else self._init_centers(dataset, X, k, seed)
+            centers = init_centers if init_centers is not None else self._init_centers(dataset, n_features, k, seed)
             result = self._run(lloyd, Lloyd.initial_model(centers), dataset, int(self.max_iter) + 1,
                                warn_not_converged=False)
             _, inertia, by_tol, n_lloyd = result.model["info"]
@@ -531,19 +545,27 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
             )
         centers, self.inertia_, self.n_iter_, engine = best
         self.model_version_, self.history_, self.model_store_ = engine
-        self.cluster_centers_ = centers.astype(X.dtype, copy=False)
-        self.labels_ = _assign(X, self.cluster_centers_)[0]
+        self.cluster_centers_ = centers.astype(dtype, copy=False)
+        if not isinstance(dataset, HDF5Dataset):
+            self.labels_ = _assign(X, self.cluster_centers_)[0]
         return self
 
-    def _init_centers(self, dataset: ArrayDataset, X: Any, k: int, seed: int) -> np.ndarray:
+    def _dataset_tolerance(self, dataset: HDF5Dataset) -> float:
+        """scikit-learn's absolute tolerance for data only the workers hold: one moments pass."""
+        n_features = dataset.n_features
+        result = self._run(FeatureMoments(), FeatureMoments.initial_model(n_features), dataset, 1)
+        return float(np.mean(result.model["variance"]) * self.tol)
+
+    def _init_centers(self, dataset: ArrayDataset | HDF5Dataset, n_features: int, k: int,
+                      seed: int) -> np.ndarray:
         """Initial centers (k, d) float64 from an engine job."""
         if self.init == "random":
-            result = self._run(RandomInit(k, seed), {"centers": np.zeros((k, X.shape[1]))}, dataset, 1,
+            result = self._run(RandomInit(k, seed), {"centers": np.zeros((k, n_features))}, dataset, 1,
                                warn_not_converged=False)
         else:
             trials = 2 + int(math.log(k))
             program = KMeansPlusPlusInit(k, trials, seed)
-            result = self._run(program, program.initial_model(k, X.shape[1], trials), dataset, 2 * k - 1,
+            result = self._run(program, program.initial_model(k, n_features, trials), dataset, 2 * k - 1,
                                warn_not_converged=False)
         return np.array(result.model["centers"])
 

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from drizzle_ml.data import ArrayDataset
+from drizzle_ml.data import ArrayDataset, HDF5Dataset
 from drizzle_ml.program import Partition, Program
 
 from .base import DrizzleEstimator, check_positive_int, check_sample_weight
@@ -87,14 +87,18 @@ class LinearModelBase(DrizzleEstimator):
         if lr is not None and self.solver != "gd":
             raise ValueError(f"learning_rate is a step of solver='gd'; solver={self.solver!r} chooses its own steps")
 
-    def _minimize(self, kind: str, X, y, sample_weight, n_outputs: int, alpha: float,
-                  solver: str, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
-        """Run :class:`Minimize`; return ``coef`` (n_outputs, n_features) and ``intercept`` (n_outputs,)."""
-        loss = LinearLoss(kind, X.shape[1], n_outputs, self.fit_intercept)
+    def _minimize(self, kind: str, dataset: ArrayDataset | HDF5Dataset, n_features: int, n_outputs: int,
+                  alpha: float, solver: str, max_iter: int,
+                  classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Run :class:`Minimize`; return ``coef`` (n_outputs, n_features) and ``intercept`` (n_outputs,).
+
+        ``classes``: for raw labels read by the workers, the sorted classes to encode them by.
+        """
+        loss = LinearLoss(kind, n_features, n_outputs, self.fit_intercept)
         program = Minimize(loss, solver, alpha=alpha, tol=self.tol,
-                           learning_rate=getattr(self, "learning_rate", None))
+                           learning_rate=getattr(self, "learning_rate", None), classes=classes)
         model = initial_model(loss.n_params, solver, program.memory)
-        result = self._run(program, model, ArrayDataset(X, y, sample_weight), max_iter)
+        result = self._run(program, model, dataset, max_iter)
         self._check_line_search(result.model["state"])
         coef, intercept = loss.split(np.array(result.model["x"]))
         return coef.copy(), (np.zeros(n_outputs) if intercept is None else intercept.copy())
@@ -124,28 +128,43 @@ class LinearModelBase(DrizzleEstimator):
 class _LeastSquares(RegressorMixin, LinearModelBase):
     _alpha = 0.0
 
-    def fit(self, X, y, sample_weight=None):
-        """Fit on X (n_samples, n_features), dense or CSR, and y (n_samples,) or (n_samples, n_targets)."""
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit on X (n_samples, n_features), dense or CSR, and y (n_samples,) or (n_samples, n_targets).
+
+        X may also be an :class:`~drizzle_ml.HDF5Dataset` (y=None: the targets
+        are its ``y_key``); each worker then reads its own rows.
+        """
         self._check_solver_params(("auto", "exact") + SOLVERS)
         alpha = self._alpha
-        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
-                             multi_output=True, y_numeric=True)
-        sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
-        Y = np.asarray(y, dtype=X.dtype)
-        n_targets = 1 if Y.ndim == 1 else Y.shape[1]
+        if isinstance(X, HDF5Dataset):  # rows stay on disk; each worker reads its own
+            dataset = self._check_hdf5(X, y, sample_weight, needs_targets=True)
+            if dataset.y_dtype.kind not in "biuf":
+                raise ValueError(f"{dataset.path}: targets {dataset.y_key!r} must be numeric, "
+                                 f"got dtype {dataset.y_dtype}")
+            n_features, y_ndim = dataset.n_features, len(dataset.y_shape)
+            n_targets = 1 if y_ndim == 1 else dataset.y_shape[1]
+            dtype = dataset.dtype if dataset.dtype == np.float32 else np.dtype(np.float64)
+        else:
+            self._require_y(y)
+            X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
+                                 multi_output=True, y_numeric=True)
+            sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+            Y = np.asarray(y, dtype=X.dtype)
+            dataset = ArrayDataset(X, Y, sw)
+            n_features, y_ndim, dtype = X.shape[1], Y.ndim, X.dtype
+            n_targets = 1 if Y.ndim == 1 else Y.shape[1]
         solver = self.solver
         if solver == "auto":
-            solver = "exact" if X.shape[1] + n_targets <= EXACT_MAX_COLUMNS else "lbfgs"
+            solver = "exact" if n_features + n_targets <= EXACT_MAX_COLUMNS else "lbfgs"
         if solver == "exact":
-            program = NormalEquations(X.shape[1], alpha, self.fit_intercept)
-            model = {"coef": np.zeros((n_targets, X.shape[1])), "intercept": np.zeros(n_targets)}
-            result = self._run(program, model, ArrayDataset(X, Y, sw), 1)
+            program = NormalEquations(n_features, alpha, self.fit_intercept)
+            model = {"coef": np.zeros((n_targets, n_features)), "intercept": np.zeros(n_targets)}
+            result = self._run(program, model, dataset, 1)
             coef, intercept = np.array(result.model["coef"]), np.array(result.model["intercept"])
         else:
             max_iter = 1000 if self.max_iter is None else self.max_iter
-            coef, intercept = self._minimize("squared", X, Y, sw, n_targets, alpha, solver, max_iter)
-        dtype = X.dtype
-        if Y.ndim == 1:
+            coef, intercept = self._minimize("squared", dataset, n_features, n_targets, alpha, solver, max_iter)
+        if y_ndim == 1:
             self.coef_, self.intercept_ = coef[0].astype(dtype), float(intercept[0])
         else:
             self.coef_, self.intercept_ = coef.astype(dtype), intercept.astype(dtype)

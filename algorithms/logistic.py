@@ -8,6 +8,8 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
+from drizzle_ml.data import ArrayDataset, HDF5Dataset
+
 from .base import check_positive_int, check_sample_weight
 from .linear import LinearModelBase
 from .optim import SOLVERS
@@ -67,30 +69,52 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y, sample_weight=None):
-        """Fit on X (n_samples, n_features), dense or CSR, and labels y (n_samples,)."""
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit on X (n_samples, n_features), dense or CSR, and labels y (n_samples,).
+
+        X may also be an :class:`~drizzle_ml.HDF5Dataset` (y=None: the labels
+        are its ``y_key``); each worker then reads and encodes its own rows.
+        """
         self._check_solver_params(SOLVERS)
         if not (isinstance(self.C, (int, float, np.number)) and self.C > 0):
             raise ValueError(f"C must be a positive number (np.inf for no penalty), got {self.C!r}")
         check_positive_int("max_iter", self.max_iter)
-        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
-        check_classification_targets(y)
-        self.classes_, codes = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
+        alpha = 0.0 if np.isinf(self.C) else 1.0 / float(self.C)
+        if isinstance(X, HDF5Dataset):  # rows stay on disk; workers read and encode their own labels
+            dataset = self._check_hdf5(X, y, sample_weight, needs_targets=True)
+            if len(dataset.y_shape) != 1:
+                raise ValueError(f"{dataset.path}: labels {dataset.y_key!r} must be 1-D, "
+                                 f"got shape {dataset.y_shape}")
+            classes = np.unique(np.concatenate([np.unique(chunk) for chunk in dataset.targets()]))
+            self.classes_ = self._check_classes(classes)
+            codes, classes_for_workers = None, self.classes_
+            n_features = dataset.n_features
+            dtype = dataset.dtype if dataset.dtype == np.float32 else np.dtype(np.float64)
+        else:
+            self._require_y(y)
+            X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
+            self.classes_ = self._check_classes(np.unique(y))
+            codes = np.searchsorted(self.classes_, y)
+            classes_for_workers, n_features, dtype = None, X.shape[1], X.dtype
+        binary = len(self.classes_) == 2
+        if codes is not None:
+            sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+            dataset = ArrayDataset(X, codes.astype(X.dtype) if binary else codes.astype(np.intp), sw)
+        coef, intercept = self._minimize("binomial" if binary else "multinomial", dataset, n_features,
+                                         1 if binary else len(self.classes_), alpha, self.solver,
+                                         self.max_iter, classes=classes_for_workers)
+        self.coef_, self.intercept_ = coef.astype(dtype), intercept.astype(dtype)
+        return self
+
+    @staticmethod
+    def _check_classes(classes: np.ndarray) -> np.ndarray:
+        check_classification_targets(classes)
+        if len(classes) < 2:
             raise ValueError(
                 "LogisticRegression needs samples of at least 2 classes in the data, but the data "
-                f"contains only one class: {self.classes_[0]!r}"
+                f"contains only one class: {classes[0].item() if hasattr(classes[0], 'item') else classes[0]!r}"
             )
-        sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
-        alpha = 0.0 if np.isinf(self.C) else 1.0 / float(self.C)
-        if len(self.classes_) == 2:
-            coef, intercept = self._minimize("binomial", X, codes.astype(X.dtype), sw, 1, alpha,
-                                             self.solver, self.max_iter)
-        else:
-            coef, intercept = self._minimize("multinomial", X, codes.astype(np.intp), sw,
-                                             len(self.classes_), alpha, self.solver, self.max_iter)
-        self.coef_, self.intercept_ = coef.astype(X.dtype), intercept.astype(X.dtype)
-        return self
+        return classes
 
     def decision_function(self, X):
         """Scores: shape (n_samples,) for two classes (positive: ``classes_[1]``), else (n_samples, n_classes)."""

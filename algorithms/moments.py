@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from drizzle_ml.program import Partition, Program
+
 
 # Dense rows are centered in blocks of about this many entries (8 MB of float64),
 # so that no centered copy of a whole partition is ever made.
@@ -124,3 +126,43 @@ def combine_moments(a, b):
     a = writable(a)
     merge_moments(*a, *b)
     return a
+
+
+def diag_scatter(X: Any, sw: np.ndarray | None, weight: float, mean: np.ndarray) -> np.ndarray:
+    """Per-feature centered sums of squares ``sum_i w_i (x_ij - mean_j)^2``, shape (d,)."""
+    if sp.issparse(X):
+        sq = X.multiply(X)
+        s2 = np.asarray(sq.sum(axis=0) if sw is None else sq.T @ sw, dtype=np.float64).ravel()
+        return np.maximum(s2 - weight * mean * mean, 0.0)
+    out = np.zeros(X.shape[1])
+    for lo, hi in row_blocks(X.shape):
+        centered = X[lo:hi] - mean
+        centered *= centered
+        out += centered.sum(axis=0) if sw is None else sw[lo:hi] @ centered
+    return out
+
+
+class FeatureMoments(Program):
+    """One pass: weight sum, mean and per-feature centered sums of squares of X.
+
+    Model (root only, nothing flows down): ``weight`` (1,), ``mean`` (d,),
+    ``variance`` (d,) (population variance, ``ddof=0``).
+    """
+
+    shared = ()
+
+    def local(self, model, part: Partition):
+        X = as_float64(part.X) if sp.issparse(part.X) else part.X
+        weight, mean = weight_and_mean(X, part.sample_weight)
+        return np.array([weight]), mean, diag_scatter(X, part.sample_weight, weight, mean)
+
+    def combine(self, a, b):
+        return combine_moments(a, b)
+
+    def update(self, model, total, iteration):
+        weight, mean, m2 = (np.array(t) for t in total)
+        return {"weight": weight, "mean": mean, "variance": m2 / weight[0]}, {"converged": True}
+
+    @staticmethod
+    def initial_model(n_features: int) -> dict[str, np.ndarray]:
+        return {"weight": np.zeros(1), "mean": np.zeros(n_features), "variance": np.zeros(n_features)}

@@ -62,15 +62,40 @@ class Minimize(Program):
     shared = ("w",)
 
     def __init__(self, loss: LinearLoss, solver: str = "lbfgs", alpha: float = 0.0, tol: float = 1e-4,
-                 learning_rate: float | None = None, memory: int = 10):
+                 learning_rate: float | None = None, memory: int = 10, classes: np.ndarray | None = None):
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
         self.loss, self.solver, self.alpha, self.tol = loss, solver, float(alpha), float(tol)
         self.learning_rate, self.memory = learning_rate, int(memory)
         self.penalty = self.alpha * loss.penalty_mask()
+        self.classes = None if classes is None else np.asarray(classes)
 
     def local(self, model, part: Partition):
-        return self.loss.evaluate(model["w"], part.X, part.y, part.sample_weight)
+        return self.loss.evaluate(model["w"], part.X, self._targets(part), part.sample_weight)
+
+    def _targets(self, part: Partition) -> np.ndarray:
+        """The partition's labels as the loss wants them, encoded once per partition.
+
+        With ``classes`` set (data read by the workers themselves), raw labels
+        become 0/1 (binomial) or class codes (multinomial); otherwise the
+        driver has encoded them already.
+        """
+        if self.classes is None:
+            return part.y
+        key = ("labels", self.loss.kind, self.classes.tobytes())
+        codes = part.cache.get(key)
+        if codes is None:
+            codes = np.searchsorted(self.classes, part.y)
+            known = (codes < len(self.classes)) & (self.classes[np.minimum(codes, len(self.classes) - 1)] == part.y)
+            if not known.all():
+                bad = part.y[~known][0]
+                raise ValueError(f"label {bad!r} at row {part.row_offset + int(np.argmin(known))} "
+                                 f"is not one of the classes {self.classes.tolist()}")
+            if self.loss.kind == "binomial":
+                dtype = part.X.dtype if part.X.dtype in (np.float32, np.float64) else np.float64
+                codes = (codes == 1).astype(dtype)
+            part.cache[key] = codes
+        return codes
 
     def objective(self, w: np.ndarray, total) -> tuple[float, np.ndarray]:
         grad_sum, (loss_sum, weight) = total

@@ -15,7 +15,6 @@ Two programs:
 from __future__ import annotations
 
 import numbers
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,13 +22,14 @@ from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from drizzle_ml.data import ArrayDataset
+from drizzle_ml.data import ArrayDataset, HDF5Dataset
 from drizzle_ml.program import Partition, Program
 
 from .base import DrizzleEstimator, check_positive_int, check_sample_weight
 from .moments import (
     as_float64,
     combine_moments,
+    diag_scatter,
     merge_moments,
     partition_moments,
     row_blocks,
@@ -43,13 +43,6 @@ _EPS = np.finfo(np.float64).eps
 
 
 # -- per-partition statistics ------------------------------------------------------------
-
-
-def _sparse_diag_scatter(X: Any, sw: np.ndarray | None, weight: float, mean: np.ndarray) -> np.ndarray:
-    """Per-feature centered sums of squares ``sum_i w_i (x_ij - mean_j)^2`` of CSR rows, shape (d,)."""
-    sq = X.multiply(X)
-    s2 = np.asarray(sq.sum(axis=0) if sw is None else sq.T @ sw, dtype=np.float64).ravel()
-    return np.maximum(s2 - weight * mean * mean, 0.0)
 
 
 # -- programs ---------------------------------------------------------------------------
@@ -130,7 +123,7 @@ class SubspacePCA(Program):
         if sp.issparse(X):
             X = as_float64(X)
             weight, mean = weight_and_mean(X, sw)
-            m2 = _sparse_diag_scatter(X, sw, weight, mean) if weight > 0 else np.zeros(n_features)
+            m2 = diag_scatter(X, sw, weight, mean) if weight > 0 else np.zeros(n_features)
             # Sparse rows stay sparse: Z = X Q - 1 (m^T Q), Y = X^T W Z - m (1^T W Z).
             Z = np.asarray(X @ Q, dtype=np.float64)
             Z -= m @ Q
@@ -305,18 +298,21 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         ``sum(sample_weight) - 1``). ``y`` is ignored.
         """
         self._check_params()
-        X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32])
-        n_samples, n_features = X.shape
+        if isinstance(X, HDF5Dataset):  # rows stay on disk; each worker reads its own
+            dataset = self._check_hdf5(X, y, sample_weight, needs_targets=False)
+            n_samples, n_features, sw = dataset.n_rows, dataset.n_features, None
+            dtype = dataset.dtype if dataset.dtype == np.float32 else np.dtype(np.float64)
+        else:
+            X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32])
+            n_samples, n_features = X.shape
+            sw = check_sample_weight(sample_weight, n_samples)
+            dataset = ArrayDataset(X.tocsr() if sp.issparse(X) else X, None, sw)
+            dtype = X.dtype
         if n_samples < 2:
             raise ValueError(f"PCA needs at least 2 samples, got n_samples = {n_samples}")
-        sw = check_sample_weight(sample_weight, n_samples)
         if sw is not None and not sw.sum() > 1:
             raise ValueError(f"sample_weight must sum to more than 1, got {sw.sum()!r}")
         k = self._resolve_n_components(n_samples, n_features)
-        if sp.issparse(X):
-            X = X.tocsr()
-        dataset = ArrayDataset(X, None, sw)
-        dtype = X.dtype
         if self.svd_solver == "covariance":
             model = {
                 "mean": np.zeros(n_features),

@@ -137,21 +137,40 @@ class HDF5Dataset:
         self.x_key, self.y_key = x_key, y_key
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"HDF5 file not found: {self.path}")
+        self.y_shape: tuple[int, ...] | None = None
+        self.y_dtype: np.dtype | None = None
         try:
             with h5py.File(self.path, "r") as f:
                 self.n_rows, self.n_features = _h5_shape(f, x_key, self.path)
+                node = f[x_key]
+                self.sparse = not hasattr(node, "shape")
+                self.dtype = np.dtype((node["data"] if self.sparse else node).dtype)
+                if self.dtype.kind not in "biuf":
+                    raise ValueError(f"{self.path}: {x_key!r} has non-numeric dtype {self.dtype}")
                 if y_key is not None:
                     if y_key not in f:
                         raise KeyError(f"{self.path} has no dataset {y_key!r} (keys: {sorted(f.keys())})")
-                    if f[y_key].shape[0] != self.n_rows:
+                    if f[y_key].shape[:1] != (self.n_rows,):
                         raise ValueError(
-                            f"{self.path}: {y_key!r} has {f[y_key].shape[0]} rows but "
-                            f"{x_key!r} has {self.n_rows}"
+                            f"{self.path}: {y_key!r} has {f[y_key].shape[0] if f[y_key].shape else 0} "
+                            f"rows but {x_key!r} has {self.n_rows}"
                         )
+                    self.y_shape, self.y_dtype = tuple(f[y_key].shape), np.dtype(f[y_key].dtype)
         except OSError as exc:
             raise OSError(f"cannot read HDF5 file {self.path}: {exc}") from None
         stat = os.stat(self.path)
         self.dataset_id = f"hdf5:{self.path}:{x_key}:{y_key}:{stat.st_mtime_ns}:{stat.st_size}"
+
+    def targets(self, chunk_rows: int = 1 << 20):
+        """Yield ``y`` in chunks of rows (the driver reads targets, never X)."""
+        import h5py
+
+        if self.y_key is None:
+            raise ValueError(f"{self.path}: no targets (y_key is None)")
+        with h5py.File(self.path, "r") as f:
+            node = f[self.y_key]
+            for lo in range(0, self.n_rows, chunk_rows):
+                yield read_targets(node, lo, lo + chunk_rows)
 
     def slices(self, lo: int, hi: int) -> tuple[dict[str, Any], list[np.ndarray]]:
         spec = {
@@ -163,6 +182,16 @@ class HDF5Dataset:
             "n_total": self.n_rows,
         }
         return spec, []
+
+
+def read_targets(node: Any, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo:hi`` of an HDF5 targets dataset; text labels come back as ``str``, not bytes."""
+    import h5py
+
+    if h5py.check_string_dtype(node.dtype) is not None:
+        return np.asarray(node.asstr()[lo:hi], dtype=str)
+    y = node[lo:hi]
+    return y.astype(str) if y.dtype.kind == "S" else y
 
 
 def _h5_shape(f: Any, key: str, path: str) -> tuple[int, int]:
@@ -197,7 +226,7 @@ def read_hdf5_partition(spec: dict[str, Any]) -> Partition:
                     (node["data"][start:stop], node["indices"][start:stop], indptr - start),
                     shape=(hi - lo, int(node.attrs["shape"][1])),
                 )
-            y = f[y_key][lo:hi] if y_key is not None else None
+            y = read_targets(f[y_key], lo, hi) if y_key is not None else None
     except (OSError, KeyError) as exc:
         raise OSError(f"cannot read rows {lo}:{hi} of {path}: {exc}") from None
     values = X.data if sp.issparse(X) else X
@@ -205,6 +234,8 @@ def read_hdf5_partition(spec: dict[str, Any]) -> Partition:
         raise ValueError(f"{path}: {x_key!r} has non-numeric dtype {values.dtype}")
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise ValueError(f"{path}: {x_key!r} rows {lo}:{hi} contain NaN or infinity")
+    if y is not None and y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError(f"{path}: {y_key!r} rows {lo}:{hi} contain NaN or infinity")
     return Partition(X=X, y=y, row_offset=lo, n_total=spec["n_total"])
 
 
