@@ -1,0 +1,179 @@
+"""``drizzle-ml train``: one estimator, fitted on a cluster, reported and saved.
+
+This runs on rank 0 of an ``mpiexec`` world (the command line either built
+that world itself or the user did); the other ranks serve as workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .report import Progress, TrainingReport
+
+ALGORITHMS = ("logistic", "linear", "ridge", "pca", "kmeans")
+SUPERVISED = {"logistic", "linear", "ridge"}
+
+# Option -> (estimator parameter, algorithms it applies to).
+ALGORITHM_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "solver": ("solver", ("logistic", "linear", "ridge")),
+    "C": ("C", ("logistic",)),
+    "alpha": ("alpha", ("ridge",)),
+    "learning_rate": ("learning_rate", ("logistic", "linear", "ridge")),
+    "n_components": ("n_components", ("pca",)),
+    "svd_solver": ("svd_solver", ("pca",)),
+    "whiten": ("whiten", ("pca",)),
+    "n_clusters": ("n_clusters", ("kmeans",)),
+    "init": ("init", ("kmeans",)),
+    "n_init": ("n_init", ("kmeans",)),
+    "seed": ("random_state", ("pca", "kmeans")),
+    "no_intercept": ("fit_intercept", ("logistic", "linear", "ridge")),
+    "max_iter": ("max_iter", ALGORITHMS),
+    "tol": ("tol", ALGORITHMS),
+}
+
+
+class CLIError(Exception):
+    """A one-line error for the user; the command exits with status 2."""
+
+
+def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) -> None:
+    train.add_argument("--algorithm", choices=ALGORITHMS, default="logistic",
+                       help="what to train (default logistic)")
+    train.add_argument("--data", default=None,
+                       help="HDF5 file (each worker reads its own rows); default: a bundled dataset")
+    train.add_argument("--x-key", default="X", help="HDF5 dataset (or CSR group) of the features")
+    train.add_argument("--y-key", default="y", help="HDF5 dataset of the targets (supervised algorithms)")
+    train.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    train.add_argument("--group-size", type=group_size_type, default="auto",
+                       help="'auto' or iterations per group")
+    train.add_argument("--scheduling", choices=("group", "bsp"), default="group")
+    train.add_argument("--output", "-o", default=None, help="save the trained model to this HDF5 file")
+    train.add_argument("--report", default=None, help="write the final report as JSON to this file")
+    train.add_argument("--plot", default=None, help="draw loss and group size over time to this PNG")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--mpiexec-args", default="",
+                       help="extra arguments for mpiexec, e.g. '-hosts a,b' or '-f hostfile'")
+    opts = train.add_argument_group("algorithm options (each applies to the algorithms named)")
+    opts.add_argument("--max-iter", type=int, default=None, help="iteration limit (all)")
+    opts.add_argument("--tol", type=float, default=None, help="convergence tolerance (all)")
+    opts.add_argument("--solver", default=None, help="logistic: lbfgs|gd; linear, ridge: auto|exact|lbfgs|gd")
+    opts.add_argument("--C", type=float, default=None, help="logistic: inverse L2 strength")
+    opts.add_argument("--alpha", type=float, default=None, help="ridge: L2 strength")
+    opts.add_argument("--learning-rate", type=float, default=None, help="solver gd: a fixed step")
+    opts.add_argument("--no-intercept", action="store_false", default=None,
+                      help="logistic, linear, ridge: no intercept")
+    opts.add_argument("--n-components", type=int, default=None, help="pca: components to keep")
+    opts.add_argument("--svd-solver", default=None, help="pca: covariance|subspace")
+    opts.add_argument("--whiten", action="store_true", default=None, help="pca: whiten the projections")
+    opts.add_argument("--n-clusters", type=int, default=None, help="kmeans: clusters")
+    opts.add_argument("--init", default=None, help="kmeans: k-means++|random")
+    opts.add_argument("--n-init", type=int, default=None, help="kmeans: initialisations")
+    opts.add_argument("--seed", type=int, default=None, help="pca (subspace), kmeans: random seed")
+
+
+def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate the options against the algorithm; return the estimator's parameters."""
+    if args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    params: dict[str, Any] = {}
+    for option, (param, applies) in ALGORITHM_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        flag = "--" + option.replace("_", "-")
+        if args.algorithm not in applies:
+            raise CLIError(f"{flag} does not apply to --algorithm {args.algorithm} "
+                           f"(it applies to {', '.join(applies)})")
+        params[param] = value
+    if params.get("learning_rate") is not None and params.get("solver") != "gd":
+        raise CLIError("--learning-rate is the step of --solver gd; other solvers choose their own steps")
+    if args.data is not None:
+        if not os.path.exists(args.data):
+            raise CLIError(f"data file not found: {args.data}")
+        if not args.data.endswith((".h5", ".hdf5", ".hdf")):
+            raise CLIError(f"{args.data}: train reads HDF5 files; convert it first with "
+                           f"'drizzle-ml datasets convert {args.data} -o DATA.h5'")
+    return params
+
+
+def make_estimator(algorithm: str, params: dict[str, Any], engine: dict[str, Any]):
+    import drizzle_ml
+
+    cls = {"logistic": drizzle_ml.LogisticRegression, "linear": drizzle_ml.LinearRegression,
+           "ridge": drizzle_ml.Ridge, "pca": drizzle_ml.PCA, "kmeans": drizzle_ml.KMeans}[algorithm]
+    return cls(**params, **engine)
+
+
+def load_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """``(X_or_dataset, y_or_None, description)``: the HDF5 file, or the bundled default."""
+    from drizzle_ml import HDF5Dataset
+    from drizzle_ml.datasets import load_default
+
+    if args.data is None:
+        X, y, name = load_default("regression" if args.algorithm in ("linear", "ridge") else "classification")
+        return X, (y if args.algorithm in SUPERVISED else None), name
+    y_key = args.y_key if args.algorithm in SUPERVISED else None
+    try:
+        dataset = HDF5Dataset(args.data, x_key=args.x_key, y_key=y_key)
+    except KeyError as exc:
+        raise CLIError(exc.args[0]) from None
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    kind = "sparse" if dataset.sparse else "dense"
+    return dataset, None, f"{args.data} ({dataset.n_rows} x {dataset.n_features}, {kind})"
+
+
+def train(args: argparse.Namespace) -> int:
+    """The body of ``drizzle-ml train`` on the driver."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    import drizzle_ml
+    from drizzle_ml.errors import DrizzleError
+
+    params = check_arguments(args)
+    t0 = time.perf_counter()
+    cluster = drizzle_ml.get_cluster()
+    t_start = time.perf_counter() - t0
+    X, y, description = load_data(args)
+    engine = {"group_size": args.group_size, "scheduling": args.scheduling}
+    estimator = make_estimator(args.algorithm, params, engine)
+    max_iter = getattr(estimator, "max_iter", None)
+    print(f"drizzle-ml: {args.algorithm} on {description} with {cluster.n_workers} workers "
+          f"(group size {args.group_size}, scheduling {args.scheduling})", flush=True)
+    progress = Progress(max_iter=max_iter, quiet=args.quiet)
+    estimator.progress_callback = progress.on_group
+    t_fit = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            estimator.fit(X, y)
+    except (ValueError, TypeError, KeyError, OSError, DrizzleError) as exc:
+        progress.close()
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise CLIError(message.splitlines()[0] if message else type(exc).__name__) from None
+    fit_wall = time.perf_counter() - t_fit
+    progress.close()
+    report = TrainingReport.build(args, estimator, description, cluster.n_workers, t_start, fit_wall,
+                                  converged=not any(issubclass(w.category, ConvergenceWarning) for w in caught))
+    report.add_score(estimator, X, y)
+    if args.output:
+        from drizzle_ml.algorithms.persist import save_model
+
+        save_model(estimator, args.output, extra={"report": report.as_dict()})
+        report.model_path = os.path.abspath(args.output)
+    print(report.text(), flush=True)
+    if args.report:
+        report.write_json(args.report)
+    if args.plot:
+        report.plot(args.plot)
+    return 0
+
+
+def _unused() -> None:  # pragma: no cover - keeps numpy imported for type hints in tools
+    np.zeros(0)
