@@ -206,6 +206,19 @@ class _Generator:
         raise NotImplementedError
 
 
+def _matmul_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A @ B`` computed so that each row's result depends on that row only.
+
+    BLAS picks different kernels (and summation orders) for different numbers
+    of rows, so ``A @ B`` on a chunk can differ in the last bit from the same
+    rows in another chunk; this fixed-order accumulation cannot.
+    """
+    out = np.zeros((A.shape[0],) + B.shape[1:])
+    for j in range(A.shape[1]):
+        out += A[:, j, None] * B[j] if B.ndim == 2 else A[:, j] * B[j]
+    return out
+
+
 def _labels(stream: np.random.Generator, m: int, n: int) -> np.ndarray:
     # uniform doubles (one draw each, no buffering across calls), not integers()
     return np.minimum((stream.random(m) * n).astype(np.int64), n - 1)
@@ -268,7 +281,7 @@ class _Classification(_Generator):
         y = _labels(streams[0], m, self.n_classes)
         X = streams[1].standard_normal((m, self.features))
         k = self.n_informative
-        X[:, :k] = X[:, :k] @ self.mixing + self.centers[y]
+        X[:, :k] = _matmul_rows(X[:, :k], self.mixing) + self.centers[y]
         return X, y
 
 
@@ -296,7 +309,7 @@ class _Regression(_Generator):
 
     def sample(self, streams, m):
         X = streams[1].standard_normal((m, self.features))
-        y = X @ self.coef + self.bias + self.noise * streams[2].standard_normal(m)
+        y = _matmul_rows(X, self.coef) + self.bias + self.noise * streams[2].standard_normal(m)
         return X, y
 
 
@@ -326,7 +339,7 @@ class _LowRank(_Generator):
 
     def sample(self, streams, m):
         Z = streams[0].standard_normal((m, self.rank))
-        X = (Z * self.s) @ self.components
+        X = _matmul_rows(Z * self.s, self.components)
         if self.noise:
             X += self.noise * streams[1].standard_normal((m, self.features))
         return X, None
