@@ -78,7 +78,8 @@ class DrizzleEstimator(BaseEstimator):
                 f"{cluster.n_workers} workers; every worker needs at least one row (n_workers)"
             )
         self.model_store_ = ModelStore()
-        on_group = self._print_progress if self.verbose else None
+        # A caller (the command line) may watch groups without a constructor parameter.
+        on_group = getattr(self, "progress_callback", None) or (self._print_progress if self.verbose else None)
         result = cluster.run(
             program,
             model,

@@ -78,18 +78,19 @@ class TrainingReport:
     def build(cls, args: Any, estimator: Any, data: str, workers: int, startup: float, fit_wall: float,
               converged: bool) -> "TrainingReport":
         history = list(estimator.history_)
-        total = lambda key: float(sum(g[key] for g in history))  # noqa: E731
-        compute, coordination = total("compute"), total("coordination")
-        tree = total("reduce") + total("broadcast") + total("update")
-        in_groups = total("wall")
-        # load: cluster start, partitions read by the workers, job set-up and driver-side checks.
+        # The parts add up to the wall time: each group's wall is its coordination
+        # plus the slowest worker's compute plus the rest (tree reduce, broadcast,
+        # update, waiting on peers); load is everything outside the groups
+        # (cluster start, partitions read, job set-up, driver-side checks).
+        coordination = sum(g["coordination"] for g in history)
+        compute = sum(min(g["compute"], max(g["wall"] - g["coordination"], 0.0)) for g in history)
+        in_groups = sum(g["wall"] for g in history)
         split = {
             "load": startup + max(fit_wall - in_groups, 0.0),
             "compute": compute,
-            "reduce": tree,
+            "reduce": max(in_groups - compute - coordination, 0.0),
             "coordination": coordination,
         }
-        split["other"] = max(startup + fit_wall - sum(split.values()), 0.0)
         loss = history[-1]["metrics"].get("loss") if history else None
         return cls(
             algorithm=args.algorithm, data=data, workers=workers, group_size=args.group_size,

@@ -12,8 +12,6 @@ import time
 import warnings
 from typing import Any
 
-import numpy as np
-
 from .report import Progress, TrainingReport
 
 ALGORITHMS = ("logistic", "linear", "ridge", "pca", "kmeans")
@@ -173,7 +171,3 @@ def train(args: argparse.Namespace) -> int:
     if args.plot:
         report.plot(args.plot)
     return 0
-
-
-def _unused() -> None:  # pragma: no cover - keeps numpy imported for type hints in tools
-    np.zeros(0)

@@ -1,0 +1,109 @@
+"""``drizzle-ml predict`` and ``drizzle-ml info``: use a saved model on the local machine.
+
+Prediction is a local, chunked pass over the data (no cluster): the model is
+small, and reading rows in chunks keeps memory bounded for files of any size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+from .train import CLIError
+
+CHUNK_ROWS = 65_536
+
+
+def iter_rows(source: Any, with_targets: bool = False, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
+    """Rows of an :class:`~drizzle_ml.HDF5Dataset` in chunks: ``X`` (dense or CSR), or ``(X, y)``."""
+    import h5py
+    import scipy.sparse as sp
+
+    from drizzle_ml.data import read_targets
+
+    with h5py.File(source.path, "r") as f:
+        node = f[source.x_key]
+        for lo in range(0, source.n_rows, chunk_rows):
+            hi = min(lo + chunk_rows, source.n_rows)
+            if source.sparse:
+                indptr = node["indptr"][lo : hi + 1]
+                start, stop = int(indptr[0]), int(indptr[-1])
+                X = sp.csr_matrix((node["data"][start:stop], node["indices"][start:stop], indptr - start),
+                                  shape=(hi - lo, source.n_features))
+            else:
+                X = node[lo:hi]
+            yield (X, read_targets(f[source.y_key], lo, hi)) if with_targets else X
+
+
+def _output_of(estimator: Any) -> tuple[str, Any]:
+    """(name, method) of what ``predict`` writes for this kind of model."""
+    if hasattr(estimator, "predict"):
+        return "y_pred", estimator.predict
+    return "X_transformed", estimator.transform
+
+
+def predict(args: argparse.Namespace) -> int:
+    from drizzle_ml import HDF5Dataset
+    from drizzle_ml.algorithms.persist import load_model
+
+    try:
+        estimator = load_model(args.model)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CLIError(str(exc)) from None
+    if not os.path.exists(args.data):
+        raise CLIError(f"data file not found: {args.data}")
+    try:
+        source = HDF5Dataset(args.data, x_key=args.x_key, y_key=None)
+    except KeyError as exc:
+        raise CLIError(exc.args[0]) from None
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    expected = getattr(estimator, "n_features_in_", source.n_features)
+    if source.n_features != expected:
+        raise CLIError(f"{args.data} has {source.n_features} features, but the model was trained on {expected}")
+    name, method = _output_of(estimator)
+    out = args.output
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in (".h5", ".hdf5", ".npy", ".csv"):
+        raise CLIError(f"--output must end in .h5, .npy or .csv, got {out!r}")
+    parts = [np.asarray(method(X)) for X in iter_rows(source)]
+    result = np.concatenate(parts) if parts else np.empty(0)
+    if ext in (".h5", ".hdf5"):
+        import h5py
+
+        tmp = out + ".tmp"
+        with h5py.File(tmp, "w") as f:
+            if result.dtype.kind == "U":
+                f.create_dataset(name, data=result.astype(object), dtype=h5py.string_dtype())
+            else:
+                f[name] = result
+        os.replace(tmp, out)
+    elif ext == ".npy":
+        np.save(out, result)
+    else:
+        fmt = "%s" if result.dtype.kind in "UO" else "%.17g"
+        np.savetxt(out, result.reshape(len(result), -1), delimiter=",", fmt=fmt)
+    print(f"wrote {out}: {name} for {len(result)} rows ({type(estimator).__name__}, "
+          f"model version {getattr(estimator, 'model_version_', '?')})")
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    from drizzle_ml.algorithms.persist import format_info, model_info
+
+    try:
+        print(format_info(model_info(args.model)))
+    except (OSError, ValueError, KeyError) as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+def add_predict_arguments(predict_parser: argparse.ArgumentParser, info_parser: argparse.ArgumentParser) -> None:
+    predict_parser.add_argument("--model", required=True, help="a model saved by 'drizzle-ml train --output'")
+    predict_parser.add_argument("--data", required=True, help="HDF5 file with the rows to predict")
+    predict_parser.add_argument("--x-key", default="X", help="HDF5 dataset (or CSR group) of the features")
+    predict_parser.add_argument("--output", "-o", required=True, help="where to write: .h5, .npy or .csv")
+    info_parser.add_argument("model", help="a model saved by 'drizzle-ml train --output'")
