@@ -498,7 +498,7 @@ def format_info(info: dict) -> str:
     lines = [
         f"{info['path']}: {info['class']} (drizzle-ml model format {info['format_version']}, "
         f"saved by drizzle-ml {info['drizzle_ml_version']})",
-        f"  model version {info['model_version']}, {info['n_iter']} iterations in "
+        f"  model version {info['model_version']}, {info['n_iter']} iteration{'s' if info['n_iter'] != 1 else ''} in "
         f"{info['n_groups']} group{'s' if info['n_groups'] != 1 else ''}",
         "  parameters:",
     ]
