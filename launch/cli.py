@@ -1,4 +1,4 @@
-"""``drizzle-ml``: train on a cluster, run benchmarks.
+"""``drizzle-ml``: train on a cluster, run benchmarks, describe saved models.
 
 ``drizzle-ml train`` builds the ``mpiexec -n WORKERS+1`` command itself and
 supervises it; the same command also runs when the user launches MPI
@@ -47,7 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (coordination)")
     bench_parser(bench)
+    info = sub.add_parser("info", help="describe a saved model file (save_model) without loading it")
+    info.add_argument("model", help="an HDF5 model file written by drizzle_ml.algorithms.persist.save_model")
     return parser
+
+
+def _info(args: argparse.Namespace) -> int:
+    from drizzle_ml.algorithms.persist import format_info, model_info
+
+    try:
+        info = model_info(args.model)
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    print(format_info(info))
+    return 0
 
 
 def _launch(args: argparse.Namespace, argv: list[str]) -> int:
@@ -112,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "info":
+            return _info(args)
         if args.command == "bench":
             from drizzle_ml.bench import run as run_bench
 

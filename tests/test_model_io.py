@@ -388,3 +388,25 @@ def test_object_datasets_are_refused(saved, tmp_path, dtype):
     with pytest.raises(ValueError, match="never unpickle|claims dtype") as e:
         load_model(path)
     one_line(e)
+
+
+# -- drizzle-ml info -----------------------------------------------------------------------------
+
+def test_cli_info(saved, tmp_path):
+    import subprocess
+    import sys
+
+    def drizzle(*args):
+        return subprocess.run([sys.executable, "-m", "drizzle_ml", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    proc = drizzle("info", str(saved["pca-whiten-subspace"]))
+    assert proc.returncode == 0, proc.stderr
+    assert ": PCA (drizzle-ml model format 1" in proc.stdout
+    assert "    whiten = True" in proc.stdout and "    components_: float64 4x64" in proc.stdout
+    (tmp_path / "notes.txt").write_text("hello")
+    proc = drizzle("info", str(tmp_path / "notes.txt"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"drizzle-ml: error: {tmp_path / 'notes.txt'} is not an HDF5 file (no HDF5 signature), so not a drizzle-ml model"
+    proc = drizzle("info", str(tmp_path / "missing.h5"))
+    assert proc.returncode == 2 and "model file not found" in proc.stderr
