@@ -97,7 +97,10 @@ def _to_json_value(value: Any, where: str) -> Any:
 def _from_json_value(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"__ndarray__", "dtype"}:
-            return np.array(value["__ndarray__"], dtype=np.dtype(value["dtype"]))
+            dtype = np.dtype(value["dtype"])
+            if dtype.kind not in "biuf":
+                raise ValueError(f"an array parameter has dtype {dtype}, not a numeric one")
+            return np.array(value["__ndarray__"], dtype=dtype)
         return {k: _from_json_value(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_from_json_value(v) for v in value]
@@ -386,7 +389,7 @@ def _read_fitted(h5, path: str) -> dict[str, Any]:
             raise ValueError(f"{path}: fitted/{name} is not a dataset; the model file is corrupted")
         fitted[name] = _read_array(item, name, path)
     for name in fitted:
-        if not (name.isidentifier() and name.endswith("_")):
+        if not (name.isidentifier() and name.endswith("_") and not name.startswith("_")):
             raise ValueError(f"{path}: fitted attribute name {name!r} is not a fitted attribute")
     return fitted
 

@@ -363,6 +363,23 @@ def test_corrupted_json(saved, tmp_path):
         load_model(path)
 
 
+@pytest.mark.parametrize("name", ["__class__", "__init__", "_private_", "not_fitted"])
+def test_non_fitted_names_are_refused(saved, tmp_path, name):
+    path = copy_of(saved, "linear", tmp_path)
+    with h5py.File(path, "a") as f:
+        f["fitted"].attrs[name] = "1"
+    with pytest.raises(ValueError, match="is not a fitted attribute"):
+        load_model(path)
+
+
+def test_array_parameters_must_be_numeric(saved, tmp_path):
+    path = copy_of(saved, "linear", tmp_path)
+    with h5py.File(path, "a") as f:
+        f.attrs["params"] = '{"tol": {"__ndarray__": [1], "dtype": "O"}}'
+    with pytest.raises(ValueError, match="attribute 'params' is not valid JSON .*not a numeric one"):
+        load_model(path)
+
+
 # -- no pickle -----------------------------------------------------------------------------------
 
 def test_module_never_unpickles():
