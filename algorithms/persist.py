@@ -1,0 +1,525 @@
+"""Saving fitted estimators to HDF5 and loading them back, without pickle.
+
+A model file is an HDF5 file laid out as::
+
+    /                       attributes: format, format_version, class, params (JSON),
+                            drizzle_ml_version, model_version, n_iter, history (JSON),
+                            extra (JSON)
+    /fitted/<name>          one dataset per fitted array attribute (``coef_``, ``classes_``...)
+    /fitted                 attributes: the fitted python scalars (``intercept_``,
+                            ``n_features_in_``...), each as JSON text
+
+Every dataset records the numpy dtype it came from (``dtype``) and its memory
+order, so a loaded estimator computes bit for bit what the saved one did.
+String and object label arrays (``classes_`` with string labels) are stored as
+UTF-8 variable-length strings. Nothing is ever unpickled: the loader reads only
+numbers, booleans, fixed-length bytes and UTF-8 strings, and refuses any other
+HDF5 type.
+
+The engine never imports this module (it imports the estimators); it lives with them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from .kmeans import KMeans
+from .linear import LinearRegression, Ridge
+from .logistic import LogisticRegression
+from .pca import PCA
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "ESTIMATORS", "save_model", "load_model", "model_info",
+           "format_info"]
+
+FORMAT = "drizzle-ml-model"
+FORMAT_VERSION = 1
+
+#: The estimator classes a model file may name, by class name.
+ESTIMATORS: dict[str, type] = {
+    cls.__name__: cls for cls in (LogisticRegression, LinearRegression, Ridge, PCA, KMeans)
+}
+
+#: Fitted attributes a file must hold for its estimator to predict.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "LogisticRegression": ("classes_", "coef_", "intercept_", "n_features_in_"),
+    "LinearRegression": ("coef_", "intercept_", "n_features_in_"),
+    "Ridge": ("coef_", "intercept_", "n_features_in_"),
+    "PCA": ("components_", "explained_variance_", "mean_", "n_components_", "n_features_in_"),
+    "KMeans": ("cluster_centers_", "n_features_in_"),
+}
+
+# Engine attributes kept in root attributes (history_, model_version_, n_iter_) or not saved.
+_NOT_SAVED = ("model_store_",)
+_ROOT_ATTRS = ("history_", "model_version_", "n_iter_")
+_REQUIRED_ROOT = ("format", "format_version", "class", "params", "drizzle_ml_version",
+                  "model_version", "n_iter", "history")
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+def _to_json_value(value: Any, where: str) -> Any:
+    """``value`` as JSON-ready python data; numpy scalars become python numbers.
+
+    Arrays become ``{"__ndarray__": nested list, "dtype": str}`` (KMeans' ``init``
+    may be an array). Anything else that is not JSON raises a TypeError naming ``where``.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return {"__ndarray__": value.tolist(), "dtype": value.dtype.str}
+    if isinstance(value, (list, tuple)):
+        return [_to_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where} has a non-string key {k!r}; model files hold JSON")
+            out[k] = _to_json_value(v, f"{where}[{k!r}]")
+        return out
+    raise TypeError(
+        f"{where} = {value!r} ({type(value).__name__}) cannot be saved in a model file "
+        "(only None, bool, int, float, str, lists, dicts and numeric arrays)"
+    )
+
+
+def _from_json_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__ndarray__", "dtype"}:
+            dtype = np.dtype(value["dtype"])
+            if dtype.kind not in "biuf":
+                raise ValueError(f"an array parameter has dtype {dtype}, not a numeric one")
+            return np.array(value["__ndarray__"], dtype=dtype)
+        return {k: _from_json_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json_value(v) for v in value]
+    return value
+
+
+def _dumps(value: Any, where: str) -> str:
+    # allow_nan: C=np.inf and NaN metrics are legitimate; Python's json reads them back.
+    return json.dumps(_to_json_value(value, where), allow_nan=True, sort_keys=True)
+
+
+def _loads(text: Any, where: str, path: str) -> Any:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if not isinstance(text, str):
+        raise ValueError(f"{path}: attribute {where!r} is not JSON text; the model file is corrupted")
+    try:
+        return _from_json_value(json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: attribute {where!r} is not valid JSON ({exc}); "
+                         "the model file is corrupted") from None
+
+
+# -- saving --------------------------------------------------------------------------------------
+
+def _fitted_attributes(estimator: Any) -> dict[str, Any]:
+    """The estimator's fitted attributes (public names ending in ``_``), engine ones excepted."""
+    return {
+        name: value
+        for name, value in sorted(vars(estimator).items())
+        if name.endswith("_") and not name.startswith("_")
+        and name not in _NOT_SAVED and name not in _ROOT_ATTRS
+    }
+
+
+def _string_array(arr: np.ndarray, name: str) -> list[str]:
+    """Elements of a ``U`` or object array as python strings (object arrays must hold only str)."""
+    items = arr.ravel().tolist()
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(
+                f"fitted attribute {name} is an object array holding {type(item).__name__} "
+                f"{item!r}; only strings can be saved from object arrays"
+            )
+    return items
+
+
+def _write_array(group, name: str, value: np.ndarray) -> None:
+    import h5py
+
+    arr = value
+    order = "F" if arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+    kind = arr.dtype.kind
+    if kind in _NUMERIC_KINDS or kind == "S":
+        ds = group.create_dataset(name, data=np.ascontiguousarray(arr))
+    elif kind in "UO":
+        items = _string_array(arr, name)
+        ds = group.create_dataset(name, shape=arr.shape, dtype=h5py.string_dtype("utf-8"))
+        if arr.size:
+            ds[...] = np.array(items, dtype=object).reshape(arr.shape)
+    else:
+        raise TypeError(f"fitted attribute {name} has dtype {arr.dtype}, which model files do not hold")
+    ds.attrs["dtype"] = arr.dtype.str if kind != "O" else "object"
+    ds.attrs["order"] = order
+    ds.attrs["kind"] = "ndarray" if isinstance(value, np.ndarray) else "scalar"
+
+
+def _write_file(h5, estimator: Any, params_json: str, extra_json: str | None) -> None:
+    import drizzle_ml
+
+    h5.attrs["format"] = FORMAT
+    h5.attrs["format_version"] = FORMAT_VERSION
+    h5.attrs["class"] = type(estimator).__name__
+    h5.attrs["params"] = params_json
+    h5.attrs["drizzle_ml_version"] = drizzle_ml.__version__
+    h5.attrs["model_version"] = int(estimator.model_version_)
+    h5.attrs["n_iter"] = int(estimator.n_iter_)
+    h5.attrs["history"] = _dumps(estimator.history_, "history_")
+    if extra_json is not None:
+        h5.attrs["extra"] = extra_json
+    fitted = h5.create_group("fitted")
+    for name, value in _fitted_attributes(estimator).items():
+        if isinstance(value, np.ndarray):
+            _write_array(fitted, name, value)
+        elif isinstance(value, np.generic):  # numpy scalar: a 0-d dataset keeps its dtype
+            _write_array(fitted, name, np.asarray(value))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            fitted.attrs[name] = json.dumps(value, allow_nan=True)
+        else:
+            raise TypeError(
+                f"fitted attribute {name} is a {type(value).__name__}; model files hold numpy "
+                "arrays and python scalars (int, float, bool, str, None)"
+            )
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_model(estimator: Any, path: str | os.PathLike, *, extra: dict | None = None) -> None:
+    """Write a fitted estimator to ``path`` (HDF5), atomically.
+
+    ``extra``: optional JSON-able metadata (the training data path, a report...),
+    returned by :func:`model_info`. The file is written to a temporary file in
+    the same directory, flushed, fsynced and renamed over ``path``: a reader
+    sees the old file or the new one, never a partial one, and a failed save
+    leaves nothing behind.
+
+    Raises TypeError for an unsupported estimator, parameter or attribute
+    value (a RandomState as ``random_state``, say), ValueError for an unfitted
+    estimator.
+    """
+    import h5py
+
+    name = type(estimator).__name__
+    if ESTIMATORS.get(name) is not type(estimator):
+        raise TypeError(f"cannot save a {name}: model files hold {', '.join(ESTIMATORS)}")
+    missing = [a for a in _ROOT_ATTRS + REQUIRED[name] if not hasattr(estimator, a)]
+    if missing:
+        raise ValueError(f"cannot save an unfitted {name} (no {', '.join(missing)}); call fit first")
+    params = estimator.get_params(deep=False)
+    for key, value in params.items():  # one clear message per offending parameter
+        _to_json_value(value, f"parameter {key}")
+    params_json = _dumps(params, "params")
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"extra must be a dict or None, got {type(extra).__name__}")
+    extra_json = None if extra is None else _dumps(extra, "extra")
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "r+b") as f:
+            with h5py.File(f, "w") as h5:
+                _write_file(h5, estimator, params_json, extra_json)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+def _check_signature(path: str) -> None:
+    """FileNotFoundError / ValueError unless ``path`` is a file with an HDF5 signature."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"model path is a directory, not a file: {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        offset = 512
+        # The superblock sits at 0 or after a user block of 512, 1024, 2048... bytes.
+        while head != _SIGNATURE and len(head) == 8:
+            f.seek(offset)
+            head = f.read(8)
+            offset *= 2
+    if head != _SIGNATURE:
+        raise ValueError(f"{path} is not an HDF5 file (no HDF5 signature), so not a drizzle-ml model")
+
+
+def _open(path: str | os.PathLike):
+    import h5py
+
+    path = os.fspath(path)
+    _check_signature(path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        reason = str(exc).split("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
+        raise ValueError(f"{path} is a truncated or corrupted HDF5 file ({reason})") from None
+
+
+def _root(h5, path: str) -> tuple[str, dict]:
+    """Validate the root attributes; return (class name, attributes as python values)."""
+    attrs = {}
+    for key in h5.attrs:
+        value = h5.attrs[key]
+        attrs[key] = value.decode("utf-8") if isinstance(value, bytes) else value
+    fmt = attrs.get("format")
+    if fmt != FORMAT:
+        found = "no 'format' attribute" if fmt is None else f"format {fmt!r}"
+        raise ValueError(f"{path} is not a drizzle-ml model file ({found}, expected {FORMAT!r})")
+    version = attrs.get("format_version")
+    if version is None:
+        raise ValueError(f"{path}: missing attribute 'format_version'; the model file is corrupted")
+    if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
+        raise ValueError(f"{path}: format_version {version!r} is not an integer; the model file is corrupted")
+    if not 1 <= int(version) <= FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has model format version {int(version)}, but this drizzle-ml reads versions "
+            f"1 to {FORMAT_VERSION}; upgrade drizzle-ml to load it"
+        )
+    for key in _REQUIRED_ROOT:
+        if key not in attrs:
+            raise ValueError(f"{path}: missing attribute {key!r}; the model file is corrupted")
+    name = attrs["class"]
+    if not isinstance(name, str) or name not in ESTIMATORS:
+        raise ValueError(
+            f"{path} holds an unknown estimator class {name!r} (known: {', '.join(ESTIMATORS)})"
+        )
+    return name, attrs
+
+
+def _read_array(ds, name: str, path: str):
+    """A dataset back as the numpy array (or numpy scalar) it was saved from."""
+    import h5py
+
+    try:
+        dtype_text = ds.attrs["dtype"]
+        order = ds.attrs.get("order", "C")
+        kind_text = ds.attrs.get("kind", "ndarray")
+    except KeyError:
+        raise ValueError(f"{path}: dataset fitted/{name} has no 'dtype' attribute; "
+                         "the model file is corrupted") from None
+    dtype_text = dtype_text.decode() if isinstance(dtype_text, bytes) else str(dtype_text)
+    order = order.decode() if isinstance(order, bytes) else str(order)
+    kind_text = kind_text.decode() if isinstance(kind_text, bytes) else str(kind_text)
+    try:
+        dtype = np.dtype(dtype_text) if dtype_text != "object" else np.dtype(object)
+    except TypeError:
+        raise ValueError(f"{path}: dataset fitted/{name} has an unknown dtype {dtype_text!r}") from None
+    stored = ds.dtype
+    if h5py.check_string_dtype(stored) is not None and stored.kind == "O":
+        # Variable-length strings: read as str, then the saved dtype (U or object).
+        if dtype.kind not in "UO":
+            raise ValueError(f"{path}: dataset fitted/{name} holds strings but claims dtype {dtype_text}")
+        items = ds.asstr()[()]
+        if dtype.kind == "U":
+            arr = np.array(items, dtype=dtype) if ds.shape != () else np.array(str(items), dtype=dtype)
+        else:
+            arr = np.empty(ds.shape, dtype=object)
+            arr[...] = items
+    elif stored.kind in _NUMERIC_KINDS or stored.kind == "S":
+        if dtype.kind != stored.kind or dtype.kind == "O":
+            raise ValueError(f"{path}: dataset fitted/{name} stores {stored} but claims dtype {dtype_text}")
+        arr = np.asarray(ds[()]).astype(dtype, copy=False)
+    else:
+        raise ValueError(
+            f"{path}: dataset fitted/{name} has HDF5 type {stored} (object, reference or opaque data); "
+            "drizzle-ml model files hold only numbers, booleans and strings, and never unpickle"
+        )
+    if order == "F":
+        arr = np.asfortranarray(arr)
+    if kind_text == "scalar":
+        return arr[()]
+    return arr
+
+
+def _read_scalar(text: Any, name: str, path: str):
+    value = _loads(text, f"fitted/{name}", path)
+    if not (value is None or isinstance(value, (bool, int, float, str))):
+        raise ValueError(f"{path}: fitted attribute {name} is not a scalar; the model file is corrupted")
+    return value
+
+
+def _read_fitted(h5, path: str) -> dict[str, Any]:
+    import h5py
+
+    group = h5.get("fitted")
+    if not isinstance(group, h5py.Group):
+        raise ValueError(f"{path}: missing group 'fitted'; the model file is corrupted")
+    fitted = {}
+    for name in group.attrs:
+        fitted[name] = _read_scalar(group.attrs[name], name, path)
+    for name, item in group.items():
+        if not isinstance(item, h5py.Dataset):
+            raise ValueError(f"{path}: fitted/{name} is not a dataset; the model file is corrupted")
+        fitted[name] = _read_array(item, name, path)
+    for name in fitted:
+        if not (name.isidentifier() and name.endswith("_") and not name.startswith("_")):
+            raise ValueError(f"{path}: fitted attribute name {name!r} is not a fitted attribute")
+    return fitted
+
+
+def _guard(path, read):
+    """Run ``read``; HDF5 read errors (a damaged file) become one-line ValueErrors."""
+    try:
+        return read()
+    except (ValueError, FileNotFoundError, IsADirectoryError, TypeError):
+        raise
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{os.fspath(path)} is a truncated or corrupted model file ({exc})") from None
+
+
+def load_model(path: str | os.PathLike):
+    """The estimator saved in ``path`` by :func:`save_model`, ready to predict.
+
+    Nothing is unpickled. Raises FileNotFoundError for a missing file and
+    ValueError, with one line naming the problem, for a file that is not
+    HDF5, is truncated or corrupted, is not a drizzle-ml model, names an
+    unknown estimator class, has a newer format version, or lacks an attribute.
+    """
+    spath = os.fspath(path)
+
+    def read():
+        with _open(spath) as h5:
+            name, attrs = _root(h5, spath)
+            params = _loads(attrs["params"], "params", spath)
+            history = _loads(attrs["history"], "history", spath)
+            fitted = _read_fitted(h5, spath)
+            return name, attrs, params, history, fitted
+
+    name, attrs, params, history, fitted = _guard(spath, read)
+    if not isinstance(params, dict):
+        raise ValueError(f"{spath}: attribute 'params' is not a JSON object; the model file is corrupted")
+    if not isinstance(history, list):
+        raise ValueError(f"{spath}: attribute 'history' is not a JSON list; the model file is corrupted")
+    missing = [a for a in REQUIRED[name] if a not in fitted]
+    if missing:
+        raise ValueError(f"{spath}: missing fitted attribute {', '.join(missing)} for {name}")
+    cls = ESTIMATORS[name]
+    try:
+        estimator = cls(**params)
+    except TypeError as exc:
+        raise ValueError(f"{spath}: parameters do not fit {name} ({exc})") from None
+    for key, value in fitted.items():
+        setattr(estimator, key, value)
+    estimator.history_ = history
+    estimator.model_version_ = int(attrs["model_version"])
+    estimator.n_iter_ = int(attrs["n_iter"])
+    return estimator
+
+
+# -- inspecting ----------------------------------------------------------------------------------
+
+def model_info(path: str | os.PathLike) -> dict:
+    """What ``path`` holds, without building the estimator.
+
+    Keys: ``path``, ``class``, ``format_version``, ``drizzle_ml_version``,
+    ``params``, ``model_version``, ``n_iter``, ``n_groups`` (groups in the
+    training history), ``attributes`` (name -> ``{"shape", "dtype"}`` for
+    arrays, ``{"value", "type"}`` for scalars), ``extra`` (None if not saved).
+    Same errors as :func:`load_model`.
+    """
+    import h5py
+
+    spath = os.fspath(path)
+
+    def read():
+        with _open(spath) as h5:
+            name, attrs = _root(h5, spath)
+            group = h5.get("fitted")
+            if not isinstance(group, h5py.Group):
+                raise ValueError(f"{spath}: missing group 'fitted'; the model file is corrupted")
+            attributes: dict[str, dict] = {}
+            for key in group.attrs:
+                value = _read_scalar(group.attrs[key], key, spath)
+                attributes[key] = {"value": value, "type": type(value).__name__}
+            for key, ds in group.items():
+                dtype = ds.attrs.get("dtype", str(getattr(ds, "dtype", "?")))
+                dtype = dtype.decode() if isinstance(dtype, bytes) else str(dtype)
+                shape = tuple(int(n) for n in getattr(ds, "shape", ()) or ())
+                attributes[key] = {"shape": shape, "dtype": str(np.dtype(dtype)) if dtype != "object" else "object"}
+            history = _loads(attrs["history"], "history", spath)
+            extra = _loads(attrs["extra"], "extra", spath) if "extra" in attrs else None
+            return {
+                "path": spath,
+                "class": name,
+                "format_version": int(attrs["format_version"]),
+                "drizzle_ml_version": str(attrs["drizzle_ml_version"]),
+                "params": _loads(attrs["params"], "params", spath),
+                "model_version": int(attrs["model_version"]),
+                "n_iter": int(attrs["n_iter"]),
+                "n_groups": len(history) if isinstance(history, list) else 0,
+                "attributes": dict(sorted(attributes.items())),
+                "extra": extra,
+            }
+
+    return _guard(spath, read)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_info(info: dict) -> str:
+    """:func:`model_info`'s dict as readable text lines (``drizzle-ml info``)."""
+    lines = [
+        f"{info['path']}: {info['class']} (drizzle-ml model format {info['format_version']}, "
+        f"saved by drizzle-ml {info['drizzle_ml_version']})",
+        f"  model version {info['model_version']}, {info['n_iter']} iteration{'s' if info['n_iter'] != 1 else ''} in "
+        f"{info['n_groups']} group{'s' if info['n_groups'] != 1 else ''}",
+        "  parameters:",
+    ]
+    for key, value in sorted(info["params"].items()):
+        if isinstance(value, np.ndarray):
+            value = f"array{value.shape} {value.dtype}"
+            lines.append(f"    {key} = {value}")
+        else:
+            lines.append(f"    {key} = {_short(value)}")
+    lines.append("  fitted attributes:")
+    for key, meta in info["attributes"].items():
+        if "shape" in meta:
+            shape = "scalar" if meta["shape"] == () else "x".join(str(n) for n in meta["shape"])
+            lines.append(f"    {key}: {meta['dtype']} {shape}")
+        else:
+            lines.append(f"    {key} = {_short(meta['value'])}")
+    if info.get("extra"):
+        lines.append("  extra:")
+        for key, value in sorted(info["extra"].items()):
+            lines.append(f"    {key} = {_short(value, 200)}")
+    return "\n".join(lines)
