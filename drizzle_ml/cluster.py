@@ -56,7 +56,13 @@ def launched_by_mpiexec() -> bool:
 
 
 def find_mpiexec() -> str:
-    """``mpiexec`` next to this interpreter (the ``mpich`` wheel), else on PATH."""
+    """``$DRIZZLE_MPIEXEC`` if set, else ``mpiexec`` next to this interpreter (the ``mpich`` wheel), else on PATH."""
+    chosen = os.environ.get("DRIZZLE_MPIEXEC")
+    if chosen:
+        found = shutil.which(chosen)
+        if found is None:
+            raise FileNotFoundError(f"mpiexec not found: DRIZZLE_MPIEXEC={chosen} is not an executable")
+        return found
     here = os.path.dirname(sys.executable)
     found = shutil.which("mpiexec", path=here + os.pathsep + os.environ.get("PATH", ""))
     if found is None:

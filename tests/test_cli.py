@@ -1,47 +1,242 @@
-"""The drizzle-ml command: it builds and supervises mpiexec itself."""
+"""The drizzle-ml command: train (both launch paths), predict, info, datasets, errors, signals."""
 
+import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from sklearn import linear_model as sk
+from sklearn.datasets import dump_svmlight_file, load_svmlight_file, make_classification
+
+from drizzle_ml.cluster import find_mpiexec
+
+from .conftest import worker_processes
 
 
-def drizzle(*args, timeout=300):
+def drizzle(*args, timeout=300, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "drizzle_ml", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd, env=None if env is None else {**os.environ, **env})
 
 
-def test_train_runs_the_bundled_dataset_with_one_worker():
-    proc = drizzle("train", "--workers", "1", "--solver", "gd", "--learning-rate", "0.5", "--max-iter", "30",
-                   "--group-size", "10", "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    assert "with 1 workers" in proc.stdout
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def write_h5(path, X, y=None):
+    with h5py.File(path, "w") as f:
+        f["X"] = X
+        if y is not None:
+            f["y"] = y
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def classification(tmp_path_factory):
+    X, y = make_classification(600, 8, n_informative=4, flip_y=0.1, random_state=0)
+    return write_h5(tmp_path_factory.mktemp("cli") / "cls.h5", X, y), X, y
+
+
+def test_train_bundled_dataset_one_worker_quiet_and_gd():
+    proc = ok(drizzle("train", "--workers", "1", "--solver", "gd", "--learning-rate", "0.5", "--max-iter", "30",
+                      "--group-size", "10", "--quiet"))
+    assert "logistic on breast_cancer (569 x 30, standardized) with 1 workers" in proc.stdout
     assert "done: 30 iterations in 3 groups" in proc.stdout
     assert "training accuracy 0.9" in proc.stdout
     assert "iter " not in proc.stderr  # --quiet: no progress lines
 
 
 def test_train_progress_lines_and_bsp():
-    proc = drizzle("train", "--workers", "2", "--solver", "gd", "--max-iter", "20", "--scheduling", "bsp")
-    assert proc.returncode == 0, proc.stderr
+    proc = ok(drizzle("train", "--workers", "2", "--solver", "gd", "--max-iter", "20", "--scheduling", "bsp"))
     assert "with 2 workers" in proc.stdout and "scheduling bsp" in proc.stdout
-    assert proc.stderr.count("iter ") == 20  # one progress line per (one-iteration) group
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("iter ")]
+    assert len(lines) == 20  # one line per (one-iteration) group
+    assert "loss" in lines[-1] and "group    1" in lines[-1] and "it/s" in lines[-1] and "coordination" in lines[-1]
 
 
-def test_cli_errors_are_one_line():
-    proc = drizzle("train", "--workers", "0")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_train_on_hdf5_save_predict_matches_sklearn(classification, tmp_path, workers):
+    path, X, y = classification
+    model, report, out = tmp_path / "m.h5", tmp_path / "r.json", tmp_path / "pred.npy"
+    proc = ok(drizzle("train", "--algorithm", "logistic", "--data", path, "--workers", str(workers),
+                      "--tol", "1e-8", "-o", str(model), "--report", str(report), "--quiet"))
+    assert f"with {workers} workers" in proc.stdout and f"model saved to {model}" in proc.stdout
+    rep = json.loads(report.read_text())
+    assert rep["workers"] == workers and rep["converged"] and rep["iterations"] == rep["model_version"]
+    assert set(rep["time_split"]) == {"load", "compute", "reduce", "coordination"}
+    assert sum(rep["time_split"].values()) == pytest.approx(rep["wall_seconds"], rel=1e-6)
+    ok(drizzle("predict", "--model", str(model), "--data", path, "-o", str(out)))
+    pred = np.load(out)
+    ref = sk.LogisticRegression(tol=1e-10, max_iter=10_000).fit(X, y).predict(X)
+    assert np.mean(pred == ref) >= 0.995
+    assert rep["metrics"]["training_accuracy"] == pytest.approx(np.mean(pred == y))
+    info = ok(drizzle("info", str(model))).stdout
+    assert "LogisticRegression" in info and f"model version {rep['model_version']}" in info
+
+
+def test_user_launched_mpiexec_runs_the_same_job(classification, tmp_path):
+    path, X, y = classification
+    model = tmp_path / "m.h5"
+    proc = subprocess.run([find_mpiexec(), "-n", "3", sys.executable, "-m", "drizzle_ml", "train", "--algorithm",
+                           "pca", "--n-components", "3", "--data", path, "-o", str(model), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "with 2 workers" in proc.stdout and "explained variance ratio" in proc.stdout
+    from sklearn.decomposition import PCA
+
+    from drizzle_ml.algorithms.persist import load_model
+
+    ours, ref = load_model(model), PCA(3, svd_solver="covariance_eigh").fit(X)
+    np.testing.assert_allclose(np.abs(ours.components_), np.abs(ref.components_), atol=1e-8)
+
+
+def test_csv_and_libsvm_round_trips_through_hdf5(tmp_path):
+    X, y = make_classification(300, 6, n_informative=3, random_state=1)
+    csv = tmp_path / "data.csv"
+    np.savetxt(csv, np.column_stack([X, y]), delimiter=",", header="a,b,c,d,e,f,label", comments="")
+    ok(drizzle("datasets", "convert", str(csv), "-o", str(tmp_path / "csv.h5")))
+    ok(drizzle("train", "--algorithm", "logistic", "--data", str(tmp_path / "csv.h5"), "--workers", "2",
+               "--tol", "1e-8", "-o", str(tmp_path / "csv_model.h5"), "--quiet"))
+    ok(drizzle("predict", "--model", str(tmp_path / "csv_model.h5"), "--data", str(tmp_path / "csv.h5"),
+               "-o", str(tmp_path / "csv_pred.csv")))
+    pred = np.loadtxt(tmp_path / "csv_pred.csv", delimiter=",")
+    ref = sk.LogisticRegression(tol=1e-10, max_iter=10_000).fit(X, y).predict(X)
+    assert np.mean(pred == ref) >= 0.995
+
+    Xs = X * (np.abs(X) > 0.7)  # sparse-ish, stored as CSR
+    svm = tmp_path / "data.svm"
+    dump_svmlight_file(Xs, y, str(svm), zero_based=False)
+    ok(drizzle("datasets", "convert", str(svm), "-o", str(tmp_path / "svm.h5")))
+    ok(drizzle("train", "--algorithm", "ridge", "--alpha", "2.0", "--data", str(tmp_path / "svm.h5"),
+               "--workers", "2", "-o", str(tmp_path / "ridge.h5"), "--quiet"))
+    ok(drizzle("predict", "--model", str(tmp_path / "ridge.h5"), "--data", str(tmp_path / "svm.h5"),
+               "-o", str(tmp_path / "ridge_pred.h5")))
+    with h5py.File(tmp_path / "ridge_pred.h5") as f:
+        pred = f["y_pred"][:]
+    Xl, yl = load_svmlight_file(str(svm), zero_based=False)
+    dense = Xl.toarray()  # scikit-learn's sparse Ridge is iterative; its dense solve is exact
+    np.testing.assert_allclose(pred, sk.Ridge(alpha=2.0).fit(dense, yl).predict(dense), rtol=1e-8, atol=1e-10)
+
+
+def test_kmeans_and_linear_from_made_datasets(tmp_path):
+    ok(drizzle("datasets", "make", "blobs", "--rows", "900", "--features", "4", "--centers", "3",
+               "-o", str(tmp_path / "blobs.h5")))
+    proc = ok(drizzle("train", "--algorithm", "kmeans", "--n-clusters", "3", "--seed", "0", "--data",
+                      str(tmp_path / "blobs.h5"), "--workers", "2", "-o", str(tmp_path / "km.h5"), "--quiet"))
+    assert "inertia" in proc.stdout
+    ok(drizzle("datasets", "make", "regression", "--rows", "500", "--features", "5", "-o", str(tmp_path / "reg.h5")))
+    proc = ok(drizzle("train", "--algorithm", "linear", "--data", str(tmp_path / "reg.h5"), "--workers", "2",
+                      "--quiet"))
+    r2 = float(proc.stdout.split("training r2 ")[1].split()[0])
+    assert 0.9 < r2 <= 1.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
+def test_plot_is_written(tmp_path):
+    ok(drizzle("train", "--workers", "1", "--plot", str(tmp_path / "p.png"), "--quiet"))
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_a_clear_error(tmp_path):
+    if importlib.util.find_spec("matplotlib") is not None:
+        pytest.skip("matplotlib is installed")
+    proc = drizzle("train", "--plot", str(tmp_path / "p.png"))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "drizzle-ml: error: --workers must be at least 1, got 0"
+    assert proc.stderr.strip() == "drizzle-ml: error: --plot needs matplotlib: pip install 'drizzle-ml[plot]'"
+
+
+def bad_files(tmp_path):
+    X = np.arange(40, dtype=float).reshape(20, 2)
+    nan = X.copy()
+    nan[15, 0] = np.nan
+    (tmp_path / "garbage.h5").write_bytes(b"not an hdf5 file at all")
+    return {
+        "missing": str(tmp_path / "nope.h5"),
+        "garbage": str(tmp_path / "garbage.h5"),
+        "nan": write_h5(tmp_path / "nan.h5", nan, np.arange(20) % 2),
+        "short_y": write_h5(tmp_path / "short.h5", X, np.arange(19) % 2),
+        "continuous": write_h5(tmp_path / "cont.h5", X, np.linspace(0, 1, 20)),
+        "tiny": write_h5(tmp_path / "tiny.h5", X[:2], np.array([0, 1])),
+        "ok": write_h5(tmp_path / "ok.h5", X, np.arange(20) % 2),
+    }
+
+
+@pytest.mark.parametrize(
+    "case,extra,message",
+    [
+        ("missing", [], "data file not found: {missing}"),
+        ("garbage", [], "cannot read HDF5 file"),
+        ("ok", ["--x-key", "features"], "has no dataset 'features'"),
+        ("short_y", [], "'y' has 19 rows but 'X' has 20"),
+        ("nan", [], "'X' rows 10:20 contain NaN or infinity"),
+        ("continuous", [], "Unknown label type"),
+        ("tiny", ["--workers", "3"], "got 2 samples, fewer than the 3 workers"),
+        ("ok", ["--alpha", "1"], "--alpha does not apply to --algorithm logistic (it applies to ridge)"),
+        ("ok", ["--workers", "0"], "--workers must be at least 1, got 0"),
+    ],
+)
+def test_train_errors_are_one_line(tmp_path, case, extra, message):
+    files = bad_files(tmp_path)
+    proc = drizzle("train", "--data", files[case], "--workers", "2", *extra)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
+    assert len(errors) == 1 and message.format(**files) in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "BAD TERMINATION" not in proc.stdout + proc.stderr
+
+
+def test_other_command_errors(tmp_path):
+    files = bad_files(tmp_path)
+    (tmp_path / "ok.csv").write_text("1,2\n")
+    proc = drizzle("train", "--data", str(tmp_path / "ok.csv"))
+    assert proc.returncode == 2 and "convert it first with 'drizzle-ml datasets convert" in proc.stderr
+    proc = drizzle("train", "--workers", "1", env={"DRIZZLE_MPIEXEC": "/no/such/mpiexec"})
+    assert proc.returncode == 2
+    assert "mpiexec not found: DRIZZLE_MPIEXEC=/no/such/mpiexec is not an executable" in proc.stderr
     proc = drizzle("train", "--learning-rate", "0.1")
     assert proc.returncode == 2 and "--learning-rate is the step of --solver gd" in proc.stderr
     proc = drizzle("train", "--group-size", "zero")
     assert proc.returncode == 2 and "must be 'auto' or a positive integer" in proc.stderr
+    proc = drizzle("predict", "--model", files["garbage"], "--data", files["ok"], "-o", str(tmp_path / "p.npy"))
+    assert proc.returncode == 2 and proc.stderr.startswith("drizzle-ml: error:")
+    proc = drizzle("info", str(tmp_path / "none.h5"))
+    assert proc.returncode == 2 and proc.stderr.startswith("drizzle-ml: error:")
+    proc = drizzle("datasets", "convert", str(tmp_path / "none.csv"), "-o", str(tmp_path / "x.h5"))
+    assert proc.returncode == 2 and proc.stderr.startswith("drizzle-ml: error:") and "none.csv" in proc.stderr
+
+
+def test_ctrl_c_stops_every_rank(tmp_path):
+    X, y = make_classification(20_000, 20, random_state=0)
+    path = write_h5(tmp_path / "big.h5", X, y)
+    proc = subprocess.Popen([sys.executable, "-m", "drizzle_ml", "train", "--data", path, "--workers", "2",
+                             "--solver", "gd", "--learning-rate", "0.1", "--tol", "0", "--max-iter", "1000000",
+                             "--group-size", "50"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # wait until it trains
+            if line.startswith("iter "):
+                break
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    deadline = time.monotonic() + 15
+    while worker_processes(path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker_processes(path) == []
 
 
 def test_bench_coordination_prints_ratios(tmp_path):
     out = tmp_path / "bench.json"
-    proc = drizzle("bench", "coordination", "--rows", "50", "--features", "3", "--iterations", "40", "--repeats", "2",
-                   "--json", str(out))
-    assert proc.returncode == 0, proc.stderr
+    proc = ok(drizzle("bench", "coordination", "--rows", "50", "--features", "3", "--iterations", "40",
+                      "--repeats", "2", "--json", str(out)))
     assert "plain mpi4py Allreduce loop (limit)" in proc.stdout
     assert "cost model (extrapolated" in proc.stdout
     report = json.loads(out.read_text())
