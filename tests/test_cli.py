@@ -248,3 +248,36 @@ def test_bench_coordination_prints_ratios(tmp_path):
     for plain, engine in zip(report["repeats"]["plain"], report["repeats"]["engine"]):
         for result in engine["results"].values():
             assert result["coef"] == plain["coef"]
+
+
+def test_mpiexec_args_pass_through():
+    import socket
+
+    proc = ok(drizzle("train", "--workers", "1", "--quiet", f"--mpiexec-args=-hosts {socket.gethostname()}"))
+    assert "done:" in proc.stdout
+
+
+def test_progress_bar_on_a_terminal_and_lines_otherwise():
+    import io
+    from types import SimpleNamespace
+
+    from drizzle_ml.launch.report import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    group = SimpleNamespace(start_iteration=0, n_iterations=25, metrics={"loss": 0.5}, wall=0.5,
+                            coordination=0.05, group_size=25)
+    tty, pipe = Terminal(), io.StringIO()
+    for stream in (tty, pipe):
+        progress = Progress(max_iter=100, stream=stream)
+        progress.on_group(group)
+        progress.close()
+    assert tty.getvalue().startswith("\r[#######-----------------------] iter     25  loss 0.5  group   25")
+    assert tty.getvalue().endswith("\x1b[K\n")
+    assert pipe.getvalue() == "iter     25  loss 0.5  group   25  50 it/s  coordination 10.0%\n"
+    quiet = io.StringIO()
+    progress = Progress(max_iter=100, quiet=True, stream=quiet)
+    progress.on_group(group)
+    assert quiet.getvalue() == "" and progress.trace[0]["iteration"] == 25
