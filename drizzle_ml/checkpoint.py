@@ -29,7 +29,8 @@ job's checkpoint files with a higher version (left by a run that resumed from
 an older checkpoint because the newer ones were damaged, or that was
 restarted from scratch), and of the others only the newest ``keep`` are kept.
 Files of other jobs, foreign files and files that cannot be read are never
-deleted.
+deleted. Temporary files a killed writer left behind (``.ckpt-*.tmp``) are
+removed by a later save once they are an hour old.
 
 This is an engine module: it imports nothing from ``drizzle_ml.algorithms``.
 """
@@ -68,7 +69,9 @@ FORMAT = "drizzle-ml-checkpoint"
 FORMAT_VERSION = 1
 
 _NAME = re.compile(r"^ckpt-(\d+)\.h5$")
-_TEMP_PREFIX = ".ckpt-"
+_TEMP = re.compile(r"^\.ckpt-\d+\.h5\..+\.tmp$")
+#: A temporary file this old was left by a writer that died (killed mid-write); removed on save.
+STALE_TEMP_SECONDS = 3600.0
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex
 _JSON_FIELDS = ("tuner", "rng", "stream_offsets", "params", "metrics")
@@ -623,9 +626,23 @@ class CheckpointStore:
         found.sort(reverse=True)
         return found
 
+    def _remove_stale_temps(self) -> bool:
+        removed = False
+        now = time.time()
+        for name in os.listdir(self.directory):
+            if _TEMP.match(name):
+                path = os.path.join(self.directory, name)
+                try:
+                    if now - os.stat(path).st_mtime > STALE_TEMP_SECONDS:
+                        os.unlink(path)
+                        removed = True
+                except FileNotFoundError:
+                    pass
+        return removed
+
     def _rotate(self, job_key: str, version: int) -> None:
         kept = 0
-        removed = False
+        removed = self._remove_stale_temps()
         for v, path in self._files():
             if v == version:
                 kept += 1

@@ -355,3 +355,17 @@ def test_sync_save_waits_for_async(tmp_path, monkeypatch):
     store.save(ckpt(2))  # ordered after the pending write: 1 rotated away, 2 stays
     assert names(tmp_path) == ["ckpt-000000000002.h5"]
     store.close()
+
+
+def test_stale_temp_files_removed(tmp_path):
+    old = tmp_path / ".ckpt-000000000004.h5.abc123.tmp"
+    fresh = tmp_path / ".ckpt-000000000005.h5.def456.tmp"
+    for path in (old, fresh):
+        path.write_bytes(b"partial")
+    os.utime(old, (time.time() - 2 * C.STALE_TEMP_SECONDS,) * 2)
+    store = CheckpointStore(tmp_path, job_key=KEY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert store.latest() is None and store.list() == []  # temp files are not checkpoints
+    store.save(ckpt(6))
+    assert names(tmp_path) == [fresh.name, "ckpt-000000000006.h5"]  # a live writer's may be fresh
