@@ -369,3 +369,38 @@ def test_stale_temp_files_removed(tmp_path):
         assert store.latest() is None and store.list() == []  # temp files are not checkpoints
     store.save(ckpt(6))
     assert names(tmp_path) == [fresh.name, "ckpt-000000000006.h5"]  # a live writer's may be fresh
+
+
+def test_killed_writer_leaves_previous_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    store = CheckpointStore(tmp_path, job_key=KEY)
+    store.save(ckpt(1))
+    script = f"""
+import time, numpy as np
+from drizzle_ml import checkpoint as C
+real = C._write_h5
+def slow(path, p, checksum):
+    real(path, p, checksum)
+    open(path, "r+b").truncate(100)  # a half-written file...
+    print("writing", flush=True)
+    time.sleep(60)                    # ...when the process is killed
+C._write_h5 = slow
+store = C.CheckpointStore({str(tmp_path)!r}, job_key={KEY!r})
+store.save(C.Checkpoint({KEY!r}, 2, 20, {{"w": np.arange(1000.0)}}))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    left = names(tmp_path)
+    assert "ckpt-000000000002.h5" not in left and len(left) == 2  # checkpoint 1 and a temp file
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = store.latest()
+    assert got.version == 1
+    same_arrays(got.model, model(1))
