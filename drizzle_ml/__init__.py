@@ -14,6 +14,9 @@ _os.environ.setdefault("UCX_LOG_LEVEL", "error")
 from .cluster import Cluster, get_cluster  # noqa: E402
 from .data import ArrayDataset, HDF5Dataset  # noqa: E402
 from .errors import (  # noqa: E402
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointWarning,
     ClusterClosedError,
     DrizzleError,
     VersionMismatchError,
@@ -29,6 +32,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArrayDataset",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointWarning",
     "Cluster",
     "ClusterClosedError",
     "DrizzleError",

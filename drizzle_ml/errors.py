@@ -38,3 +38,15 @@ class VersionMismatchError(DrizzleError):
 
 class ClusterClosedError(DrizzleError):
     """The cluster was used after it was closed or torn down."""
+
+
+class CheckpointError(DrizzleError):
+    """A checkpoint could not be written, or a checkpoint file is invalid."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint belongs to a different job (another algorithm or other parameters)."""
+
+
+class CheckpointWarning(UserWarning):
+    """An invalid checkpoint file was skipped (truncated, corrupted, foreign)."""
