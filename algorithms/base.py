@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 
+from drizzle_ml.checkpoint import CheckpointStore, job_key_for
 from drizzle_ml.cluster import get_cluster
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
+from drizzle_ml.errors import WorkerFailedError, WorkerTimeoutError
+from drizzle_ml.metrics import JobResult
 from drizzle_ml.scheduler import SCHEDULING
-from drizzle_ml.store import ModelStore
-from drizzle_ml.tuner import check_group_size
+from drizzle_ml.store import ModelStore, freeze
+from drizzle_ml.tuner import GroupSizer, check_group_size
+
+# How many times one fit replaces dead workers before it gives up.
+MAX_RECOVERIES = 3
+
+
+class WorkerRecoveredWarning(RuntimeWarning):
+    """A worker died during a fit; the workers were restarted and the job resumed."""
+
+
+def resumable(fit: Callable) -> Callable:
+    """Give an estimator's ``fit`` the ``resume`` keyword: continue from ``checkpoint_dir``."""
+
+    @functools.wraps(fit)
+    def wrapper(self, *args: Any, resume: bool = False, **kwargs: Any):
+        if resume and getattr(self, "checkpoint_dir", None) is None:
+            raise ValueError(f"{type(self).__name__}.fit(resume=True) needs checkpoint_dir to be set")
+        self._fit_jobs, self._resume = 0, bool(resume)
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            del self._fit_jobs, self._resume
+
+    return wrapper
 
 
 class DrizzleEstimator(BaseEstimator):
@@ -31,6 +59,10 @@ class DrizzleEstimator(BaseEstimator):
         Group scheduling, or the centralized per-iteration baseline.
     verbose : int
         0 silent; 1 a progress line per group on stderr.
+    checkpoint_dir : path or None
+        Write every committed model version there (HDF5, atomically, while
+        the next group runs); ``fit(..., resume=True)`` continues from the
+        newest valid checkpoint.
 
     After ``fit``: ``n_iter_``, ``model_version_`` (the committed version of
     the final model) and ``history_`` (one dict of metrics per group).
@@ -69,8 +101,17 @@ class DrizzleEstimator(BaseEstimator):
 
     def _run(self, program: Any, model: dict, dataset: ArrayDataset | HDF5Dataset, max_iter: int,
              warn_not_converged: bool = True):
-        """Run ``program`` from ``model`` on ``dataset``; set the engine attributes; return the JobResult."""
-        cluster = get_cluster(None if self.n_workers is None else int(self.n_workers))
+        """Run ``program`` from ``model`` on ``dataset``; set the engine attributes; return the JobResult.
+
+        With ``checkpoint_dir``, committed versions are also written there
+        (``job-<k>`` for the k-th job of this fit), and a fit with
+        ``resume=True`` continues each job from its newest valid checkpoint.
+        A worker that dies in launched mode is replaced: the job continues from
+        the version committed at the last group boundary (at most one group is
+        redone, and the result is the same bit for bit).
+        """
+        n_workers = None if self.n_workers is None else int(self.n_workers)
+        cluster = get_cluster(n_workers)
         if dataset.n_rows < cluster.n_workers:
             n = dataset.n_rows
             raise ValueError(
@@ -78,19 +119,43 @@ class DrizzleEstimator(BaseEstimator):
                 f"{cluster.n_workers} workers; every worker needs at least one row (n_workers)"
             )
         self.model_store_ = ModelStore()
-        # A caller (the command line) may watch groups without a constructor parameter.
         on_group = getattr(self, "progress_callback", None) or (self._print_progress if self.verbose else None)
-        result = cluster.run(
-            program,
-            model,
-            dataset,
-            max_iter=max_iter,
-            group_size=self.group_size,
-            scheduling=self.scheduling,
-            store=self.model_store_,
-            on_group=on_group,
-        )
-        self.n_iter_ = result.n_iter
+        checkpoints = self._checkpoint_store(program, dataset)
+        sizer = GroupSizer(self.group_size)
+        version, start = 0, 0
+        resumed = checkpoints.latest() if checkpoints is not None and getattr(self, "_resume", False) else None
+        if resumed is not None:
+            model, version, start = resumed.model, resumed.version, resumed.iteration
+            sizer.restore(resumed.tuner)
+            if resumed.metrics.get("converged") or start >= max_iter:  # finished: the checkpoint is the result
+                result = JobResult(freeze(model), version, 0, bool(resumed.metrics.get("converged")), [], {})
+                return self._record(result, start, max_iter, warn_not_converged)
+        end = max_iter  # an estimator's job counts its iterations from 0, across resumes
+        recoveries = 0
+        while True:
+            try:
+                result = cluster.run(program, model, dataset, max_iter=end - start, version=version,
+                                     start_iteration=start, scheduling=self.scheduling, store=self.model_store_,
+                                     on_group=on_group, sizer=sizer, checkpoints=checkpoints)
+                break
+            except (WorkerFailedError, WorkerTimeoutError) as exc:
+                if cluster.mode != "launched" or recoveries >= MAX_RECOVERIES:
+                    raise
+                recoveries += 1
+                committed = self.model_store_.latest()
+                warnings.warn(
+                    f"{type(self).__name__}: {exc}. Restarting the workers and resuming at iteration "
+                    f"{committed.iteration} (model version {committed.version}); recovery "
+                    f"{recoveries} of at most {MAX_RECOVERIES}",
+                    WorkerRecoveredWarning,
+                )
+                cluster = get_cluster(n_workers)
+                model, version, start = dict(committed.model), committed.version, committed.iteration
+        return self._record(result, start, max_iter, warn_not_converged)
+
+    def _record(self, result, start: int, max_iter: int, warn_not_converged: bool):
+        # The job's iterations: those before a resume or a recovery count too.
+        self.n_iter_ = start + result.n_iter
         self.model_version_ = result.version
         self.history_ = [g.as_dict() for g in result.history]
         if warn_not_converged and not result.converged:
@@ -100,6 +165,20 @@ class DrizzleEstimator(BaseEstimator):
                 ConvergenceWarning,
             )
         return result
+
+    def _checkpoint_store(self, program: Any, dataset: Any) -> CheckpointStore | None:
+        """This job's checkpoint store, keyed by estimator, parameters, program and data."""
+        directory = getattr(self, "checkpoint_dir", None)
+        job = getattr(self, "_fit_jobs", 0)
+        self._fit_jobs = job + 1
+        if directory is None:
+            return None
+        engine = {"n_workers", "group_size", "scheduling", "verbose", "max_iter", "checkpoint_dir"}
+        params = {k: (v if isinstance(v, (int, float, str, bool, type(None), np.ndarray)) else repr(v))
+                  for k, v in self.get_params().items() if k not in engine}
+        key = job_key_for(f"{type(self).__name__}.{type(program).__name__}.{job}",
+                          {"params": params, "data": dataset.dataset_id})
+        return CheckpointStore(os.path.join(os.fspath(directory), f"job-{job}"), job_key=key)
 
     @staticmethod
     def _print_progress(g) -> None:

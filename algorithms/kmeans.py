@@ -33,7 +33,7 @@ from drizzle_ml.data import ArrayDataset, HDF5Dataset
 from drizzle_ml.program import Partition, Program
 
 from ._random import row_uniform, seed_from
-from .base import DrizzleEstimator, check_positive_int, check_sample_weight
+from .base import DrizzleEstimator, check_positive_int, check_sample_weight, resumable
 from .moments import FeatureMoments
 
 _CHUNK = 4096  # rows per block of the (rows, centers) distance matrix
@@ -442,7 +442,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
     """
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4,
-                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0):
+                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -453,6 +453,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         self.scheduling = scheduling
         self.random_state = random_state
         self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -501,6 +502,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         return n_init, centers
 
     # -- fitting -----------------------------------------------------------------------------
+    @resumable
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
         """Cluster X (n_samples, n_features), dense or CSR; ``sample_weight`` (n_samples,) optional.
 

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 from drizzle_ml.program import Partition, Program
 
-from .base import DrizzleEstimator, check_positive_int, check_sample_weight
+from .base import DrizzleEstimator, check_positive_int, check_sample_weight, resumable
 from .losses import LinearLoss
 from .moments import combine_moments, partition_moments
 from .optim import SOLVERS, Minimize, initial_model
@@ -128,6 +128,7 @@ class LinearModelBase(DrizzleEstimator):
 class _LeastSquares(RegressorMixin, LinearModelBase):
     _alpha = 0.0
 
+    @resumable
     def fit(self, X, y=None, sample_weight=None):
         """Fit on X (n_samples, n_features), dense or CSR, and y (n_samples,) or (n_samples, n_targets).
 
@@ -219,7 +220,7 @@ class LinearRegression(_LeastSquares):
     """
 
     def __init__(self, *, fit_intercept=True, solver="auto", tol=1e-6, max_iter=None, learning_rate=None,
-                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0):
+                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None):
         self.fit_intercept = fit_intercept
         self.solver = solver
         self.tol = tol
@@ -230,6 +231,7 @@ class LinearRegression(_LeastSquares):
         self.scheduling = scheduling
         self.random_state = random_state
         self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
 
 
 class Ridge(_LeastSquares):
@@ -251,7 +253,7 @@ class Ridge(_LeastSquares):
 
     def __init__(self, alpha=1.0, *, fit_intercept=True, solver="auto", tol=1e-4, max_iter=None,
                  learning_rate=None, n_workers=None, group_size="auto", scheduling="group",
-                 random_state=None, verbose=0):
+                 random_state=None, verbose=0, checkpoint_dir=None):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
         self.solver = solver
@@ -263,6 +265,7 @@ class Ridge(_LeastSquares):
         self.scheduling = scheduling
         self.random_state = random_state
         self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
 
     @property
     def _alpha(self) -> float:

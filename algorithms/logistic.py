@@ -10,7 +10,7 @@ from sklearn.utils.validation import validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
-from .base import check_positive_int, check_sample_weight
+from .base import check_positive_int, check_sample_weight, resumable
 from .linear import LinearModelBase
 from .optim import SOLVERS
 
@@ -56,7 +56,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
 
     def __init__(self, solver="lbfgs", *, C=1.0, tol=1e-4, max_iter=100, fit_intercept=True,
                  learning_rate=None, n_workers=None, group_size="auto", scheduling="group",
-                 random_state=None, verbose=0):
+                 random_state=None, verbose=0, checkpoint_dir=None):
         self.solver = solver
         self.C = C
         self.tol = tol
@@ -68,7 +68,9 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         self.scheduling = scheduling
         self.random_state = random_state
         self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
 
+    @resumable
     def fit(self, X, y=None, sample_weight=None):
         """Fit on X (n_samples, n_features), dense or CSR, and labels y (n_samples,).
 

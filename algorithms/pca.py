@@ -25,7 +25,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 from drizzle_ml.program import Partition, Program
 
-from .base import DrizzleEstimator, check_positive_int, check_sample_weight
+from .base import DrizzleEstimator, check_positive_int, check_sample_weight, resumable
 from .moments import (
     as_float64,
     combine_moments,
@@ -250,7 +250,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
 
     def __init__(self, n_components=None, *, svd_solver="covariance", whiten=False, tol=1e-12,
                  max_iter=200, n_oversamples=10, n_workers=None, group_size="auto",
-                 scheduling="group", random_state=None, verbose=0):
+                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None):
         self.n_components = n_components
         self.svd_solver = svd_solver
         self.whiten = whiten
@@ -262,6 +262,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         self.scheduling = scheduling
         self.random_state = random_state
         self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
 
     def _check_params(self) -> None:
         self._check_engine_params()
@@ -290,6 +291,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
             )
         return k
 
+    @resumable
     def fit(self, X, y=None, sample_weight=None) -> "PCA":
         """Fit on X of shape (n_samples, n_features), dense or sparse.
 

@@ -22,6 +22,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import protocol as P
+from .checkpoint import Checkpoint, CheckpointStore
 from .layout import Layout
 from .metrics import GroupMetrics, JobResult
 from .store import ModelStore, freeze
@@ -57,11 +58,16 @@ def run_job(
     on_group: Callable[[GroupMetrics], None] | None = None,
     pipeline: bool = True,
     sizer: GroupSizer | None = None,
+    checkpoints: CheckpointStore | None = None,
+    checkpoint_every: int = 1,
 ) -> JobResult:
     """Run ``program`` for at most ``max_iter`` iterations from ``model`` (at ``version``).
 
     The model is committed to ``store`` at every group boundary (every
-    iteration in BSP mode). ``on_group`` is called with each group's metrics.
+    iteration in BSP mode). With ``checkpoints``, every ``checkpoint_every``-th
+    commit (and the last) is also written there, in the background while the
+    next group runs: the full model with optimizer state, the iteration and
+    the tuner's state. ``on_group`` is called with each group's metrics.
     Raises :class:`~drizzle_ml.errors.WorkerError` when program code fails on
     a worker, :class:`~drizzle_ml.errors.WorkerFailedError` when a worker dies
     or hangs.
@@ -74,6 +80,7 @@ def run_job(
         raise ValueError("model must be a non-empty dict of arrays")
     sizer = sizer or GroupSizer(group_size)
     store = store if store is not None else ModelStore()
+    durable = _Durable(checkpoints, checkpoint_every, sizer)
     try:
         newest = store.latest().version
     except LookupError:
@@ -88,20 +95,52 @@ def run_job(
     try:
         if scheduling == "bsp":
             result = _run_bsp(cluster, job, program, model, version, start_iteration, max_iter, store,
-                              on_group)
+                              on_group, durable)
         else:
             result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store,
-                                 on_group, pipeline, sizer)
+                                 on_group, pipeline, sizer, durable)
             cluster.end_job(job)
+        durable.finish()
     except BaseException as exc:
         # Driver-side failures (update in BSP mode, a callback, Ctrl-C): stop the job everywhere.
         cluster.abort_job(job, f"{type(exc).__name__}: {exc}")
+        durable.finish(raise_errors=False)
         raise
     result.wall = time.perf_counter() - t_job
     return result
 
 
-def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer):
+class _Durable:
+    """Checkpoints of the committed model versions, every ``every``-th commit and the last."""
+
+    def __init__(self, checkpoints: CheckpointStore | None, every: int, sizer: GroupSizer):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"checkpoint_every must be an integer >= 1, got {every!r}")
+        self.checkpoints, self.every, self.sizer = checkpoints, every, sizer
+        self.commits = 0
+
+    def commit(self, version: int, model: dict, iteration: int, metrics: dict, last: bool) -> None:
+        if self.checkpoints is None:
+            return
+        self.commits += 1
+        if last or self.commits % self.every == 0:
+            self.checkpoints.save_async(Checkpoint(
+                job_key=self.checkpoints.job_key, version=version, iteration=iteration, model=model,
+                tuner=self.sizer.state(),
+                metrics={k: float(v) for k, v in metrics.items()} | {"last": float(last)},
+            ))
+
+    def finish(self, raise_errors: bool = True) -> None:
+        if self.checkpoints is None:
+            return
+        try:
+            self.checkpoints.flush(timeout=60.0)
+        except Exception:
+            if raise_errors:
+                raise
+
+
+def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer, durable):
     end = it0 + max_iter
     sent: deque[_Sent] = deque()
     next_start, next_version = it0, version
@@ -150,6 +189,8 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         converged = root.stopped
         last_metrics = {k: v[-1] for k, v in root.metrics.items() if v}
         store.commit(version, model, group.start + n_done, last_metrics)
+        durable.commit(version, model, group.start + n_done, last_metrics,
+                       last=converged or group.start + n_done >= end)
         slowest = lambda key: max(r.timings.get(key, 0.0) for r in reports)
         startup = slowest("startup")
         job_startup = max(job_startup, startup)
@@ -174,7 +215,7 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
                      iteration_metrics, startup=job_startup)
 
 
-def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group):
+def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group, durable):
     ctrl, n = cluster.ctrl, cluster.n_workers
     shared = program.shared
     keys = tuple(model) if shared is None else tuple(shared)
@@ -247,6 +288,7 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
         last = converged or it + 1 == max_iter
         schedule = send_task(it + 1, last)
         store.commit(version, model, it0 + it + 1, {k: float(v) for k, v in step_metrics.items()})
+        durable.commit(version, model, it0 + it + 1, step_metrics, last=last)
         metrics = GroupMetrics(
             group=it, start_iteration=it0 + it, group_size=1, n_iterations=1, version=version,
             wall=time.perf_counter() - t_start, schedule=schedule, wait=t_reduce - t_wait,

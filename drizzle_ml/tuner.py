@@ -38,6 +38,16 @@ class GroupSizer:
         if self.auto:
             self.size = min(max(AUTO_START, self.min_group), self.max_group)
 
+    def state(self) -> dict[str, int]:
+        """What a checkpoint keeps of the tuner: the current size."""
+        return {"size": int(self.size)}
+
+    def restore(self, state: dict) -> "GroupSizer":
+        """Continue from :meth:`state` (a tuned size is kept within the bounds)."""
+        if self.auto and "size" in state:
+            self.size = min(max(int(state["size"]), self.min_group), self.max_group)
+        return self
+
     def next(self, overhead: float) -> int:
         """Size of the next group given the last group's overhead share."""
         if self.auto:
