@@ -178,7 +178,10 @@ class DrizzleEstimator(BaseEstimator):
                   for k, v in self.get_params().items() if k not in engine}
         key = job_key_for(f"{type(self).__name__}.{type(program).__name__}.{job}",
                           {"params": params, "data": dataset.dataset_id})
-        return CheckpointStore(os.path.join(os.fspath(directory), f"job-{job}"), job_key=key)
+        # One write in flight at most: a group boundary waits for the previous
+        # group's checkpoint (written while this group ran), so a failure never
+        # loses more than the last group's checkpoint.
+        return CheckpointStore(os.path.join(os.fspath(directory), f"job-{job}"), job_key=key, max_pending=1)
 
     @staticmethod
     def _print_progress(g) -> None:

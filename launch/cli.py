@@ -9,6 +9,7 @@ and the other ranks serve as workers.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .predict import add_predict_arguments, info, predict
@@ -46,8 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _launch(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run this same command as rank 0 of ``mpiexec -n WORKERS+1``, supervised."""
+    """Run this same command as rank 0 of ``mpiexec -n WORKERS+1``, supervised.
+
+    With ``--checkpoint-dir``, a job that fails (a worker or the driver
+    killed, a crash, a timeout) is restarted with ``--resume`` up to
+    ``--max-restarts`` times, with back-off; after two failures in a row at
+    one size it restarts with one worker fewer, down to ``--min-workers``.
+    """
+    import re
     import shlex
+    import time
 
     from drizzle_ml.cluster import find_mpiexec
 
@@ -59,9 +68,70 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
         mpiexec = find_mpiexec()
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
-    cmd = [mpiexec, "-n", str(args.workers + 1), *shlex.split(args.mpiexec_args),
-           sys.executable, "-m", "drizzle_ml", *argv]
-    return run_supervised(cmd)
+    base = _without_options(argv, {"--workers": 1, "--resume": 0})
+    workers, resume = args.workers, args.resume
+    min_workers = args.min_workers or args.workers
+    restarts = failures_at_size = 0
+    reached = [0]
+
+    def watch(line: str) -> None:  # the newest iteration a progress line reported
+        found = re.findall(r"iter\s+(\d+)", line)
+        if found:
+            reached[0] = max(reached[0], int(found[-1]))
+
+    while True:
+        cmd = [mpiexec, "-n", str(workers + 1), *shlex.split(args.mpiexec_args), sys.executable, "-m",
+               "drizzle_ml", *base, "--workers", str(workers), *(["--resume"] if resume else [])]
+        code = run_supervised(cmd, on_stderr_line=watch if args.checkpoint_dir else None)
+        # Done, a usage error, or stopped by a signal we forwarded: nothing to recover.
+        if code in (0, 2) or code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or args.checkpoint_dir is None:
+            return code
+        if restarts >= args.max_restarts:
+            print(f"drizzle-ml: the MPI job failed (exit code {code}); no restarts left "
+                  f"(--max-restarts {args.max_restarts})", file=sys.stderr)
+            return code
+        restarts += 1
+        failures_at_size += 1
+        if failures_at_size >= 2 and workers > min_workers:
+            workers, failures_at_size = workers - 1, 0
+        newest = _newest_checkpoint(args.checkpoint_dir)
+        delay = min(0.5 * 2 ** (restarts - 1), 30.0)
+        redo = (f"; redoing iterations {newest} to {reached[0]}" if reached[0] > newest else "")
+        print(f"drizzle-ml: the MPI job failed (exit code {code}); restart {restarts} of {args.max_restarts} "
+              f"in {delay:.1f} s with {workers} workers from the checkpoint at iteration {newest}{redo}",
+              file=sys.stderr, flush=True)
+        time.sleep(delay)
+        resume, reached[0] = True, 0
+
+
+def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:
+    """``argv`` without the given options (name -> how many values follow it)."""
+    out, skip = [], 0
+    for token in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = token.split("=", 1)[0]
+        if name in options:
+            skip = 0 if "=" in token else options[name]
+            continue
+        out.append(token)
+    return out
+
+
+def _newest_checkpoint(directory: str) -> int:
+    """The iteration of the newest valid checkpoint of the last job in ``directory`` (0 if none)."""
+    import os
+
+    from drizzle_ml.checkpoint import CheckpointStore
+
+    jobs = sorted((d for d in os.listdir(directory) if d.startswith("job-")), key=lambda d: int(d[4:])) \
+        if os.path.isdir(directory) else []
+    for job in reversed(jobs):
+        valid = [c for c in CheckpointStore(os.path.join(directory, job)).list() if c.valid]
+        if valid:
+            return max(c.iteration for c in valid)
+    return 0
 
 
 def _check_plot(args: argparse.Namespace) -> None:

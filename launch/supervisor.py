@@ -5,16 +5,33 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from typing import Sequence
+import sys
+import threading
+from typing import Callable, Sequence
 
 
-def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace: float = 10.0) -> int:
+def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace: float = 10.0,
+                   on_stderr_line: Callable[[str], None] | None = None) -> int:
     """Run ``cmd`` in its own process group; return its exit code.
 
     SIGINT/SIGTERM to this process are forwarded to the whole group (mpiexec
-    and every rank); after ``grace`` seconds the group is killed.
+    and every rank); after ``grace`` seconds the group is killed. With
+    ``on_stderr_line``, the job's stderr passes through this process and each
+    line is shown to the callback too.
     """
-    proc = subprocess.Popen(list(cmd), env=env, start_new_session=True)
+    proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
+                            stderr=subprocess.PIPE if on_stderr_line else None)
+    pump = None
+    if on_stderr_line is not None:
+        def forward_stderr() -> None:
+            for raw in iter(proc.stderr.readline, b""):
+                text = raw.decode(errors="replace")
+                sys.stderr.write(text)
+                sys.stderr.flush()
+                on_stderr_line(text)
+
+        pump = threading.Thread(target=forward_stderr, daemon=True)
+        pump.start()
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -41,6 +58,8 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
             except ProcessLookupError:
                 pass
             proc.wait()
+        if pump is not None:
+            pump.join(timeout=5.0)
     if received:
         return 128 + received[0]
     return code

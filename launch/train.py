@@ -55,6 +55,15 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     train.add_argument("--report", default=None, help="write the final report as JSON to this file")
     train.add_argument("--plot", default=None, help="draw loss and group size over time to this PNG")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    recovery = train.add_argument_group("checkpoints and recovery")
+    recovery.add_argument("--checkpoint-dir", default=None,
+                          help="write a checkpoint at every group boundary to this directory")
+    recovery.add_argument("--resume", action="store_true",
+                          help="continue from the newest valid checkpoint in --checkpoint-dir")
+    recovery.add_argument("--max-restarts", type=int, default=3,
+                          help="restart a failed MPI job from its newest checkpoint this many times (default 3)")
+    recovery.add_argument("--min-workers", type=int, default=None,
+                          help="after repeated failures at one size, restart with fewer workers, down to this")
     train.add_argument("--mpiexec-args", default="",
                        help="extra arguments for mpiexec, e.g. '-hosts a,b' or '-f hostfile'")
     opts = train.add_argument_group("algorithm options (each applies to the algorithms named)")
@@ -79,6 +88,12 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """Validate the options against the algorithm; return the estimator's parameters."""
     if args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    if args.resume and args.checkpoint_dir is None:
+        raise CLIError("--resume needs --checkpoint-dir")
+    if args.max_restarts < 0:
+        raise CLIError(f"--max-restarts must be at least 0, got {args.max_restarts}")
+    if args.min_workers is not None and not 1 <= args.min_workers <= args.workers:
+        raise CLIError(f"--min-workers must be between 1 and --workers ({args.workers}), got {args.min_workers}")
     params: dict[str, Any] = {}
     for option, (param, applies) in ALGORITHM_OPTIONS.items():
         value = getattr(args, option)
@@ -141,6 +156,7 @@ def train(args: argparse.Namespace) -> int:
     X, y, description = load_data(args)
     engine = {"group_size": args.group_size, "scheduling": args.scheduling}
     estimator = make_estimator(args.algorithm, params, engine)
+    estimator.checkpoint_dir = args.checkpoint_dir
     max_iter = getattr(estimator, "max_iter", None)
     print(f"drizzle-ml: {args.algorithm} on {description} with {cluster.n_workers} workers "
           f"(group size {args.group_size}, scheduling {args.scheduling})", flush=True)
@@ -150,13 +166,17 @@ def train(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            estimator.fit(X, y)
+            estimator.fit(X, y, resume=args.resume)
     except (ValueError, TypeError, KeyError, OSError, DrizzleError) as exc:
         progress.close()
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise CLIError(message.splitlines()[0] if message else type(exc).__name__) from None
     fit_wall = time.perf_counter() - t_fit
     progress.close()
+    history = estimator.history_
+    if args.resume and (not history or history[0]["start_iteration"] > 0):
+        at = history[0]["start_iteration"] if history else estimator.n_iter_
+        print(f"drizzle-ml: resumed from the checkpoint at iteration {at} in {args.checkpoint_dir}", flush=True)
     report = TrainingReport.build(args, estimator, description, cluster.n_workers, t_start, fit_wall,
                                   converged=not any(issubclass(w.category, ConvergenceWarning) for w in caught))
     report.add_score(estimator, X, y)

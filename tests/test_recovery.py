@@ -100,3 +100,129 @@ def test_multi_job_fit_resumes_every_job(tmp_path):
     shutil.rmtree(tmp_path / "job-1")  # as if the fit died during Lloyd
     again = dm.KMeans(n_clusters=4, random_state=0, n_workers=2, checkpoint_dir=tmp_path).fit(X, resume=True)
     assert np.array_equal(again.cluster_centers_, km.cluster_centers_) and again.inertia_ == km.inertia_
+
+
+# -- the command line: the supervisor restarts a failed MPI job from its checkpoints ---------------
+import random  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import h5py  # noqa: E402
+
+from drizzle_ml.algorithms.persist import load_model  # noqa: E402
+
+TRAIN = ["--solver", "gd", "--learning-rate", "0.1", "--tol", "0", "--group-size", "20"]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recovery") / "data.h5"
+    Xb, yb = make_classification(20_000, 20, random_state=1)
+    with h5py.File(path, "w") as f:
+        f["X"], f["y"] = Xb, yb
+    return str(path)
+
+
+def train_cli(data, *args):
+    return subprocess.run([sys.executable, "-m", "drizzle_ml", "train", "--data", data, "--quiet", *TRAIN, *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def undisturbed(data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("undisturbed")
+    models = {}
+    for workers, iters in [(2, 400), (3, 400)]:
+        path = out / f"m{workers}-{iters}.h5"
+        proc = train_cli(data_file, "--workers", str(workers), "--max-iter", str(iters), "-o", str(path))
+        assert proc.returncode == 0, proc.stderr
+        models[workers, iters] = load_model(path).coef_
+    return models
+
+
+def rank_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+    except OSError:
+        return None
+    return int(env[b"PMI_RANK"]) if b"PMI_RANK" in env else None
+
+
+def ranks(marker: str) -> dict[int, int]:
+    """rank -> pid of the MPI processes whose command line contains ``marker``."""
+    out = {}
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and "drizzle_ml" in cmdline:
+            rank = rank_of(pid)
+            if rank is not None:
+                out[rank] = pid
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_cli_kill_9_at_a_random_time_recovers_bit_identically(data_file, undisturbed, tmp_path, seed):
+    rng = random.Random(seed)
+    victim_rank, kill_at = rng.choice([0, 1, 2]), rng.randrange(40, 300)  # rank 0 is the driver
+    model = tmp_path / "m.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "drizzle_ml", "train", "--data", data_file, "--workers", "2",
+                             "--max-iter", "400", *TRAIN, "--checkpoint-dir", str(tmp_path / "ck"), "-o", str(model)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("iter ") and int(line.split()[1]) >= kill_at:
+                os.kill(ranks(data_file)[victim_rank], signal.SIGKILL)
+                break
+        lines += proc.stderr.readlines()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(lines)
+    assert proc.returncode == 0, stderr
+    restarts = [ln for ln in lines if "the MPI job failed" in ln]
+    assert len(restarts) == 1 and "restart 1 of 3" in restarts[0], stderr
+    if "redoing iterations" in restarts[0]:
+        first, last = (int(x) for x in restarts[0].split("redoing iterations ")[1].split(" to "))
+        assert last - first <= 20  # at most one group
+    assert np.array_equal(load_model(model).coef_, undisturbed[2, 400])
+
+
+def test_cli_resume_after_a_failure_without_restarts(data_file, undisturbed, tmp_path):
+    ck = str(tmp_path / "ck")
+    first = train_cli(data_file, "--workers", "2", "--max-iter", "200", "--checkpoint-dir", ck)
+    assert first.returncode == 0
+    proc = train_cli(data_file, "--workers", "2", "--max-iter", "400", "--checkpoint-dir", ck, "--resume",
+                     "-o", str(tmp_path / "m.h5"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"resumed from the checkpoint at iteration 200 in {ck}" in proc.stdout
+    assert np.array_equal(load_model(tmp_path / "m.h5").coef_, undisturbed[2, 400])
+
+
+@pytest.mark.parametrize("before,after", [(3, 2), (2, 3)])
+def test_cli_elastic_resume_shrink_and_grow(data_file, undisturbed, tmp_path, before, after):
+    ck = str(tmp_path / "ck")
+    assert train_cli(data_file, "--workers", str(before), "--max-iter", "200", "--checkpoint-dir", ck).returncode == 0
+    proc = train_cli(data_file, "--workers", str(after), "--max-iter", "400", "--checkpoint-dir", ck, "--resume",
+                     "-o", str(tmp_path / "m.h5"))
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(load_model(tmp_path / "m.h5").coef_, undisturbed[before, 400], rtol=1e-10)
+
+
+def test_cli_checkpoint_errors(data_file, tmp_path):
+    proc = train_cli(data_file, "--resume")
+    assert proc.returncode == 2 and "--resume needs --checkpoint-dir" in proc.stderr
+    ck = str(tmp_path / "ck")
+    assert train_cli(data_file, "--workers", "2", "--max-iter", "40", "--checkpoint-dir", ck).returncode == 0
+    proc = train_cli(data_file, "--workers", "2", "--max-iter", "40", "--checkpoint-dir", ck, "--resume",
+                     "--C", "0.5")
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
+    assert len(errors) == 1 and "belongs to job" in errors[0]
