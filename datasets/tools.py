@@ -100,6 +100,9 @@ def _atomic_output(dst: str | os.PathLike, overwrite: bool) -> Iterator[str]:
         raise FileNotFoundError(f"{dst}: directory {parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp", dir=parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would: other hosts' workers must read it
     try:
         yield tmp
         os.replace(tmp, dst)

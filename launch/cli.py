@@ -9,6 +9,7 @@ and the other ranks serve as workers.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -82,7 +83,8 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     while True:
         cmd = [mpiexec, "-n", str(workers + 1), *shlex.split(args.mpiexec_args), sys.executable, "-m",
                "drizzle_ml", *base, "--workers", str(workers), *(["--resume"] if resume else [])]
-        code = run_supervised(cmd, on_stderr_line=watch if args.checkpoint_dir else None)
+        env = dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0")
+        code = run_supervised(cmd, env=env, on_stderr_line=watch if args.checkpoint_dir else None)
         # Done, a usage error, or stopped by a signal we forwarded: nothing to recover.
         if code in (0, 2) or code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or args.checkpoint_dir is None:
             return code
@@ -121,8 +123,6 @@ def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:
 
 def _newest_checkpoint(directory: str) -> int:
     """The iteration of the newest valid checkpoint of the last job in ``directory`` (0 if none)."""
-    import os
-
     from drizzle_ml.checkpoint import CheckpointStore
 
     jobs = sorted((d for d in os.listdir(directory) if d.startswith("job-")), key=lambda d: int(d[4:])) \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,9 @@ class Progress:
     def __init__(self, max_iter: int | None, quiet: bool = False, stream: TextIO | None = None):
         self.max_iter, self.quiet = max_iter, quiet
         self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        # Under mpiexec our stderr is a pipe even on a terminal; the launcher says whether it was one.
+        self.tty = (hasattr(self.stream, "isatty") and self.stream.isatty()) or (
+            stream is None and os.environ.get("DRIZZLE_TTY") == "1")
         self.t0 = time.perf_counter()
         self.trace: list[dict[str, float]] = []  # time, iteration, loss, group size
         self._drawn = False
