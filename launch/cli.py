@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_datasets_parser(sub)
     from drizzle_ml.bench import build_parser as bench_parser
 
-    bench = sub.add_parser("bench", help="benchmarks (coordination)")
+    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery --help'")
     bench_parser(bench)
     return parser
 
@@ -143,6 +143,10 @@ def _check_plot(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "recovery"]:  # its own options; it runs estimators, not engine jobs
+        from .bench_recovery import main as bench_recovery
+
+        return bench_recovery(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":

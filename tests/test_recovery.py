@@ -103,6 +103,7 @@ def test_multi_job_fit_resumes_every_job(tmp_path):
 
 
 # -- the command line: the supervisor restarts a failed MPI job from its checkpoints ---------------
+import json  # noqa: E402
 import random  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -226,3 +227,17 @@ def test_cli_checkpoint_errors(data_file, tmp_path):
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
     assert len(errors) == 1 and "belongs to job" in errors[0]
+
+
+def test_bench_recovery_reports_and_recovers(tmp_path):
+    out = tmp_path / "recovery.json"
+    proc = subprocess.run([sys.executable, "-m", "drizzle_ml", "bench", "recovery", "--rows", "4000", "--features",
+                           "5", "--iterations", "240", "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "kill -> back at the same iteration" in proc.stdout and "per-iteration time x" in proc.stdout
+    report = json.loads(out.read_text())
+    for group_size in ("10", "100"):
+        (round_,) = report["recovery"][group_size]
+        assert round_["same_model"] and round_["committed_lost"] == 0 and round_["kill_to_caught_up_s"] > 0
+    assert report["checkpoints"][0]["write_s"] > 0
