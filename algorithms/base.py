@@ -17,7 +17,7 @@ from drizzle_ml.cluster import get_cluster
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 from drizzle_ml.errors import WorkerFailedError, WorkerTimeoutError
 from drizzle_ml.metrics import JobResult
-from drizzle_ml.scheduler import SCHEDULING
+from drizzle_ml.scheduler import SCHEDULING, parse_checkpoint_every
 from drizzle_ml.store import ModelStore, freeze
 from drizzle_ml.tuner import GroupSizer, check_group_size
 
@@ -60,9 +60,13 @@ class DrizzleEstimator(BaseEstimator):
     verbose : int
         0 silent; 1 a progress line per group on stderr.
     checkpoint_dir : path or None
-        Write every committed model version there (HDF5, atomically, while
-        the next group runs); ``fit(..., resume=True)`` continues from the
+        Write committed model versions there (HDF5, atomically, while the
+        next group runs); ``fit(..., resume=True)`` continues from the
         newest valid checkpoint.
+    checkpoint_every : int or str
+        A checkpoint every this many groups (default 1: a failure then costs
+        at most one group), or at most once per interval such as ``"30s"``;
+        the final version is always written.
 
     After ``fit``: ``n_iter_``, ``model_version_`` (the committed version of
     the final model) and ``history_`` (one dict of metrics per group).
@@ -70,6 +74,7 @@ class DrizzleEstimator(BaseEstimator):
 
     def _check_engine_params(self) -> None:
         check_group_size(self.group_size)
+        parse_checkpoint_every(getattr(self, "checkpoint_every", 1))
         if self.scheduling not in SCHEDULING:
             raise ValueError(f"scheduling must be one of {SCHEDULING}, got {self.scheduling!r}")
         if self.n_workers is not None and (
@@ -120,7 +125,7 @@ class DrizzleEstimator(BaseEstimator):
             )
         self.model_store_ = ModelStore()
         on_group = getattr(self, "progress_callback", None) or (self._print_progress if self.verbose else None)
-        checkpoints = self._checkpoint_store(program, dataset)
+        checkpoints, checkpoint_params = self._checkpoint_store(program, dataset)
         sizer = GroupSizer(self.group_size)
         version, start = 0, 0
         resumed = checkpoints.latest() if checkpoints is not None and getattr(self, "_resume", False) else None
@@ -136,7 +141,9 @@ class DrizzleEstimator(BaseEstimator):
             try:
                 result = cluster.run(program, model, dataset, max_iter=end - start, version=version,
                                      start_iteration=start, scheduling=self.scheduling, store=self.model_store_,
-                                     on_group=on_group, sizer=sizer, checkpoints=checkpoints)
+                                     on_group=on_group, sizer=sizer, checkpoints=checkpoints,
+                                     checkpoint_every=getattr(self, "checkpoint_every", 1),
+                                     checkpoint_params=checkpoint_params)
                 break
             except (WorkerFailedError, WorkerTimeoutError) as exc:
                 if cluster.mode != "launched" or recoveries >= MAX_RECOVERIES:
@@ -166,14 +173,15 @@ class DrizzleEstimator(BaseEstimator):
             )
         return result
 
-    def _checkpoint_store(self, program: Any, dataset: Any) -> CheckpointStore | None:
-        """This job's checkpoint store, keyed by estimator, parameters, program and data."""
+    def _checkpoint_store(self, program: Any, dataset: Any) -> tuple[CheckpointStore | None, dict]:
+        """This job's checkpoint store, keyed by estimator, parameters, program and data; and its parameters."""
         directory = getattr(self, "checkpoint_dir", None)
         job = getattr(self, "_fit_jobs", 0)
         self._fit_jobs = job + 1
         if directory is None:
-            return None
-        engine = {"n_workers", "group_size", "scheduling", "verbose", "max_iter", "checkpoint_dir"}
+            return None, {}
+        engine = {"n_workers", "group_size", "scheduling", "verbose", "max_iter", "checkpoint_dir",
+                  "checkpoint_every"}
         params = {k: (v if isinstance(v, (int, float, str, bool, type(None), np.ndarray)) else repr(v))
                   for k, v in self.get_params().items() if k not in engine}
         key = job_key_for(f"{type(self).__name__}.{type(program).__name__}.{job}",
@@ -181,7 +189,10 @@ class DrizzleEstimator(BaseEstimator):
         # One write in flight at most: a group boundary waits for the previous
         # group's checkpoint (written while this group ran), so a failure never
         # loses more than the last group's checkpoint.
-        return CheckpointStore(os.path.join(os.fspath(directory), f"job-{job}"), job_key=key, max_pending=1)
+        store = CheckpointStore(os.path.join(os.fspath(directory), f"job-{job}"), job_key=key, max_pending=1)
+        described = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()}
+        return store, {"estimator": type(self).__name__, "program": type(program).__name__, "job": job,
+                       "params": described, "data": dataset.dataset_id}
 
     @staticmethod
     def _print_progress(g) -> None:

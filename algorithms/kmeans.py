@@ -442,7 +442,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
     """
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4,
-                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None):
+                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -454,6 +454,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -220,7 +220,7 @@ class LinearRegression(_LeastSquares):
     """
 
     def __init__(self, *, fit_intercept=True, solver="auto", tol=1e-6, max_iter=None, learning_rate=None,
-                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None):
+                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
         self.fit_intercept = fit_intercept
         self.solver = solver
         self.tol = tol
@@ -232,6 +232,7 @@ class LinearRegression(_LeastSquares):
         self.random_state = random_state
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
 
 
 class Ridge(_LeastSquares):
@@ -253,7 +254,7 @@ class Ridge(_LeastSquares):
 
     def __init__(self, alpha=1.0, *, fit_intercept=True, solver="auto", tol=1e-4, max_iter=None,
                  learning_rate=None, n_workers=None, group_size="auto", scheduling="group",
-                 random_state=None, verbose=0, checkpoint_dir=None):
+                 random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
         self.solver = solver
@@ -266,6 +267,7 @@ class Ridge(_LeastSquares):
         self.random_state = random_state
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
 
     @property
     def _alpha(self) -> float:

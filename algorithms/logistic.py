@@ -56,7 +56,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
 
     def __init__(self, solver="lbfgs", *, C=1.0, tol=1e-4, max_iter=100, fit_intercept=True,
                  learning_rate=None, n_workers=None, group_size="auto", scheduling="group",
-                 random_state=None, verbose=0, checkpoint_dir=None):
+                 random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
         self.solver = solver
         self.C = C
         self.tol = tol
@@ -69,6 +69,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         self.random_state = random_state
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
 
     @resumable
     def fit(self, X, y=None, sample_weight=None):

@@ -250,7 +250,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
 
     def __init__(self, n_components=None, *, svd_solver="covariance", whiten=False, tol=1e-12,
                  max_iter=200, n_oversamples=10, n_workers=None, group_size="auto",
-                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None):
+                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
         self.n_components = n_components
         self.svd_solver = svd_solver
         self.whiten = whiten
@@ -263,6 +263,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
 
     def _check_params(self) -> None:
         self._check_engine_params()

@@ -59,15 +59,17 @@ def run_job(
     pipeline: bool = True,
     sizer: GroupSizer | None = None,
     checkpoints: CheckpointStore | None = None,
-    checkpoint_every: int = 1,
+    checkpoint_every: int | str = 1,
+    checkpoint_params: dict | None = None,
 ) -> JobResult:
     """Run ``program`` for at most ``max_iter`` iterations from ``model`` (at ``version``).
 
     The model is committed to ``store`` at every group boundary (every
     iteration in BSP mode). With ``checkpoints``, every ``checkpoint_every``-th
     commit (and the last) is also written there, in the background while the
-    next group runs: the full model with optimizer state, the iteration and
-    the tuner's state. ``on_group`` is called with each group's metrics.
+    next group runs: the full model with optimizer state, the iteration, the
+    tuner's state and ``checkpoint_params`` (the job's parameters, JSON).
+    ``checkpoint_every`` may also be an interval in seconds (``"30s"``). ``on_group`` is called with each group's metrics.
     Raises :class:`~drizzle_ml.errors.WorkerError` when program code fails on
     a worker, :class:`~drizzle_ml.errors.WorkerFailedError` when a worker dies
     or hangs.
@@ -80,7 +82,7 @@ def run_job(
         raise ValueError("model must be a non-empty dict of arrays")
     sizer = sizer or GroupSizer(group_size)
     store = store if store is not None else ModelStore()
-    durable = _Durable(checkpoints, checkpoint_every, sizer)
+    durable = _Durable(checkpoints, checkpoint_every, sizer, checkpoint_params)
     try:
         newest = store.latest().version
     except LookupError:
@@ -110,23 +112,42 @@ def run_job(
     return result
 
 
-class _Durable:
-    """Checkpoints of the committed model versions, every ``every``-th commit and the last."""
+def parse_checkpoint_every(every: int | str) -> tuple[int, float | None]:
+    """``checkpoint_every``: an int counts groups (commits); ``"30s"`` is an interval in seconds."""
+    if isinstance(every, str) and every.endswith("s"):
+        try:
+            seconds = float(every[:-1])
+        except ValueError:
+            seconds = -1.0
+        if seconds > 0:
+            return 1, seconds
+    elif not isinstance(every, bool) and isinstance(every, (int, np.integer)) and every >= 1:
+        return int(every), None
+    raise ValueError(f"checkpoint_every must be an integer >= 1 (groups) or seconds like '30s', got {every!r}")
 
-    def __init__(self, checkpoints: CheckpointStore | None, every: int, sizer: GroupSizer):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"checkpoint_every must be an integer >= 1, got {every!r}")
-        self.checkpoints, self.every, self.sizer = checkpoints, every, sizer
+
+class _Durable:
+    """Checkpoints of committed model versions: every ``every``-th commit (or once per
+    interval of seconds), and always the last one."""
+
+    def __init__(self, checkpoints: CheckpointStore | None, every: int | str, sizer: GroupSizer,
+                 params: dict | None = None):
+        self.every, self.seconds = parse_checkpoint_every(every)
+        self.checkpoints, self.sizer, self.params = checkpoints, sizer, params or {}
         self.commits = 0
+        self.written_at = time.monotonic()
 
     def commit(self, version: int, model: dict, iteration: int, metrics: dict, last: bool) -> None:
         if self.checkpoints is None:
             return
         self.commits += 1
-        if last or self.commits % self.every == 0:
+        due = (time.monotonic() - self.written_at >= self.seconds if self.seconds is not None
+               else self.commits % self.every == 0)
+        if last or due:
+            self.written_at = time.monotonic()
             self.checkpoints.save_async(Checkpoint(
                 job_key=self.checkpoints.job_key, version=version, iteration=iteration, model=model,
-                tuner=self.sizer.state(),
+                tuner=self.sizer.state(), params=self.params,
                 metrics={k: float(v) for k, v in metrics.items()} | {"last": float(last)},
             ))
 

@@ -58,6 +58,8 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     recovery = train.add_argument_group("checkpoints and recovery")
     recovery.add_argument("--checkpoint-dir", default=None,
                           help="write a checkpoint at every group boundary to this directory")
+    recovery.add_argument("--checkpoint-every", default="1",
+                          help="a checkpoint every N groups (default 1), or at most every interval like '30s'")
     recovery.add_argument("--resume", action="store_true",
                           help="continue from the newest valid checkpoint in --checkpoint-dir")
     recovery.add_argument("--max-restarts", type=int, default=3,
@@ -90,6 +92,12 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
     if args.resume and args.checkpoint_dir is None:
         raise CLIError("--resume needs --checkpoint-dir")
+    from drizzle_ml.scheduler import parse_checkpoint_every
+
+    try:
+        parse_checkpoint_every(_checkpoint_every(args.checkpoint_every))
+    except ValueError as exc:
+        raise CLIError(f"--checkpoint-every: {exc}") from None
     if args.max_restarts < 0:
         raise CLIError(f"--max-restarts must be at least 0, got {args.max_restarts}")
     if args.min_workers is not None and not 1 <= args.min_workers <= args.workers:
@@ -113,6 +121,10 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
             raise CLIError(f"{args.data}: train reads HDF5 files; convert it first with "
                            f"'drizzle-ml datasets convert {args.data} -o DATA.h5'")
     return params
+
+
+def _checkpoint_every(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
 
 
 def make_estimator(algorithm: str, params: dict[str, Any], engine: dict[str, Any]):
@@ -157,6 +169,7 @@ def train(args: argparse.Namespace) -> int:
     engine = {"group_size": args.group_size, "scheduling": args.scheduling}
     estimator = make_estimator(args.algorithm, params, engine)
     estimator.checkpoint_dir = args.checkpoint_dir
+    estimator.checkpoint_every = _checkpoint_every(args.checkpoint_every)
     max_iter = getattr(estimator, "max_iter", None)
     print(f"drizzle-ml: {args.algorithm} on {description} with {cluster.n_workers} workers "
           f"(group size {args.group_size}, scheduling {args.scheduling})", flush=True)

@@ -220,6 +220,8 @@ def test_cli_elastic_resume_shrink_and_grow(data_file, undisturbed, tmp_path, be
 def test_cli_checkpoint_errors(data_file, tmp_path):
     proc = train_cli(data_file, "--resume")
     assert proc.returncode == 2 and "--resume needs --checkpoint-dir" in proc.stderr
+    proc = train_cli(data_file, "--checkpoint-dir", str(tmp_path / "x"), "--checkpoint-every", "often")
+    assert proc.returncode == 2 and "--checkpoint-every: checkpoint_every must be" in proc.stderr
     ck = str(tmp_path / "ck")
     assert train_cli(data_file, "--workers", "2", "--max-iter", "40", "--checkpoint-dir", ck).returncode == 0
     proc = train_cli(data_file, "--workers", "2", "--max-iter", "40", "--checkpoint-dir", ck, "--resume",
@@ -241,3 +243,21 @@ def test_bench_recovery_reports_and_recovers(tmp_path):
         (round_,) = report["recovery"][group_size]
         assert round_["same_model"] and round_["committed_lost"] == 0 and round_["kill_to_caught_up_s"] > 0
     assert report["checkpoints"][0]["write_s"] > 0
+
+
+def test_checkpoint_interval_in_groups_or_seconds_and_the_job_parameters(tmp_path):
+    from drizzle_ml.checkpoint import CheckpointStore
+
+    gd(120, checkpoint_every=5, checkpoint_dir=tmp_path / "groups").fit(X, Y)
+    # groups of 10: every 5th commit (iterations 50, 100) and the last (120); the newest 3 are kept
+    assert checkpoints(tmp_path / "groups") == ["ckpt-000000000050.h5", "ckpt-000000000100.h5",
+                                                "ckpt-000000000120.h5"]
+    gd(120, checkpoint_every="3600s", checkpoint_dir=tmp_path / "seconds").fit(X, Y)
+    assert checkpoints(tmp_path / "seconds") == ["ckpt-000000000120.h5"]  # only the last within an hour
+    ck = CheckpointStore(tmp_path / "groups" / "job-0").latest()
+    assert ck.params["estimator"] == "LogisticRegression" and ck.params["program"] == "Minimize"
+    assert ck.params["params"]["solver"] == "gd" and ck.params["params"]["learning_rate"] == 0.5
+    assert set(ck.model) == {"w", "x", "g", "p", "S", "Y", "state"} and ck.tuner == {"size": 10}
+    for bad in (0, "soon", "-1s", 2.5):
+        with pytest.raises(ValueError, match="checkpoint_every must be"):
+            gd(checkpoint_every=bad).fit(X, Y)
