@@ -261,3 +261,32 @@ def test_checkpoint_interval_in_groups_or_seconds_and_the_job_parameters(tmp_pat
     for bad in (0, "soon", "-1s", 2.5):
         with pytest.raises(ValueError, match="checkpoint_every must be"):
             gd(checkpoint_every=bad).fit(X, Y)
+
+
+def test_cli_shrinks_after_repeated_failures_at_one_size(data_file, tmp_path):
+    model = tmp_path / "m.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "drizzle_ml", "train", "--data", data_file, "--workers", "2",
+                             "--min-workers", "1", "--max-iter", "300", *TRAIN, "--checkpoint-dir",
+                             str(tmp_path / "ck"), "-o", str(model)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines, kills = [], 0
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("iter ") and kills < 2:
+                os.kill(ranks(data_file)[1], signal.SIGKILL)  # two failures in a row at 2 workers
+                kills += 1
+                for more in proc.stderr:  # wait for the restart before the next kill
+                    lines.append(more)
+                    if "the MPI job failed" in more:
+                        break
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(lines)
+    assert proc.returncode == 0, stderr
+    restarts = [ln for ln in lines if "the MPI job failed" in ln]
+    assert len(restarts) == 2
+    assert "with 2 workers" in restarts[0] and "with 1 workers" in restarts[1], stderr
+    assert load_model(model).n_iter_ == 300
