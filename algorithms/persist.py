@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from drizzle_ml.jsonable import from_json, to_json
+
 from .kmeans import KMeans
 from .linear import LinearRegression, Ridge
 from .logistic import LogisticRegression
@@ -66,45 +68,8 @@ _NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex
 # -- JSON ----------------------------------------------------------------------------------------
 
 def _to_json_value(value: Any, where: str) -> Any:
-    """``value`` as JSON-ready python data; numpy scalars become python numbers.
-
-    Arrays become ``{"__ndarray__": nested list, "dtype": str}`` (KMeans' ``init``
-    may be an array). Anything else that is not JSON raises a TypeError naming ``where``.
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return value.item()
-    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-        return {"__ndarray__": value.tolist(), "dtype": value.dtype.str}
-    if isinstance(value, (list, tuple)):
-        return [_to_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"{where} has a non-string key {k!r}; model files hold JSON")
-            out[k] = _to_json_value(v, f"{where}[{k!r}]")
-        return out
-    raise TypeError(
-        f"{where} = {value!r} ({type(value).__name__}) cannot be saved in a model file "
-        "(only None, bool, int, float, str, lists, dicts and numeric arrays)"
-    )
-
-
-def _from_json_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"__ndarray__", "dtype"}:
-            dtype = np.dtype(value["dtype"])
-            if dtype.kind not in "biuf":
-                raise ValueError(f"an array parameter has dtype {dtype}, not a numeric one")
-            return np.array(value["__ndarray__"], dtype=dtype)
-        return {k: _from_json_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json_value(v) for v in value]
-    return value
+    """JSON data for a model file (KMeans' ``init`` may be an array); TypeError naming ``where``."""
+    return to_json(value, where, "a model file")
 
 
 def _dumps(value: Any, where: str) -> str:
@@ -118,7 +83,7 @@ def _loads(text: Any, where: str, path: str) -> Any:
     if not isinstance(text, str):
         raise ValueError(f"{path}: attribute {where!r} is not JSON text; the model file is corrupted")
     try:
-        return _from_json_value(json.loads(text))
+        return from_json(json.loads(text))
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: attribute {where!r} is not valid JSON ({exc}); "
                          "the model file is corrupted") from None

@@ -52,6 +52,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import CheckpointError, CheckpointMismatchError, CheckpointWarning
+from .jsonable import from_json, to_json
 
 __all__ = [
     "FORMAT",
@@ -126,39 +127,7 @@ class _Invalid(Exception):
 # -- JSON ----------------------------------------------------------------------------------------
 
 def _to_json(value: Any, where: str) -> Any:
-    """``value`` as plain JSON data; TypeError naming ``where`` if it is not JSON-able."""
-    if value is None or isinstance(value, (bool, str, int, float)):
-        return value
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return value.item()
-    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-        return {"__ndarray__": value.tolist(), "dtype": value.dtype.str}
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"{where} has a non-string key {k!r}; checkpoints hold JSON")
-            out[k] = _to_json(v, f"{where}[{k!r}]")
-        return out
-    raise TypeError(
-        f"{where} = {value!r} ({type(value).__name__}) cannot be stored in a checkpoint "
-        "(only None, bool, int, float, str, lists, dicts and numeric arrays; never pickled)"
-    )
-
-
-def _from_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"__ndarray__", "dtype"}:
-            dtype = np.dtype(value["dtype"])
-            if dtype.kind not in "biuf":
-                raise ValueError(f"an array value has dtype {dtype}, not a numeric one")
-            return np.array(value["__ndarray__"], dtype=dtype)
-        return {k: _from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    return value
+    return to_json(value, where, "a checkpoint")
 
 
 def _canonical(value: Any, where: str) -> str:
@@ -433,7 +402,7 @@ def _read_file(path: str) -> Checkpoint:
             raise _Invalid("checksum mismatch: the file is corrupted")
         fields = {}
         for name in _JSON_FIELDS:
-            value = _from_json(json.loads(texts[name]))
+            value = from_json(json.loads(texts[name]))
             if not isinstance(value, dict):
                 raise _Invalid(f"attribute {name!r} is not a JSON object")
             fields[name] = value

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .train import CLIError
+from .train import CLIError, open_hdf5
 
 CHUNK_ROWS = 65_536
 
@@ -46,21 +46,13 @@ def _output_of(estimator: Any) -> tuple[str, Any]:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from drizzle_ml import HDF5Dataset
     from drizzle_ml.algorithms.persist import load_model
 
     try:
         estimator = load_model(args.model)
     except (OSError, ValueError, KeyError) as exc:
         raise CLIError(str(exc)) from None
-    if not os.path.exists(args.data):
-        raise CLIError(f"data file not found: {args.data}")
-    try:
-        source = HDF5Dataset(args.data, x_key=args.x_key, y_key=None)
-    except KeyError as exc:
-        raise CLIError(exc.args[0]) from None
-    except (OSError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
+    source = open_hdf5(args.data, args.x_key, None)
     expected = getattr(estimator, "n_features_in_", source.n_features)
     if source.n_features != expected:
         raise CLIError(f"{args.data} has {source.n_features} features, but the model was trained on {expected}")

@@ -135,21 +135,28 @@ def make_estimator(algorithm: str, params: dict[str, Any], engine: dict[str, Any
     return cls(**params, **engine)
 
 
+def open_hdf5(path: str, x_key: str, y_key: str | None):
+    """An :class:`~drizzle_ml.HDF5Dataset`, or a one-line CLIError saying what is wrong with the file."""
+    from drizzle_ml import HDF5Dataset
+
+    if not os.path.exists(path):
+        raise CLIError(f"data file not found: {path}")
+    try:
+        return HDF5Dataset(path, x_key=x_key, y_key=y_key)
+    except KeyError as exc:
+        raise CLIError(exc.args[0]) from None
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
 def load_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """``(X_or_dataset, y_or_None, description)``: the HDF5 file, or the bundled default."""
-    from drizzle_ml import HDF5Dataset
     from drizzle_ml.datasets import load_default
 
     if args.data is None:
         X, y, name = load_default("regression" if args.algorithm in ("linear", "ridge") else "classification")
         return X, (y if args.algorithm in SUPERVISED else None), name
-    y_key = args.y_key if args.algorithm in SUPERVISED else None
-    try:
-        dataset = HDF5Dataset(args.data, x_key=args.x_key, y_key=y_key)
-    except KeyError as exc:
-        raise CLIError(exc.args[0]) from None
-    except (OSError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
+    dataset = open_hdf5(args.data, args.x_key, args.y_key if args.algorithm in SUPERVISED else None)
     kind = "sparse" if dataset.sparse else "dense"
     return dataset, None, f"{args.data} ({dataset.n_rows} x {dataset.n_features}, {kind})"
 
