@@ -37,7 +37,7 @@ def test_killed_worker_is_replaced_and_the_model_is_bit_identical(reference, wor
 
     def kill_once(group):  # at a group boundary, while the next group is already running
         if group.start_iteration >= at and not killed:
-            killed.append(victim)
+            killed.append(group.start_iteration + group.n_iterations)  # committed when the kill lands
             os.kill(victim, signal.SIGKILL)
 
     killed: list[int] = []
@@ -46,7 +46,9 @@ def test_killed_worker_is_replaced_and_the_model_is_bit_identical(reference, wor
                       r"Restarting the workers and resuming at iteration (\d+)") as caught:
         est.fit(X, Y)
     resumed_at = int(str(caught[0].message).split("resuming at iteration ")[1].split()[0])
-    assert at <= resumed_at <= at + 2 * 4  # at most the group in flight is redone
+    # Nothing committed is lost; the group in flight may still finish (and commit) before
+    # the death is noticed, so the job resumes at the kill point or one group later.
+    assert killed[0] <= resumed_at <= killed[0] + 4
     assert np.array_equal(est.coef_, reference[240])
     assert est.n_iter_ == 240 and est.model_version_ == 240
 
