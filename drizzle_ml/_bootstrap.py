@@ -21,6 +21,10 @@ def serve_if_worker_rank() -> None:
         return
     from .worker import serve_world
 
-    serve_world()
+    try:
+        serve_world()
+    except KeyboardInterrupt:
+        # Ctrl-C reaches every rank of the job; the driver reports it, workers just stop.
+        os._exit(130)
     sys.stdout.flush()
     sys.exit(0)

@@ -189,10 +189,11 @@ def coordination(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m drizzle_ml.bench")
-    sub = parser.add_subparsers(dest="bench", required=True)
+    # The metavar hides the internal roles (_plain, _engine) from --help.
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="{coordination}")
     for name in ("coordination", "_plain", "_engine"):
-        p = sub.add_parser(name, help="engine overhead vs group size, BSP and a plain MPI loop"
-                           if name == "coordination" else argparse.SUPPRESS)
+        p = sub.add_parser(name, **({"help": "engine overhead vs group size, BSP and a plain MPI loop"}
+                                    if name == "coordination" else {}))
         p.add_argument("--rows", type=int, default=2000, help="rows per worker")
         p.add_argument("--features", type=int, default=10)
         p.add_argument("--iterations", type=int, default=2000)
