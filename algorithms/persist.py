@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from drizzle_ml.files import atomic_output
 from drizzle_ml.jsonable import from_json, to_json
 
 from .kmeans import KMeans
@@ -161,19 +161,6 @@ def _write_file(h5, estimator: Any, params_json: str, extra_json: str | None) ->
             )
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_model(estimator: Any, path: str | os.PathLike, *, extra: dict | None = None) -> None:
     """Write a fitted estimator to ``path`` (HDF5), atomically.
 
@@ -203,26 +190,8 @@ def save_model(estimator: Any, path: str | os.PathLike, *, extra: dict | None = 
         raise TypeError(f"extra must be a dict or None, got {type(extra).__name__}")
     extra_json = None if extra is None else _dumps(extra, "extra")
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "r+b") as f:
-            with h5py.File(f, "w") as h5:
-                _write_file(h5, estimator, params_json, extra_json)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h5:
+        _write_file(h5, estimator, params_json, extra_json)
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -30,9 +30,11 @@ import math
 import os
 import tempfile
 import zipfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
+
+from drizzle_ml.files import atomic_output
 
 __all__ = [
     "KINDS",
@@ -85,31 +87,6 @@ def _check_chunk_rows(chunk_rows: int | None, default: int) -> int:
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     return int(chunk_rows)
-
-
-@contextlib.contextmanager
-def _atomic_output(dst: str | os.PathLike, overwrite: bool) -> Iterator[str]:
-    """Yield a temporary path next to ``dst``; rename it to ``dst`` if the block succeeds."""
-    dst = os.fspath(dst)
-    if os.path.isdir(dst):
-        raise IsADirectoryError(f"{dst} is a directory, not an output file")
-    if os.path.lexists(dst) and not overwrite:
-        raise FileExistsError(f"{dst} exists: pass overwrite=True (--overwrite) to replace it")
-    parent = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"{dst}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dst) + ".", suffix=".tmp", dir=parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would: other hosts' workers must read it
-    try:
-        yield tmp
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _json_attr(value: Any) -> Any:
@@ -438,7 +415,7 @@ def make_dataset(
     chunk_rows = _check_chunk_rows(chunk_rows, _work_chunk_rows(features))
     gen = _GENERATORS[kind](rows, features, np.random.default_rng(_seed_seq(seed, 0)), **kind_options)
 
-    with _atomic_output(path, overwrite) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
         X = f.create_dataset("X", shape=(rows, features), dtype=np.float64,
                              chunks=(min(rows, _h5_chunk_rows(features)), features))
         y = None
@@ -894,7 +871,7 @@ def convert(
         raise ValueError(f"n_features applies to LIBSVM input only, not {fmt}")
     chunk_rows = None if chunk_rows is None else _check_chunk_rows(chunk_rows, 0)
     directory = os.path.dirname(os.path.abspath(os.fspath(dst)))
-    with _atomic_output(dst, overwrite) as tmp:
+    with atomic_output(dst, overwrite=overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
             if fmt == "csv":
                 info = _convert_csv(src_s, f, x_key, y_key, label_column, delimiter, has_header,

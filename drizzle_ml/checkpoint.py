@@ -42,7 +42,6 @@ import json
 import os
 import queue
 import re
-import tempfile
 import threading
 import time
 import warnings
@@ -52,6 +51,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import CheckpointError, CheckpointMismatchError, CheckpointWarning
+from .files import atomic_output, fsync_dir
 from .jsonable import from_json, to_json
 
 __all__ = [
@@ -264,43 +264,13 @@ def _write_h5(path: str, p: _Prepared, checksum: str) -> None:
         a["checksum"] = checksum
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(directory: str, p: _Prepared) -> str:
     """Write ``p`` as ``directory/ckpt-{version:012d}.h5``: temp file, fsync, rename, fsync dir."""
-    name = f"ckpt-{p.version:012d}.h5"
-    path = os.path.join(directory, name)
+    path = os.path.join(directory, f"ckpt-{p.version:012d}.h5")
     checksum = _checksum(p.job_key, p.version, p.iteration, p.created, p.keys, p.arrays,
                          p.orders, p.texts)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         _write_h5(tmp, p, checksum)
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
     return path
 
 
@@ -627,7 +597,7 @@ class CheckpointStore:
             else:
                 kept += 1
         if removed:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     # -- reading ---------------------------------------------------------------------------------
 

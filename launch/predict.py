@@ -63,21 +63,24 @@ def predict(args: argparse.Namespace) -> int:
         raise CLIError(f"--output must end in .h5, .npy or .csv, got {out!r}")
     parts = [np.asarray(method(X)) for X in iter_rows(source)]
     result = np.concatenate(parts) if parts else np.empty(0)
-    if ext in (".h5", ".hdf5"):
-        import h5py
+    from drizzle_ml.files import atomic_output
 
-        tmp = out + ".tmp"
-        with h5py.File(tmp, "w") as f:
-            if result.dtype.kind == "U":
-                f.create_dataset(name, data=result.astype(object), dtype=h5py.string_dtype())
-            else:
-                f[name] = result
-        os.replace(tmp, out)
-    elif ext == ".npy":
-        np.save(out, result)
-    else:
-        fmt = "%s" if result.dtype.kind in "UO" else "%.17g"
-        np.savetxt(out, result.reshape(len(result), -1), delimiter=",", fmt=fmt)
+    with atomic_output(out) as tmp:
+        if ext in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(tmp, "w") as f:
+                if result.dtype.kind == "U":
+                    f.create_dataset(name, data=result.astype(object), dtype=h5py.string_dtype())
+                else:
+                    f[name] = result
+        else:
+            with open(tmp, "wb") as f:
+                if ext == ".npy":
+                    np.save(f, result)
+                else:
+                    fmt = "%s" if result.dtype.kind in "UO" else "%.17g"
+                    np.savetxt(f, result.reshape(len(result), -1), delimiter=",", fmt=fmt)
     print(f"wrote {out}: {name} for {len(result)} rows ({type(estimator).__name__}, "
           f"model version {getattr(estimator, 'model_version_', '?')})")
     return 0

@@ -160,3 +160,30 @@ def test_store_pickles_with_its_versions():
     assert copy.versions() == [2, 3] and copy.latest().model["w"][0] == 3
     copy.commit(4, {"w": np.zeros(2)}, 4)  # the copy has a working lock
     assert copy.versions() == [3, 4]
+
+
+def test_atomic_output_replaces_whole_files_or_nothing(tmp_path):
+    import os
+
+    from drizzle_ml.files import atomic_output
+
+    target = tmp_path / "out.bin"
+    with atomic_output(target) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"new")
+    assert target.read_bytes() == b"new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    with pytest.raises(RuntimeError, match="half-way"):
+        with atomic_output(target) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"partial")
+            raise RuntimeError("half-way")
+    assert target.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["out.bin"]
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        with atomic_output(target, overwrite=False):
+            pass
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        with atomic_output(tmp_path / "no" / "x.bin"):
+            pass
