@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     from drizzle_ml.datasets.tools import add_datasets_parser
 
     add_datasets_parser(sub)
-    from drizzle_ml.bench import build_parser as bench_parser
+    from .bench_coordination import build_parser as bench_parser
 
     bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery --help'")
     bench_parser(bench)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":
-            from drizzle_ml.bench import run as run_bench
+            from .bench_coordination import run as run_bench
 
             return run_bench(args)
         if args.command == "datasets":

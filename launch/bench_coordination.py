@@ -1,6 +1,6 @@
 """Benchmarks that print figures measured side by side in one run.
 
-``python -m drizzle_ml.bench coordination`` (also ``drizzle-ml bench coordination``)
+``drizzle-ml bench coordination`` (also ``python -m drizzle_ml.launch.bench_coordination coordination``)
 runs a tiny logistic-regression gradient-descent job with 2 workers at group
 sizes 1, 10, 100 and auto, the ``bsp`` baseline, and a plain mpi4py loop doing
 the same arithmetic with ``Allreduce`` (the limit), and prints per-iteration
@@ -116,7 +116,7 @@ def _engine(args: argparse.Namespace) -> dict[str, Any]:
 def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, str]) -> dict[str, Any]:
     from drizzle_ml.cluster import find_mpiexec
 
-    cmd = [find_mpiexec(), "-n", str(n), sys.executable, "-m", "drizzle_ml.bench", role,
+    cmd = [find_mpiexec(), "-n", str(n), sys.executable, "-m", "drizzle_ml.launch.bench_coordination", role,
            "--rows", str(args.rows), "--features", str(args.features),
            "--iterations", str(args.iterations)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
@@ -188,7 +188,7 @@ def coordination(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m drizzle_ml.bench")
+    parser = parser or argparse.ArgumentParser(prog="drizzle-ml bench")
     # The metavar hides the internal roles (_plain, _engine) from --help.
     sub = parser.add_subparsers(dest="bench", required=True, metavar="{coordination}")
     for name in ("coordination", "_plain", "_engine"):
