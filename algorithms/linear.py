@@ -8,10 +8,13 @@ one pass and solves the normal equations on the tree root. ``"lbfgs"`` and
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 from sklearn.base import RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
@@ -20,7 +23,7 @@ from drizzle_ml.program import Partition, Program
 from .base import DrizzleEstimator, check_positive_int, check_sample_weight, resumable
 from .losses import LinearLoss
 from .moments import combine_moments, partition_moments
-from .optim import SOLVERS, Minimize, initial_model
+from .optim import SOLVERS, Minimize, initial_model, line_search_failed
 
 EXACT_MAX_COLUMNS = 2000
 # The Gram matrix squares X's condition number, and its rounding noise is about
@@ -99,23 +102,14 @@ class LinearModelBase(DrizzleEstimator):
                            learning_rate=getattr(self, "learning_rate", None), classes=classes)
         model = initial_model(loss.n_params, solver, program.memory)
         result = self._run(program, model, dataset, max_iter)
-        self._check_line_search(result.model["state"])
-        coef, intercept = loss.split(np.array(result.model["x"]))
-        return coef.copy(), (np.zeros(n_outputs) if intercept is None else intercept.copy())
-
-    def _check_line_search(self, state: np.ndarray) -> None:
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
-        from .optim import _LS_FAILED
-
-        if state[_LS_FAILED]:
+        if line_search_failed(result.model):
             warnings.warn(
                 f"{type(self).__name__}: the line search found no step that lowers the loss "
                 "(the gradient is at the limit of floating-point precision); stopped early",
                 ConvergenceWarning,
             )
+        coef, intercept = loss.split(np.array(result.model["x"]))
+        return coef.copy(), (np.zeros(n_outputs) if intercept is None else intercept.copy())
 
     def _decision(self, X) -> np.ndarray:
         check_is_fitted(self)

@@ -115,7 +115,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         if len(classes) < 2:
             raise ValueError(
                 "LogisticRegression needs samples of at least 2 classes in the data, but the data "
-                f"contains only one class: {classes[0].item() if hasattr(classes[0], 'item') else classes[0]!r}"
+                f"contains only one class: {classes.tolist()[0]!r}"
             )
         return classes
 

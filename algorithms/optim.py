@@ -44,6 +44,11 @@ def initial_model(n_params: int, solver: str, memory: int, w0: np.ndarray | None
     }
 
 
+def line_search_failed(model: dict) -> bool:
+    """Whether a finished :class:`Minimize` job stopped because no step lowered the loss."""
+    return bool(model["state"][_LS_FAILED])
+
+
 class Minimize(Program):
     """Minimize ``(loss_sum(w) + alpha/2 ||coef||²) / weight_sum`` of a :class:`LinearLoss`.
 

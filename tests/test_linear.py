@@ -127,3 +127,11 @@ def test_bad_input():
         LinearRegression(n_workers=2).fit(X, Y[:-1])
     with pytest.raises(ValueError, match="features"):
         LinearRegression(n_workers=2).fit(X, Y).predict(X[:, :3])
+
+
+def test_line_search_at_the_precision_limit_warns_and_stops():
+    Xs = X / X.std(axis=0)
+    with pytest.warns(ConvergenceWarning, match="line search found no step that lowers the loss"):
+        est = Ridge(alpha=1.0, solver="gd", tol=0.0, max_iter=100_000, n_workers=2).fit(Xs, Y)
+    assert est.n_iter_ < 100_000  # stopped by the line search, not by max_iter
+    assert_same_model(est, Ridge(alpha=1.0, n_workers=2).fit(Xs, Y), rtol=1e-4)
