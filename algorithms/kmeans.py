@@ -111,10 +111,10 @@ def _weights(part: Partition) -> np.ndarray:
     return np.ones(part.n_rows) if sw is None else np.asarray(sw, dtype=np.float64)
 
 
-def _row(X: Any, i: int) -> np.ndarray:
-    """Row ``i`` of X as a float64 vector (d,)."""
-    r = X[i].toarray().ravel() if sp.issparse(X) else X[i]
-    return np.asarray(r, dtype=np.float64)
+def _rows(X: Any, index: Any) -> np.ndarray:
+    """Rows ``index`` of X (dense or CSR) as a dense float64 array (len(index), d)."""
+    rows = X[index]
+    return np.asarray(rows.toarray() if sp.issparse(rows) else rows, dtype=np.float64)
 
 
 def _first_k(keys: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -218,7 +218,7 @@ class KMeansPlusPlusInit(Program):
                     u = row_uniform(self.seed, m * L + j, part.row_offset, n)
                     keys = -np.log(u) / weight
                     i = int(np.argmin(keys))
-                    out["key"][j], out["id"][j], out["row"][j] = keys[i], part.row_offset + i, _row(X, i)
+                    out["key"][j], out["id"][j], out["row"][j] = keys[i], part.row_offset + i, _rows(X, [i])[0]
         else:
             d2 = self._closest_sq(part, model["centers"][:m], xx)
             cand = model["candidates"]
@@ -280,8 +280,7 @@ class RandomInit(Program):
             "row": np.zeros((k, part.X.shape[1])),
         }
         out["key"][: len(pos)], out["id"][: len(pos)] = keys[pos], ids[pos]
-        for j, i in enumerate(pos):
-            out["row"][j] = _row(part.X, int(i))
+        out["row"][: len(pos)] = _rows(part.X, pos)
         return out
 
     def combine(self, a: dict, b: dict) -> dict:
@@ -346,8 +345,7 @@ class Lloyd(Program):
         m = len(pos)
         out["far_key"][:m], out["id"][:m] = keys[pos], ids[pos]
         out["far_w"][:m], out["far_label"][:m] = w[pos], labels[pos]
-        for j, i in enumerate(pos):
-            out["far_row"][j] = _row(X, int(i))
+        out["far_row"][:m] = _rows(X, pos)
         return out
 
     def combine(self, a: dict, b: dict) -> dict:
