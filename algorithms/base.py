@@ -117,6 +117,7 @@ class DrizzleEstimator(BaseEstimator):
         """
         n_workers = None if self.n_workers is None else int(self.n_workers)
         cluster = get_cluster(n_workers)
+        self._online_model_ = None  # a fit starts over; partial_fit then continues from it
         if dataset.n_rows < cluster.n_workers:
             n = dataset.n_rows
             raise ValueError(
@@ -159,6 +160,25 @@ class DrizzleEstimator(BaseEstimator):
                 cluster = get_cluster(n_workers)
                 model, version, start = dict(committed.model), committed.version, committed.iteration
         return self._record(result, start, max_iter, warn_not_converged)
+
+    def _online_step(self, program: Any, model: dict, dataset: ArrayDataset) -> dict[str, np.ndarray]:
+        """One micro-batch: run ``program`` for one iteration from ``model`` on ``dataset``.
+
+        The versions continue those of the estimator's store (a partial_fit
+        after fit is the next version of that model). Returns the new model,
+        also kept as ``_online_model_`` for the next call.
+        """
+        self._check_engine_params()
+        cluster = get_cluster(None if self.n_workers is None else int(self.n_workers))
+        store = getattr(self, "model_store_", None) or ModelStore()
+        version = int(getattr(self, "model_version_", 0))
+        result = cluster.run(program, model, dataset, max_iter=1, version=version, start_iteration=version,
+                             group_size=1, scheduling="group", store=store, allow_empty=True)
+        self.model_store_, self.model_version_ = store, result.version
+        self.n_iter_ = getattr(self, "n_iter_", 0) + 1 if getattr(self, "_online_model_", None) is not None else 1
+        self.history_ = getattr(self, "history_", [])
+        self._online_model_ = {k: np.array(v) for k, v in result.model.items()}
+        return self._online_model_
 
     def _record(self, result, start: int, max_iter: int, warn_not_converged: bool):
         # The job's iterations: those before a resume or a recovery count too.

@@ -35,6 +35,7 @@ from drizzle_ml.program import Partition, Program
 from ._random import row_uniform, seed_from
 from .base import DrizzleEstimator, check_positive_int, check_sample_weight, resumable
 from .moments import FeatureMoments
+from .online import StreamingKMeans
 
 _CHUNK = 4096  # rows per block of the (rows, centers) distance matrix
 
@@ -419,6 +420,11 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
     tol : float
         Stop when the squared Frobenius norm of the center shift is at most
         ``tol`` times the mean feature variance of X (scikit-learn's rule).
+    decay, half_life : float, float or None
+        :meth:`partial_fit` (and streams): the weight of what the centers
+        learnt so far is multiplied by ``decay`` per micro-batch, or halved
+        every ``half_life`` micro-batches when that is set (Spark's
+        StreamingKMeans); 1 keeps every row's weight.
     n_workers, group_size, scheduling, random_state, verbose
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
         ``random_state`` seeds the initialisations; results do not depend on
@@ -439,13 +445,16 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
     scikit-learn does (see :class:`Lloyd`).
     """
 
-    def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4,
-                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
+    def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4, decay=1.0,
+                 half_life=None, n_workers=None, group_size="auto", scheduling="group", random_state=None,
+                 verbose=0, checkpoint_dir=None, checkpoint_every=1):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
+        self.decay = decay
+        self.half_life = half_life
         self.n_workers = n_workers
         self.group_size = group_size
         self.scheduling = scheduling
@@ -550,6 +559,48 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         if not isinstance(dataset, HDF5Dataset):
             self.labels_ = _assign(X, self.cluster_centers_)[0]
         return self
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
+        """One mini-batch step on X (n_samples, n_features): assign, then move the centers.
+
+        The first call seeds the centers by k-means++ on its rows (it needs at
+        least ``n_clusters`` of them), unless :meth:`fit` ran before, whose
+        centers are then continued. ``inertia_`` is the batch's inertia under
+        the moved centers. See ``decay`` and ``half_life``.
+        """
+        self._check_engine_params()
+        k = check_positive_int("n_clusters", self.n_clusters)
+        decay = self._decay_factor()
+        first = getattr(self, "_online_model_", None) is None and not hasattr(self, "cluster_centers_")
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], order="C", reset=first)
+        if first and X.shape[0] < k:
+            raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={k} on the first call "
+                             "to partial_fit (the centers are seeded from it)")
+        sw = check_sample_weight(sample_weight, X.shape[0])
+        model = getattr(self, "_online_model_", None)
+        if model is None:
+            centers = None if first else np.asarray(self.cluster_centers_, dtype=np.float64)
+            weights = (np.bincount(self.labels_, minlength=k).astype(np.float64)
+                       if centers is not None and hasattr(self, "labels_") else None)
+            model = StreamingKMeans.initial_model(k, X.shape[1], centers, weights)
+        program = StreamingKMeans(k, decay, seed_from(check_random_state(self.random_state)))
+        fitted = self._online_step(program, model, ArrayDataset(X, None, sw))
+        self.cluster_centers_ = np.array(fitted["centers"], dtype=X.dtype)
+        d2 = _assign(X, self.cluster_centers_)[1]
+        self.inertia_ = float(d2.sum() if sw is None else sw @ d2)
+        return self
+
+    def _decay_factor(self) -> float:
+        if self.half_life is not None:
+            if isinstance(self.half_life, bool) or not isinstance(self.half_life, (int, float, np.number)) \
+                    or not self.half_life > 0:
+                raise ValueError(f"half_life must be None or a positive number of micro-batches, "
+                                 f"got {self.half_life!r}")
+            return 0.5 ** (1.0 / float(self.half_life))
+        if isinstance(self.decay, bool) or not isinstance(self.decay, (int, float, np.number)) \
+                or not 0 < self.decay <= 1:
+            raise ValueError(f"decay must be in (0, 1], got {self.decay!r}")
+        return float(self.decay)
 
     def _dataset_tolerance(self, dataset: HDF5Dataset) -> float:
         """scikit-learn's absolute tolerance for data only the workers hold: one moments pass."""

@@ -23,6 +23,7 @@ from drizzle_ml.program import Partition, Program
 from .base import DrizzleEstimator, check_positive_int, check_sample_weight, resumable
 from .losses import LinearLoss
 from .moments import combine_moments, partition_moments
+from .online import OnlineLinear
 from .optim import SOLVERS, Minimize, initial_model, line_search_failed
 
 EXACT_MAX_COLUMNS = 2000
@@ -111,6 +112,23 @@ class LinearModelBase(DrizzleEstimator):
         coef, intercept = loss.split(np.array(result.model["x"]))
         return coef.copy(), (np.zeros(n_outputs) if intercept is None else intercept.copy())
 
+    def _check_online_params(self) -> None:
+        self._check_engine_params()
+        for name, value, ok in (("eta0", self.eta0, "> 0"), ("power_t", self.power_t, ">= 0")):
+            if not (isinstance(value, (int, float, np.number)) and np.isfinite(value)
+                    and (value > 0 if ok == "> 0" else value >= 0)):
+                raise ValueError(f"{name} must be a finite number {ok}, got {value!r}")
+        if hasattr(self, "C") and not (isinstance(self.C, (int, float, np.number)) and self.C > 0):
+            raise ValueError(f"C must be a positive number (np.inf for no penalty), got {self.C!r}")
+
+    def _online_model_start(self, n_features: int, n_outputs: int) -> dict[str, np.ndarray]:
+        """The online model to step from: the last partial_fit's, else fit's coefficients, else zeros."""
+        if getattr(self, "_online_model_", None) is not None:
+            return self._online_model_
+        if hasattr(self, "coef_"):
+            return OnlineLinear.initial_model(n_features, n_outputs, self.coef_, self.intercept_)
+        return OnlineLinear.initial_model(n_features, n_outputs)
+
     def _decision(self, X) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False)
@@ -166,6 +184,27 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
         self.solver_ = solver
         return self
 
+    def partial_fit(self, X, y, sample_weight=None):
+        """One stochastic-gradient step on the micro-batch X (n_samples, n_features), y (n_samples,).
+
+        A model fitted by :meth:`fit` is continued from its coefficients. Each
+        call makes one new model version; see ``eta0`` and ``power_t``.
+        """
+        self._check_online_params()
+        first = getattr(self, "_online_model_", None) is None and not hasattr(self, "coef_")
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
+                             y_numeric=True, reset=first)
+        if not first and np.ndim(self.coef_) != 1:
+            raise ValueError("partial_fit learns a single target; this model was fitted with "
+                             f"{np.shape(self.coef_)[0]} targets")
+        sw = check_sample_weight(sample_weight, X.shape[0])
+        program = OnlineLinear("squared", penalty=self._alpha, fit_intercept=self.fit_intercept,
+                               eta0=self.eta0, power_t=self.power_t)
+        model = self._online_model_start(X.shape[1], 1)
+        fitted = self._online_step(program, model, ArrayDataset(X, np.asarray(y, np.float64), sw))
+        self.coef_, self.intercept_ = fitted["coef"][0].astype(X.dtype), float(fitted["intercept"][0])
+        return self
+
     def predict(self, X):
         """Predictions, shape (n_samples,) or (n_samples, n_targets)."""
         out = self._decision(X)
@@ -208,18 +247,25 @@ class LinearRegression(_LeastSquares):
         Iterative solvers' iteration limit (None: 1000).
     learning_rate : float or None
         ``gd`` only: fixed step, or None for a backtracking line search.
+    eta0, power_t : float
+        :meth:`partial_fit` (and streams): step ``t`` is ``eta0 / (L * t**power_t)``
+        with ``L`` a running bound of the loss's curvature, see
+        :class:`~drizzle_ml.algorithms.online.OnlineLinear`.
 {_ENGINE_PARAMS_DOC}
 
 {_ATTRIBUTES_DOC}
     """
 
     def __init__(self, *, fit_intercept=True, solver="auto", tol=1e-6, max_iter=None, learning_rate=None,
-                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
+                 eta0=1.0, power_t=0.25, n_workers=None, group_size="auto", scheduling="group",
+                 random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
         self.fit_intercept = fit_intercept
         self.solver = solver
         self.tol = tol
         self.max_iter = max_iter
         self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.power_t = power_t
         self.n_workers = n_workers
         self.group_size = group_size
         self.scheduling = scheduling
@@ -239,7 +285,7 @@ class Ridge(_LeastSquares):
     ----------
     alpha : float >= 0
         Penalty strength.
-    fit_intercept, solver, tol, max_iter, learning_rate
+    fit_intercept, solver, tol, max_iter, learning_rate, eta0, power_t
         As :class:`LinearRegression` (``tol`` defaults to 1e-4 as scikit-learn's).
 {_ENGINE_PARAMS_DOC}
 
@@ -247,14 +293,16 @@ class Ridge(_LeastSquares):
     """
 
     def __init__(self, alpha=1.0, *, fit_intercept=True, solver="auto", tol=1e-4, max_iter=None,
-                 learning_rate=None, n_workers=None, group_size="auto", scheduling="group",
-                 random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
+                 learning_rate=None, eta0=1.0, power_t=0.25, n_workers=None, group_size="auto",
+                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
         self.solver = solver
         self.tol = tol
         self.max_iter = max_iter
         self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.power_t = power_t
         self.n_workers = n_workers
         self.group_size = group_size
         self.scheduling = scheduling

@@ -12,6 +12,7 @@ from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
 from .base import check_positive_int, check_sample_weight, resumable
 from .linear import LinearModelBase
+from .online import OnlineLinear
 from .optim import SOLVERS
 
 
@@ -43,6 +44,10 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         Fit unpenalized intercepts.
     learning_rate : float or None
         ``gd`` only: a fixed step, or None for the backtracking line search.
+    eta0, power_t : float
+        :meth:`partial_fit` (and streams): step ``t`` is
+        ``eta0 / (L * t**power_t)`` with ``L`` a running bound of the loss's
+        curvature, see :class:`~drizzle_ml.algorithms.online.OnlineLinear`.
     n_workers, group_size, scheduling, random_state, verbose
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
 
@@ -55,14 +60,16 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
     """
 
     def __init__(self, solver="lbfgs", *, C=1.0, tol=1e-4, max_iter=100, fit_intercept=True,
-                 learning_rate=None, n_workers=None, group_size="auto", scheduling="group",
-                 random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
+                 learning_rate=None, eta0=1.0, power_t=0.25, n_workers=None, group_size="auto",
+                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
         self.solver = solver
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
         self.fit_intercept = fit_intercept
         self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.power_t = power_t
         self.n_workers = n_workers
         self.group_size = group_size
         self.scheduling = scheduling
@@ -108,6 +115,44 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
                                          self.max_iter, classes=classes_for_workers)
         self.coef_, self.intercept_ = coef.astype(dtype), intercept.astype(dtype)
         return self
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One stochastic-gradient step on the micro-batch X (n_samples, n_features), y (n_samples,).
+
+        ``classes`` (all labels the stream will have) is required on the
+        first call, as in scikit-learn. A model fitted by :meth:`fit` is
+        continued from its coefficients. Each call makes one new model version.
+        """
+        self._check_online_params()
+        first = getattr(self, "_online_model_", None) is None and not hasattr(self, "coef_")
+        if first or classes is not None:
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit")
+            known = self._check_classes(np.unique(np.asarray(classes)))
+            if hasattr(self, "classes_") and not np.array_equal(known, self.classes_):
+                raise ValueError(f"classes={known.tolist()} differs from the classes of the previous "
+                                 f"fit or partial_fit, {self.classes_.tolist()}")
+            self.classes_ = known
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
+                             reset=first)
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if unknown.size:
+            raise ValueError(f"y has labels not in classes {self.classes_.tolist()}: {unknown.tolist()}")
+        binary = len(self.classes_) == 2
+        codes = np.searchsorted(self.classes_, y)
+        target = (codes == 1).astype(np.float64) if binary else codes.astype(np.float64)
+        sw = check_sample_weight(sample_weight, X.shape[0])
+        n_out = 1 if binary else len(self.classes_)
+        program = OnlineLinear("binomial" if binary else "multinomial", penalty=self._penalty(),
+                               fit_intercept=self.fit_intercept, eta0=self.eta0, power_t=self.power_t)
+        model = self._online_model_start(X.shape[1], n_out)
+        fitted = self._online_step(program, model, ArrayDataset(X, target, sw))
+        self.coef_ = fitted["coef"].astype(X.dtype)
+        self.intercept_ = fitted["intercept"].astype(X.dtype)
+        return self
+
+    def _penalty(self) -> float:
+        return 0.0 if np.isinf(self.C) else 1.0 / float(self.C)
 
     @staticmethod
     def _check_classes(classes: np.ndarray) -> np.ndarray:

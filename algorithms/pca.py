@@ -26,6 +26,7 @@ from drizzle_ml.data import ArrayDataset, HDF5Dataset
 from drizzle_ml.program import Partition, Program
 
 from .base import DrizzleEstimator, check_positive_int, check_sample_weight, resumable
+from .online import OnlineMoments
 from .moments import (
     as_float64,
     combine_moments,
@@ -353,10 +354,44 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
                 noise = max(total_var - float(variances.sum()), 0.0) / (n_features - k)
             else:
                 noise = 0.0
+        self._set_components(fitted["mean"], components, variances, total_var, noise, n, k, n_samples, dtype)
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None) -> "PCA":
+        """Add the rows of X (n_samples, n_features) to the model: exact streaming moments.
+
+        The model keeps the weight, mean and scatter matrix of every row seen
+        (merged exactly, whatever the batch sizes: a batch may be smaller than
+        ``n_components``, even a single row), and the components are those of
+        a PCA of all rows seen so far. ``sample_weight`` are frequency weights.
+        A :meth:`fit` before starts a new sequence.
+        """
+        self._check_params()
+        first = getattr(self, "_online_model_", None) is None
+        X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], reset=first)
+        sw = check_sample_weight(sample_weight, X.shape[0])
+        n_features = X.shape[1]
+        model = OnlineMoments.initial_model(n_features) if first else self._online_model_
+        seen = float(model["n"][0]) + (X.shape[0] if sw is None else float(sw.sum()))
+        if seen < 2:
+            raise ValueError(f"PCA.partial_fit needs at least 2 samples in all, got {seen:g} so far")
+        k = self._resolve_n_components(int(seen), n_features)
+        fitted = self._online_step(OnlineMoments(), model,
+                                   ArrayDataset(X.tocsr() if sp.issparse(X) else X, None, sw))
+        n = float(fitted["n"][0])
+        variances, vectors = np.linalg.eigh(fitted["scatter"] / (n - 1.0))
+        variances = np.maximum(variances[::-1], 0.0)
+        components = vectors[:, ::-1][:, :k].T
+        noise = float(variances[k:].mean()) if k < min(int(n), n_features) else 0.0
+        self._set_components(fitted["mean"], components, variances, float(variances.sum()), noise, n, k,
+                             int(n), X.dtype)
+        return self
+
+    def _set_components(self, mean, components, variances, total_var, noise, n, k, n_samples, dtype) -> None:
         explained = np.array(variances[:k], dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = explained / total_var
-        self.mean_ = np.asarray(fitted["mean"], dtype=dtype).copy()
+        self.mean_ = np.asarray(mean, dtype=dtype).copy()
         self.components_ = np.ascontiguousarray(_flip_signs(components), dtype=dtype)
         self.explained_variance_ = explained.astype(dtype)
         self.explained_variance_ratio_ = ratio.astype(dtype)
@@ -364,7 +399,6 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         self.noise_variance_ = float(noise)
         self.n_components_ = k
         self.n_samples_ = n_samples
-        return self
 
     def transform(self, X) -> np.ndarray:
         """Project X (n_samples, n_features) onto the components: shape (n_samples, n_components_)."""

@@ -371,12 +371,18 @@ class Cluster:
         while (obj := self._next_report()) is not None:
             self._backlog.append(obj)
 
-    def _collect(self, accept: Callable[[Any], bool], count: int, what: str, **wait: Any) -> list[Any]:
-        """Receive reports until ``count`` accepted ones arrived; keep others for later."""
+    def _collect(self, accept: Callable[[Any], bool], count: int, what: str,
+                 also: Callable[[], Any] | None = None, **wait: Any) -> list[Any]:
+        """Receive reports until ``count`` accepted ones arrived; keep others for later.
+
+        ``also`` runs at every look (a stream job drains published versions there).
+        """
         got: list[Any] = [m for m in self._backlog if accept(m)]
         self._backlog = [m for m in self._backlog if not accept(m)]
 
         def test() -> bool:
+            if also is not None:
+                also()
             while len(got) < count and (obj := self._next_report()) is not None:
                 (got if accept(obj) else self._backlog).append(obj)
             return len(got) >= count
@@ -417,8 +423,12 @@ class Cluster:
         self._backlog = [m for m in self._backlog if getattr(m, "job", None) != job]
 
     # -- data -------------------------------------------------------------------------
-    def load(self, dataset: Any) -> str:
-        """Make sure every worker holds its partition of ``dataset``; return its id."""
+    def load(self, dataset: Any, allow_empty: bool = False) -> str:
+        """Make sure every worker holds its partition of ``dataset``; return its id.
+
+        ``allow_empty``: a dataset with fewer rows than workers leaves some
+        workers an empty partition (online programs accept that).
+        """
         from .data import row_bounds
 
         self._require_open()
@@ -426,7 +436,7 @@ class Cluster:
         if key in self._loaded:
             self._loaded.move_to_end(key)
             return key
-        bounds = row_bounds(dataset.n_rows, self.n_workers)
+        bounds = row_bounds(dataset.n_rows, self.n_workers, allow_empty)
         while len(self._loaded) >= CACHE_DATASETS:
             old, _ = self._loaded.popitem(last=False)
             self.broadcast(P.DropData(old))
@@ -441,11 +451,11 @@ class Cluster:
         return key
 
     # -- jobs ---------------------------------------------------------------------------
-    def run(self, program: Any, model: dict, dataset: Any, **kwargs: Any):
+    def run(self, program: Any, model: dict, dataset: Any, *, allow_empty: bool = False, **kwargs: Any):
         """Run ``program`` on ``dataset`` from ``model``; see :func:`drizzle_ml.scheduler.run_job`."""
         from .scheduler import run_job
 
-        dataset_id = self.load(dataset)
+        dataset_id = self.load(dataset, allow_empty)
         return run_job(self, program, model, dataset_id, **kwargs)
 
     # -- shutdown -----------------------------------------------------------------------

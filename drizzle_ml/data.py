@@ -19,9 +19,13 @@ import scipy.sparse as sp
 from .program import Partition
 
 
-def row_bounds(n_rows: int, n_workers: int) -> np.ndarray:
-    """Start offsets of each worker's contiguous row range (length ``n_workers + 1``)."""
-    if n_rows < n_workers:
+def row_bounds(n_rows: int, n_workers: int, allow_empty: bool = False) -> np.ndarray:
+    """Start offsets of each worker's contiguous row range (length ``n_workers + 1``).
+
+    ``allow_empty``: fewer rows than workers leaves the last workers without
+    rows (a micro-batch), instead of being an error.
+    """
+    if n_rows < n_workers and not allow_empty:
         raise ValueError(
             f"the dataset has {n_rows} rows, fewer than the {n_workers} workers: "
             "every worker needs at least one row"

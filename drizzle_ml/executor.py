@@ -20,6 +20,8 @@ from . import protocol as P
 from .errors import VersionMismatchError
 from .layout import Layout
 from .program import Partition
+from .sources import StreamReader, worker_partitions
+from .streaming import Publisher
 from .tree import ReduceTree
 from .waiting import SPIN_ON_OWN_CORE
 
@@ -186,6 +188,14 @@ class JobExecutor:
         self._iteration = 0
         self._iter_estimate = 0.0
         self.startup = 0.0  # set by the runtime; reported with the first group
+        # A stream job reads a micro-batch per iteration from this worker's partitions.
+        self.stream: StreamReader | None = None
+        if spec.stream is not None:
+            s = spec.stream
+            self.stream = StreamReader(s.source, s.fmt, s.batching,
+                                       worker_partitions(self.me, rt.n_workers, s.n_partitions),
+                                       s.n_partitions, s.offsets, self.me)
+        self.publisher = Publisher(rt.ctrl, self.job, spec.model) if spec.publish and self.is_root else None
 
     # -- channels ---------------------------------------------------------------
     def _init_up(self, partial: Any) -> None:
@@ -211,6 +221,12 @@ class JobExecutor:
             spin = max(self.rt.policy.spin, min(0.25 * self._iter_estimate, 5e-3))
         return self.rt.wait(test, what, extra=4 * self._iter_estimate, spin=spin)
 
+    def _wait_batch(self, test: Callable[[], Any], poll_interval: float) -> Any:
+        # Waiting for records is not waiting on a peer: look at the source
+        # every poll_interval without spinning; cuts are due within the batch
+        # interval or idle timeout, which bound this wait.
+        return self.rt.wait(test, "the next micro-batch", spin=0.0, max_sleep=poll_interval)
+
     # -- one group ----------------------------------------------------------------
     def run_group(self, group: P.RunGroup) -> P.GroupReport:
         if group.version != self.version:
@@ -219,7 +235,7 @@ class JobExecutor:
                 f"version {group.version}, but this worker holds version {self.version}"
             )
         t_group = time.perf_counter()
-        compute = reduce = broadcast = update = 0.0
+        compute = reduce = broadcast = update = source = 0.0
         metrics: dict[str, list] = {}
         self.group_end = group.start + group.size
         for ring in self.up_recv.values():
@@ -230,8 +246,14 @@ class JobExecutor:
         perf = time.perf_counter
         for it in range(group.start, self.group_end):
             self._iteration = it
-            t0 = perf()
-            acc = self.program.local(self.model, self.partition)
+            if self.stream is None:
+                part, t0 = self.partition, perf()
+            else:
+                t_source = perf()
+                part = self.stream.next_batch(self._wait_batch)
+                t0 = perf()
+                source += t0 - t_source
+            acc = self.program.local(self.model, part)
             t1 = perf()
             compute += t1 - t0
             if self.up_layout is None:
@@ -253,6 +275,8 @@ class JobExecutor:
                     self._send_down(it, new_model, stop)
                 self._check_model(new_model)
                 self.model = new_model
+                if self.publisher is not None:
+                    self.publisher.publish(self.version, it + 1, new_model, step_metrics)
                 for key, value in step_metrics.items():
                     metrics.setdefault(key, []).append(float(value))
             else:
@@ -288,6 +312,7 @@ class JobExecutor:
             "update": update,
             "execution": time.perf_counter() - t_group,
             "startup": self.startup,
+            "source": source,
         }
         self.startup = 0.0
         return P.GroupReport(
@@ -300,6 +325,7 @@ class JobExecutor:
             timings=timings,
             model=dict(self.model) if self.is_root else None,
             metrics=metrics,
+            offsets=None if self.stream is None else self.stream.offsets(),
         )
 
     def _send_down(self, it: int, model: dict, stop: bool) -> None:
@@ -326,3 +352,7 @@ class JobExecutor:
 
     def close(self) -> None:
         self._cancel()
+        if self.stream is not None:
+            self.stream.close()
+        if self.publisher is not None:
+            self.publisher.close()

@@ -63,6 +63,7 @@ class JobResult:
     wall : driver time for the whole job, in seconds.
     startup : slowest worker's one-time job set-up (unpickling the program,
         which may import its module), excluded from the first group's wall.
+    offsets : stream jobs: every partition's offset after the last micro-batch.
     """
 
     model: dict
@@ -73,6 +74,7 @@ class JobResult:
     iteration_metrics: dict[str, list[float]]
     wall: float = 0.0
     startup: float = 0.0
+    offsets: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
         """Totals over the job: time per phase and the overall overhead share."""

@@ -13,6 +13,7 @@ from typing import Any
 TAG_CTRL = 1  # driver -> worker, pickled control messages
 TAG_REPORT = 2  # worker -> driver, pickled reports
 TAG_DATA = 3  # driver -> worker, raw partition buffers after a LoadArrays
+TAG_PUBLISH = 4  # tree root -> driver, each new model version of a publishing job (streams)
 
 # Per-job data tags: kind (3 bits) | job (12 bits) | iteration (14 bits) < 2**29.
 UP, DOWN, BSP_TASK, BSP_PARTIAL = 1, 2, 3, 4
@@ -52,6 +53,8 @@ class StartJob:
     fanout: int
     scheduling: str  # "group" or "bsp"
     timeout: float = 60.0  # the driver's Cluster(timeout): every wait of the job uses it
+    stream: Any = None  # a sources.StreamSpec: each iteration reads a micro-batch instead of a partition
+    publish: bool = False  # the root sends every new version to the driver (streaming.Publisher)
 
 
 @dataclass
@@ -103,6 +106,7 @@ class GroupReport:
     timings: dict[str, float]
     model: dict | None = None  # root only
     metrics: dict[str, list] = field(default_factory=dict)  # root only
+    offsets: dict[str, Any] | None = None  # stream jobs: this worker's partition offsets after the group
 
 
 @dataclass

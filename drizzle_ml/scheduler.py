@@ -26,6 +26,7 @@ from .checkpoint import Checkpoint, CheckpointStore
 from .layout import Layout
 from .metrics import GroupMetrics, JobResult
 from .store import ModelStore, freeze
+from .streaming import Publications, StreamStep, latency_percentiles
 from .tuner import GroupSizer
 
 if TYPE_CHECKING:
@@ -61,6 +62,9 @@ def run_job(
     checkpoints: CheckpointStore | None = None,
     checkpoint_every: int | str = 1,
     checkpoint_params: dict | None = None,
+    stream: Any = None,
+    publish: bool | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> JobResult:
     """Run ``program`` for at most ``max_iter`` iterations from ``model`` (at ``version``).
 
@@ -70,6 +74,15 @@ def run_job(
     next group runs: the full model with optimizer state, the iteration, the
     tuner's state and ``checkpoint_params`` (the job's parameters, JSON).
     ``checkpoint_every`` may also be an interval in seconds (``"30s"``). ``on_group`` is called with each group's metrics.
+
+    With ``stream`` (a :class:`~drizzle_ml.sources.StreamSpec`) every
+    iteration is a micro-batch the workers cut from their partitions of the
+    source (``dataset_id`` is unused); checkpoints then hold every
+    partition's offset with the model, and the job ends when the source is
+    finished or idle, after ``max_iter`` micro-batches, or at the first group
+    boundary after ``stop()`` returns True. ``publish`` (default: on for
+    streams) makes each version visible in ``store`` as soon as the root has
+    made it, before its group ends.
     Raises :class:`~drizzle_ml.errors.WorkerError` when program code fails on
     a worker, :class:`~drizzle_ml.errors.WorkerFailedError` when a worker dies
     or hangs.
@@ -82,6 +95,14 @@ def run_job(
         raise ValueError("model must be a non-empty dict of arrays")
     sizer = sizer or GroupSizer(group_size)
     store = store if store is not None else ModelStore()
+    publish = stream is not None if publish is None else bool(publish)
+    if stream is not None:
+        if scheduling != "group":
+            raise ValueError("a stream job runs with scheduling='group'")
+        program = StreamStep(program, cluster.n_workers)
+        if stream.batching.interval:  # a group spans at most about a second of micro-batches
+            sizer.max_group = min(sizer.max_group, max(1, int(1.0 / stream.batching.interval)))
+            sizer.size = min(sizer.size, sizer.max_group)
     durable = _Durable(checkpoints, checkpoint_every, sizer, checkpoint_params)
     try:
         newest = store.latest().version
@@ -93,14 +114,15 @@ def run_job(
     model = {k: np.asarray(v) for k, v in model.items()}
     t_job = time.perf_counter()
     cluster.broadcast(P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version,
-                                 cluster.fanout, scheduling, cluster.timeout))
+                                 cluster.fanout, scheduling, cluster.timeout, stream, publish))
+    publications = Publications(cluster.ctrl, job, model, store) if publish else None
     try:
         if scheduling == "bsp":
             result = _run_bsp(cluster, job, program, model, version, start_iteration, max_iter, store,
                               on_group, durable)
         else:
             result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store,
-                                 on_group, pipeline, sizer, durable)
+                                 on_group, pipeline, sizer, durable, publications, stop)
             cluster.end_job(job)
         durable.finish()
     except BaseException as exc:
@@ -137,7 +159,8 @@ class _Durable:
         self.commits = 0
         self.written_at = time.monotonic()
 
-    def commit(self, version: int, model: dict, iteration: int, metrics: dict, last: bool) -> None:
+    def commit(self, version: int, model: dict, iteration: int, metrics: dict, last: bool,
+               offsets: dict | None = None) -> None:
         if self.checkpoints is None:
             return
         self.commits += 1
@@ -147,7 +170,7 @@ class _Durable:
             self.written_at = time.monotonic()
             self.checkpoints.save_async(Checkpoint(
                 job_key=self.checkpoints.job_key, version=version, iteration=iteration, model=model,
-                tuner=self.sizer.state(), params=self.params,
+                tuner=self.sizer.state(), params=self.params, stream_offsets=dict(offsets or {}),
                 metrics={k: float(v) for k, v in metrics.items()} | {"last": float(last)},
             ))
 
@@ -161,7 +184,8 @@ class _Durable:
                 raise
 
 
-def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer, durable):
+def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer, durable,
+                publications=None, stop=None):
     end = it0 + max_iter
     sent: deque[_Sent] = deque()
     next_start, next_version = it0, version
@@ -171,6 +195,7 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
     converged = False
     job_startup = 0.0
     last_done = time.perf_counter()
+    offsets: dict[str, Any] = {}
 
     def send(size: int) -> None:
         nonlocal next_start, next_version
@@ -199,7 +224,9 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
             # The next group is already with the workers, so answering a few
             # percent of a group late costs nothing, and on a small machine every
             # wake-up of the driver takes a core from a worker.
-            max_sleep=min(max(cluster.policy.max_sleep, 0.05 * expected), 0.02) if expected > 0 else None,
+            max_sleep=(1e-3 if publications is not None  # a stream's versions are due at the driver now
+                       else min(max(cluster.policy.max_sleep, 0.05 * expected), 0.02) if expected > 0 else None),
+            also=None if publications is None else publications.drain,
         )
         done_at = time.perf_counter()
         root = next(r for r in reports if r.worker == 0)
@@ -209,9 +236,17 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         n_done = root.n_done
         converged = root.stopped
         last_metrics = {k: v[-1] for k, v in root.metrics.items() if v}
+        for r in reports:
+            offsets.update(r.offsets or {})
+        if publications is not None:
+            publications.drain()
+            last_metrics["records"] = float(sum(root.metrics.get("records", ())))
+            last_metrics["malformed"] = float(sum(root.metrics.get("malformed", ())))
+            last_metrics.update(latency_percentiles(publications.take()))
+        stopping = stop is not None and stop()
+        last = converged or group.start + n_done >= end or (stopping and not sent)
         store.commit(version, model, group.start + n_done, last_metrics)
-        durable.commit(version, model, group.start + n_done, last_metrics,
-                       last=converged or group.start + n_done >= end)
+        durable.commit(version, model, group.start + n_done, last_metrics, last=last, offsets=offsets)
         slowest = lambda key: max(r.timings.get(key, 0.0) for r in reports)
         startup = slowest("startup")
         job_startup = max(job_startup, startup)
@@ -227,13 +262,13 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         last_done = done_at
         if on_group is not None:
             on_group(metrics)
-        if converged or group.start + n_done >= end:
+        if last:
             break
         size = sizer.next(metrics.coordination / metrics.wall if metrics.wall > 0 else 0.0)
-        if next_start < end and (pipeline or not sent):
+        if next_start < end and (pipeline or not sent) and not stopping:
             send(size)
     return JobResult(freeze(model), version, group.start + n_done - it0, converged, history,
-                     iteration_metrics, startup=job_startup)
+                     iteration_metrics, startup=job_startup, offsets=offsets)
 
 
 def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group, durable):

@@ -1,16 +1,18 @@
 """The versioned model store on the driver (parameter-server state).
 
-Every update makes a new version. The driver commits the model at group
-boundaries; readers (prediction while a stream trains) take the newest
-version without blocking training: a commit only swaps references under a
-short lock, and committed arrays are frozen (read-only) so a reader never
-sees a half-written model.
+Every update makes a new version. A version becomes *visible* when it is
+published (a stream's tree root sends each version as it is made) and
+*durable* when the driver commits it at a group boundary, where its
+checkpoint is written. Readers (prediction while a stream trains) take the
+newest visible or the newest durable version without blocking training: a
+publish or commit only swaps references under a short lock, and stored
+arrays are frozen (read-only) so a reader never sees a half-written model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ class ModelVersion:
     model: dict[str, np.ndarray]
     iteration: int
     metrics: dict[str, float] = field(default_factory=dict)
+    durable: bool = True
 
 
 def freeze(model: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -40,21 +43,44 @@ def freeze(model: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 class ModelStore:
-    """Bounded history of committed model versions.
+    """Bounded history of model versions, visible and durable.
 
     Parameters
     ----------
     history : int
-        How many versions to keep (the newest ``history`` commits).
+        How many versions to keep (the newest ``history``; the newest durable
+        version is always kept as well).
     """
 
     def __init__(self, history: int = 16):
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
         self._history = history
-        self._versions: OrderedDict[int, ModelVersion] = OrderedDict()
+        self._versions: dict[int, ModelVersion] = {}
+        self._newest = self._durable = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+
+    def _add(self, entry: ModelVersion) -> None:
+        self._versions[entry.version] = entry
+        if self._newest is None or entry.version > self._newest:
+            self._newest = entry.version
+        if entry.durable and (self._durable is None or entry.version > self._durable):
+            self._durable = entry.version
+        if len(self._versions) > self._history:
+            keep = set(sorted(self._versions)[-self._history:]) | {self._durable}
+            self._versions = {v: e for v, e in sorted(self._versions.items()) if v in keep}
+        self._changed.notify_all()
+
+    def publish(self, version: int, model: dict[str, Any], iteration: int,
+                metrics: dict[str, float] | None = None) -> ModelVersion | None:
+        """Make ``model`` visible as ``version`` (not yet durable); older or known versions are ignored."""
+        entry = ModelVersion(int(version), freeze(model), int(iteration), dict(metrics or {}), durable=False)
+        with self._lock:
+            if self._newest is not None and entry.version <= self._newest:
+                return None
+            self._add(entry)
+        return entry
 
     def commit(
         self,
@@ -63,27 +89,30 @@ class ModelStore:
         iteration: int,
         metrics: dict[str, float] | None = None,
     ) -> ModelVersion:
-        """Record ``model`` as ``version``; versions must increase."""
+        """Record ``model`` as durable ``version``; durable versions must increase."""
         entry = ModelVersion(int(version), freeze(model), int(iteration), dict(metrics or {}))
         with self._lock:
-            if self._versions:
-                newest = next(reversed(self._versions))
-                if entry.version <= newest:
-                    raise ValueError(
-                        f"version {entry.version} is not newer than the committed {newest}"
-                    )
-            self._versions[entry.version] = entry
-            while len(self._versions) > self._history:
-                self._versions.popitem(last=False)
-            self._changed.notify_all()
+            if self._durable is not None and entry.version <= self._durable:
+                raise ValueError(
+                    f"version {entry.version} is not newer than the committed {self._durable}"
+                )
+            known = self._versions.get(entry.version)
+            if known is not None:  # published earlier: the same model, now durable
+                entry = dataclasses.replace(known, durable=True, metrics=entry.metrics or known.metrics)
+            self._add(entry)
         return entry
 
-    def latest(self) -> ModelVersion:
-        """The newest committed version (raises LookupError if none yet)."""
+    def latest(self, durable: bool = False) -> ModelVersion:
+        """The newest visible version, or with ``durable=True`` the newest committed one.
+
+        Raises LookupError if there is none yet.
+        """
         with self._lock:
-            if not self._versions:
-                raise LookupError("no model version has been committed yet")
-            return next(reversed(self._versions.values()))
+            newest = self._durable if durable else self._newest
+            if newest is None:
+                raise LookupError("no model version has been " + ("committed" if durable else "published")
+                                  + " yet")
+            return self._versions[newest]
 
     def get(self, version: int) -> ModelVersion:
         """A specific version, if it is still in the bounded history."""
@@ -91,35 +120,38 @@ class ModelStore:
             try:
                 return self._versions[int(version)]
             except KeyError:
-                kept = list(self._versions)
+                kept = sorted(self._versions)
                 span = f"{kept[0]}..{kept[-1]}" if kept else "none"
                 raise LookupError(
                     f"model version {version} is not in the store (kept: {span})"
                 ) from None
 
-    def wait_for(self, version: int, timeout: float) -> ModelVersion:
-        """Block a reader until ``version`` (or newer) is committed, at most ``timeout`` s."""
+    def wait_for(self, version: int, timeout: float, durable: bool = False) -> ModelVersion:
+        """Block a reader until ``version`` (or newer) is visible (or durable), at most ``timeout`` s."""
         with self._changed:
-            ok = self._changed.wait_for(
-                lambda: self._versions and next(reversed(self._versions)) >= version, timeout
-            )
-            if not ok:
-                raise TimeoutError(f"model version {version} not committed within {timeout:g} s")
-            return next(reversed(self._versions.values()))
+            def reached():
+                newest = self._durable if durable else self._newest
+                return newest is not None and newest >= version
+
+            if not self._changed.wait_for(reached, timeout):
+                raise TimeoutError(f"model version {version} not {'committed' if durable else 'visible'} "
+                                   f"within {timeout:g} s")
+            return self._versions[self._durable if durable else self._newest]
 
     def __getstate__(self) -> dict:
         # Locks do not pickle; a fitted estimator (and its store) must.
         with self._lock:
-            return {"history": self._history, "versions": list(self._versions.values())}
+            return {"history": self._history, "versions": [self._versions[v] for v in sorted(self._versions)]}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["history"])
-        for entry in state["versions"]:
-            self._versions[entry.version] = entry
+        with self._lock:
+            for entry in state["versions"]:
+                self._add(entry)
 
     def versions(self) -> list[int]:
         with self._lock:
-            return list(self._versions)
+            return sorted(self._versions)
 
     def __len__(self) -> int:
         with self._lock:

@@ -89,3 +89,29 @@ class UnevenPartial(Program):
 
     def update(self, model, total, iteration):
         return {"x": model["x"] + 1.0}, {}
+
+
+class StreamSum(Program):
+    """Accumulates every record it is given: column sums, target sum, record count.
+
+    On a stream, the model after the last micro-batch says exactly which
+    records were learnt: the sums equal the input's once every record is in
+    the model exactly once. ``sleep``: seconds each ``local`` sleeps.
+    """
+
+    def __init__(self, sleep: float = 0.0):
+        self.sleep = sleep
+
+    @staticmethod
+    def initial_model(n_features: int) -> dict[str, np.ndarray]:
+        return {"sums": np.zeros(n_features), "ysum": np.zeros(1), "rows": np.zeros(1)}
+
+    def local(self, model, part: Partition):
+        if self.sleep:
+            time.sleep(self.sleep)
+        y = 0.0 if part.y is None else float(np.sum(part.y))
+        return {"sums": part.X.sum(axis=0).astype(np.float64), "ysum": np.array([y]),
+                "rows": np.array([float(part.n_rows)])}
+
+    def update(self, model, total, iteration):
+        return {k: model[k] + total[k] for k in ("sums", "ysum", "rows")}, {}

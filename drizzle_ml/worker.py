@@ -84,10 +84,11 @@ class WorkerRuntime:
             else:
                 self.inbox.append(obj)
 
-    def wait(self, test: Callable[[], Any], what: str, extra: float = 0.0, spin: float | None = None) -> Any:
+    def wait(self, test: Callable[[], Any], what: str, extra: float = 0.0, spin: float | None = None,
+             max_sleep: float | None = None) -> Any:
         try:
             return poll(test, self.policy, on_idle=self.poll_ctrl, timeout=self.policy.timeout + extra,
-                        spin=spin)
+                        spin=spin, max_sleep=max_sleep)
         except WaitTimeout:
             raise WorkerTimeoutError(
                 f"worker {self.index} waited {self.policy.timeout + extra:.3g} s for {what}", self.index
@@ -158,7 +159,7 @@ class WorkerRuntime:
                     "classes in a module the workers can import, not in __main__"
                 ) from exc
             unpickled_in = time.perf_counter() - t0
-            partition = self.cache.get(msg.dataset_id)
+            partition = None if msg.stream is not None else self.cache.get(msg.dataset_id)
             if msg.scheduling == "bsp":
                 BspWorker(self, msg, partition).run()
                 self.finished.add(msg.job)

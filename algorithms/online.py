@@ -1,0 +1,254 @@
+"""Online programs: one micro-batch per iteration (``partial_fit`` and streams).
+
+Each program here makes one model version from one micro-batch of every
+worker, so it runs the same whether the batch came from ``partial_fit``
+(rows the driver scattered) or from a stream the workers read themselves.
+Every program accepts an empty batch (a quiet stream): the model is then
+carried over unchanged into the next version.
+
+* :class:`OnlineLinear`: a stochastic-gradient step per micro-batch for
+  logistic (binomial, multinomial) and least-squares (ridge) losses.
+* :class:`OnlineMoments`: exact streaming mean and scatter matrix; PCA
+  components come from it at read time, equal to a batch PCA of every row seen.
+* :class:`StreamingKMeans`: mini-batch k-means with forgetting, as Spark's
+  StreamingKMeans.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.special import expit, softmax
+
+from drizzle_ml.program import Partition, Program
+
+from .moments import combine_moments, merge_moments, partition_moments
+
+_LIPSCHITZ = {"binomial": 0.25, "multinomial": 0.5, "squared": 1.0}
+
+
+def _weights(part: Partition) -> np.ndarray:
+    return np.ones(part.n_rows) if part.sample_weight is None else np.asarray(part.sample_weight, np.float64)
+
+
+class OnlineLinear(Program):
+    """One SGD step per micro-batch on a linear model.
+
+    Objective per record: ``loss(x·coef + intercept, y) + penalty ||coef||² / (2 n_seen)``
+    with ``penalty`` = 1/C (logistic) or alpha (ridge), which makes the
+    objective over all records seen scikit-learn's. Step ``t`` (micro-batches
+    with records) moves along the batch's mean gradient by
+    ``eta0 / ((L + penalty / n_seen) t**power_t)``, where ``L`` is the
+    loss's curvature bound times the running mean of ``||x||² (+1)``: a
+    normalised step, so the defaults work on unscaled features.
+
+    Model: ``coef`` (m, d), ``intercept`` (m,), and ``steps``, ``n_seen``,
+    ``sq_norm`` (running mean squared row norm), each (1,). Only ``coef`` and
+    ``intercept`` go down the tree. Targets: ``binomial`` y in {0, 1};
+    ``multinomial`` class codes 0..m-1; ``squared`` real values. With
+    ``classes`` the raw labels are encoded on the worker (streams).
+    """
+
+    shared = ("coef", "intercept")
+
+    def __init__(self, loss: str, penalty: float = 0.0, fit_intercept: bool = True, eta0: float = 1.0,
+                 power_t: float = 0.25, classes: np.ndarray | None = None):
+        if loss not in _LIPSCHITZ:
+            raise ValueError(f"loss must be one of {tuple(_LIPSCHITZ)}, got {loss!r}")
+        self.loss, self.penalty, self.fit_intercept = loss, float(penalty), bool(fit_intercept)
+        self.eta0, self.power_t = float(eta0), float(power_t)
+        self.classes = None if classes is None else np.asarray(classes, dtype=np.float64)
+
+    @staticmethod
+    def initial_model(n_features: int, n_outputs: int, coef: Any = None, intercept: Any = None,
+                      n_seen: float = 0.0, steps: float = 0.0, sq_norm: float = 0.0) -> dict[str, np.ndarray]:
+        return {
+            "coef": np.zeros((n_outputs, n_features)) if coef is None else np.array(coef, np.float64).reshape(
+                n_outputs, n_features),
+            "intercept": np.zeros(n_outputs) if intercept is None else np.array(intercept, np.float64).reshape(
+                n_outputs),
+            "steps": np.array([float(steps)]), "n_seen": np.array([float(n_seen)]),
+            "sq_norm": np.array([float(sq_norm)]),
+        }
+
+    def _targets(self, y: np.ndarray, m: int) -> np.ndarray:
+        if self.classes is not None:  # raw labels from a stream (only known ones reach here)
+            y = np.searchsorted(self.classes, y).astype(np.float64)
+        if self.loss == "multinomial":
+            onehot = np.zeros((y.shape[0], m))
+            onehot[np.arange(y.shape[0]), y.astype(np.intp)] = 1.0
+            return onehot
+        return y.reshape(-1, 1)
+
+    def local(self, model, part: Partition):
+        coef, intercept = model["coef"], model["intercept"]
+        m, d = coef.shape
+        X = part.X
+        sw = _weights(part)
+        if part.n_rows == 0:
+            return {"g": np.zeros((m, d)), "gi": np.zeros(m), "loss": np.zeros(1), "n": np.zeros(1),
+                    "sq": np.zeros(1)}
+        scores = np.asarray(X @ coef.T) + intercept
+        target = self._targets(np.asarray(part.y, dtype=np.float64), m)
+        if self.loss == "binomial":
+            residual = expit(scores) - target
+            # log(1 + e^s) - y s, computed stably
+            loss = np.logaddexp(0.0, scores) - target * scores
+        elif self.loss == "multinomial":
+            residual = softmax(scores, axis=1) - target
+            loss = (np.logaddexp.reduce(scores, axis=1) - (scores * target).sum(axis=1))[:, None]
+        else:
+            residual = scores - target
+            loss = 0.5 * residual * residual
+        weighted = residual * sw[:, None]
+        sq = X.multiply(X).sum(axis=1) if hasattr(X, "multiply") else np.einsum("ij,ij->i", X, X)
+        return {
+            "g": np.asarray(weighted.T @ X, dtype=np.float64).reshape(m, d),
+            "gi": weighted.sum(axis=0),
+            "loss": np.array([float(sw @ loss.sum(axis=1))]),
+            "n": np.array([float(sw.sum())]),
+            "sq": np.array([float(sw @ np.asarray(sq).ravel())]),
+        }
+
+    def update(self, model, total, iteration):
+        n = float(total["n"][0])
+        if n <= 0.0:
+            return dict(model), {"records": 0.0}
+        n_seen = float(model["n_seen"][0]) + n
+        sq_norm = (float(model["sq_norm"][0]) * float(model["n_seen"][0]) + float(total["sq"][0])) / n_seen
+        steps = float(model["steps"][0]) + 1.0
+        ridge = self.penalty / n_seen
+        curvature = _LIPSCHITZ[self.loss] * (sq_norm + float(self.fit_intercept)) + ridge
+        eta = self.eta0 / (curvature * steps ** self.power_t)
+        coef = model["coef"] - eta * (total["g"] / n + ridge * model["coef"])
+        intercept = (model["intercept"] - eta * total["gi"] / n if self.fit_intercept
+                     else model["intercept"].copy())
+        new = {"coef": coef, "intercept": intercept, "steps": np.array([steps]),
+               "n_seen": np.array([n_seen]), "sq_norm": np.array([sq_norm])}
+        return new, {"loss": float(total["loss"][0]) / n, "step": eta}
+
+
+class OnlineMoments(Program):
+    """Exact streaming moments: weight ``n`` (1,), ``mean`` (d,), centered ``scatter`` (d, d).
+
+    Each micro-batch's moments are merged into the model with Chan et al.'s
+    formula, so the model equals the moments of every row seen, whatever
+    the batch sizes (a batch of one row, or none, is fine). Nothing flows
+    down the tree but the weight.
+    """
+
+    shared = ("n",)
+
+    @staticmethod
+    def initial_model(n_features: int) -> dict[str, np.ndarray]:
+        return {"n": np.zeros(1), "mean": np.zeros(n_features), "scatter": np.zeros((n_features, n_features))}
+
+    def local(self, model, part: Partition):
+        if part.n_rows == 0:
+            d = part.X.shape[1]
+            return np.zeros(1), np.zeros(d), np.zeros((d, d))
+        return partition_moments(part.X, part.sample_weight)
+
+    def combine(self, a, b):
+        return combine_moments(a, b)
+
+    def update(self, model, total, iteration):
+        n, mean, scatter = (np.array(model[k], dtype=np.float64) for k in ("n", "mean", "scatter"))
+        merge_moments(n, mean, scatter, *total)
+        return {"n": n, "mean": mean, "scatter": scatter}, {"records": float(total[0][0])}
+
+
+class StreamingKMeans(Program):
+    """Mini-batch k-means with forgetting (Spark's StreamingKMeans).
+
+    Each micro-batch assigns its rows to the nearest center and moves every
+    center to the weighted mean of its old position and its new rows:
+    ``c' = (a w c + s) / (a w + m)``, ``w' = a w + m``, with ``m`` and ``s``
+    the batch's weight and row sum in that cluster and ``a`` the decay factor
+    per micro-batch (1: all rows count equally; ``0.5 ** (1 / half_life)``
+    halves old weight every ``half_life`` batches). Until the model has
+    centers, the first rows are pooled (up to 4k) and seeded by k-means++ as
+    soon as there are at least k of them.
+
+    Model: ``centers`` (k, d), ``weights`` (k,), ``ready`` (1,), ``pool``
+    (4k, d), ``pool_n`` (1,). Only ``centers`` and ``ready`` go down.
+    """
+
+    shared = ("centers", "ready")
+
+    def __init__(self, n_clusters: int, decay: float = 1.0, seed: int = 0):
+        self.n_clusters, self.decay, self.seed = int(n_clusters), float(decay), int(seed)
+
+    @staticmethod
+    def initial_model(n_clusters: int, n_features: int, centers: Any = None,
+                      weights: Any = None) -> dict[str, np.ndarray]:
+        ready = centers is not None
+        return {
+            "centers": np.zeros((n_clusters, n_features)) if centers is None else np.array(centers, np.float64),
+            "weights": np.zeros(n_clusters) if weights is None else np.array(weights, np.float64),
+            "ready": np.array([float(ready)]),
+            "pool": np.zeros((4 * n_clusters, n_features)),
+            "pool_n": np.zeros(1),
+        }
+
+    def local(self, model, part: Partition):
+        k, d = model["centers"].shape
+        q = 4 * k
+        out = {"sums": np.zeros((k, d)), "counts": np.zeros(k), "inertia": np.zeros(1),
+               "pool": np.zeros((q, d)), "pool_n": np.zeros(1)}
+        if part.n_rows == 0:
+            return out
+        X = np.asarray(part.X.toarray() if hasattr(part.X, "toarray") else part.X, dtype=np.float64)
+        if model["ready"][0]:
+            centers = model["centers"]
+            dist = (X * X).sum(axis=1)[:, None] - 2.0 * X @ centers.T + (centers * centers).sum(axis=1)
+            labels = dist.argmin(axis=1)
+            sw = _weights(part)
+            np.add.at(out["sums"], labels, X * sw[:, None])
+            out["counts"] = np.bincount(labels, weights=sw, minlength=k).astype(np.float64)
+            out["inertia"][0] = float(sw @ np.maximum(dist[np.arange(len(labels)), labels], 0.0))
+        else:
+            take = min(q, X.shape[0])
+            out["pool"][:take] = X[:take]
+            out["pool_n"][0] = take
+        return out
+
+    def combine(self, a, b):
+        pool = a["pool"].copy()
+        na, nb = int(a["pool_n"][0]), int(b["pool_n"][0])
+        take = min(len(pool) - na, nb)
+        pool[na:na + take] = b["pool"][:take]
+        return {"sums": a["sums"] + b["sums"], "counts": a["counts"] + b["counts"],
+                "inertia": a["inertia"] + b["inertia"], "pool": pool, "pool_n": np.array([float(na + take)])}
+
+    def update(self, model, total, iteration):
+        new = {k: np.array(v, dtype=np.float64) for k, v in model.items()}
+        if not model["ready"][0]:
+            have = int(model["pool_n"][0])
+            add = min(len(new["pool"]) - have, int(total["pool_n"][0]))
+            new["pool"][have:have + add] = total["pool"][:add]
+            new["pool_n"][0] = have + add
+            if have + add >= self.n_clusters:
+                from sklearn.cluster import kmeans_plusplus
+
+                rows = new["pool"][: have + add]
+                centers, _ = kmeans_plusplus(rows, self.n_clusters, random_state=self.seed % 2**32)
+                # The pooled rows are then the first mini-batch: one assignment from the seeds.
+                labels = ((rows[:, None, :] - centers[None]) ** 2).sum(axis=2).argmin(axis=1)
+                counts = np.bincount(labels, minlength=self.n_clusters).astype(np.float64)
+                for j in np.flatnonzero(counts):
+                    centers[j] = rows[labels == j].mean(axis=0)
+                new["centers"], new["weights"], new["ready"] = centers, counts, np.array([1.0])
+                new["pool"][:] = 0.0
+                new["pool_n"][0] = 0.0
+            return new, {"records": float(total["pool_n"][0])}
+        counts = total["counts"]
+        old = self.decay * model["weights"]
+        weights = old + counts
+        moved = weights > 0
+        new["centers"][moved] = ((old[moved, None] * model["centers"][moved] + total["sums"][moved])
+                                 / weights[moved, None])
+        new["weights"] = weights
+        m = float(counts.sum())
+        return new, {"records": m, "inertia": float(total["inertia"][0]) / m if m else 0.0}

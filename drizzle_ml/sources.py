@@ -1,0 +1,851 @@
+"""Stream sources: partitioned record streams with offsets, read by the workers.
+
+A source is a small picklable description (:class:`FileSource`,
+:class:`DirectorySource`, :class:`TCPSource`, :class:`HDF5Source`,
+:class:`IterableSource`) that the driver ships to the workers; each worker
+opens only its own partitions and reads them itself, so no record passes
+through the driver. Every partition has an *offset*: a small JSON value that
+says how far the partition has been consumed (a byte position, a record
+count, a file name and position). Offsets are taken only at micro-batch cuts
+and saved with the model version in checkpoints, which is what makes a
+restart neither lose nor repeat a record.
+
+Reading is pull-based: a reader takes at most what the next micro-batch
+needs, and what is not taken stays in the file, the HDF5 dataset or the
+socket's buffers (TCP flow control then slows the producer). That is the
+back-pressure: nothing is buffered without bound when the learner falls
+behind.
+
+Records are lines of CSV (numbers separated by commas; for supervised
+learners the last field is the target) or JSON (``{"x": [...], "y": v}`` or
+a list of numbers, target last), or rows of a 2-D HDF5 dataset (target in
+the last column). A malformed record (wrong field count, not a number, NaN
+or infinity, a label outside the known classes) is skipped and counted
+(``on_error="skip"``, the default) or stops the job with an error naming the
+source and offset (``on_error="fail"``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .program import Partition
+
+FORMATS = ("csv", "json")
+ON_ERROR = ("skip", "fail")
+
+
+class StreamError(ValueError):
+    """A stream cannot be read: a malformed record under ``on_error="fail"``, a source that is gone."""
+
+
+# -- records ------------------------------------------------------------------------------------
+@dataclass
+class RecordFormat:
+    """How records become numbers.
+
+    kind : "csv" or "json" (text sources; HDF5 rows need no parsing).
+    n_features : features per record, or None to take it from the first good record.
+    has_target : the record's last field (CSV/list) or ``"y"`` is the target.
+    classes : known labels (classifiers); other labels are malformed records.
+    on_error : "skip" (count and drop malformed records) or "fail".
+    """
+
+    kind: str = "csv"
+    n_features: int | None = None
+    has_target: bool = False
+    classes: np.ndarray | None = None
+    on_error: str = "skip"
+
+    def __post_init__(self) -> None:
+        if self.kind not in FORMATS:
+            raise ValueError(f"record format must be one of {FORMATS}, got {self.kind!r}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        if self.n_features is not None and (not isinstance(self.n_features, (int, np.integer))
+                                            or self.n_features < 1):
+            raise ValueError(f"n_features must be a positive integer or None, got {self.n_features!r}")
+        if self.classes is not None:
+            self.classes = np.asarray(self.classes, dtype=np.float64)
+
+    @property
+    def width(self) -> int | None:
+        return None if self.n_features is None else self.n_features + int(self.has_target)
+
+    def check_rows(self, rows: np.ndarray, where: Callable[[int], str]) -> tuple[np.ndarray, int]:
+        """Keep the rows of a (n, width) block that are finite and have a known label."""
+        good = np.isfinite(rows).all(axis=1)
+        if self.classes is not None and rows.shape[0]:
+            good &= np.isin(rows[:, -1], self.classes)
+        n_bad = int(rows.shape[0] - np.count_nonzero(good))
+        if n_bad:
+            first = int(np.flatnonzero(~good)[0])
+            row = rows[first]
+            reason = ("a label not among the known classes " + _short(self.classes)
+                      if np.isfinite(row).all() else "NaN or infinity")
+            self.fail(where(first), f"{reason}: {row.tolist()}")
+            rows = rows[good]
+        return rows, n_bad
+
+    def fail(self, where: str, what: str) -> None:
+        if self.on_error == "fail":
+            raise StreamError(f"malformed record at {where}: {what} (on_error='fail')")
+
+    def parse_text(self, data: bytes, where: Callable[[int], str]) -> tuple[np.ndarray, int]:
+        """Rows of shape (n, width) from complete lines; blank lines are ignored.
+
+        ``where(i)`` names the i-th line of ``data`` (its offset) in errors.
+        """
+        if self.kind == "csv" and self.width is not None and data:
+            rows = self._parse_csv_fast(data)
+            if rows is not None:
+                return self.check_rows(rows, where)
+        rows, n_bad = [], 0
+        for i, line in enumerate(data.split(b"\n")):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                values = self._parse_line(line)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                n_bad += 1
+                self.fail(where(i), f"{exc}: {line[:80]!r}")
+                continue
+            if self.n_features is None:
+                if len(values) < 1 + int(self.has_target):
+                    n_bad += 1
+                    self.fail(where(i), f"no features: {line[:80]!r}")
+                    continue
+                self.n_features = len(values) - int(self.has_target)
+            if len(values) != self.width:
+                n_bad += 1
+                self.fail(where(i), f"{len(values)} fields, expected {self.width}: {line[:80]!r}")
+                continue
+            rows.append(values)
+        block = np.array(rows, dtype=np.float64).reshape(len(rows), self.width or 0)
+        block, more_bad = self.check_rows(block, lambda j: where(j))
+        return block, n_bad + more_bad
+
+    def _parse_csv_fast(self, data: bytes) -> np.ndarray | None:
+        # One C-level parse of the whole block; any irregularity (a blank or
+        # short line, a word) falls back to the line-by-line path.
+        n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        try:
+            values = np.fromstring(data.replace(b"\n", b","), sep=",")
+        except ValueError:
+            return None
+        if values.size != n_lines * self.width:
+            return None
+        return values.reshape(n_lines, self.width)
+
+    def _parse_line(self, line: bytes) -> list[float]:
+        if self.kind == "csv":
+            return [float(token) for token in line.split(b",")]
+        obj = json.loads(line)
+        if isinstance(obj, dict):
+            x = [float(v) for v in obj["x"]]
+            if self.has_target:
+                x.append(float(obj["y"]))
+            return x
+        if isinstance(obj, list):
+            return [float(v) for v in obj]
+        raise TypeError(f"a JSON record must be an object or a list, got {type(obj).__name__}")
+
+
+def _short(values: np.ndarray | None) -> str:
+    if values is None:
+        return ""
+    shown = values[:10].tolist()
+    return str(shown)[:-1] + (", ...]" if len(values) > 10 else "]")
+
+
+@dataclass
+class Chunk:
+    """Records read from one partition: rows (n, width), malformed count, arrival times (s, epoch)."""
+
+    rows: np.ndarray
+    n_bad: int
+    oldest: float
+    newest: float
+
+
+class _Arrivals:
+    """When bytes (or rows) at a position were first seen: the arrival of a record."""
+
+    def __init__(self) -> None:
+        self.marks: deque[tuple[int, float]] = deque()  # (end position, time first seen)
+        self.seen = 0
+
+    def saw(self, end: int) -> None:
+        if end > self.seen:
+            self.marks.append((end, time.time()))
+            self.seen = end
+
+    def span(self, start: int, end: int) -> tuple[float, float]:
+        """Arrival of the first and last record in ``[start, end)``; forgets what is before ``end``."""
+        oldest = newest = time.time()
+        first = True
+        for mark_end, t in self.marks:
+            if mark_end > start and first:
+                oldest, first = t, False
+            if mark_end >= end:
+                newest = t
+                break
+        while self.marks and self.marks[0][0] <= end:
+            self.marks.popleft()
+        return oldest, newest
+
+
+# -- readers ------------------------------------------------------------------------------------
+class PartitionReader:
+    """One partition of a source on one worker. ``offset`` is JSON; ``read`` never blocks."""
+
+    ended = False
+
+    @property
+    def offset(self) -> Any:
+        raise NotImplementedError
+
+    def read(self, max_records: int) -> Chunk | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _TextFileReader(PartitionReader):
+    """Complete lines of a file from byte ``pos`` on, owned by this partition.
+
+    With ``block_size`` the file is cut into blocks and a line belongs to the
+    partition owning the block its first byte lies in (``block % n == p``),
+    the rule of Hadoop's text splits: no coordination between readers.
+    Without it the whole file is this partition's (a directory source).
+    """
+
+    def __init__(self, path: str, fmt: RecordFormat, pos: int, follow: bool,
+                 block_size: int | None = None, partition: int = 0, n_partitions: int = 1,
+                 chunk_bytes: int = 1 << 20):
+        self.path, self.fmt, self.pos, self.follow = path, fmt, int(pos), follow
+        self.block_size, self.partition, self.n_partitions = block_size, partition, n_partitions
+        self.chunk_bytes = chunk_bytes
+        self.fd = os.open(path, os.O_RDONLY)
+        self.arrivals = _Arrivals()
+        self.ended = False
+
+    @property
+    def offset(self) -> int:
+        return self.pos
+
+    def _owned_start(self, pos: int, size: int) -> int | None:
+        """The first line start of this partition at or after ``pos`` (None: not in the file yet)."""
+        if self.block_size is None:
+            return pos
+        block = pos // self.block_size
+        if block % self.n_partitions == self.partition:
+            return pos
+        block += (self.partition - block) % self.n_partitions
+        start = block * self.block_size
+        if start == 0:
+            return 0
+        # The first line start at or after `start`: just past the first newline at start-1 or later.
+        probe = start - 1
+        while probe < size:
+            data = os.pread(self.fd, min(self.chunk_bytes, size - probe), probe)
+            newline = data.find(b"\n")
+            if newline >= 0:
+                return probe + newline + 1
+            probe += len(data)
+        return None
+
+    def read(self, max_records: int) -> Chunk | None:
+        size = os.fstat(self.fd).st_size
+        if size < self.pos:
+            raise StreamError(f"{self.path} shrank below the consumed offset {self.pos} "
+                              "(truncated or replaced): a stream file must only grow")
+        self.arrivals.saw(size)
+        start = self._owned_start(self.pos, size)
+        if start is None or start >= size:
+            if start is not None:
+                self.pos = start
+            self.ended = not self.follow
+            return None
+        self.pos = start
+        block_end = (None if self.block_size is None
+                     else (start // self.block_size + 1) * self.block_size)
+        data = os.pread(self.fd, min(self.chunk_bytes, size - start), start)
+        # Lines starting before the block's end are ours; keep complete ones only.
+        take = data if block_end is None else data[: max(block_end - start, 0)]
+        cut = take.rfind(b"\n") + 1 if take else 0
+        if block_end is not None and len(data) > len(take) and cut < len(take):
+            # Our last line runs past the block end: it is ours too, up to its newline.
+            rest = data.find(b"\n", len(take))
+            cut = rest + 1 if rest >= 0 else cut
+        if cut == 0:
+            if start + len(data) >= size and not self.follow and data:
+                cut = len(data)  # a last line without a newline, in a finished file
+            else:
+                return None
+        lines = data[:cut]
+        if max_records and lines.count(b"\n") > max_records:
+            index = -1
+            for _ in range(max_records):
+                index = lines.find(b"\n", index + 1)
+            lines = lines[: index + 1]
+        starts = None
+
+        def where(i: int) -> str:
+            nonlocal starts
+            if starts is None:
+                nl = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 10)
+                starts = np.concatenate([[0], nl + 1])
+            return f"{self.path} byte offset {start + int(starts[i])}"
+
+        rows, n_bad = self.fmt.parse_text(lines, where)
+        end = start + len(lines)
+        oldest, newest = self.arrivals.span(start, end)
+        self.pos = end
+        return Chunk(rows, n_bad, oldest, newest)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _DirectoryReader(PartitionReader):
+    """This partition's files of a directory, in name order; a file is complete when it appears.
+
+    Files are owned by ``crc32(name) % n_partitions``. Names starting with
+    ``.`` or ending in ``.tmp`` are ignored (write there, then rename in).
+    The offset is ``{"file": name, "pos": bytes}``: every earlier file of
+    this partition is done, ``name`` is consumed up to ``pos``.
+    """
+
+    def __init__(self, source: "DirectorySource", fmt: RecordFormat, partition: int, n_partitions: int,
+                 offset: Any):
+        self.source, self.fmt = source, fmt
+        self.partition, self.n_partitions = partition, n_partitions
+        offset = offset or {"file": "", "pos": 0}
+        self.name, self.start = str(offset["file"]), int(offset["pos"])
+        self.current: _TextFileReader | None = None
+        self.ended = False
+        self.late: set[str] = set()
+
+    @property
+    def offset(self) -> dict:
+        pos = self.current.pos if self.current is not None else self.start
+        return {"file": self.name, "pos": int(pos)}
+
+    def _mine(self) -> list[str]:
+        try:
+            names = os.listdir(self.source.path)
+        except FileNotFoundError:
+            raise StreamError(f"stream directory {self.source.path} does not exist") from None
+        return sorted(n for n in names if not n.startswith(".") and not n.endswith(".tmp")
+                      and zlib.crc32(n.encode()) % self.n_partitions == self.partition)
+
+    def read(self, max_records: int) -> Chunk | None:
+        while True:
+            if self.current is None:
+                if self.name and os.path.exists(os.path.join(self.source.path, self.name)):
+                    pass  # resume inside (or at the end of) the offset's file
+                else:
+                    later = [n for n in self._mine() if n > self.name]
+                    if not later:
+                        self.ended = not self.source.follow
+                        return None
+                    self.name, self.start = later[0], 0
+                self.current = _TextFileReader(os.path.join(self.source.path, self.name), self.fmt,
+                                               self.start, follow=False)
+            chunk = self.current.read(max_records)
+            if chunk is not None:
+                return chunk
+            # This file is finished; the next one of ours, if any.
+            self.start = self.current.pos
+            later = [n for n in self._mine() if n > self.name]
+            if not later:
+                self.ended = not self.source.follow
+                return None
+            self.current.close()
+            self.current, self.name, self.start = None, later[0], 0
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+
+
+class _TCPReader(PartitionReader):
+    """Lines from one TCP connection; the offset counts records taken.
+
+    On connecting, the reader sends ``DRIZZLE partition=P partitions=N
+    offset=K`` and a newline: a producer that can replay starts this
+    partition at record K (exactly-once across restarts); one that ignores
+    the line makes a restart resume wherever the producer is.
+    """
+
+    def __init__(self, source: "TCPSource", fmt: RecordFormat, partition: int, n_partitions: int,
+                 offset: Any, connect_timeout: float = 10.0):
+        self.source, self.fmt, self.partition = source, fmt, partition
+        self.count = int(offset or 0)
+        deadline = time.monotonic() + connect_timeout
+        while True:
+            try:
+                self.sock = socket.create_connection((source.host, source.port), timeout=1.0)
+                break
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise StreamError(f"cannot connect to tcp:{source.host}:{source.port}: {exc}") from None
+                time.sleep(0.05)
+        self.sock.sendall(f"DRIZZLE partition={partition} partitions={n_partitions} "
+                          f"offset={self.count}\n".encode())
+        self.sock.setblocking(False)
+        self.buffer = bytearray()
+        self.arrivals = _Arrivals()
+        self.taken = 0  # bytes of the stream consumed (arrival bookkeeping)
+        self.closed = False
+        self.ended = False
+
+    @property
+    def offset(self) -> int:
+        return self.count
+
+    def read(self, max_records: int) -> Chunk | None:
+        # Receive only while the buffer is small: the rest waits in the kernel
+        # and then at the producer (back-pressure).
+        while not self.closed and len(self.buffer) < self.source.buffer_bytes:
+            try:
+                data = self.sock.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                raise StreamError(f"tcp:{self.source.host}:{self.source.port}: {exc}") from None
+            if not data:
+                self.closed = True
+                break
+            self.buffer += data
+            self.arrivals.saw(self.taken + len(self.buffer))
+        cut = self.buffer.rfind(b"\n") + 1
+        if self.closed and cut < len(self.buffer):
+            cut = len(self.buffer)  # the producer closed after a last line without newline
+        if cut == 0:
+            self.ended = self.closed
+            return None
+        lines = bytes(self.buffer[:cut])
+        n_lines = lines.count(b"\n") + (0 if lines.endswith(b"\n") else 1)
+        if max_records and n_lines > max_records:
+            index = -1
+            for _ in range(max_records):
+                index = lines.find(b"\n", index + 1)
+            lines, n_lines = lines[: index + 1], max_records
+        first = self.count
+        where = lambda i: f"tcp:{self.source.host}:{self.source.port} partition {self.partition} record {first + i}"
+        rows, n_bad = self.fmt.parse_text(lines, where)
+        del self.buffer[: len(lines)]
+        oldest, newest = self.arrivals.span(self.taken, self.taken + len(lines))
+        self.taken += len(lines)
+        self.count += n_lines
+        return Chunk(rows, n_bad, oldest, newest)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _HDF5Reader(PartitionReader):
+    """Rows of a growing 2-D HDF5 dataset, in blocks of ``block_rows`` owned round-robin.
+
+    The writer should use SWMR mode (``libver="latest"``, ``swmr_mode=True``)
+    so that readers see appended rows safely; the reader opens the file with
+    ``swmr=True`` when it can and refreshes the dataset's shape.
+    """
+
+    def __init__(self, source: "HDF5Source", fmt: RecordFormat, partition: int, n_partitions: int,
+                 offset: Any):
+        import h5py
+
+        self.source, self.fmt = source, fmt
+        self.partition, self.n_partitions = partition, n_partitions
+        self.row = int(offset or 0)
+        try:
+            self.file = h5py.File(source.path, "r", swmr=True)
+        except OSError:
+            try:
+                self.file = h5py.File(source.path, "r")
+            except OSError as exc:
+                raise StreamError(f"cannot open {source.path} as HDF5: {exc}") from None
+        if source.key not in self.file:
+            raise StreamError(f"{source.path} has no dataset {source.key!r}")
+        self.dset = self.file[source.key]
+        if self.dset.ndim != 2:
+            raise StreamError(f"{source.path}#{source.key} must be 2-D (records x fields), "
+                              f"got shape {self.dset.shape}")
+        width = self.dset.shape[1]
+        if fmt.n_features is None:
+            fmt.n_features = width - int(fmt.has_target)
+        if fmt.width != width:
+            raise StreamError(f"{source.path}#{source.key} has {width} columns, expected {fmt.width}")
+        self.arrivals = _Arrivals()
+        self.ended = False
+
+    @property
+    def offset(self) -> int:
+        return self.row
+
+    def read(self, max_records: int) -> Chunk | None:
+        try:
+            self.dset.refresh()
+        except (AttributeError, OSError, ValueError):
+            pass  # not in SWMR mode: the shape seen at open
+        n = self.dset.shape[0]
+        self.arrivals.saw(n)
+        size = self.source.block_rows
+        block = self.row // size
+        if block % self.n_partitions != self.partition:
+            block += (self.partition - block) % self.n_partitions
+            self.row = max(self.row, block * size)
+        stop = min(n, (self.row // size + 1) * size, self.row + (max_records or n))
+        if stop <= self.row:
+            self.ended = not self.source.follow
+            return None
+        rows = np.asarray(self.dset[self.row:stop], dtype=np.float64)
+        first = self.row
+        rows, n_bad = self.fmt.check_rows(rows, lambda i: f"{self.source.path}#{self.source.key} row {first + i}")
+        oldest, newest = self.arrivals.span(first, stop)
+        self.row = stop
+        return Chunk(rows, n_bad, oldest, newest)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _IterableReader(PartitionReader):
+    """Items ``i`` with ``i % n_partitions == partition`` of a sequence shipped to the worker."""
+
+    def __init__(self, source: "IterableSource", fmt: RecordFormat, partition: int, n_partitions: int,
+                 offset: Any):
+        self.items, self.fmt = source.items, fmt
+        self.partition, self.n_partitions = partition, n_partitions
+        self.count = int(offset or 0)  # items of this partition taken
+        self.ended = False
+
+    @property
+    def offset(self) -> int:
+        return self.count
+
+    def read(self, max_records: int) -> Chunk | None:
+        start = self.partition + self.count * self.n_partitions
+        if start >= len(self.items):
+            self.ended = True
+            return None
+        stop = min(len(self.items), start + max(max_records or len(self.items), 1) * self.n_partitions)
+        picked = self.items[start:stop:self.n_partitions]
+        now = time.time()
+        rows, n_bad = [], 0
+        for i, item in enumerate(picked):
+            try:
+                values = np.asarray(_flatten(item, self.fmt.has_target), dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                n_bad += 1
+                self.fmt.fail(f"item {start + i * self.n_partitions}", str(exc))
+                continue
+            if self.fmt.n_features is None:
+                self.fmt.n_features = values.size - int(self.fmt.has_target)
+            if values.size != self.fmt.width:
+                n_bad += 1
+                self.fmt.fail(f"item {start + i * self.n_partitions}",
+                              f"{values.size} values, expected {self.fmt.width}")
+                continue
+            rows.append(values)
+        block = np.array(rows, dtype=np.float64).reshape(len(rows), self.fmt.width or 0)
+        block, more = self.fmt.check_rows(block, lambda j: f"item {start + j * self.n_partitions}")
+        self.count += len(picked)
+        return Chunk(block, n_bad + more, now, now)
+
+
+def _flatten(item: Any, has_target: bool) -> list[float]:
+    if isinstance(item, tuple) and len(item) == 2 and has_target:
+        x, y = item
+        return [*np.ravel(np.asarray(x, dtype=np.float64)).tolist(), float(y)]
+    return np.ravel(np.asarray(item, dtype=np.float64)).tolist()
+
+
+# -- sources --------------------------------------------------------------------------------------
+@dataclass
+class Source:
+    """Base of the source descriptions (picklable; opened on the workers)."""
+
+    def open(self, fmt: RecordFormat, partition: int, n_partitions: int, offset: Any) -> PartitionReader:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass
+class FileSource(Source):
+    """An append-only file of CSV or JSON lines, tailed while it grows (``follow``).
+
+    Partitions own blocks of ``block_size`` bytes round-robin; the offset is a byte position.
+    """
+
+    path: str
+    follow: bool = True
+    block_size: int = 1 << 16
+
+    def open(self, fmt, partition, n_partitions, offset):
+        if not os.path.isfile(self.path):
+            raise StreamError(f"stream file {self.path} does not exist")
+        return _TextFileReader(self.path, fmt, int(offset or 0), self.follow, self.block_size,
+                               partition, n_partitions)
+
+    def describe(self) -> str:
+        return f"file:{self.path}"
+
+
+@dataclass
+class DirectorySource(Source):
+    """A directory that receives new files of CSV or JSON lines (each complete when it appears)."""
+
+    path: str
+    follow: bool = True
+
+    def open(self, fmt, partition, n_partitions, offset):
+        if not os.path.isdir(self.path):
+            raise StreamError(f"stream directory {self.path} does not exist")
+        return _DirectoryReader(self, fmt, partition, n_partitions, offset)
+
+    def describe(self) -> str:
+        return f"dir:{self.path}"
+
+
+@dataclass
+class TCPSource(Source):
+    """Lines from a TCP server; each partition is one connection. The stream ends when it closes."""
+
+    host: str
+    port: int
+    buffer_bytes: int = 4 << 20
+    follow: bool = True
+
+    def open(self, fmt, partition, n_partitions, offset):
+        return _TCPReader(self, fmt, partition, n_partitions, offset)
+
+    def describe(self) -> str:
+        return f"tcp:{self.host}:{self.port}"
+
+
+@dataclass
+class HDF5Source(Source):
+    """A 2-D HDF5 dataset that grows (rows appended, SWMR); partitions own blocks of rows."""
+
+    path: str
+    key: str = "X"
+    follow: bool = True
+    block_rows: int = 4096
+
+    def open(self, fmt, partition, n_partitions, offset):
+        if not os.path.isfile(self.path):
+            raise StreamError(f"stream file {self.path} does not exist")
+        return _HDF5Reader(self, fmt, partition, n_partitions, offset)
+
+    def describe(self) -> str:
+        return f"h5:{self.path}#{self.key}"
+
+
+@dataclass
+class IterableSource(Source):
+    """A Python sequence of records (arrays, lists, or ``(x, y)`` pairs), for tests and notebooks.
+
+    It is pickled to the workers, so it must be a sequence (list, array),
+    not a generator; item ``i`` belongs to partition ``i % n_partitions``.
+    """
+
+    items: Sequence[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not hasattr(self.items, "__getitem__") or not hasattr(self.items, "__len__"):
+            raise TypeError(
+                f"IterableSource needs a sequence (list, tuple, array) that can be sent to the "
+                f"workers, got {type(self.items).__name__}; use list(...) on a generator"
+            )
+
+    def open(self, fmt, partition, n_partitions, offset):
+        return _IterableReader(self, fmt, partition, n_partitions, offset)
+
+    def describe(self) -> str:
+        return f"iterable of {len(self.items)} records"
+
+    @property
+    def follow(self) -> bool:
+        return False
+
+
+def parse_source(text: str, *, follow: bool = True) -> Source:
+    """``file:PATH``, ``dir:PATH``, ``tcp:HOST:PORT`` or ``h5:PATH#KEY`` as a :class:`Source`."""
+    kind, sep, rest = text.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"source must look like file:PATH, dir:PATH, tcp:HOST:PORT or h5:PATH#KEY, got {text!r}")
+    if kind == "file":
+        return FileSource(rest, follow=follow)
+    if kind == "dir":
+        return DirectorySource(rest, follow=follow)
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"tcp source must look like tcp:HOST:PORT, got {text!r}")
+        return TCPSource(host, int(port))
+    if kind == "h5":
+        path, _, key = rest.partition("#")
+        return HDF5Source(path, key or "X", follow=follow)
+    raise ValueError(f"unknown source kind {kind!r} in {text!r}: use file:, dir:, tcp: or h5:")
+
+
+# -- micro-batches --------------------------------------------------------------------------------
+@dataclass
+class Batching:
+    """How micro-batches are cut, per worker.
+
+    max_batch : records per worker per micro-batch (a batch is cut when it has them).
+    interval : seconds after the previous cut at which a batch is cut with what
+        it has (None: only by size, which makes the batches, and so the model,
+        independent of timing).
+    idle_timeout : a worker whose partitions brought nothing for this long is
+        idle; the stream ends when every worker is idle (None: only finished
+        sources are idle).
+    """
+
+    max_batch: int = 10_000
+    interval: float | None = 0.01
+    idle_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, (int, np.integer)) \
+                or self.max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {self.max_batch!r}")
+        for name in ("interval", "idle_timeout"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+
+
+@dataclass
+class Batch(Partition):
+    """One worker's micro-batch: a :class:`Partition` plus what the stream knows of it.
+
+    n_bad : malformed records skipped. idle : this worker's partitions are
+    finished or quiet (see :class:`Batching`). oldest, newest : arrival times
+    (seconds since the epoch) of its first and last record (inf/-inf when empty).
+    """
+
+    n_bad: int = 0
+    idle: bool = False
+    oldest: float = float("inf")
+    newest: float = float("-inf")
+
+
+class StreamReader:
+    """A worker's partitions of a stream, cut into micro-batches.
+
+    ``wait(test)`` is the worker's bounded wait (it also serves control
+    messages); the reader polls its sources every ``poll_interval`` seconds.
+    """
+
+    def __init__(self, source: Source, fmt: RecordFormat, batching: Batching, partitions: Iterable[int],
+                 n_partitions: int, offsets: dict[str, Any], worker: int, poll_interval: float = 2.5e-4):
+        self.fmt, self.batching, self.worker = fmt, batching, worker
+        self.readers: dict[int, PartitionReader] = {}
+        try:
+            for p in partitions:
+                self.readers[p] = source.open(fmt, p, n_partitions, offsets.get(partition_key(p)))
+        except BaseException:
+            self.close()
+            raise
+        self.poll_interval = poll_interval
+        self.last_cut = time.monotonic()
+        self.last_record = time.monotonic()
+        self.carry: list[Chunk] = []  # read but not yet in a batch
+
+    def offsets(self) -> dict[str, Any]:
+        return {partition_key(p): r.offset for p, r in self.readers.items()}
+
+    def _ended(self) -> bool:
+        return all(r.ended for r in self.readers.values())
+
+    def next_batch(self, wait: Callable[[Callable[[], bool], float], Any]) -> Batch:
+        """The next micro-batch: cut by size, interval, or idleness, whichever comes first."""
+        want = self.batching.max_batch
+        chunks: list[Chunk] = []
+        have = 0
+        state = {"idle": False}
+
+        def ready() -> bool:
+            nonlocal have
+            for reader in self.readers.values():
+                while have < want:
+                    chunk = reader.read(want - have)
+                    if chunk is None:
+                        break
+                    chunks.append(chunk)
+                    have += chunk.rows.shape[0] + chunk.n_bad
+                    if chunk.rows.shape[0] or chunk.n_bad:
+                        self.last_record = time.monotonic()
+            if have >= want:
+                return True
+            now = time.monotonic()
+            if self._ended() or (self.batching.idle_timeout is not None
+                                 and now - self.last_record >= self.batching.idle_timeout):
+                state["idle"] = True
+                return True
+            return self.batching.interval is not None and now - self.last_cut >= self.batching.interval
+
+        if not ready():
+            wait(ready, self.poll_interval)
+        self.last_cut = time.monotonic()
+        width = self.fmt.width or 0
+        rows = (np.concatenate([c.rows for c in chunks]) if chunks
+                else np.empty((0, width), dtype=np.float64))
+        n_features = self.fmt.n_features or 0
+        X = rows[:, :n_features] if rows.shape[1] else rows
+        y = rows[:, n_features] if self.fmt.has_target and rows.shape[1] else (
+            np.empty(0) if self.fmt.has_target else None)
+        return Batch(
+            X=np.ascontiguousarray(X).reshape(rows.shape[0], n_features), y=y, worker=self.worker,
+            n_bad=sum(c.n_bad for c in chunks), idle=state["idle"],
+            oldest=min((c.oldest for c in chunks if c.rows.shape[0]), default=float("inf")),
+            newest=max((c.newest for c in chunks if c.rows.shape[0]), default=float("-inf")),
+        )
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            try:
+                reader.close()
+            except Exception:
+                pass
+
+
+def partition_key(p: int) -> str:
+    return f"p{p}"
+
+
+def worker_partitions(worker: int, n_workers: int, n_partitions: int) -> list[int]:
+    """The partitions worker ``worker`` reads: ``p % n_workers == worker``."""
+    return [p for p in range(n_partitions) if p % n_workers == worker]
+
+
+@dataclass
+class StreamSpec:
+    """What a stream job's workers need: the source, the record format, batching, offsets."""
+
+    source: Source
+    fmt: RecordFormat
+    batching: Batching
+    n_partitions: int
+    offsets: dict[str, Any] = field(default_factory=dict)
