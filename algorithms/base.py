@@ -180,6 +180,31 @@ class DrizzleEstimator(BaseEstimator):
         self._online_model_ = {k: np.array(v) for k, v in result.model.items()}
         return self._online_model_
 
+    def at_version(self, version: int | None = None, durable: bool = False):
+        """A copy of this estimator holding model ``version`` of ``model_store_``.
+
+        Default: the newest visible version (``durable=True``: the newest one
+        committed at a group boundary). Reading never blocks training: while
+        a stream trains in another thread, ``est.at_version().predict(X)``
+        answers from the newest version. The copy's ``model_version_`` says
+        which version it is. Works for versions made by ``partial_fit`` and
+        streams (their models hold the online state).
+        """
+        import copy
+
+        store = getattr(self, "model_store_", None)
+        if store is None:
+            raise ValueError(f"this {type(self).__name__} has no model versions yet")
+        entry = store.latest(durable) if version is None else store.get(version)
+        clone = copy.copy(self)
+        try:
+            clone._stream_finish(dict(entry.model))
+        except KeyError:
+            raise ValueError(f"model version {entry.version} was made by fit, not by partial_fit or a "
+                             "stream; use the estimator itself") from None
+        clone.model_version_ = entry.version
+        return clone
+
     def _record(self, result, start: int, max_iter: int, warn_not_converged: bool):
         # The job's iterations: those before a resume or a recovery count too.
         self.n_iter_ = start + result.n_iter

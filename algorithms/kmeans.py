@@ -590,6 +590,22 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         self.inertia_ = float(d2.sum() if sw is None else sw @ d2)
         return self
 
+    def _stream_setup(self, n_features: int, classes):
+        self._check_engine_params()
+        k = check_positive_int("n_clusters", self.n_clusters)
+        model = getattr(self, "_online_model_", None)
+        if model is None:
+            centers = getattr(self, "cluster_centers_", None)
+            model = StreamingKMeans.initial_model(k, n_features, centers)
+        program = StreamingKMeans(k, self._decay_factor(), seed_from(check_random_state(self.random_state)))
+        return program, model, False, None
+
+    def _stream_finish(self, model: dict) -> None:
+        if not model["ready"][0]:
+            raise ValueError(f"KMeans has no centers yet: the stream brought fewer than "
+                             f"n_clusters={self.n_clusters} rows")
+        self.cluster_centers_ = np.array(model["centers"])
+
     def _decay_factor(self) -> float:
         if self.half_life is not None:
             if isinstance(self.half_life, bool) or not isinstance(self.half_life, (int, float, np.number)) \

@@ -205,6 +205,15 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
         self.coef_, self.intercept_ = fitted["coef"][0].astype(X.dtype), float(fitted["intercept"][0])
         return self
 
+    def _stream_setup(self, n_features: int, classes):
+        self._check_online_params()
+        program = OnlineLinear("squared", penalty=self._alpha, fit_intercept=self.fit_intercept,
+                               eta0=self.eta0, power_t=self.power_t)
+        return program, self._online_model_start(n_features, 1), True, None
+
+    def _stream_finish(self, model: dict) -> None:
+        self.coef_, self.intercept_ = np.array(model["coef"][0]), float(model["intercept"][0])
+
     def predict(self, X):
         """Predictions, shape (n_samples,) or (n_samples, n_targets)."""
         out = self._decision(X)

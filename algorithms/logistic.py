@@ -151,6 +151,21 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         self.intercept_ = fitted["intercept"].astype(X.dtype)
         return self
 
+    def _stream_setup(self, n_features: int, classes):
+        if classes is None:
+            raise ValueError("a streaming LogisticRegression needs classes: every label the stream will have")
+        self._check_online_params()
+        self.classes_ = self._check_classes(np.unique(np.asarray(classes, dtype=np.float64)))
+        binary = len(self.classes_) == 2
+        program = OnlineLinear("binomial" if binary else "multinomial", penalty=self._penalty(),
+                               fit_intercept=self.fit_intercept, eta0=self.eta0, power_t=self.power_t,
+                               classes=self.classes_)
+        return program, self._online_model_start(n_features, 1 if binary else len(self.classes_)), True, \
+            self.classes_
+
+    def _stream_finish(self, model: dict) -> None:
+        self.coef_, self.intercept_ = np.array(model["coef"]), np.array(model["intercept"])
+
     def _penalty(self) -> float:
         return 0.0 if np.isinf(self.C) else 1.0 / float(self.C)
 

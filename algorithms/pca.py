@@ -375,17 +375,29 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         seen = float(model["n"][0]) + (X.shape[0] if sw is None else float(sw.sum()))
         if seen < 2:
             raise ValueError(f"PCA.partial_fit needs at least 2 samples in all, got {seen:g} so far")
-        k = self._resolve_n_components(int(seen), n_features)
+        self._resolve_n_components(int(seen), n_features)
         fitted = self._online_step(OnlineMoments(), model,
                                    ArrayDataset(X.tocsr() if sp.issparse(X) else X, None, sw))
-        n = float(fitted["n"][0])
-        variances, vectors = np.linalg.eigh(fitted["scatter"] / (n - 1.0))
+        self._stream_finish(fitted, X.dtype)
+        return self
+
+    def _stream_setup(self, n_features: int, classes):
+        self._check_params()
+        model = getattr(self, "_online_model_", None)
+        return OnlineMoments(), OnlineMoments.initial_model(n_features) if model is None else model, False, None
+
+    def _stream_finish(self, model: dict, dtype=np.float64) -> None:
+        """The components of every row the streaming moments have seen."""
+        n, n_features = float(model["n"][0]), model["mean"].shape[0]
+        if n < 2:
+            raise ValueError(f"PCA needs at least 2 samples, the stream has brought {n:g}")
+        k = self._resolve_n_components(int(n), n_features)
+        variances, vectors = np.linalg.eigh(model["scatter"] / (n - 1.0))
         variances = np.maximum(variances[::-1], 0.0)
         components = vectors[:, ::-1][:, :k].T
         noise = float(variances[k:].mean()) if k < min(int(n), n_features) else 0.0
-        self._set_components(fitted["mean"], components, variances, float(variances.sum()), noise, n, k,
-                             int(n), X.dtype)
-        return self
+        self._set_components(model["mean"], components, variances, float(variances.sum()), noise, n, k,
+                             int(n), dtype)
 
     def _set_components(self, mean, components, variances, total_var, noise, n, k, n_samples, dtype) -> None:
         explained = np.array(variances[:k], dtype=np.float64)

@@ -26,6 +26,15 @@ from .errors import (  # noqa: E402
 )
 from .metrics import GroupMetrics, JobResult  # noqa: E402
 from .program import Partition, Program  # noqa: E402
+from .sources import (  # noqa: E402
+    DirectorySource,
+    FileSource,
+    HDF5Source,
+    IterableSource,
+    StreamError,
+    TCPSource,
+    parse_source,
+)
 from .store import ModelStore, ModelVersion  # noqa: E402
 
 __version__ = "0.1.0"
@@ -37,7 +46,11 @@ __all__ = [
     "CheckpointWarning",
     "Cluster",
     "ClusterClosedError",
+    "DirectorySource",
     "DrizzleError",
+    "FileSource",
+    "HDF5Source",
+    "IterableSource",
     "GroupMetrics",
     "HDF5Dataset",
     "JobResult",
@@ -50,11 +63,15 @@ __all__ = [
     "Partition",
     "Program",
     "Ridge",
+    "StreamError",
+    "TCPSource",
     "VersionMismatchError",
     "WorkerError",
     "WorkerFailedError",
     "WorkerTimeoutError",
     "get_cluster",
+    "parse_source",
+    "stream_fit",
 ]
 
 
@@ -68,6 +85,10 @@ def __getattr__(name: str):
         from . import algorithms
 
         return getattr(algorithms, name)
+    if name == "stream_fit":
+        from .algorithms.stream import stream_fit
+
+        return stream_fit
     raise AttributeError(f"module 'drizzle_ml' has no attribute {name!r}")
 
 

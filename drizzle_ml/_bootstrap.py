@@ -19,8 +19,13 @@ def serve_if_worker_rank() -> None:
 
     if MPI.COMM_WORLD.Get_rank() == 0:
         return
+    import signal
+
     from .worker import serve_world
 
+    # SIGUSR1 asks the driver to stop a stream at a group boundary; mpiexec
+    # passes it to every rank, and workers just carry on until told to stop.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         serve_world()
     except KeyboardInterrupt:

@@ -203,8 +203,10 @@ def _prepare(ckpt: Checkpoint) -> _Prepared:
     for name in ("tuner", "rng", "stream_offsets", "params", "metrics"):
         if not isinstance(getattr(ckpt, name), dict):
             raise TypeError(f"{name} must be a dict, got {type(getattr(ckpt, name)).__name__}")
-    for key, offset in ckpt.stream_offsets.items():
-        _check_int(offset, f"stream_offsets[{key!r}]")
+    for key, offset in ckpt.stream_offsets.items():  # a position, or a small record of them
+        for part in (offset.values() if isinstance(offset, dict) else (offset,)):
+            if not isinstance(part, str):
+                _check_int(part, f"stream_offsets[{key!r}]")
     texts = {name: _canonical(getattr(ckpt, name), name) for name in _JSON_FIELDS}
     return _Prepared(ckpt.job_key, version, iteration, created, keys, arrays, orders, texts)
 

@@ -26,7 +26,7 @@ from .checkpoint import Checkpoint, CheckpointStore
 from .layout import Layout
 from .metrics import GroupMetrics, JobResult
 from .store import ModelStore, freeze
-from .streaming import Publications, StreamStep, latency_percentiles
+from .streaming import RECORDS_KEY, Publications, StreamStep, latency_percentiles
 from .tuner import GroupSizer
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ def run_job(
         if scheduling != "group":
             raise ValueError("a stream job runs with scheduling='group'")
         program = StreamStep(program, cluster.n_workers)
+        model = {**model, RECORDS_KEY: np.asarray(model.get(RECORDS_KEY, np.zeros(1)), dtype=np.float64)}
         if stream.batching.interval:  # a group spans at most about a second of micro-batches
             sizer.max_group = min(sizer.max_group, max(1, int(1.0 / stream.batching.interval)))
             sizer.size = min(sizer.size, sizer.max_group)
@@ -236,6 +237,8 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         n_done = root.n_done
         converged = root.stopped
         last_metrics = {k: v[-1] for k, v in root.metrics.items() if v}
+        for key in ("oldest", "newest"):  # arrival stamps: for the publication only
+            last_metrics.pop(key, None)
         for r in reports:
             offsets.update(r.offsets or {})
         if publications is not None:

@@ -849,3 +849,39 @@ class StreamSpec:
     batching: Batching
     n_partitions: int
     offsets: dict[str, Any] = field(default_factory=dict)
+
+
+def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16) -> int:
+    """Features per record, from the source's first good record (read on the driver, nothing consumed).
+
+    Raises StreamError where the source cannot be looked at without
+    consuming it (TCP) or has no good record yet.
+    """
+    probe = RecordFormat(fmt.kind, None, fmt.has_target, None, "skip")
+    if isinstance(source, HDF5Source):
+        reader = source.open(probe, 0, 1, 0)
+        reader.close()
+        return int(probe.n_features)
+    if isinstance(source, IterableSource):
+        if not len(source.items):
+            raise StreamError("the iterable source is empty")
+        return len(_flatten(source.items[0], fmt.has_target)) - int(fmt.has_target)
+    if isinstance(source, FileSource):
+        paths = [source.path] if os.path.isfile(source.path) else []
+    elif isinstance(source, DirectorySource):
+        names = sorted(n for n in os.listdir(source.path) if not n.startswith(".") and not n.endswith(".tmp")) \
+            if os.path.isdir(source.path) else []
+        paths = [os.path.join(source.path, n) for n in names]
+    else:
+        raise StreamError(f"the number of features of {source.describe()} must be given (n_features): "
+                          "it cannot be read ahead without consuming the stream")
+    for path in paths:
+        with open(path, "rb") as f:
+            head = f.read(limit)
+        for line in head.split(b"\n")[:-1] if not head.endswith(b"\n") else head.split(b"\n"):
+            if line.strip():
+                probe.parse_text(line, lambda i: path)
+                if probe.n_features is not None:
+                    return int(probe.n_features)
+    raise StreamError(f"{source.describe()} has no complete record yet to tell the number of features; "
+                      "pass n_features")

@@ -36,8 +36,16 @@ _RECORDS, _BAD, _IDLE, _OLDEST, _NEWEST = range(5)
 PUBLISH_HEADER = ("job", "version", "iteration", "records", "oldest", "newest")
 
 
+RECORDS_KEY = "stream_records"
+
+
 class StreamStep(Program):
-    """``program`` run on micro-batches, with the stream's statistics alongside its partial."""
+    """``program`` run on micro-batches, with the stream's statistics alongside its partial.
+
+    The model gains ``stream_records`` (1,): the records learnt so far. It is
+    checkpointed with the model, so after restarts it still counts every
+    record in the model exactly once.
+    """
 
     def __init__(self, program: Any, n_workers: int):
         self.program, self.n_workers = program, int(n_workers)
@@ -57,6 +65,8 @@ class StreamStep(Program):
     def update(self, model, total, iteration):
         partial, stats = total
         new, metrics = self.program.update(model, partial, iteration)
+        new = dict(new)
+        new[RECORDS_KEY] = model[RECORDS_KEY] + stats[_RECORDS]
         metrics = dict(metrics)
         metrics.update(records=float(stats[_RECORDS]), malformed=float(stats[_BAD]),
                        oldest=float(stats[_OLDEST]), newest=float(stats[_NEWEST]))

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train_parser = sub.add_parser("train", help="train an estimator on a cluster (builds and supervises mpiexec)")
     add_train_arguments(train_parser, _group_size)
+    from .stream import add_stream_arguments
+
+    stream_parser = sub.add_parser("stream", help="learn online from a stream (file, dir, tcp, h5) until it ends")
+    add_stream_arguments(stream_parser, _group_size)
     predict_parser = sub.add_parser("predict", help="predict (or transform) with a saved model")
     info_parser = sub.add_parser("info", help="describe a saved model")
     add_predict_arguments(predict_parser, info_parser)
@@ -63,8 +67,13 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
 
     from .supervisor import run_supervised
 
-    check_arguments(args)  # fail fast, before starting any process
-    _check_plot(args)
+    if args.command == "stream":  # fail fast, before starting any process
+        from .stream import check_stream_arguments
+
+        check_stream_arguments(args)
+    else:
+        check_arguments(args)
+        _check_plot(args)
     try:
         mpiexec = find_mpiexec()
     except FileNotFoundError as exc:
@@ -76,7 +85,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     reached = [0]
 
     def watch(line: str) -> None:  # the newest iteration a progress line reported
-        found = re.findall(r"iter\s+(\d+)", line)
+        found = re.findall(r"(?:iter|batch)\s+(\d+)", line)
         if found:
             reached[0] = max(reached[0], int(found[-1]))
 
@@ -84,7 +93,10 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
         cmd = [mpiexec, "-n", str(workers + 1), *shlex.split(args.mpiexec_args), sys.executable, "-m",
                "drizzle_ml", *base, "--workers", str(workers), *(["--resume"] if resume else [])]
         env = dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0")
-        code = run_supervised(cmd, env=env, on_stderr_line=watch if args.checkpoint_dir else None)
+        # A stream stops gracefully on the first signal: SIGUSR1 goes through
+        # mpiexec to every rank; workers ignore it, the driver ends the stream.
+        code = run_supervised(cmd, env=env, on_stderr_line=watch if args.checkpoint_dir else None,
+                              graceful=signal.SIGUSR1 if args.command == "stream" else None)
         # Done, a usage error, or stopped by a signal we forwarded: nothing to recover.
         if code in (0, 2) or code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or args.checkpoint_dir is None:
             return code
@@ -168,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if not launched_by_mpiexec():
             return _launch(args, argv)
+        if args.command == "stream":
+            from .stream import run_stream
+
+            return run_stream(args)
         _check_plot(args)
         return train(args)
     except CLIError as exc:

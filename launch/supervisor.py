@@ -11,13 +11,16 @@ from typing import Callable, Sequence
 
 
 def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace: float = 10.0,
-                   on_stderr_line: Callable[[str], None] | None = None) -> int:
+                   on_stderr_line: Callable[[str], None] | None = None, graceful: int | None = None) -> int:
     """Run ``cmd`` in its own process group; return its exit code.
 
     SIGINT/SIGTERM to this process are forwarded to the whole group (mpiexec
     and every rank); after ``grace`` seconds the group is killed. With
-    ``on_stderr_line``, the job's stderr passes through this process and each
-    line is shown to the callback too.
+    ``graceful``, the first such signal is sent as ``graceful`` to mpiexec
+    alone (which passes it to the ranks) and the job may finish in its own
+    time; a second one is forwarded as usual. With ``on_stderr_line``, the
+    job's stderr passes through this process and each line is shown to the
+    callback too.
     """
     proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
                             stderr=subprocess.PIPE if on_stderr_line else None)
@@ -33,8 +36,16 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
         pump = threading.Thread(target=forward_stderr, daemon=True)
         pump.start()
     received: list[int] = []
+    asked: list[int] = []  # a graceful stop was asked for
 
     def forward(signum, _frame):
+        if graceful is not None and not asked:
+            asked.append(signum)
+            try:
+                os.kill(proc.pid, graceful)
+            except ProcessLookupError:
+                pass
+            return
         received.append(signum)
         try:
             os.killpg(proc.pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)

@@ -1,0 +1,121 @@
+"""Online learning from a stream: an estimator's online program, run over micro-batches.
+
+``stream_fit(estimator, source)`` runs the estimator's online program (the
+one ``partial_fit`` uses) as a stream job: the workers read their partitions
+of the source, every micro-batch is one iteration, each new model version is
+visible in ``estimator.model_store_`` as soon as it is made, and with
+``checkpoint_dir`` every group boundary writes the model together with every
+partition's offset, so ``resume=True`` continues with each record in the
+model exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from drizzle_ml.checkpoint import CheckpointStore, job_key_for
+from drizzle_ml.cluster import get_cluster
+from drizzle_ml.scheduler import run_job
+from drizzle_ml.sources import (Batching, RecordFormat, Source, StreamSpec, peek_n_features)
+from drizzle_ml.store import ModelStore
+from drizzle_ml.tuner import GroupSizer
+
+# Stream jobs run until the source ends; this only keeps the iteration count finite.
+UNBOUNDED = 1 << 40
+
+
+def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None, classes: Any = None,
+               record_format: str = "csv", max_batch: int = 10_000, batch_interval: float | None = 0.01,
+               idle_timeout: float | None = None, on_error: str = "skip", max_batches: int | None = None,
+               checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | str = 1,
+               resume: bool = False, stop: Callable[[], bool] | None = None,
+               on_group: Callable[[Any], None] | None = None) -> Any:
+    """Train ``estimator`` online from ``source`` until it ends, ``stop()`` or ``max_batches``.
+
+    Parameters
+    ----------
+    estimator : LogisticRegression, LinearRegression, Ridge, PCA or KMeans
+        Its engine parameters apply (``n_workers``, ``group_size``); it
+        continues from a previous ``partial_fit``/stream, or a ``fit``.
+    source : a :class:`~drizzle_ml.sources.Source`
+        ``FileSource``, ``DirectorySource``, ``TCPSource``, ``HDF5Source``,
+        ``IterableSource`` (see :func:`~drizzle_ml.sources.parse_source`).
+    n_features : int or None
+        Features per record (the target comes after them); None reads the
+        first record (not possible for TCP).
+    classes : array-like
+        LogisticRegression: every label the stream will have; others are
+        malformed records.
+    record_format : "csv" or "json"
+    max_batch, batch_interval, idle_timeout : micro-batch cutting, see
+        :class:`~drizzle_ml.sources.Batching`. ``batch_interval=None`` cuts
+        by size only, which makes the model independent of timing.
+    on_error : "skip" (count malformed records) or "fail" (stop with an error naming the offset)
+    checkpoint_dir, checkpoint_every, resume : checkpoints with the stream's offsets.
+    stop : polled at group boundaries; True ends the stream there.
+    on_group : called with each group's metrics (records, latency_p50/p99 in seconds...).
+
+    Returns the estimator, fitted with the last version. ``model_store_``
+    holds the versions (visible and durable), ``stream_offsets_`` the
+    offsets reached, ``records_seen_`` and ``malformed_`` the counts.
+    """
+    has_target = _has_target(estimator)
+    fmt = RecordFormat(record_format, None, has_target,
+                       None if classes is None else np.unique(np.asarray(classes, dtype=np.float64)), on_error)
+    batching = Batching(max_batch, batch_interval, idle_timeout)
+    if batch_interval is None and idle_timeout is None and getattr(source, "follow", False):
+        raise ValueError("a followed source cut by size only (batch_interval=None) needs idle_timeout: "
+                         "otherwise a quiet source would leave a micro-batch waiting forever")
+    if n_features is None:
+        n_features = peek_n_features(source, fmt)
+    fmt.n_features = int(n_features)
+    program, model, _, _ = estimator._stream_setup(int(n_features), classes)
+    cluster = get_cluster(None if estimator.n_workers is None else int(estimator.n_workers))
+    store = getattr(estimator, "model_store_", None) or ModelStore()
+    version = start = int(getattr(estimator, "model_version_", 0))
+    n_partitions, offsets = cluster.n_workers, {}
+    checkpoints = params = None
+    sizer = GroupSizer(estimator.group_size)
+    if checkpoint_dir is not None:
+        params = {"estimator": type(estimator).__name__, "source": source.describe(),
+                  "n_features": int(n_features), "format": record_format,
+                  "classes": None if fmt.classes is None else fmt.classes.tolist()}
+        key = job_key_for(f"stream.{type(estimator).__name__}", params)
+        checkpoints = CheckpointStore(os.path.join(os.fspath(checkpoint_dir), "job-0"), job_key=key,
+                                      max_pending=1)
+        resumed = checkpoints.latest() if resume else None
+        if resumed is not None:
+            model, version, start = dict(resumed.model), resumed.version, resumed.iteration
+            offsets = dict(resumed.stream_offsets)
+            n_partitions = int(resumed.params.get("n_partitions", n_partitions))
+            sizer.restore(resumed.tuner)
+        params = {**params, "n_partitions": n_partitions}
+    elif resume:
+        raise ValueError("resume=True needs checkpoint_dir")
+    spec = StreamSpec(source, fmt, batching, n_partitions, offsets)
+    result = run_job(cluster, program, model, "", max_iter=max_batches or UNBOUNDED, sizer=sizer,
+                     version=version, start_iteration=start, store=store, on_group=on_group, stream=spec,
+                     checkpoints=checkpoints, checkpoint_every=checkpoint_every, checkpoint_params=params,
+                     stop=stop)
+    estimator.model_store_, estimator.model_version_ = store, result.version
+    estimator.n_iter_ = start + result.n_iter
+    estimator.history_ = [g.as_dict() for g in result.history]
+    estimator.stream_offsets_ = result.offsets
+    estimator.records_seen_ = int(result.model["stream_records"][0])
+    estimator.malformed_ = int(sum(result.iteration_metrics.get("malformed", ())))
+    estimator.n_features_in_ = int(n_features)
+    estimator._online_model_ = {k: np.array(v) for k, v in result.model.items()}
+    estimator._stream_finish(estimator._online_model_)
+    return estimator
+
+
+def _has_target(estimator: Any) -> bool:
+    from .pca import PCA
+    from .kmeans import KMeans
+
+    if not hasattr(estimator, "_stream_setup"):
+        raise TypeError(f"{type(estimator).__name__} cannot learn from a stream")
+    return not isinstance(estimator, (PCA, KMeans))

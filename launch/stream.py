@@ -1,0 +1,291 @@
+"""``drizzle-ml stream``: online learning from a source until it ends or a signal arrives.
+
+Runs on rank 0 of an ``mpiexec`` world, like ``train``. Prints throughput
+and event-to-model latency per group, optionally answers predictions over
+HTTP from the newest version while it trains (``--serve``), checkpoints the
+model with the stream's offsets, and saves the final model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from .train import ALGORITHMS, CLIError, _checkpoint_every, make_estimator
+
+# Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.
+STREAM_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "C": ("C", ("logistic",)),
+    "alpha": ("alpha", ("ridge",)),
+    "eta0": ("eta0", ("logistic", "linear", "ridge")),
+    "power_t": ("power_t", ("logistic", "linear", "ridge")),
+    "no_intercept": ("fit_intercept", ("logistic", "linear", "ridge")),
+    "n_components": ("n_components", ("pca",)),
+    "n_clusters": ("n_clusters", ("kmeans",)),
+    "decay": ("decay", ("kmeans",)),
+    "half_life": ("half_life", ("kmeans",)),
+    "seed": ("random_state", ("kmeans",)),
+}
+
+
+def _seconds_or_none(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text.rstrip("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seconds (e.g. 0.01) or 'none', got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive seconds or 'none', got {text!r}")
+    return value
+
+
+def add_stream_arguments(stream: argparse.ArgumentParser, group_size_type: Any) -> None:
+    stream.add_argument("--algorithm", choices=ALGORITHMS, default="logistic")
+    stream.add_argument("--source", required=True,
+                        help="file:PATH (tail a CSV/JSON-lines file), dir:PATH (new files), "
+                             "tcp:HOST:PORT (lines), h5:PATH#KEY (a growing 2-D dataset)")
+    stream.add_argument("--format", choices=("csv", "json"), default="csv", help="text record format")
+    stream.add_argument("--n-features", type=int, default=None,
+                        help="features per record (default: read from the first record; required for tcp)")
+    stream.add_argument("--classes", default=None, help="logistic: every label, comma-separated (e.g. 0,1)")
+    stream.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    stream.add_argument("--group-size", type=group_size_type, default="auto")
+    stream.add_argument("--max-batch", type=int, default=10_000,
+                        help="records per worker per micro-batch (default 10000)")
+    stream.add_argument("--batch-interval", type=_seconds_or_none, default=0.01,
+                        help="cut a micro-batch this many seconds after the last (default 0.01); "
+                             "'none': by size only (the model then does not depend on timing)")
+    stream.add_argument("--idle-timeout", type=_seconds_or_none, default=None,
+                        help="end when no worker got a record for this long (default: never)")
+    stream.add_argument("--no-follow", action="store_true",
+                        help="read what the file/dir/h5 source holds now and stop")
+    stream.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                        help="malformed records: count and skip (default) or stop with an error")
+    stream.add_argument("--max-batches", type=int, default=None, help="stop after this many micro-batches")
+    stream.add_argument("--output", "-o", default=None, help="save the final model to this HDF5 file")
+    stream.add_argument("--serve", default=None, metavar="HOST:PORT",
+                        help="answer predictions over HTTP from the newest version while training")
+    stream.add_argument("--quiet", action="store_true", help="no progress lines")
+    recovery = stream.add_argument_group("checkpoints and recovery")
+    recovery.add_argument("--checkpoint-dir", default=None,
+                          help="checkpoint the model with every partition's offset at group boundaries")
+    recovery.add_argument("--checkpoint-every", default="1", help="every N groups, or an interval like '30s'")
+    recovery.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    recovery.add_argument("--max-restarts", type=int, default=3, help="restarts of a failed job (default 3)")
+    recovery.add_argument("--min-workers", type=int, default=None, help=argparse.SUPPRESS)
+    stream.add_argument("--mpiexec-args", default="", help="extra arguments for mpiexec")
+    opts = stream.add_argument_group("learner options (each applies to the algorithms named)")
+    opts.add_argument("--C", type=float, default=None, help="logistic: inverse L2 strength")
+    opts.add_argument("--alpha", type=float, default=None, help="ridge: L2 strength")
+    opts.add_argument("--eta0", type=float, default=None, help="logistic, linear, ridge: step scale")
+    opts.add_argument("--power-t", type=float, default=None, help="logistic, linear, ridge: step decay exponent")
+    opts.add_argument("--no-intercept", action="store_false", default=None, help="linear models: no intercept")
+    opts.add_argument("--n-components", type=int, default=None, help="pca: components")
+    opts.add_argument("--n-clusters", type=int, default=None, help="kmeans: clusters")
+    opts.add_argument("--decay", type=float, default=None, help="kmeans: weight kept per micro-batch")
+    opts.add_argument("--half-life", type=float, default=None, help="kmeans: micro-batches to halve old weight")
+    opts.add_argument("--seed", type=int, default=None, help="kmeans: seed of the k-means++ seeding")
+
+
+def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate; return the estimator's parameters."""
+    from drizzle_ml.scheduler import parse_checkpoint_every
+    from drizzle_ml.sources import parse_source
+
+    if args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    if args.max_batch < 1:
+        raise CLIError(f"--max-batch must be at least 1, got {args.max_batch}")
+    if args.resume and args.checkpoint_dir is None:
+        raise CLIError("--resume needs --checkpoint-dir")
+    try:
+        parse_checkpoint_every(_checkpoint_every(args.checkpoint_every))
+        parse_source(args.source)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if args.algorithm == "logistic" and not args.classes:
+        raise CLIError("--algorithm logistic needs --classes (every label the stream will have, e.g. 0,1)")
+    if args.classes and args.algorithm != "logistic":
+        raise CLIError("--classes applies to --algorithm logistic only")
+    if args.serve is not None:
+        _host_port(args.serve)
+    params: dict[str, Any] = {}
+    for option, (param, applies) in STREAM_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if args.algorithm not in applies:
+            raise CLIError(f"--{option.replace('_', '-')} does not apply to --algorithm {args.algorithm} "
+                           f"(it applies to {', '.join(applies)})")
+        params[param] = value
+    return params
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise CLIError(f"--serve must look like HOST:PORT (e.g. 127.0.0.1:8000), got {text!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _classes(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise CLIError(f"--classes must be numbers separated by commas, got {text!r}") from None
+
+
+class PredictionServer:
+    """HTTP answers from the newest model version, on a thread of the driver; never blocks training.
+
+    ``GET /model``: the newest visible and durable versions. ``POST /predict``
+    with ``{"X": [[...], ...], "durable": false}``: predictions (``transform``
+    for PCA) and the version that answered.
+    """
+
+    def __init__(self, estimator: Any, host: str, port: int):
+        self.estimator = estimator
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet: the progress lines are the log
+                pass
+
+            def _answer(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") != "/model":
+                    return self._answer(404, {"error": "use GET /model or POST /predict"})
+                self._answer(200, server.describe())
+
+            def do_POST(self) -> None:
+                if self.path.rstrip("/") != "/predict":
+                    return self._answer(404, {"error": "use GET /model or POST /predict"})
+                try:
+                    length = int(self.headers.get("Content-Length", 0))
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                    self._answer(200, server.predict(np.asarray(body["X"], dtype=np.float64),
+                                                     bool(body.get("durable", False))))
+                except (KeyError, ValueError, TypeError, LookupError) as exc:
+                    self._answer(400, {"error": f"{type(exc).__name__}: {exc}"})
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.address = "%s:%d" % self.httpd.server_address[:2]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                       daemon=True)
+        self.thread.start()
+
+    def describe(self) -> dict:
+        store = self.estimator.model_store_
+        out = {}
+        for name, durable in (("version", False), ("durable_version", True)):
+            try:
+                out[name] = store.latest(durable).version
+            except LookupError:
+                out[name] = None
+        return out
+
+    def predict(self, X: np.ndarray, durable: bool) -> dict:
+        model = self.estimator.at_version(durable=durable)
+        if X.ndim != 2:
+            raise ValueError(f"X must be a list of rows, got shape {X.shape}")
+        out = model.predict(X) if hasattr(model, "predict") else model.transform(X)
+        return {"version": int(model.model_version_), "predictions": np.asarray(out).tolist()}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    """The body of ``drizzle-ml stream`` on the driver."""
+    import drizzle_ml
+    from drizzle_ml.algorithms.stream import stream_fit
+    from drizzle_ml.errors import DrizzleError
+    from drizzle_ml.sources import StreamError, parse_source
+
+    params = check_stream_arguments(args)
+    source = parse_source(args.source, follow=not args.no_follow)
+    cluster = drizzle_ml.get_cluster()
+    estimator = make_estimator(args.algorithm, params, {"group_size": args.group_size})
+    # Estimator state for a server that starts before the first version.
+    estimator.model_store_ = drizzle_ml.ModelStore()
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):  # first SIGUSR1/SIGTERM: finish the group, save, exit 0
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        stopping.set()
+        print(f"drizzle-ml: {signal.Signals(signum).name}: stopping at the next group boundary", file=sys.stderr,
+              flush=True)
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    server = None
+    if args.serve:
+        host, port = _host_port(args.serve)
+        try:
+            server = PredictionServer(estimator, host, port)
+        except OSError as exc:
+            raise CLIError(f"--serve {args.serve}: {exc}") from None
+        print(f"drizzle-ml: serving predictions on http://{server.address} (POST /predict, GET /model)",
+              flush=True)
+    print(f"drizzle-ml: streaming {args.algorithm} from {source.describe()} with {cluster.n_workers} workers "
+          f"(max batch {args.max_batch}, interval {args.batch_interval or 'none'}, group size {args.group_size})",
+          flush=True)
+    t0 = time.perf_counter()
+    totals = {"records": 0.0}
+
+    def on_group(g) -> None:
+        totals["records"] += g.metrics.get("records", 0.0)
+        if args.quiet:
+            return
+        rate = g.metrics.get("records", 0.0) / g.wall if g.wall > 0 else 0.0
+        p50, p99 = g.metrics.get("latency_p50"), g.metrics.get("latency_p99")
+        latency = f" latency p50 {p50 * 1e3:.1f} ms p99 {p99 * 1e3:.1f} ms" if p99 is not None else ""
+        bad = int(g.metrics.get("malformed", 0))
+        print(f"batch {g.start_iteration + g.n_iterations:>7} records {int(totals['records']):>10} "
+              f"{rate:>11,.0f} rec/s{latency} version {g.version} group {g.group_size}"
+              + (f" malformed {bad}" if bad else ""), file=sys.stderr, flush=True)
+
+    try:
+        stream_fit(estimator, source, n_features=args.n_features, classes=_classes(args.classes),
+                   record_format=args.format, max_batch=args.max_batch, batch_interval=args.batch_interval,
+                   idle_timeout=args.idle_timeout, on_error=args.on_error, max_batches=args.max_batches,
+                   checkpoint_dir=args.checkpoint_dir, checkpoint_every=_checkpoint_every(args.checkpoint_every),
+                   resume=args.resume, stop=stopping.is_set, on_group=on_group)
+    except (ValueError, TypeError, KeyError, OSError, StreamError, DrizzleError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise CLIError(message.splitlines()[0] if message else type(exc).__name__) from None
+    finally:
+        if server is not None:
+            server.close()
+    wall = time.perf_counter() - t0
+    print(f"drizzle-ml: {estimator.records_seen_} records in {estimator.n_iter_} micro-batches, "
+          f"{estimator.records_seen_ / wall:,.0f} records/s; {estimator.malformed_} malformed skipped; "
+          f"model version {estimator.model_version_}", flush=True)
+    if args.output:
+        from drizzle_ml.algorithms.persist import save_model
+
+        save_model(estimator, args.output, extra={"source": source.describe(),
+                                                  "offsets": estimator.stream_offsets_,
+                                                  "records": estimator.records_seen_})
+        print(f"drizzle-ml: model saved to {args.output}", flush=True)
+    return 0

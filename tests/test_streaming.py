@@ -1,0 +1,393 @@
+"""Streaming: sources and offsets, online programs, partial_fit, stream jobs, the CLI, exactly-once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import h5py
+import numpy as np
+import pytest
+from scipy.linalg import subspace_angles
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.datasets import make_blobs, make_classification, make_regression
+from sklearn.decomposition import PCA as SkPCA
+from sklearn.linear_model import LogisticRegression as SkLogistic
+
+import drizzle_ml as dm
+from drizzle_ml.algorithms.online import OnlineLinear, OnlineMoments, StreamingKMeans
+from drizzle_ml.algorithms.persist import load_model, model_info
+from drizzle_ml.program import Partition
+from drizzle_ml.scheduler import run_job
+from drizzle_ml.sources import (Batching, RecordFormat, StreamError, StreamReader, StreamSpec, _TCPReader,
+                                peek_n_features)
+from drizzle_ml.testing import StreamSum
+
+from .test_recovery import ranks
+
+
+def write_csv(path, X, y=None, extra: dict[int, str] | None = None):
+    with open(path, "w") as f:
+        for i, row in enumerate(X):
+            fields = [repr(float(v)) for v in row] + ([] if y is None else [repr(float(y[i]))])
+            f.write(",".join(fields) + "\n")
+            if extra and i in extra:
+                f.write(extra[i] + "\n")
+
+
+def read_all(source, fmt, n_partitions, max_batch=7, offsets=None):
+    """Every partition read to the end by its own reader: rows, malformed count, offsets."""
+    rows, bad, ends = [], 0, {}
+    for p in range(n_partitions):
+        reader = StreamReader(source, fmt, Batching(max_batch, None), [p], n_partitions, offsets or {}, p)
+        while True:
+            batch = reader.next_batch(lambda test, _: test())
+            if batch.n_rows:
+                rows.append(np.column_stack([batch.X, batch.y]) if batch.y is not None else batch.X)
+            bad += batch.n_bad
+            if batch.idle:
+                break
+        ends.update(reader.offsets())
+        reader.close()
+    return (np.concatenate(rows) if rows else np.empty((0, fmt.width))), bad, ends
+
+
+def same_rows(a, b):
+    return np.array_equal(a[np.lexsort(a.T)], b[np.lexsort(b.T)])
+
+
+# -- sources --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_partitions,block", [(1, 1 << 16), (3, 256), (2, 97)])
+def test_file_partitions_read_every_line_exactly_once(tmp_path, n_partitions, block):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 3))
+    path = tmp_path / "s.csv"
+    write_csv(path, X)
+    fmt = RecordFormat("csv", 3)
+    rows, bad, _ = read_all(dm.FileSource(str(path), follow=False, block_size=block), fmt, n_partitions)
+    assert bad == 0 and rows.shape == X.shape and same_rows(rows, X)
+
+
+def test_file_offsets_resume_where_they_left_off_and_partial_lines_wait(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("1,2\n3,4\n5,")  # a writer in the middle of its third line
+    fmt = RecordFormat("csv", 2)
+    reader = StreamReader(dm.FileSource(str(path), follow=True), fmt, Batching(10, 0.001), [0], 1, {}, 0)
+    first = reader.next_batch(lambda test, _: time.sleep(0.002) or test())
+    assert first.X.tolist() == [[1, 2], [3, 4]] and reader.offsets() == {"p0": 8}
+    reader.close()
+    with open(path, "a") as f:
+        f.write("6\n7,8\n")
+    rows, _, ends = read_all(dm.FileSource(str(path), follow=False), fmt, 1, offsets={"p0": 8})
+    assert rows.tolist() == [[5, 6], [7, 8]] and ends == {"p0": os.path.getsize(path)}
+
+
+def test_malformed_records_are_skipped_and_counted_or_fail_with_the_offset(tmp_path):
+    X = np.arange(20.0).reshape(10, 2)
+    path = tmp_path / "s.csv"
+    write_csv(path, X, extra={2: "not,a number", 5: "1,2,3", 7: "nan,1"})
+    rows, bad, _ = read_all(dm.FileSource(str(path), follow=False), RecordFormat("csv", 2), 1)
+    assert bad == 3 and np.array_equal(rows, X)
+    offset = path.read_bytes().index(b"not,a number")
+    with pytest.raises(StreamError, match=f"malformed record at .*s.csv byte offset {offset}.*on_error='fail'"):
+        read_all(dm.FileSource(str(path), follow=False), RecordFormat("csv", 2, on_error="fail"), 1)
+    # unknown labels of a classifier are malformed too
+    labelled = tmp_path / "l.csv"
+    labelled.write_text("1,0\n2,1\n3,7\n")
+    rows, bad, _ = read_all(dm.FileSource(str(labelled), follow=False),
+                            RecordFormat("csv", 1, has_target=True, classes=[0, 1]), 1)
+    assert bad == 1 and rows.tolist() == [[1, 0], [2, 1]]
+
+
+def test_json_lines_and_directory_source(tmp_path):
+    (tmp_path / "d").mkdir()
+    records = [{"x": [i, i + 1], "y": i % 2} for i in range(30)]
+    for k in range(3):
+        with open(tmp_path / "d" / f"part-{k}.jsonl", "w") as f:
+            for r in records[k * 10:(k + 1) * 10]:
+                f.write(json.dumps(r) + "\n")
+    (tmp_path / "d" / "part-9.jsonl.tmp").write_text('{"x": [0, 0], "y": 0}\n')  # still being written
+    fmt = RecordFormat("json", 2, has_target=True)
+    rows, bad, ends = read_all(dm.DirectorySource(str(tmp_path / "d"), follow=False), fmt, 2)
+    expect = np.array([[*r["x"], r["y"]] for r in records], dtype=float)
+    assert bad == 0 and same_rows(rows, expect)
+    assert all(set(v) == {"file", "pos"} for v in ends.values())
+    assert peek_n_features(dm.DirectorySource(str(tmp_path / "d")), fmt) == 2
+
+
+def test_tcp_source_sends_its_offset_and_reads_lines(tmp_path):
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    hello = []
+
+    def serve():
+        conn, _ = server.accept()
+        hello.append(conn.makefile("rb").readline().decode())
+        conn.sendall(b"".join(b"%d,%d\n" % (i, 2 * i) for i in range(5, 50)))
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    rows, bad, ends = read_all(dm.TCPSource("127.0.0.1", port), RecordFormat("csv", 2), 1,
+                               offsets={"p0": 5})
+    thread.join(5)
+    server.close()
+    assert hello == ["DRIZZLE partition=0 partitions=1 offset=5\n"]
+    assert rows[:, 0].tolist() == list(range(5, 50)) and ends == {"p0": 50}
+    with pytest.raises(StreamError, match="cannot connect to tcp:127.0.0.1"):
+        _TCPReader(dm.TCPSource("127.0.0.1", port), RecordFormat("csv", 2), 0, 1, 0, connect_timeout=0.2)
+
+
+def test_hdf5_source_reads_a_growing_dataset(tmp_path):
+    path = tmp_path / "g.h5"
+    with h5py.File(path, "w", libver="latest") as h5:
+        h5.create_dataset("X", data=np.arange(30.0).reshape(10, 3), maxshape=(None, 3), chunks=(4, 3))
+    source = dm.HDF5Source(str(path), "X", follow=False, block_rows=4)
+    fmt = RecordFormat("csv", 2, has_target=True)
+    rows, _, ends = read_all(source, fmt, 2)
+    assert same_rows(rows, np.arange(30.0).reshape(10, 3)) and sum(ends.values()) >= 10
+    with h5py.File(path, "a") as h5:
+        h5["X"].resize((14, 3))
+        h5["X"][10:] = np.arange(30.0, 42.0).reshape(4, 3)
+    rows, _, _ = read_all(source, fmt, 2, offsets=ends)
+    assert same_rows(rows, np.arange(30.0, 42.0).reshape(4, 3))
+
+
+def test_bad_sources_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="tcp source must look like tcp:HOST:PORT"):
+        dm.parse_source("tcp:nohost")
+    with pytest.raises(ValueError, match="unknown source kind 'ftp'"):
+        dm.parse_source("ftp:x")
+    with pytest.raises(StreamError, match="does not exist"):
+        dm.parse_source(f"file:{tmp_path}/missing.csv").open(RecordFormat(), 0, 1, 0)
+    with pytest.raises(TypeError, match="use list"):
+        dm.IterableSource(x for x in range(3))
+    with pytest.raises(StreamError, match="cannot be read ahead"):
+        peek_n_features(dm.TCPSource("127.0.0.1", 1), RecordFormat())
+
+
+# -- online programs ------------------------------------------------------------------------------
+def test_online_linear_step_is_the_documented_sgd_step():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((50, 4)), (rng.random(50) > 0.5).astype(float)
+    program = OnlineLinear("binomial", penalty=2.0, eta0=0.7, power_t=0.5)
+    model = OnlineLinear.initial_model(4, 1, coef=rng.standard_normal(4), intercept=[0.3], n_seen=50,
+                                       steps=3, sq_norm=4.0)
+    new, metrics = program.update(model, program.local(model, Partition(X, y)), 0)
+    n_seen = 100.0
+    sq = (4.0 * 50 + (X * X).sum()) / n_seen
+    p = 1 / (1 + np.exp(-(X @ model["coef"][0] + 0.3)))
+    grad = (p - y) @ X / 50 + 2.0 / n_seen * model["coef"][0]
+    eta = 0.7 / ((0.25 * (sq + 1) + 2.0 / n_seen) * 4 ** 0.5)
+    assert np.allclose(new["coef"][0], model["coef"][0] - eta * grad, rtol=1e-12)
+    assert np.isclose(new["intercept"][0], 0.3 - eta * (p - y).mean(), rtol=1e-12)
+    assert new["steps"][0] == 4 and new["n_seen"][0] == n_seen and np.isclose(metrics["step"], eta)
+    empty, _ = program.update(new, program.local(new, Partition(np.empty((0, 4)), np.empty(0))), 1)
+    assert np.array_equal(empty["coef"], new["coef"])  # a quiet micro-batch changes nothing
+
+
+def test_online_moments_are_exact_and_kmeans_moves_by_weighted_means():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 3)) + 5
+    program, model = OnlineMoments(), OnlineMoments.initial_model(3)
+    for lo, hi in [(0, 1), (1, 3), (3, 3), (3, 40)]:
+        model, _ = program.update(model, program.local(model, Partition(X[lo:hi])), 0)
+    assert np.allclose(model["scatter"] / 39, np.cov(X.T), rtol=1e-12) and np.allclose(model["mean"], X.mean(0))
+    km = StreamingKMeans(2, decay=0.5)
+    model = StreamingKMeans.initial_model(2, 1, centers=[[0.0], [10.0]], weights=[4.0, 2.0])
+    rows = np.array([[1.0], [3.0], [11.0]])
+    new, _ = km.update(model, km.local(model, Partition(rows)), 0)
+    assert np.allclose(new["centers"].ravel(), [(2 * 0 + 4) / 4, (1 * 10 + 11) / 2])
+    assert np.allclose(new["weights"], [4.0, 2.0])
+
+
+# -- partial_fit ----------------------------------------------------------------------------------
+def test_logistic_partial_fit_approaches_sklearn_and_checks_its_input():
+    X, y = make_classification(3000, 8, random_state=0)
+    est = dm.LogisticRegression(n_workers=2)
+    for _ in range(3):
+        for lo in range(0, 3000, 300):
+            est.partial_fit(X[lo:lo + 300], y[lo:lo + 300], classes=[0, 1])
+    assert est.score(X, y) >= SkLogistic().fit(X, y).score(X, y) - 0.02
+    assert est.model_version_ == 30 and est.at_version().model_version_ == 30
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        dm.LogisticRegression(n_workers=2).partial_fit(X, y)
+    with pytest.raises(ValueError, match=r"y has labels not in classes \[0, 1\]: \[5\]"):
+        est.partial_fit(X[:3], [0, 1, 5])
+    with pytest.raises(ValueError, match="X has 7 features"):
+        est.partial_fit(X[:, :7], y)
+
+
+def test_pca_partial_fit_equals_pca_of_all_rows_with_tiny_batches():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6))
+    est = dm.PCA(n_components=3, n_workers=2)
+    start = 0
+    for size in (5, 1, 2, 90, 0, 202):  # later batches smaller than n_components
+        if size:
+            est.partial_fit(X[start:start + size])
+        start += size
+    sk = SkPCA(3).fit(X)
+    assert np.max(subspace_angles(est.components_.T, sk.components_.T)) < 1e-8
+    assert np.allclose(est.explained_variance_, sk.explained_variance_, rtol=1e-10)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        dm.PCA(n_workers=2).partial_fit(X[:1])
+
+
+def test_kmeans_and_linear_partial_fit():
+    Xb, _ = make_blobs(3000, 4, centers=4, random_state=0)
+    km = dm.KMeans(4, n_workers=2, random_state=0)
+    with pytest.raises(ValueError, match="should be >= n_clusters=4 on the first call"):
+        km.partial_fit(Xb[:3])
+    for lo in range(0, 3000, 300):
+        km.partial_fit(Xb[lo:lo + 300])
+    assert -km.score(Xb) <= 1.05 * SkKMeans(4, n_init=10, random_state=0).fit(Xb).inertia_
+    Xr, yr = make_regression(2000, 6, noise=1.0, random_state=0)
+    lin = dm.Ridge(alpha=1.0, n_workers=2)
+    for _ in range(3):
+        for lo in range(0, 2000, 200):
+            lin.partial_fit(Xr[lo:lo + 200], yr[lo:lo + 200])
+    assert lin.score(Xr, yr) > 0.99
+
+
+# -- stream jobs ------------------------------------------------------------------------------------
+def test_stream_job_learns_every_record_once_and_publishes_before_the_group_ends(tmp_path, cluster2):
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 1000, size=(3000, 4)).astype(float)
+    path = tmp_path / "s.csv"
+    write_csv(path, X, extra={10: "garbage"})
+    spec = StreamSpec(dm.FileSource(str(path), follow=False, block_size=4096), RecordFormat("csv", 3, True),
+                      Batching(max_batch=50, interval=None), n_partitions=2)
+    store = dm.ModelStore(history=1000)
+    result = run_job(cluster2, StreamSum(), StreamSum.initial_model(3), "", max_iter=10**6, stream=spec,
+                     store=store, group_size=8)
+    assert np.array_equal(result.model["sums"], X[:, :3].sum(0)) and result.model["ysum"][0] == X[:, 3].sum()
+    assert result.model["stream_records"][0] == 3000
+    assert sum(result.iteration_metrics["malformed"]) == 1
+    versions = store.versions()
+    # every version was visible (published as made); only group boundaries are durable
+    assert versions == list(range(versions[0], result.version + 1))
+    durable = [v for v in versions if store.get(v).durable]
+    assert len(durable) < len(versions) / 2 and store.latest(durable=True).version == result.version
+    assert set(result.offsets) == {"p0", "p1"}
+
+
+def test_stream_fit_from_an_iterable_and_stop(cluster2):
+    X, y = make_classification(2000, 5, random_state=1)
+    est = dm.LogisticRegression(n_workers=2)
+    dm.stream_fit(est, dm.IterableSource(list(zip(X, y))), classes=[0, 1], max_batch=100, batch_interval=None)
+    assert est.records_seen_ == 2000 and est.score(X, y) > 0.8
+    calls = []
+    est2 = dm.LinearRegression(n_workers=2, group_size=2)
+    dm.stream_fit(est2, dm.IterableSource(list(zip(X, y))), max_batch=10, batch_interval=None,
+                  stop=lambda: calls.append(1) or len(calls) >= 2)
+    assert 0 < est2.records_seen_ < 2000 and est2.n_iter_ <= 8
+
+
+# -- the command line, serving, exactly-once ------------------------------------------------------
+def drizzle(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "drizzle_ml", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_cli_stream_errors():
+    for args, message in [
+        (["--source", "x"], "source must look like"),
+        (["--source", "file:/x", "--algorithm", "logistic"], "needs --classes"),
+        (["--source", "file:/x", "--algorithm", "pca", "--C", "1"], "--C does not apply to --algorithm pca"),
+        (["--source", "file:/x", "--algorithm", "pca", "--serve", "nope"], "--serve must look like HOST:PORT"),
+    ]:
+        proc = drizzle("stream", *args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_cli_stream_serves_predictions_while_training_and_stops_on_a_signal(tmp_path):
+    path = tmp_path / "live.csv"
+    path.write_text("")
+    port = socket.create_server(("127.0.0.1", 0))
+    address = port.getsockname()
+    port.close()
+    proc = subprocess.Popen([sys.executable, "-m", "drizzle_ml", "stream", "--algorithm", "linear",
+                             "--source", f"file:{path}", "--n-features", "2", "--serve", f"{address[0]}:{address[1]}",
+                             "--batch-interval", "0.005", "-o", str(tmp_path / "m.h5")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rng = np.random.default_rng(0)
+        answers = []
+        deadline = time.time() + 60
+        with open(path, "a") as f:
+            while time.time() < deadline and len(answers) < 3:
+                X = rng.standard_normal((200, 2))
+                for row, t in zip(X, X @ [2.0, -1.0] + 0.5):
+                    f.write(f"{row[0]},{row[1]},{t}\n")
+                f.flush()
+                time.sleep(0.1)
+                try:
+                    req = urllib.request.Request(f"http://{address[0]}:{address[1]}/predict",
+                                                 data=json.dumps({"X": [[1.0, 1.0]]}).encode(), method="POST")
+                    answers.append(json.loads(urllib.request.urlopen(req, timeout=5).read()))
+                except (OSError, ValueError):
+                    continue
+        info = json.loads(urllib.request.urlopen(f"http://{address[0]}:{address[1]}/model", timeout=5).read())
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert len(answers) >= 3 and answers[-1]["version"] >= answers[0]["version"]
+    assert info["version"] >= info["durable_version"] >= 0
+    assert "stopping at the next group boundary" in err and "model saved" in out
+    assert abs(load_model(tmp_path / "m.h5").predict([[1.0, 1.0]])[0] - 1.5) < 0.5
+
+
+def test_cli_stream_exactly_once_with_repeated_worker_kills(tmp_path):
+    X, y = make_regression(4000, 5, noise=0.5, random_state=0)
+    content = "".join(",".join(repr(float(v)) for v in (*row, t)) + "\n" for row, t in zip(X, y))
+    common = ["--algorithm", "linear", "--workers", "2", "--batch-interval", "none", "--max-batch", "40",
+              "--idle-timeout", "2", "--group-size", "5"]
+    full = tmp_path / "full.csv"
+    full.write_text(content)
+    ref = drizzle("stream", "--source", f"file:{full}", *common, "-o", str(tmp_path / "ref.h5"))
+    assert ref.returncode == 0, ref.stderr
+    live = tmp_path / "live.csv"
+    live.write_text("")
+
+    def produce():  # the stream arrives while workers are killed
+        with open(live, "a") as f:
+            for lo in range(0, len(content), len(content) // 40):
+                f.write(content[lo:lo + len(content) // 40])
+                f.flush()
+                time.sleep(0.15)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    proc = subprocess.Popen([sys.executable, "-m", "drizzle_ml", "stream", "--source", f"file:{live}", *common,
+                             "--checkpoint-dir", str(tmp_path / "ck"), "--max-restarts", "6",
+                             "-o", str(tmp_path / "m.h5")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    kills = 0
+    try:
+        for when in (1.5, 4.0):
+            time.sleep(when - (0 if kills == 0 else 1.5))
+            found = ranks(str(live))
+            victim = found.get(1 + kills % 2)
+            if victim is not None:
+                os.kill(victim, signal.SIGKILL)
+                kills += 1
+        out, err = proc.communicate(timeout=240)
+    finally:
+        producer.join()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert kills == 2 and err.count("the MPI job failed") >= 1, err
+    assert np.array_equal(load_model(tmp_path / "m.h5").coef_, load_model(tmp_path / "ref.h5").coef_)
+    assert model_info(tmp_path / "m.h5")["extra"]["records"] == 4000
