@@ -170,7 +170,8 @@ class DrizzleEstimator(BaseEstimator):
         """
         self._check_engine_params()
         cluster = get_cluster(None if self.n_workers is None else int(self.n_workers))
-        store = getattr(self, "model_store_", None) or ModelStore()
+        store = getattr(self, "model_store_", None)
+        store = ModelStore() if store is None else store  # (an empty store is falsy)
         version = int(getattr(self, "model_version_", 0))
         result = cluster.run(program, model, dataset, max_iter=1, version=version, start_iteration=version,
                              group_size=1, scheduling="group", store=store, allow_empty=True)

@@ -73,8 +73,10 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
         n_features = peek_n_features(source, fmt)
     fmt.n_features = int(n_features)
     program, model, _, _ = estimator._stream_setup(int(n_features), classes)
+    estimator.n_features_in_ = int(n_features)  # readers predict from versions while it trains
     cluster = get_cluster(None if estimator.n_workers is None else int(estimator.n_workers))
-    store = getattr(estimator, "model_store_", None) or ModelStore()
+    store = getattr(estimator, "model_store_", None)
+    store = ModelStore() if store is None else store  # (an empty store is falsy)
     version = start = int(getattr(estimator, "model_version_", 0))
     n_partitions, offsets = cluster.n_workers, {}
     checkpoints = params = None
