@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from .hosts import add_host_arguments, host_mpiexec_args, reject_under_user_mpiexec
 from .predict import add_predict_arguments, info, predict
 from .train import CLIError, add_train_arguments, check_arguments, train
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train_parser = sub.add_parser("train", help="train an estimator on a cluster (builds and supervises mpiexec)")
     add_train_arguments(train_parser, _group_size)
+    add_host_arguments(train_parser)
     predict_parser = sub.add_parser("predict", help="predict (or transform) with a saved model")
     info_parser = sub.add_parser("info", help="describe a saved model")
     add_predict_arguments(predict_parser, info_parser)
@@ -69,7 +71,8 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
         mpiexec = find_mpiexec()
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
-    base = _without_options(argv, {"--workers": 1, "--resume": 0})
+    hosts = host_mpiexec_args(args)
+    base = _without_options(argv, {"--workers": 1, "--resume": 0, "--hosts": 1, "--hostfile": 1})
     workers, resume = args.workers, args.resume
     min_workers = args.min_workers or args.workers
     restarts = failures_at_size = 0
@@ -81,7 +84,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
             reached[0] = max(reached[0], int(found[-1]))
 
     while True:
-        cmd = [mpiexec, "-n", str(workers + 1), *shlex.split(args.mpiexec_args), sys.executable, "-m",
+        cmd = [mpiexec, "-n", str(workers + 1), *hosts, *shlex.split(args.mpiexec_args), sys.executable, "-m",
                "drizzle_ml", *base, "--workers", str(workers), *(["--resume"] if resume else [])]
         env = dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0")
         code = run_supervised(cmd, env=env, on_stderr_line=watch if args.checkpoint_dir else None)
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if not launched_by_mpiexec():
             return _launch(args, argv)
         _check_plot(args)
+        reject_under_user_mpiexec(args)
         return train(args)
     except CLIError as exc:
         print(f"drizzle-ml: error: {exc}", file=sys.stderr)
