@@ -113,10 +113,11 @@ def _engine(args: argparse.Namespace) -> dict[str, Any]:
         return {"n_workers": cluster.n_workers, "fanout": cluster.fanout, "results": results}
 
 
-def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, str]) -> dict[str, Any]:
+def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, str],
+            mpiexec_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     from drizzle_ml.cluster import find_mpiexec
 
-    cmd = [find_mpiexec(), "-n", str(n), sys.executable, "-m", "drizzle_ml.launch.bench_coordination", role,
+    cmd = [find_mpiexec(), "-n", str(n), *mpiexec_args, sys.executable, "-m", "drizzle_ml.launch.bench_coordination", role,
            "--rows", str(args.rows), "--features", str(args.features),
            "--iterations", str(args.iterations)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",

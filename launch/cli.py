@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_datasets_parser(sub)
     from .bench_coordination import build_parser as bench_parser
 
-    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery --help'")
+    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery --help', 'bench scale --help'")
     bench_parser(bench)
     return parser
 
@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_recovery import main as bench_recovery
 
         return bench_recovery(argv[2:])
+    if argv[:2] == ["bench", "scale"]:  # its own options, like recovery
+        from .bench_scale import main as bench_scale
+
+        return bench_scale(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":

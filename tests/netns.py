@@ -16,8 +16,9 @@ namespaces, the veth pair, the temp directory) is removed by
 :meth:`TwoHosts.close`, and :func:`cleanup_leftovers` removes what a
 crashed run left behind.
 
-Run by hand: ``python -m tests.netns`` sets up the hosts, prints what a
-shell needs to use them, and tears them down on Enter.
+Run by hand (as root, from the repository): ``python -m tests.netns CMD...``
+runs CMD inside host A and tears the hosts down after it; without CMD it
+prints how to enter host A from a shell and waits for Enter.
 """
 
 from __future__ import annotations
@@ -170,9 +171,11 @@ exec nsenter -t "$pid" -n -u -i -m -- sh -c "$*"
 """)
         self.wrapper.chmod(0o755)
 
-    def command(self, host: str, cmd: list[str]) -> list[str]:
-        """``cmd`` to run inside ``host``'s namespaces (the working directory is kept)."""
-        return ["nsenter", "-t", str(self.anchors[host].pid), "-n", "-u", "-i", "-m", "--", *cmd]
+    def command(self, host: str, cmd: list[str], cwd: str | os.PathLike | None = None) -> list[str]:
+        """``cmd`` to run inside ``host``'s namespaces, in ``cwd`` (default: this process's)."""
+        # Without --wd, entering a mount namespace moves the working directory to its root.
+        return ["nsenter", "-t", str(self.anchors[host].pid), "-n", "-u", "-i", "-m", f"--wd={cwd or os.getcwd()}",
+                "--", *cmd]
 
     def sh(self, host: str, script: str, timeout: float = TIMEOUT) -> str:
         return _run(self.command(host, ["sh", "-c", script]), timeout=timeout)
@@ -207,14 +210,26 @@ exec nsenter -t "$pid" -n -u -i -m -- sh -c "$*"
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+    """``python -m tests.netns [CMD...]``: CMD inside host A (with the launcher set up), or a shell's recipe."""
     reason = unavailable()
     if reason:
         raise SystemExit(f"cannot set up the test hosts: {reason}")
     hosts = TwoHosts()
     try:
-        print(f"hosts {', '.join(HOSTS)} up; enter host A with:\n  {' '.join(hosts.command(HOSTS[0], ['bash']))}\n"
-              f"and export {' '.join(f'{k}={v}' for k, v in hosts.env().items())}\nEnter tears them down.")
+        if argv:
+            return subprocess.run(hosts.command(HOSTS[0], argv), env={**os.environ, **hosts.env()}).returncode
+        print(f"hosts {', '.join(HOSTS)} up; in another terminal:\n  "
+              f"{' '.join(f'{k}={v}' for k, v in hosts.env().items())} {' '.join(hosts.command(HOSTS[0], ['bash']))}"
+              f"\nthen, for example: drizzle-ml train --workers 2 --hosts {HOSTS[0]}:2,{HOSTS[1]}:1\n"
+              "Press Enter here to tear them down.")
         input()
+        return 0
     finally:
         hosts.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -65,7 +65,6 @@ def test_hosts_on_one_machine_and_the_placement_line(tmp_path):
     hostfile.write_text(f"{socket.gethostname()}:3\n")
     proc = ok(drizzle("train", "--workers", "2", "--max-iter", "3", "--solver", "gd", "--hostfile", str(hostfile)))
     assert f"placement: rank 0 (driver), ranks 1-2 on {socket.gethostname()}" in proc.stdout
-    assert "placement" not in ok(drizzle("train", "--workers", "1", "--max-iter", "3", "--quiet")).stdout
 
 
 # -- two hosts ---------------------------------------------------------------------------------
@@ -92,9 +91,8 @@ def data(hosts):
 
 def train_on(hosts, *args, host=A):
     """``drizzle-ml train`` started on ``host`` (its mpiexec and rank 0 run there)."""
-    return subprocess.run(hosts.command(host, [sys.executable, "-m", "drizzle_ml", "train", *args]),
-                          capture_output=True, text=True, timeout=180, env={**os.environ, **hosts.env()},
-                          cwd=hosts.workdir)
+    return subprocess.run(hosts.command(host, [sys.executable, "-m", "drizzle_ml", "train", *args], cwd=hosts.workdir),
+                          capture_output=True, text=True, timeout=180, env={**os.environ, **hosts.env()})
 
 
 def saved_arrays(path) -> dict:
@@ -139,13 +137,14 @@ def test_pca_across_two_hosts_with_a_hostfile_is_bit_identical(hosts, data):
     hostfile = hosts.workdir / "hostfile"
     hostfile.write_text(f"{A}:2\n{B}:1\n")
     models = {}
-    for where, extra in (("one", []), ("two", ["--hostfile", str(hostfile)])):
+    for where, extra in (("one", ["--quiet"]), ("two", ["--hostfile", str(hostfile)])):
         model = hosts.workdir / f"pca-{where}.h5"
         before = hosts.rx_bytes()
         proc = ok(train_on(hosts, "--algorithm", "pca", "--n-components", "5", "--data", data, "--workers", "2",
                            *extra, "-o", str(model)))
         rx = hosts.rx_bytes()[A] - before[A]
         models[where] = saved_arrays(model)
+        assert ("placement" in proc.stdout) == (where == "two")  # none with --quiet
     assert PLACED in proc.stdout
     assert rx >= FEATURES * FEATURES * 8  # at least worker 1's Gram matrix came over the link
     assert_same_arrays(models["two"], models["one"])
@@ -157,9 +156,9 @@ def test_worker_killed_on_the_second_host_is_recovered(hosts, data, logistic, tm
     ck = hosts.workdir / "ck-killed"
     proc = subprocess.Popen(hosts.command(A, [sys.executable, "-m", "drizzle_ml", "train", "--data", data,
                                               "--workers", "2", *GD, *ACROSS, "--checkpoint-dir", str(ck),
-                                              "-o", str(model)]),
+                                              "-o", str(model)], cwd=hosts.workdir),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **hosts.env()}, cwd=hosts.workdir)
+                            env={**os.environ, **hosts.env()})
     lines, victim = [], None
     try:
         for line in proc.stderr:
@@ -181,3 +180,36 @@ def test_worker_killed_on_the_second_host_is_recovered(hosts, data, logistic, tm
     assert len(restarts) == 1 and "restart 1 of 3" in restarts[0] and "with 2 workers" in restarts[0], stderr
     assert PLACED in proc.stdout.read()
     assert_same_arrays(saved_arrays(model), logistic["two", "model"])
+
+
+# -- bench scale ---------------------------------------------------------------------------------
+def test_bench_scale_quick_prints_the_table_and_the_errors(request, tmp_path):
+    import json
+    import re
+
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, "-m", "drizzle_ml", "bench", "scale", "--quick", "--workers", "2", "--iterations", "40",
+           "--pingpongs", "100", "--json", str(out)]
+    links, env = ["one host"], None
+    if REASON is None:  # across the two namespaced hosts as well, started from host A
+        hosts = request.getfixturevalue("hosts")
+        cmd, env = hosts.command(A, [*cmd, "--hosts", f"{A},{B}"]), {**os.environ, **hosts.env()}
+        links.append("two hosts")
+    proc = ok(subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env))
+    text = proc.stdout
+    for link in links:
+        assert re.search(rf"measured {link} +\(.*\): latency +[\d.]+ us, bandwidth +[\d.]+ GB/s", text), text
+        assert f"prediction, {link} links (a model, not measured)" in text
+    assert "driver cost per group c(W) =" in text and "BSP driver time per worker per iteration d =" in text
+    rows = re.findall(r"^ *(\d+) +([248]) +\d+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", text, re.M)
+    expected = [(str(w), str(f)) for w in (4, 16, 64, 256, 1024) for f in (2, 4, 8)]
+    assert rows == expected * len(links), text
+    checks = re.findall(r"^ *(one host|two hosts) +2 +(group=1|group=10|group=100|bsp) +[\d.]+ +[\d.]+ +-?[\d.]+%$",
+                        text, re.M)
+    assert sorted(checks) == sorted((link, c) for link in links for c in ("group=1", "group=10", "group=100", "bsp"))
+    assert re.search(r"relative error: median [\d.]+%, largest [\d.]+%", text)
+    report = json.loads(out.read_text())
+    assert {(r["workers"], r["fanout"]) for r in report["table"]} == {(int(w), int(f)) for w, f in expected}
+    assert all(r["error"] == pytest.approx(r["predicted"] / r["measured"] - 1) for r in report["checks"])
+    if len(links) == 2:
+        assert report["links"]["two hosts"]["hosts"] == [A, B]
