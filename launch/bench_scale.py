@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -39,7 +38,7 @@ import numpy as np
 
 from drizzle_ml.tree import ReduceTree
 
-from .bench_coordination import _mpirun
+from .bench_coordination import _mpirun, run_json
 
 #: Worker counts and fan-outs of the prediction table; group sizes it shows.
 TABLE_WORKERS = (4, 16, 64, 256, 1024)
@@ -82,12 +81,7 @@ def _spawn_pingpong(args: argparse.Namespace, mpiexec_args: list[str]) -> dict[s
 
     cmd = [find_mpiexec(), "-n", "2", *mpiexec_args, sys.executable, "-m", "drizzle_ml.launch.bench_scale",
            "_pingpong", "--pingpongs", str(args.pingpongs)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, DRIZZLE_NO_SERVE="1"))
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode or not lines:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    return run_json(cmd, dict(os.environ, DRIZZLE_NO_SERVE="1"), timeout=600)
 
 
 def message_time(link: dict[str, float], nbytes: int) -> float:

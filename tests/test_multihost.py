@@ -6,7 +6,6 @@ with the reason, where namespaces cannot be made (not root, no ``ip``...).
 """
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ from drizzle_ml.launch.hosts import placement_line
 
 from . import netns
 from .test_cli import drizzle, ok
-from .test_recovery import ranks
+from .test_recovery import kill_at_iteration, ranks
 
 REASON = netns.unavailable()
 needs_netns = pytest.mark.skipif(REASON is not None, reason=f"two-host namespace harness unavailable: {REASON}")
@@ -159,23 +158,16 @@ def test_worker_killed_on_the_second_host_is_recovered(hosts, data, logistic, tm
                                               "-o", str(model)], cwd=hosts.workdir),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **hosts.env()})
-    lines, victim = [], None
-    try:
-        for line in proc.stderr:
-            lines.append(line)
-            if line.startswith("iter ") and int(line.split()[1]) >= 50:
-                victim = ranks(data)[2]  # worker 1's python process
-                assert victim in hosts.pids_in(B)
-                os.kill(victim, signal.SIGKILL)
-                break
-        lines += proc.stderr.readlines()
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+    victims = []
+
+    def victim() -> int:  # worker 1's Python process, inside host B's namespaces
+        victims.append(ranks(data)[2])
+        assert victims[0] in hosts.pids_in(B)
+        return victims[0]
+
+    lines = kill_at_iteration(proc, 50, victim)
     stderr = "".join(lines)
-    assert victim is not None and proc.returncode == 0, stderr
+    assert victims and proc.returncode == 0, stderr
     restarts = [ln for ln in lines if "the MPI job failed" in ln]
     assert len(restarts) == 1 and "restart 1 of 3" in restarts[0] and "with 2 workers" in restarts[0], stderr
     assert PLACED in proc.stdout.read()
