@@ -117,9 +117,8 @@ def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, st
             mpiexec_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     from drizzle_ml.cluster import find_mpiexec
 
-    cmd = [find_mpiexec(), "-n", str(n), *mpiexec_args, sys.executable, "-m", "drizzle_ml.launch.bench_coordination", role,
-           "--rows", str(args.rows), "--features", str(args.features),
-           "--iterations", str(args.iterations)]
+    cmd = [find_mpiexec(), "-n", str(n), *mpiexec_args, sys.executable, "-m", "drizzle_ml.launch.bench_coordination",
+           role, "--rows", str(args.rows), "--features", str(args.features), "--iterations", str(args.iterations)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                **extra_env)
     return run_json(cmd, env, timeout=1800)

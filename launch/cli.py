@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_datasets_parser(sub)
     from .bench_coordination import build_parser as bench_parser
 
-    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery --help', 'bench scale --help'")
+    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery|scale --help'")
     bench_parser(bench)
     return parser
 

@@ -39,6 +39,7 @@ ADDRESSES = ("10.213.7.1", "10.213.7.2")
 IFACE = "dzml0"
 ROOT_NAMES = ("dzml-va", "dzml-vb")
 TIMEOUT = 20.0
+WORKDIR_PREFIX = "drizzle-netns-"
 
 
 def _run(cmd: list[str], timeout: float = TIMEOUT) -> str:
@@ -106,6 +107,8 @@ def cleanup_leftovers() -> None:
     for name in ROOT_NAMES:
         if os.path.exists(f"/sys/class/net/{name}"):
             subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=TIMEOUT)
+    for stale in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):  # its mounts died with its namespaces
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 class TwoHosts:
@@ -119,7 +122,7 @@ class TwoHosts:
     def __init__(self) -> None:
         cleanup_leftovers()
         self.anchors: dict[str, subprocess.Popen] = {}
-        self.workdir = Path(tempfile.mkdtemp(prefix="drizzle-netns-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         try:
             self._setup()
         except BaseException:
