@@ -28,7 +28,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -102,16 +101,12 @@ def plain_main(args) -> None:
 
 def run_plain(args) -> dict:
     from drizzle_ml.cluster import find_mpiexec
+    from drizzle_ml.launch.bench_coordination import run_json
 
     cmd = [find_mpiexec(), "-n", str(args.workers), sys.executable, __file__, "--plain",
            "--rows", str(args.rows), "--features", str(args.features),
            "--iterations", str(args.iterations), "--repeats", str(args.repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600,
-                          env=dict(os.environ, DRIZZLE_NO_SERVE="1"))
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"plain loops failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    return run_json(cmd, dict(os.environ, DRIZZLE_NO_SERVE="1"), timeout=3600)
 
 
 # -- drizzle-ml and scikit-learn, in this process ------------------------------------------

@@ -516,6 +516,17 @@ class Cluster:
                 pass
             self._proc.wait(timeout=5.0)
 
+    def placement(self) -> dict[str, list[int]]:
+        """Which ranks run on which host: ``{host: [ranks]}``, hosts in the order of their lowest rank.
+
+        Rank 0 is the driver (this process); worker ``w`` is rank ``w + 1``.
+        Hosts are as each process's ``socket.gethostname()`` reports them.
+        """
+        out: dict[str, list[int]] = {socket.gethostname(): [0]}
+        for hello in self.workers:
+            out.setdefault(hello.host, []).append(hello.worker + 1)
+        return out
+
     def __enter__(self) -> "Cluster":
         return self
 

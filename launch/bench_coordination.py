@@ -113,15 +113,20 @@ def _engine(args: argparse.Namespace) -> dict[str, Any]:
         return {"n_workers": cluster.n_workers, "fanout": cluster.fanout, "results": results}
 
 
-def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, str]) -> dict[str, Any]:
+def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, str],
+            mpiexec_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     from drizzle_ml.cluster import find_mpiexec
 
-    cmd = [find_mpiexec(), "-n", str(n), sys.executable, "-m", "drizzle_ml.launch.bench_coordination", role,
-           "--rows", str(args.rows), "--features", str(args.features),
-           "--iterations", str(args.iterations)]
+    cmd = [find_mpiexec(), "-n", str(n), *mpiexec_args, sys.executable, "-m", "drizzle_ml.launch.bench_coordination",
+           role, "--rows", str(args.rows), "--features", str(args.features), "--iterations", str(args.iterations)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                **extra_env)
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    return run_json(cmd, env, timeout=1800)
+
+
+def run_json(cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """Run a benchmark job; the last JSON line it printed (RuntimeError with its stderr if none)."""
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from .hosts import add_host_arguments, host_mpiexec_args, reject_under_user_mpiexec
 from .predict import add_predict_arguments, info, predict
 from .train import CLIError, add_train_arguments, check_arguments, train
 
@@ -34,10 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train_parser = sub.add_parser("train", help="train an estimator on a cluster (builds and supervises mpiexec)")
     add_train_arguments(train_parser, _group_size)
+    add_host_arguments(train_parser)
     from .stream import add_stream_arguments
 
     stream_parser = sub.add_parser("stream", help="learn online from a stream (file, dir, tcp, h5) until it ends")
     add_stream_arguments(stream_parser, _group_size)
+    add_host_arguments(stream_parser)
     predict_parser = sub.add_parser("predict", help="predict (or transform) with a saved model")
     info_parser = sub.add_parser("info", help="describe a saved model")
     add_predict_arguments(predict_parser, info_parser)
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_datasets_parser(sub)
     from .bench_coordination import build_parser as bench_parser
 
-    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery --help'")
+    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery|scale --help'")
     bench_parser(bench)
     return parser
 
@@ -78,7 +81,8 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
         mpiexec = find_mpiexec()
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
-    base = _without_options(argv, {"--workers": 1, "--resume": 0})
+    hosts = host_mpiexec_args(args)
+    base = _without_options(argv, {"--workers": 1, "--resume": 0, "--hosts": 1, "--hostfile": 1})
     workers, resume = args.workers, args.resume
     min_workers = args.min_workers or args.workers
     restarts = failures_at_size = 0
@@ -90,7 +94,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
             reached[0] = max(reached[0], int(found[-1]))
 
     while True:
-        cmd = [mpiexec, "-n", str(workers + 1), *shlex.split(args.mpiexec_args), sys.executable, "-m",
+        cmd = [mpiexec, "-n", str(workers + 1), *hosts, *shlex.split(args.mpiexec_args), sys.executable, "-m",
                "drizzle_ml", *base, "--workers", str(workers), *(["--resume"] if resume else [])]
         env = dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0")
         # A stream stops gracefully on the first signal: SIGUSR1 goes through
@@ -159,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_recovery import main as bench_recovery
 
         return bench_recovery(argv[2:])
+    if argv[:2] == ["bench", "scale"]:  # its own options, like recovery
+        from .bench_scale import main as bench_scale
+
+        return bench_scale(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":
@@ -180,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not launched_by_mpiexec():
             return _launch(args, argv)
+        reject_under_user_mpiexec(args)
         if args.command == "stream":
             from .stream import run_stream
 

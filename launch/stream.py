@@ -250,6 +250,10 @@ def run_stream(args: argparse.Namespace) -> int:
     print(f"drizzle-ml: streaming {args.algorithm} from {source.describe()} with {cluster.n_workers} workers "
           f"(max batch {args.max_batch}, interval {args.batch_interval or 'none'}, group size {args.group_size})",
           flush=True)
+    if not args.quiet:
+        from .hosts import placement_line
+
+        print(f"drizzle-ml: placement: {placement_line(cluster.placement())}", flush=True)
     t0 = time.perf_counter()
     totals = {"records": 0.0}
 

@@ -180,6 +180,10 @@ def train(args: argparse.Namespace) -> int:
     max_iter = getattr(estimator, "max_iter", None)
     print(f"drizzle-ml: {args.algorithm} on {description} with {cluster.n_workers} workers "
           f"(group size {args.group_size}, scheduling {args.scheduling})", flush=True)
+    if not args.quiet:
+        from .hosts import placement_line
+
+        print(f"drizzle-ml: placement: {placement_line(cluster.placement())}", flush=True)
     progress = Progress(max_iter=max_iter, quiet=args.quiet)
     estimator.progress_callback = progress.on_group
     t_fit = time.perf_counter()

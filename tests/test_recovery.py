@@ -168,6 +168,25 @@ def ranks(marker: str) -> dict[int, int]:
     return out
 
 
+def kill_at_iteration(proc: subprocess.Popen, at: int, victim) -> list[str]:
+    """Read ``proc``'s stderr until a progress line reaches iteration ``at``, SIGKILL the pid ``victim()``
+    returns, then wait (bounded) for the job to end; return the stderr lines."""
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("iter ") and int(line.split()[1]) >= at:
+                os.kill(victim(), signal.SIGKILL)
+                break
+        lines += proc.stderr.readlines()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    return lines
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_cli_kill_9_at_a_random_time_recovers_bit_identically(data_file, undisturbed, tmp_path, seed):
     rng = random.Random(seed)
@@ -176,18 +195,7 @@ def test_cli_kill_9_at_a_random_time_recovers_bit_identically(data_file, undistu
     proc = subprocess.Popen([sys.executable, "-m", "drizzle_ml", "train", "--data", data_file, "--workers", "2",
                              "--max-iter", "400", *TRAIN, "--checkpoint-dir", str(tmp_path / "ck"), "-o", str(model)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = []
-    try:
-        for line in proc.stderr:
-            lines.append(line)
-            if line.startswith("iter ") and int(line.split()[1]) >= kill_at:
-                os.kill(ranks(data_file)[victim_rank], signal.SIGKILL)
-                break
-        lines += proc.stderr.readlines()
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    lines = kill_at_iteration(proc, kill_at, lambda: ranks(data_file)[victim_rank])
     stderr = "".join(lines)
     assert proc.returncode == 0, stderr
     restarts = [ln for ln in lines if "the MPI job failed" in ln]
