@@ -57,7 +57,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 # Engine attributes kept in root attributes (history_, model_version_, n_iter_) or not saved.
-_NOT_SAVED = ("model_store_", "stream_offsets_")  # live state; a stream's offsets go in extra
+_NOT_SAVED = ("model_store_", "stream_offsets_", "stream_stats_")  # live state; a stream's offsets go in extra
 _ROOT_ATTRS = ("history_", "model_version_", "n_iter_")
 _REQUIRED_ROOT = ("format", "format_version", "class", "params", "drizzle_ml_version",
                   "model_version", "n_iter", "history")

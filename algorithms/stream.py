@@ -21,6 +21,7 @@ from drizzle_ml.cluster import get_cluster
 from drizzle_ml.scheduler import run_job
 from drizzle_ml.sources import (Batching, RecordFormat, Source, StreamSpec, peek_n_features)
 from drizzle_ml.store import ModelStore
+from drizzle_ml.streaming import latency_percentiles
 from drizzle_ml.tuner import GroupSizer
 
 # Stream jobs run until the source ends; this only keeps the iteration count finite.
@@ -108,6 +109,9 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     estimator.stream_offsets_ = result.offsets
     estimator.records_seen_ = int(result.model["stream_records"][0])
     estimator.malformed_ = int(sum(result.iteration_metrics.get("malformed", ())))
+    wall = sum(g.wall for g in result.history)
+    estimator.stream_stats_ = {"records": int(sum(result.iteration_metrics.get("records", ()))), "wall": wall,
+                               "latencies": result.latencies, **latency_percentiles(result.latencies)}
     estimator.n_features_in_ = int(n_features)
     estimator._online_model_ = {k: np.array(v) for k, v in result.model.items()}
     estimator._stream_finish(estimator._online_model_)

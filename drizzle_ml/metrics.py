@@ -64,6 +64,8 @@ class JobResult:
     startup : slowest worker's one-time job set-up (unpickling the program,
         which may import its module), excluded from the first group's wall.
     offsets : stream jobs: every partition's offset after the last micro-batch.
+    latencies : stream jobs: per published version ``(records, latency of its
+        oldest record, of its newest)`` in seconds (see :mod:`drizzle_ml.streaming`).
     """
 
     model: dict
@@ -75,6 +77,7 @@ class JobResult:
     wall: float = 0.0
     startup: float = 0.0
     offsets: dict[str, Any] = field(default_factory=dict)
+    latencies: list[tuple[float, float, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
         """Totals over the job: time per phase and the overall overhead share."""

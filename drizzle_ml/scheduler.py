@@ -197,6 +197,7 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
     job_startup = 0.0
     last_done = time.perf_counter()
     offsets: dict[str, Any] = {}
+    latencies: list[tuple[float, float, float]] = []  # every published batch of the job
 
     def send(size: int) -> None:
         nonlocal next_start, next_version
@@ -245,7 +246,9 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
             publications.drain()
             last_metrics["records"] = float(sum(root.metrics.get("records", ())))
             last_metrics["malformed"] = float(sum(root.metrics.get("malformed", ())))
-            last_metrics.update(latency_percentiles(publications.take()))
+            batches = publications.take()
+            latencies += batches
+            last_metrics.update(latency_percentiles(batches))
         stopping = stop is not None and stop()
         last = converged or group.start + n_done >= end or (stopping and not sent)
         store.commit(version, model, group.start + n_done, last_metrics)
@@ -271,7 +274,8 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         if next_start < end and (pipeline or not sent) and not stopping:
             send(size)
     return JobResult(freeze(model), version, group.start + n_done - it0, converged, history,
-                     iteration_metrics, startup=job_startup, offsets=offsets)
+                     iteration_metrics, startup=job_startup, offsets=offsets,
+                     latencies=[tuple(b) for b in latencies])
 
 
 def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group, durable):

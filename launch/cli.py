@@ -159,6 +159,10 @@ def _check_plot(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "streaming"]:
+        from .bench_streaming import main as bench_streaming
+
+        return bench_streaming(argv[2:])
     if argv[:2] == ["bench", "recovery"]:  # its own options; it runs estimators, not engine jobs
         from .bench_recovery import main as bench_recovery
 

@@ -1,0 +1,182 @@
+"""``drizzle-ml bench streaming``: event-to-model latency and throughput of online learning.
+
+Three measurements, 2 workers, 10-feature records, a streaming linear regression:
+
+* latency: a producer thread appends CSV records to a file at a fixed rate
+  (default 100,000 records/s) while the stream trains, for group sizes 1,
+  10 and auto; p50/p99 of the time from a record's arrival at a worker's
+  reader to the moment the driver made a version including it visible
+  (each record counted at its micro-batch's oldest arrival: an upper bound);
+* throughput from a binary source: a prewritten HDF5 dataset;
+* throughput from CSV text: a prewritten file.
+
+Throughput is records over the job's group wall time (cluster and job
+start-up excluded). Figures vary with the load of the machine: read them
+side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+N_FEATURES = 10
+
+
+def _records(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, N_FEATURES))
+    y = X @ np.linspace(-1, 1, N_FEATURES) + 0.1 * rng.standard_normal(n)
+    return np.column_stack([X, y])
+
+
+def _csv(rows: np.ndarray) -> bytes:
+    return ("\n".join(",".join(f"{v:.5g}" for v in row) for row in rows) + "\n").encode()
+
+
+def _stream(source: Any, group_size: Any, **kw: Any) -> dict:
+    import drizzle_ml as dm
+
+    est = dm.LinearRegression(n_workers=2, group_size=group_size)
+    dm.stream_fit(est, source, n_features=N_FEATURES, **kw)
+    stats = dict(est.stream_stats_)
+    stats["rate"] = stats["records"] / stats["wall"] if stats["wall"] > 0 else 0.0
+    stats["group_sizes"] = [g["group_size"] for g in est.history_]
+    return stats
+
+
+def measure_latency(directory: str, rate: float, seconds: float, group_size: Any,
+                    batch_interval: float = 0.002) -> dict:
+    """Stream a file written at ``rate`` records/s for ``seconds``; latency percentiles and rate."""
+    import drizzle_ml as dm
+
+    path = os.path.join(directory, f"live-{group_size}.csv")
+    open(path, "wb").close()
+    tick = 0.005
+    per_tick = max(1, int(rate * tick))
+    chunk = _csv(_records(per_tick))
+    stop = threading.Event()
+
+    def produce() -> None:
+        with open(path, "ab") as f:
+            next_at = time.perf_counter()
+            end = next_at + seconds
+            while not stop.is_set() and next_at < end:
+                f.write(chunk)
+                f.flush()
+                next_at += tick
+                time.sleep(max(0.0, next_at - time.perf_counter()))
+
+    producer = threading.Thread(target=produce, daemon=True)
+    started = threading.Event()
+
+    def start_producer(_group: Any) -> None:
+        if not started.is_set():
+            started.set()
+            producer.start()
+
+    # The producer starts with the job's first group, so start-up does not count as latency.
+    stats = _stream(dm.FileSource(path), group_size, batch_interval=batch_interval, max_batch=100_000,
+                    idle_timeout=1.0, on_group=start_producer)
+    stop.set()
+    return stats
+
+
+def measure_throughput(directory: str, kind: str, n: int, group_size: Any = "auto") -> dict:
+    """Records/s from a prewritten HDF5 dataset (``kind="h5"``) or CSV file (``"csv"``)."""
+    import h5py
+
+    import drizzle_ml as dm
+
+    rows = _records(n, seed=1)
+    if kind == "h5":
+        path = os.path.join(directory, "records.h5")
+        with h5py.File(path, "w") as h5:
+            h5.create_dataset("X", data=rows)
+        source = dm.HDF5Source(path, "X", follow=False, block_rows=50_000)
+        max_batch = 100_000
+    else:
+        path = os.path.join(directory, "records.csv")
+        with open(path, "wb") as f:
+            f.write(_csv(rows))
+        source = dm.FileSource(path, follow=False, block_size=1 << 20)
+        max_batch = 20_000
+    return _stream(source, group_size, batch_interval=None, max_batch=max_batch)
+
+
+def run_all(quick: bool = False, rate: float = 100_000.0) -> dict:
+    seconds = 2.0 if quick else 5.0
+    out: dict[str, Any] = {"rate": rate, "latency": {}}
+    with tempfile.TemporaryDirectory(prefix="drizzle-bench-stream-") as directory:
+        for group_size in (1, 10, "auto"):
+            out["latency"][str(group_size)] = measure_latency(directory, rate, seconds, group_size)
+        out["h5"] = measure_throughput(directory, "h5", 1_000_000 if quick else 4_000_000)
+        out["csv"] = measure_throughput(directory, "csv", 300_000 if quick else 1_000_000)
+    return out
+
+
+def table(results: dict) -> str:
+    lines = [f"| measurement | records/s | latency p50 | latency p99 |", "|---|---|---|---|"]
+    for group_size, s in results["latency"].items():
+        lines.append(f"| file at {results['rate']:,.0f} rec/s, group size {group_size} | {s['rate']:,.0f} | "
+                     f"{s.get('latency_p50', float('nan')) * 1e3:.1f} ms | "
+                     f"{s.get('latency_p99', float('nan')) * 1e3:.1f} ms |")
+    for kind, name in (("h5", "HDF5 (binary), prewritten"), ("csv", "CSV text, prewritten")):
+        s = results[kind]
+        lines.append(f"| {name} | {s['rate']:,.0f} | {s.get('latency_p50', float('nan')) * 1e3:.1f} ms | "
+                     f"{s.get('latency_p99', float('nan')) * 1e3:.1f} ms |")
+    return "\n".join(lines)
+
+
+def report_section(out_dir: str, quick: bool = True) -> str:
+    """Markdown for the benchmark report, with the latency distribution plotted to ``streaming.png``."""
+    results = run_all(quick=quick)
+    text = ["## Streaming", "", "2 workers, 10-feature records, streaming linear regression. Latency: from a "
+            "record's arrival at a worker to the first visible version including it (each record counted at "
+            "its micro-batch's oldest arrival, an upper bound).", "", table(results), ""]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for group_size, s in results["latency"].items():
+            lat = np.array(s["latencies"])
+            if lat.size:
+                order = np.argsort(lat[:, 1])
+                weights = np.cumsum(lat[order, 0]) / lat[:, 0].sum()
+                ax.plot(lat[order, 1] * 1e3, weights, label=f"group size {group_size}")
+        ax.set_xlabel("event-to-model latency (ms)")
+        ax.set_ylabel("share of records")
+        ax.set_xscale("log")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "streaming.png"), dpi=100)
+        plt.close(fig)
+        text += ["![streaming latency](streaming.png)", ""]
+    except ImportError:
+        text += ["(matplotlib is not installed: no plot)", ""]
+    return "\n".join(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="drizzle-ml bench streaming", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about a minute)")
+    parser.add_argument("--rate", type=float, default=100_000.0, help="records/s of the latency producer")
+    args = parser.parse_args(argv)
+    results = run_all(quick=args.quick, rate=args.rate)
+    print(table(results))
+    lat = results["latency"]
+    best = min(s.get("latency_p99", float("inf")) for s in lat.values())
+    print(f"\nlatency p99 at {args.rate:,.0f} rec/s: best {best * 1e3:.1f} ms (target 10 ms); "
+          f"HDF5 {results['h5']['rate']:,.0f} rec/s (target 1,000,000); "
+          f"CSV {results['csv']['rate']:,.0f} rec/s (target 250,000)", file=sys.stdout)
+    return 0
