@@ -43,7 +43,8 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         Fit unpenalized intercepts.
     learning_rate : float or None
         ``gd`` only: a fixed step, or None for the backtracking line search.
-    n_workers, group_size, scheduling, random_state, verbose
+    n_workers, group_size, scheduling, random_state, verbose,
+    checkpoint_dir, checkpoint_every, tuner, rebalance
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
 
     Attributes
@@ -56,7 +57,8 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
 
     def __init__(self, solver="lbfgs", *, C=1.0, tol=1e-4, max_iter=100, fit_intercept=True,
                  learning_rate=None, n_workers=None, group_size="auto", scheduling="group",
-                 random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
+                 random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1,
+                 tuner=None, rebalance=False):
         self.solver = solver
         self.C = C
         self.tol = tol
@@ -70,6 +72,8 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
+        self.tuner = tuner
+        self.rebalance = rebalance
 
     @resumable
     def fit(self, X, y=None, sample_weight=None):

@@ -22,6 +22,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import protocol as P
+from .adaptivity import Adaptivity
 from .checkpoint import Checkpoint, CheckpointStore
 from .layout import Layout
 from .metrics import GroupMetrics, JobResult
@@ -61,6 +62,10 @@ def run_job(
     checkpoints: CheckpointStore | None = None,
     checkpoint_every: int | str = 1,
     checkpoint_params: dict | None = None,
+    react_within: float | None = None,
+    rebalance: bool = False,
+    straggler_factor: float = 1.5,
+    straggler_groups: int = 3,
 ) -> JobResult:
     """Run ``program`` for at most ``max_iter`` iterations from ``model`` (at ``version``).
 
@@ -70,6 +75,12 @@ def run_job(
     next group runs: the full model with optimizer state, the iteration, the
     tuner's state and ``checkpoint_params`` (the job's parameters, JSON).
     ``checkpoint_every`` may also be an interval in seconds (``"30s"``). ``on_group`` is called with each group's metrics.
+    The tuned group size keeps a group within ``react_within`` seconds (a
+    stream's batch interval) and the checkpoint interval in seconds. A worker
+    ``straggler_factor`` times slower than the others' median in
+    ``straggler_groups`` consecutive groups is reported with a
+    :class:`~drizzle_ml.errors.StragglerWarning`; ``rebalance`` then moves some
+    of its rows to its neighbours (see :mod:`drizzle_ml.adaptivity`).
     Raises :class:`~drizzle_ml.errors.WorkerError` when program code fails on
     a worker, :class:`~drizzle_ml.errors.WorkerFailedError` when a worker dies
     or hangs.
@@ -83,6 +94,8 @@ def run_job(
     sizer = sizer or GroupSizer(group_size)
     store = store if store is not None else ModelStore()
     durable = _Durable(checkpoints, checkpoint_every, sizer, checkpoint_params)
+    reactions = [t for t in (react_within, durable.seconds) if t is not None]  # issue 7: the tuner's time cap
+    sizer.react_within = min(reactions) if reactions else sizer.react_within
     try:
         newest = store.latest().version
     except LookupError:
@@ -90,6 +103,7 @@ def run_job(
     if newest is None or newest < version:
         store.commit(version, model, start_iteration)
     job = cluster.new_job()
+    adapt = Adaptivity(cluster, job, sizer, rebalance, straggler_factor, straggler_groups)
     model = {k: np.asarray(v) for k, v in model.items()}
     t_job = time.perf_counter()
     cluster.broadcast(P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version,
@@ -100,7 +114,7 @@ def run_job(
                               on_group, durable)
         else:
             result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store,
-                                 on_group, pipeline, sizer, durable)
+                                 on_group, pipeline, sizer, durable, adapt)
             cluster.end_job(job)
         durable.finish()
     except BaseException as exc:
@@ -161,7 +175,7 @@ class _Durable:
                 raise
 
 
-def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer, durable):
+def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer, durable, adapt):
     end = it0 + max_iter
     sent: deque[_Sent] = deque()
     next_start, next_version = it0, version
@@ -225,11 +239,13 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         history.append(metrics)
         per_iteration = metrics.execution / max(n_done, 1)
         last_done = done_at
+        # issue 7: the tuner's decision, stragglers and rebalancing, recorded in the metrics.
+        finishing = converged or group.start + n_done >= end
+        size = adapt.after_group(metrics, reports, per_iteration, end - next_start, finishing)
         if on_group is not None:
             on_group(metrics)
-        if converged or group.start + n_done >= end:
+        if finishing:
             break
-        size = sizer.next(metrics.coordination / metrics.wall if metrics.wall > 0 else 0.0)
         if next_start < end and (pipeline or not sent):
             send(size)
     return JobResult(freeze(model), version, group.start + n_done - it0, converged, history,
