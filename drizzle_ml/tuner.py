@@ -25,7 +25,10 @@ The rule, applied at every group boundary to the group just measured (size
 Plain AIMD with a dead band stops wherever growth lands in the band, up to
 about ``increase`` times the smallest adequate size; probing down within the
 band and holding just above a failed probe makes it settle at the smallest
-size ``k*`` meeting ``upper``. Tolerance, in steady conditions: the size is
+size ``k*`` meeting ``upper``. With send-ahead a decision applies one group
+later, so the tuner waits for a grown (or probed) size to be measured before
+growing (or probing) again; decisions start from the current size, never
+from an older measured one. Tolerance, in steady conditions: the size is
 ``k*`` except one probe group at ``k* - decrease`` per hold period (and noise
 in the measured overhead can move ``k*`` by a step). From ``k = 1`` under high
 overhead the band is reached in O(log k*) groups; a change of conditions
@@ -139,9 +142,12 @@ class GroupSizer:
                 self.floor = k
                 self.holding = min(self.hold * 2 ** (self.failures - 1), self.max_hold)
                 size, self.reason = self.good, "back"
+            elif self.reason == "grow" and k < self.size:
+                size = self.size  # the last growth is still to be measured (send-ahead)
             else:
                 self.good, self.floor, self.holding, self.failures = None, k, 0, 0
-                size, self.reason = max(k + 1, math.ceil(k * self.increase)), "grow"
+                base = max(k, self.size)
+                size, self.reason = max(base + 1, math.ceil(base * self.increase)), "grow"
         else:
             if self.floor is not None and k <= self.floor:
                 self.floor, self.failures = None, 0  # the remembered floor is stale

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_datasets_parser(sub)
     from .bench_coordination import build_parser as bench_parser
 
-    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery --help'")
+    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery --help', "
+                           "'drizzle-ml bench report --help'")
     bench_parser(bench)
     return parser
 
@@ -147,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_recovery import main as bench_recovery
 
         return bench_recovery(argv[2:])
+    if argv[:2] == ["bench", "report"]:  # runs the other benchmarks, writes report.md and plots
+        from .bench_report import main as bench_report
+
+        return bench_report(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":
