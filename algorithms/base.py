@@ -19,7 +19,8 @@ from drizzle_ml.errors import WorkerFailedError, WorkerTimeoutError
 from drizzle_ml.metrics import JobResult
 from drizzle_ml.scheduler import SCHEDULING, parse_checkpoint_every
 from drizzle_ml.store import ModelStore, freeze
-from drizzle_ml.tuner import GroupSizer, check_group_size
+from drizzle_ml.adaptivity import STRAGGLER_KEYS, check_straggler_options
+from drizzle_ml.tuner import SIZER_KEYS, GroupSizer, check_group_size, tuner_options
 
 # How many times one fit replaces dead workers before it gives up.
 MAX_RECOVERIES = 3
@@ -67,6 +68,16 @@ class DrizzleEstimator(BaseEstimator):
         A checkpoint every this many groups (default 1: a failure then costs
         at most one group), or at most once per interval such as ``"30s"``;
         the final version is always written.
+    tuner : dict or None
+        Options of the ``"auto"`` group size and of straggler detection, all
+        optional: ``lower``/``upper`` (overhead bounds, default 0.05/0.10),
+        ``increase`` (2.0), ``decrease`` (1), ``min_group``/``max_group``
+        (1/1000), ``hold``/``max_hold`` (8/64 groups), ``straggler_factor``
+        (1.5: slowest worker over the others' median) and ``straggler_groups``
+        (3 consecutive groups). See ``docs/concepts.md``.
+    rebalance : bool
+        Move rows away from a reported straggler to its neighbours at a group
+        boundary (default False: only report it with a ``StragglerWarning``).
 
     After ``fit``: ``n_iter_``, ``model_version_`` (the committed version of
     the final model) and ``history_`` (one dict of metrics per group).
@@ -74,6 +85,9 @@ class DrizzleEstimator(BaseEstimator):
 
     def _check_engine_params(self) -> None:
         check_group_size(self.group_size)
+        self._adaptivity()
+        if not isinstance(getattr(self, "rebalance", False), (bool, np.bool_)):
+            raise ValueError(f"rebalance must be True or False, got {self.rebalance!r}")
         parse_checkpoint_every(getattr(self, "checkpoint_every", 1))
         if self.scheduling not in SCHEDULING:
             raise ValueError(f"scheduling must be one of {SCHEDULING}, got {self.scheduling!r}")
@@ -127,7 +141,7 @@ class DrizzleEstimator(BaseEstimator):
         self.model_store_ = ModelStore()
         on_group = getattr(self, "progress_callback", None) or (self._print_progress if self.verbose else None)
         checkpoints, checkpoint_params = self._checkpoint_store(program, dataset)
-        sizer = GroupSizer(self.group_size)
+        sizer, adaptivity = self._adaptivity()
         version, start = 0, 0
         resumed = checkpoints.latest() if checkpoints is not None and getattr(self, "_resume", False) else None
         if resumed is not None:
@@ -144,7 +158,7 @@ class DrizzleEstimator(BaseEstimator):
                                      start_iteration=start, scheduling=self.scheduling, store=self.model_store_,
                                      on_group=on_group, sizer=sizer, checkpoints=checkpoints,
                                      checkpoint_every=getattr(self, "checkpoint_every", 1),
-                                     checkpoint_params=checkpoint_params)
+                                     checkpoint_params=checkpoint_params, **adaptivity)
                 break
             except (WorkerFailedError, WorkerTimeoutError) as exc:
                 if cluster.mode != "launched" or recoveries >= MAX_RECOVERIES:
@@ -205,6 +219,13 @@ class DrizzleEstimator(BaseEstimator):
                              "stream; use the estimator itself") from None
         clone.model_version_ = entry.version
         return clone
+    def _adaptivity(self) -> tuple[GroupSizer, dict[str, Any]]:
+        """The group sizer and the run_job keywords of the ``tuner`` and ``rebalance`` parameters (checked)."""
+        options = tuner_options(getattr(self, "tuner", None), SIZER_KEYS + STRAGGLER_KEYS)
+        stragglers = {k: options.pop(k) for k in STRAGGLER_KEYS if k in options}
+        check_straggler_options(stragglers.get("straggler_factor", 1.5), stragglers.get("straggler_groups", 3))
+        sizer = GroupSizer(self.group_size, **options)
+        return sizer, {"rebalance": bool(getattr(self, "rebalance", False)), **stragglers}
 
     def _record(self, result, start: int, max_iter: int, warn_not_converged: bool):
         # The job's iterations: those before a resume or a recovery count too.
@@ -227,7 +248,7 @@ class DrizzleEstimator(BaseEstimator):
         if directory is None:
             return None, {}
         engine = {"n_workers", "group_size", "scheduling", "verbose", "max_iter", "checkpoint_dir",
-                  "checkpoint_every"}
+                  "checkpoint_every", "tuner", "rebalance"}
         params = {k: (v if isinstance(v, (int, float, str, bool, type(None), np.ndarray)) else repr(v))
                   for k, v in self.get_params().items() if k not in engine}
         key = job_key_for(f"{type(self).__name__}.{type(program).__name__}.{job}",
@@ -248,7 +269,7 @@ class DrizzleEstimator(BaseEstimator):
         coordination = 100 * g.coordination / g.wall if g.wall > 0 else 0.0
         print(
             f"iter {g.start_iteration + g.n_iterations:>6}{loss_s} group {g.group_size:>4} "
-            f"{rate:,.0f} it/s coordination {coordination:4.1f}%",
+            f"{rate:,.0f} it/s coordination {coordination:4.1f}%{g.notes()}",
             file=sys.stderr,
         )
 

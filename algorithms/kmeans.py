@@ -425,7 +425,8 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         learnt so far is multiplied by ``decay`` per micro-batch, or halved
         every ``half_life`` micro-batches when that is set (Spark's
         StreamingKMeans); 1 keeps every row's weight.
-    n_workers, group_size, scheduling, random_state, verbose
+    n_workers, group_size, scheduling, random_state, verbose,
+    checkpoint_dir, checkpoint_every, tuner, rebalance
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
         ``random_state`` seeds the initialisations; results do not depend on
         ``n_workers`` beyond rounding.
@@ -447,7 +448,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4, decay=1.0,
                  half_life=None, n_workers=None, group_size="auto", scheduling="group", random_state=None,
-                 verbose=0, checkpoint_dir=None, checkpoint_every=1):
+                 verbose=0, checkpoint_dir=None, checkpoint_every=1, tuner=None, rebalance=False):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -462,6 +463,8 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
+        self.tuner = tuner
+        self.rebalance = rebalance
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

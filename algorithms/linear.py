@@ -226,7 +226,8 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
         return tags
 
 
-_ENGINE_PARAMS_DOC = """    n_workers, group_size, scheduling, random_state, verbose
+_ENGINE_PARAMS_DOC = """    n_workers, group_size, scheduling, random_state, verbose,
+    checkpoint_dir, checkpoint_every, tuner, rebalance
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`."""
 
 _ATTRIBUTES_DOC = """    Attributes
@@ -267,7 +268,8 @@ class LinearRegression(_LeastSquares):
 
     def __init__(self, *, fit_intercept=True, solver="auto", tol=1e-6, max_iter=None, learning_rate=None,
                  eta0=1.0, power_t=0.25, n_workers=None, group_size="auto", scheduling="group",
-                 random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
+                 random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1,
+                 tuner=None, rebalance=False):
         self.fit_intercept = fit_intercept
         self.solver = solver
         self.tol = tol
@@ -282,6 +284,8 @@ class LinearRegression(_LeastSquares):
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
+        self.tuner = tuner
+        self.rebalance = rebalance
 
 
 class Ridge(_LeastSquares):
@@ -303,7 +307,8 @@ class Ridge(_LeastSquares):
 
     def __init__(self, alpha=1.0, *, fit_intercept=True, solver="auto", tol=1e-4, max_iter=None,
                  learning_rate=None, eta0=1.0, power_t=0.25, n_workers=None, group_size="auto",
-                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
+                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1,
+                 tuner=None, rebalance=False):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
         self.solver = solver
@@ -319,6 +324,8 @@ class Ridge(_LeastSquares):
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
+        self.tuner = tuner
+        self.rebalance = rebalance
 
     @property
     def _alpha(self) -> float:

@@ -48,7 +48,8 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         :meth:`partial_fit` (and streams): step ``t`` is
         ``eta0 / (L * t**power_t)`` with ``L`` a running bound of the loss's
         curvature, see :class:`~drizzle_ml.algorithms.online.OnlineLinear`.
-    n_workers, group_size, scheduling, random_state, verbose
+    n_workers, group_size, scheduling, random_state, verbose,
+    checkpoint_dir, checkpoint_every, tuner, rebalance
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
 
     Attributes
@@ -61,7 +62,8 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
 
     def __init__(self, solver="lbfgs", *, C=1.0, tol=1e-4, max_iter=100, fit_intercept=True,
                  learning_rate=None, eta0=1.0, power_t=0.25, n_workers=None, group_size="auto",
-                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
+                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1,
+                 tuner=None, rebalance=False):
         self.solver = solver
         self.C = C
         self.tol = tol
@@ -77,6 +79,8 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
+        self.tuner = tuner
+        self.rebalance = rebalance
 
     @resumable
     def fit(self, X, y=None, sample_weight=None):

@@ -228,7 +228,8 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         ``"subspace"``: extra block columns beyond ``n_components``.
     random_state : None, int or RandomState
         ``"subspace"``: seeds the random initial block (drawn on the driver).
-    n_workers, group_size, scheduling, verbose
+    n_workers, group_size, scheduling, verbose,
+    checkpoint_dir, checkpoint_every, tuner, rebalance
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
 
     Attributes
@@ -251,7 +252,8 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
 
     def __init__(self, n_components=None, *, svd_solver="covariance", whiten=False, tol=1e-12,
                  max_iter=200, n_oversamples=10, n_workers=None, group_size="auto",
-                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1):
+                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1,
+                 tuner=None, rebalance=False):
         self.n_components = n_components
         self.svd_solver = svd_solver
         self.whiten = whiten
@@ -265,6 +267,8 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         self.verbose = verbose
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
+        self.tuner = tuner
+        self.rebalance = rebalance
 
     def _check_params(self) -> None:
         self._check_engine_params()

@@ -50,3 +50,14 @@ class CheckpointMismatchError(CheckpointError):
 
 class CheckpointWarning(UserWarning):
     """An invalid checkpoint file was skipped (truncated, corrupted, foreign)."""
+
+
+class StragglerWarning(UserWarning):
+    """A worker was the slowest by a configured factor in several consecutive groups.
+
+    ``worker`` is its 0-based index and ``host`` its host name.
+    """
+
+    def __init__(self, message: str, worker: int | None = None, host: str | None = None):
+        super().__init__(message)
+        self.worker, self.host = worker, host

@@ -17,6 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import protocol as P
+from .adaptivity import inject_delay
 from .errors import VersionMismatchError
 from .layout import Layout
 from .program import Partition
@@ -153,6 +154,7 @@ class JobExecutor:
 
     def __init__(self, rt: "WorkerRuntime", spec: P.StartJob, partition: Partition):
         self.rt, self.job, self.program, self.partition = rt, spec.job, spec.program, partition
+        self.program = inject_delay(spec.program, rt.index)  # testing aid, see drizzle_ml.adaptivity
         self.tree = ReduceTree(rt.n_workers, spec.fanout)
         self.me = rt.index
         self.parent = self.tree.parent(self.me)
@@ -313,6 +315,8 @@ class JobExecutor:
             "execution": time.perf_counter() - t_group,
             "startup": self.startup,
             "source": source,
+            # seen by straggler rebalancing
+            "rows": float(self.partition.n_rows) if self.partition is not None else 0.0,
         }
         self.startup = 0.0
         return P.GroupReport(

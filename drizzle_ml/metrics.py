@@ -22,6 +22,11 @@ class GroupMetrics:
     coordination : ``wall - execution``: time the workers were not running the
         group (scheduling, serialization, driver round-trips).
     overhead : non-compute share of the wall time, ``1 - compute / wall``.
+    tuner : the group-size tuner's decision after this group (``grow``,
+        ``shrink``, ``probe``, ``hold``, ``back``, ``keep``, ``cap``, ``fixed``).
+    straggler : index of a worker reported as a straggler in this group, or None.
+    rows : each worker's partition size in this group (changes after a rebalance).
+    events : what was reported or done at this group's end (straggler, rebalance).
     """
 
     group: int
@@ -40,6 +45,17 @@ class GroupMetrics:
     coordination: float = 0.0
     overhead: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    tuner: str = ""
+    straggler: int | None = None
+    rows: list[int] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    def notes(self) -> str:
+        """The progress line's tail: the tuner's decision, a straggler, events."""
+        parts = [f"tuner {self.tuner}"] if self.tuner and self.tuner != "fixed" else []
+        if self.straggler is not None:
+            parts.append(f"straggler worker {self.straggler}")
+        return "".join(f"  {p}" for p in parts + self.events)
 
     def finish(self) -> "GroupMetrics":
         self.coordination = max(self.wall - self.execution, 0.0)

@@ -120,3 +120,15 @@ class ErrorReport:
 @dataclass
 class Bye:
     worker: int
+
+
+# -- adaptivity (rebalancing a straggler's rows; see drizzle_ml.adaptivity) --------------
+REBALANCE = 5  # data_tag kind of rows moved between workers
+
+
+@dataclass
+class Rebalance:
+    """Between two groups: move rows, ``moves`` = [(src worker, dst worker, n rows)]."""
+
+    job: int
+    moves: list[tuple[int, int, int]]

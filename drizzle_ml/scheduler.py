@@ -22,6 +22,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import protocol as P
+from .adaptivity import Adaptivity
 from .checkpoint import Checkpoint, CheckpointStore
 from .layout import Layout
 from .metrics import GroupMetrics, JobResult
@@ -65,6 +66,10 @@ def run_job(
     stream: Any = None,
     publish: bool | None = None,
     stop: Callable[[], bool] | None = None,
+    react_within: float | None = None,
+    rebalance: bool = False,
+    straggler_factor: float = 1.5,
+    straggler_groups: int = 3,
 ) -> JobResult:
     """Run ``program`` for at most ``max_iter`` iterations from ``model`` (at ``version``).
 
@@ -83,6 +88,12 @@ def run_job(
     boundary after ``stop()`` returns True. ``publish`` (default: on for
     streams) makes each version visible in ``store`` as soon as the root has
     made it, before its group ends.
+    The tuned group size keeps a group within ``react_within`` seconds (a
+    stream's batch interval) and the checkpoint interval in seconds. A worker
+    ``straggler_factor`` times slower than the others' median in
+    ``straggler_groups`` consecutive groups is reported with a
+    :class:`~drizzle_ml.errors.StragglerWarning`; ``rebalance`` then moves some
+    of its rows to its neighbours (see :mod:`drizzle_ml.adaptivity`).
     Raises :class:`~drizzle_ml.errors.WorkerError` when program code fails on
     a worker, :class:`~drizzle_ml.errors.WorkerFailedError` when a worker dies
     or hangs.
@@ -105,6 +116,8 @@ def run_job(
             sizer.max_group = min(sizer.max_group, max(1, int(1.0 / stream.batching.interval)))
             sizer.size = min(sizer.size, sizer.max_group)
     durable = _Durable(checkpoints, checkpoint_every, sizer, checkpoint_params)
+    reactions = [t for t in (react_within, durable.seconds) if t is not None]  # issue 7: the tuner's time cap
+    sizer.react_within = min(reactions) if reactions else sizer.react_within
     try:
         newest = store.latest().version
     except LookupError:
@@ -112,6 +125,7 @@ def run_job(
     if newest is None or newest < version:
         store.commit(version, model, start_iteration)
     job = cluster.new_job()
+    adapt = Adaptivity(cluster, job, sizer, rebalance, straggler_factor, straggler_groups)
     model = {k: np.asarray(v) for k, v in model.items()}
     t_job = time.perf_counter()
     cluster.broadcast(P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version,
@@ -123,7 +137,7 @@ def run_job(
                               on_group, durable)
         else:
             result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store,
-                                 on_group, pipeline, sizer, durable, publications, stop)
+                                 on_group, pipeline, sizer, durable, adapt, publications, stop)
             cluster.end_job(job)
         durable.finish()
     except BaseException as exc:
@@ -185,7 +199,7 @@ class _Durable:
                 raise
 
 
-def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer, durable,
+def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer, durable, adapt,
                 publications=None, stop=None):
     end = it0 + max_iter
     sent: deque[_Sent] = deque()
@@ -266,11 +280,13 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         history.append(metrics)
         per_iteration = metrics.execution / max(n_done, 1)
         last_done = done_at
+        # issue 7: the tuner's decision, stragglers and rebalancing, recorded in the metrics.
+        finishing = converged or group.start + n_done >= end
+        size = adapt.after_group(metrics, reports, per_iteration, end - next_start, finishing)
         if on_group is not None:
             on_group(metrics)
         if last:
             break
-        size = sizer.next(metrics.coordination / metrics.wall if metrics.wall > 0 else 0.0)
         if next_start < end and (pipeline or not sent) and not stopping:
             send(size)
     return JobResult(freeze(model), version, group.start + n_done - it0, converged, history,

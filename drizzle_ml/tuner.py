@@ -1,27 +1,74 @@
 """Group size: fixed, or tuned by AIMD on the measured coordination overhead.
 
-Above the upper bound of overhead the group grows multiplicatively (fewer
-coordination points amortize the driver's cost); below the lower bound it
-shrinks additively (more points to react at: convergence checks, checkpoints,
-adaptation). As in TCP's congestion control, this settles near the smallest
-group that keeps the overhead within bounds.
+The tuner watches each group's overhead, ``coordination / wall``: the share of
+the group's time the workers were not executing it (driver scheduling and
+serialization, waiting for the driver, report handling). It looks for the
+*smallest* group whose overhead is at most ``upper``: small groups give the
+driver more points to react at (convergence, checkpoints, stream batches,
+stragglers, adaptation), large ones amortize coordination.
+
+The rule, applied at every group boundary to the group just measured (size
+``k``, overhead ``o``):
+
+- ``o > upper``: too small. If ``k`` was a probe below the smallest size known
+  to meet the bound (``good``), the probe overshot: remember ``k`` as the
+  ``floor``, go back to ``good`` and **hold** there for ``hold`` groups before
+  probing again (the hold doubles after each failed probe at the same floor,
+  up to ``max_hold``, so a settled job spends at most ~1/hold of its groups
+  probing). Otherwise conditions got worse or we are still growing:
+  **grow multiplicatively** (``k * increase``) and forget ``good``.
+- ``o < lower``: clearly too large. **Shrink additively** (``k - decrease``)
+  every group, and forget a stale ``floor``/hold (things improved).
+- ``lower <= o <= upper`` (the band): ``k`` meets the bound; it becomes
+  ``good`` if smaller. While holding, stay; otherwise probe one step down.
+
+Plain AIMD with a dead band stops wherever growth lands in the band, up to
+about ``increase`` times the smallest adequate size; probing down within the
+band and holding just above a failed probe makes it settle at the smallest
+size ``k*`` meeting ``upper``. With send-ahead a decision applies one group
+later, so the tuner waits for a grown (or probed) size to be measured before
+growing (or probing) again; decisions start from the current size, never
+from an older measured one. Tolerance, in steady conditions: the size is
+``k*`` except one probe group at ``k* - decrease`` per hold period (and noise
+in the measured overhead can move ``k*`` by a step). From ``k = 1`` under high
+overhead the band is reached in O(log k*) groups; a change of conditions
+shows in the next group's decision.
+
+The size is also capped: by ``max_group``, by ``cap`` (iterations the job has
+left) and by ``react_within`` seconds: a group's expected duration
+(``k * seconds per iteration``) stays within what the user needs to react to,
+the checkpoint interval in seconds or a stream's batch interval.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 AUTO_START = 8
+
+#: Keys of the ``tuner`` dict that estimators accept (see :func:`tuner_options`).
+SIZER_KEYS = ("lower", "upper", "increase", "decrease", "min_group", "max_group", "hold", "max_hold")
 
 
 @dataclass
 class GroupSizer:
     """Chooses each group's size.
 
-    group_size : int >= 1 (fixed) or ``"auto"`` (AIMD).
-    lower, upper : overhead bounds (shares of a group's wall time).
-    increase : multiplicative factor above ``upper``; decrease : additive step below ``lower``.
+    group_size : int >= 1 (fixed) or ``"auto"`` (tuned, see the module docstring).
+    lower, upper : overhead bounds (shares of a group's wall time), 0 <= lower <= upper < 1.
+    increase : multiplicative growth factor (> 1) above ``upper``.
+    decrease : additive step (>= 1) of shrinks and probes.
     min_group, max_group : bounds of the tuned size.
+    hold : groups to stay at the smallest adequate size after a failed probe
+        (doubling per consecutive failure, at most ``max_hold``).
+    react_within : seconds or None; a group should not take longer (set by the
+        scheduler from the checkpoint interval in seconds or a stream's batch interval).
+
+    After each :meth:`next`, ``reason`` says what was decided: ``fixed``,
+    ``grow``, ``shrink``, ``probe``, ``hold``, ``back`` (a probe overshot),
+    ``keep`` or ``cap``.
     """
 
     group_size: int | str = "auto"
@@ -31,30 +78,97 @@ class GroupSizer:
     decrease: int = 1
     min_group: int = 1
     max_group: int = 1000
+    hold: int = 8
+    max_hold: int = 64
+    react_within: float | None = None
+    cap: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.size = check_group_size(self.group_size)
         self.auto = self.size is None
+        check_sizer_options(self)
+        self.good: int | None = None  # smallest recent size measured within the bound
+        self.floor: int | None = None  # largest recent size measured above it
+        self.holding = 0  # groups left to hold at ``good``
+        self.failures = 0  # failed probes in a row at the same floor
+        self.reason = "fixed" if not self.auto else "start"
         if self.auto:
-            self.size = min(max(AUTO_START, self.min_group), self.max_group)
+            self.size = self._bounded(AUTO_START)
 
-    def state(self) -> dict[str, int]:
-        """What a checkpoint keeps of the tuner: the current size."""
-        return {"size": int(self.size)}
+    # -- checkpointed state --------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the tuner: the current size (and, tuned, what it learnt)."""
+        if not self.auto:
+            return {"size": int(self.size)}
+        return {"size": int(self.size), "good": self.good, "floor": self.floor, "holding": self.holding,
+                "failures": self.failures}
 
     def restore(self, state: dict) -> "GroupSizer":
         """Continue from :meth:`state` (a tuned size is kept within the bounds)."""
         if self.auto and "size" in state:
-            self.size = min(max(int(state["size"]), self.min_group), self.max_group)
+            self.size = self._bounded(int(state["size"]))
+            for key in ("good", "floor"):
+                value = state.get(key)
+                setattr(self, key, None if value is None else int(value))
+            self.holding = int(state.get("holding", 0))
+            self.failures = int(state.get("failures", 0))
         return self
 
-    def next(self, overhead: float) -> int:
-        """Size of the next group given the last group's overhead share."""
-        if self.auto:
-            if overhead > self.upper:
-                self.size = min(self.max_group, max(self.size + 1, int(self.size * self.increase)))
-            elif overhead < self.lower:
-                self.size = max(self.min_group, self.size - self.decrease)
+    # -- the rule -------------------------------------------------------------------------
+    def limit(self, per_iteration: float = 0.0) -> int:
+        """The largest size allowed now: ``max_group``, ``cap`` and ``react_within``."""
+        top = self.max_group if self.cap is None else min(self.max_group, self.cap)
+        if self.react_within is not None and per_iteration > 0:
+            top = min(top, int(self.react_within / per_iteration))
+        return max(top, self.min_group)
+
+    def _bounded(self, size: int, per_iteration: float = 0.0) -> int:
+        return min(max(int(size), self.min_group), self.limit(per_iteration))
+
+    def next(self, overhead: float, measured: int | None = None, per_iteration: float = 0.0) -> int:
+        """Size of the next group given the overhead share of the last measured group.
+
+        ``measured`` is that group's size (default: the current size; with
+        send-ahead the measured group may be older than the last decision).
+        ``per_iteration`` (seconds) applies ``react_within``.
+        """
+        if not self.auto:
+            return self.size
+        k = self.size if measured is None else int(measured)
+        if overhead > self.upper:
+            if self.good is not None and k < self.good:
+                # A probe below a size known to meet the bound overshot: go back and hold.
+                self.failures = self.failures + 1 if self.floor == k else 1
+                self.floor = k
+                self.holding = min(self.hold * 2 ** (self.failures - 1), self.max_hold)
+                size, self.reason = self.good, "back"
+            elif self.reason == "grow" and k < self.size:
+                size = self.size  # the last growth is still to be measured (send-ahead)
+            else:
+                self.good, self.floor, self.holding, self.failures = None, k, 0, 0
+                base = max(k, self.size)
+                size, self.reason = max(base + 1, math.ceil(base * self.increase)), "grow"
+        else:
+            if self.floor is not None and k <= self.floor:
+                self.floor, self.failures = None, 0  # the remembered floor is stale
+            if self.good is None or k < self.good:
+                self.good = k
+            if overhead < self.lower:
+                self.holding = 0
+                size, self.reason = min(k, self.size) - self.decrease, "shrink"
+            elif self.holding > 0:
+                self.holding -= 1
+                size, self.reason = self.good, "hold"
+            elif self.reason == "probe" and k > self.size:
+                size = self.size  # the last probe is still to be measured (send-ahead)
+            else:
+                size, self.reason = k - self.decrease, "probe"
+        bounded = self._bounded(size, per_iteration)
+        if bounded == k and self.reason in ("grow", "shrink", "probe"):
+            self.reason = "keep"  # at a bound already
+        elif bounded < size:
+            self.reason = "cap"
+        self.size = bounded
         return self.size
 
 
@@ -65,3 +179,34 @@ def check_group_size(group_size: int | str) -> int | None:
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be 'auto' or an integer >= 1, got {group_size!r}")
     return group_size
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_sizer_options(s: GroupSizer) -> None:
+    """Clear ValueErrors for inconsistent tuner bounds."""
+    if not (0.0 <= s.lower <= s.upper < 1.0):
+        raise ValueError(f"tuner bounds need 0 <= lower <= upper < 1, got lower={s.lower!r}, upper={s.upper!r}")
+    if not s.increase > 1.0:
+        raise ValueError(f"tuner increase must be > 1, got {s.increase!r}")
+    for name in ("decrease", "min_group", "max_group", "hold", "max_hold"):
+        if not _is_int(getattr(s, name)) or getattr(s, name) < 1:
+            raise ValueError(f"tuner {name} must be an integer >= 1, got {getattr(s, name)!r}")
+    if s.min_group > s.max_group:
+        raise ValueError(f"tuner min_group ({s.min_group}) is larger than max_group ({s.max_group})")
+    if s.react_within is not None and not s.react_within > 0:
+        raise ValueError(f"react_within must be None or seconds > 0, got {s.react_within!r}")
+
+
+def tuner_options(tuner: dict | None, keys: tuple[str, ...] = SIZER_KEYS) -> dict[str, Any]:
+    """The estimators' ``tuner`` parameter: None or a dict of known keys, checked."""
+    if tuner is None:
+        return {}
+    if not isinstance(tuner, dict):
+        raise ValueError(f"tuner must be None or a dict, got {type(tuner).__name__}")
+    unknown = sorted(set(tuner) - set(keys))
+    if unknown:
+        raise ValueError(f"unknown tuner option(s) {unknown}; known: {list(keys)}")
+    return dict(tuner)

@@ -25,6 +25,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import protocol as P
+from .adaptivity import apply_rebalance
 from .data import PartitionCache, assemble_partition, read_hdf5_partition
 from .errors import WorkerTimeoutError
 from .executor import JobExecutor, RecvRing, SendRing
@@ -181,6 +182,8 @@ class WorkerRuntime:
             self.report(report)
         elif isinstance(msg, P.EndJob):
             self._drop_job(msg.job)
+        elif isinstance(msg, P.Rebalance):  # move a straggler's rows (drizzle_ml.adaptivity)
+            apply_rebalance(self, msg)
         else:
             raise TypeError(f"unknown control message {type(msg).__name__}")
 

@@ -84,7 +84,8 @@ def _engine(args: argparse.Namespace) -> dict[str, Any]:
         dataset = ArrayDataset(X, y)
         cluster.load(dataset)
         results = {}
-        configs = [("group", 1), ("group", 10), ("group", 100), ("group", "auto"), ("bsp", 1)]
+        sizes = [int(k) for k in getattr(args, "group_sizes", "1,10,100").split(",")]
+        configs = [("group", k) for k in sizes] + [("group", "auto"), ("bsp", 1)]
         for scheduling, group_size in configs:
             best = None
             for _ in range(2):  # first pass warms caches and code paths
@@ -118,7 +119,8 @@ def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, st
     from drizzle_ml.cluster import find_mpiexec
 
     cmd = [find_mpiexec(), "-n", str(n), *mpiexec_args, sys.executable, "-m", "drizzle_ml.launch.bench_coordination",
-           role, "--rows", str(args.rows), "--features", str(args.features), "--iterations", str(args.iterations)]
+           role, "--rows", str(args.rows), "--features", str(args.features), "--iterations", str(args.iterations),
+           "--group-sizes", getattr(args, "group_sizes", "1,10,100")]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                **extra_env)
     return run_json(cmd, env, timeout=1800)
@@ -203,6 +205,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         p.add_argument("--features", type=int, default=10)
         p.add_argument("--iterations", type=int, default=2000)
         p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+        p.add_argument("--group-sizes", default="1,10,100",
+                       help="fixed group sizes to measure, comma-separated (10 is always needed)")
         p.add_argument("--repeats", type=int, default=3,
                        help="alternating plain/engine repeats; the table shows medians (default 3)")
     return parser

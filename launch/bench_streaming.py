@@ -123,7 +123,7 @@ def run_all(quick: bool = False, rate: float = 100_000.0) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = [f"| measurement | records/s | latency p50 | latency p99 |", "|---|---|---|---|"]
+    lines = ["| measurement | records/s | latency p50 | latency p99 |", "|---|---|---|---|"]
     for group_size, s in results["latency"].items():
         lines.append(f"| file at {results['rate']:,.0f} rec/s, group size {group_size} | {s['rate']:,.0f} | "
                      f"{s.get('latency_p50', float('nan')) * 1e3:.1f} ms | "

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_datasets_parser(sub)
     from .bench_coordination import build_parser as bench_parser
 
-    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench recovery|scale --help'")
+    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench "
+                           "recovery|scale|streaming|report --help'")
     bench_parser(bench)
     return parser
 
@@ -171,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_scale import main as bench_scale
 
         return bench_scale(argv[2:])
+    if argv[:2] == ["bench", "report"]:  # runs the other benchmarks, writes report.md and plots
+        from .bench_report import main as bench_report
+
+        return bench_report(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":

@@ -40,7 +40,7 @@ class Progress:
         share = 100 * g.coordination / g.wall if g.wall > 0 else 0.0
         loss_text = f"loss {loss:.6g}  " if loss is not None else ""
         line = (f"iter {iteration:>6}  {loss_text}group {g.group_size:>4}  {rate:,.0f} it/s  "
-                f"coordination {share:4.1f}%")
+                f"coordination {share:4.1f}%{g.notes()}")
         if self.tty and self.max_iter:
             done = min(iteration / self.max_iter, 1.0)
             bar = "#" * int(30 * done) + "-" * (30 - int(30 * done))

@@ -51,6 +51,8 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     train.add_argument("--group-size", type=group_size_type, default="auto",
                        help="'auto' or iterations per group")
     train.add_argument("--scheduling", choices=("group", "bsp"), default="group")
+    train.add_argument("--rebalance", action="store_true",
+                       help="move rows away from a worker reported as a straggler (default: only report it)")
     train.add_argument("--output", "-o", default=None, help="save the trained model to this HDF5 file")
     train.add_argument("--report", default=None, help="write the final report as JSON to this file")
     train.add_argument("--plot", default=None, help="draw loss and group size over time to this PNG")
@@ -173,7 +175,7 @@ def train(args: argparse.Namespace) -> int:
     cluster = drizzle_ml.get_cluster()
     t_start = time.perf_counter() - t0
     X, y, description = load_data(args)
-    engine = {"group_size": args.group_size, "scheduling": args.scheduling}
+    engine = {"group_size": args.group_size, "scheduling": args.scheduling, "rebalance": args.rebalance}
     estimator = make_estimator(args.algorithm, params, engine)
     estimator.checkpoint_dir = args.checkpoint_dir
     estimator.checkpoint_every = _checkpoint_every(args.checkpoint_every)

@@ -261,16 +261,16 @@ def test_mpiexec_args_pass_through():
 
 def test_progress_bar_on_a_terminal_and_lines_otherwise():
     import io
-    from types import SimpleNamespace
 
     from drizzle_ml.launch.report import Progress
+    from drizzle_ml.metrics import GroupMetrics
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
-    group = SimpleNamespace(start_iteration=0, n_iterations=25, metrics={"loss": 0.5}, wall=0.5,
-                            coordination=0.05, group_size=25)
+    group = GroupMetrics(group=0, start_iteration=0, n_iterations=25, metrics={"loss": 0.5}, wall=0.5,
+                         coordination=0.05, group_size=25, version=25, tuner="fixed")
     tty, pipe = Terminal(), io.StringIO()
     for stream in (tty, pipe):
         progress = Progress(max_iter=100, stream=stream)
@@ -279,6 +279,11 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
     assert tty.getvalue().startswith("\r[#######-----------------------] iter     25  loss 0.5  group   25")
     assert tty.getvalue().endswith("\x1b[K\n")
     assert pipe.getvalue() == "iter     25  loss 0.5  group   25  50 it/s  coordination 10.0%\n"
+    group.tuner, group.straggler, group.events = "grow", 1, ["rebalance: 3 rows worker 1 -> 0"]
+    lines = io.StringIO()
+    Progress(max_iter=100, stream=lines).on_group(group)
+    assert lines.getvalue().endswith(
+        "coordination 10.0%  tuner grow  straggler worker 1  rebalance: 3 rows worker 1 -> 0\n")
     quiet = io.StringIO()
     progress = Progress(max_iter=100, quiet=True, stream=quiet)
     progress.on_group(group)

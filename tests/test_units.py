@@ -1,4 +1,4 @@
-"""Engine parts that need no MPI job: layout, tree, store, tuner, partitioning."""
+"""Engine parts that need no MPI job: layout, tree, store, partitioning (the tuner: test_tuner.py)."""
 
 import pickle
 
@@ -9,7 +9,7 @@ from drizzle_ml.data import row_bounds
 from drizzle_ml.layout import Layout
 from drizzle_ml.store import ModelStore
 from drizzle_ml.tree import ReduceTree
-from drizzle_ml.tuner import GroupSizer, check_group_size
+from drizzle_ml.tuner import check_group_size
 
 
 def test_layout_round_trip_mixed_dtypes_and_nesting():
@@ -92,20 +92,6 @@ def test_row_bounds_balanced_and_checked():
     np.testing.assert_array_equal(row_bounds(3, 3), [0, 1, 2, 3])
     with pytest.raises(ValueError, match="fewer than the 4 workers"):
         row_bounds(3, 4)
-
-
-def test_group_sizer_fixed_and_aimd():
-    fixed = GroupSizer(10)
-    assert [fixed.next(0.9), fixed.next(0.0)] == [10, 10]
-    auto = GroupSizer("auto", lower=0.05, upper=0.10, min_group=1, max_group=64)
-    start = auto.size
-    assert auto.next(0.5) == 2 * start  # multiplicative increase
-    assert auto.next(0.5) == 4 * start
-    assert auto.next(0.01) == 4 * start - 1  # additive decrease
-    assert auto.next(0.07) == 4 * start - 1  # within bounds: unchanged
-    for _ in range(10):
-        auto.next(0.9)
-    assert auto.size == 64
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "big", True])

@@ -1,0 +1,39 @@
+"""``drizzle-ml bench report`` in its smallest mode: sections present, PNGs valid."""
+
+import importlib.util
+import os
+import re
+
+import pytest
+
+from drizzle_ml.launch import bench_report
+from drizzle_ml.launch.cli import main as cli_main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the report needs matplotlib ([plot])")
+def test_smoke_report_has_every_section_and_valid_pngs(tmp_path):
+    import matplotlib.image
+
+    path = bench_report.make_report(str(tmp_path), "smoke")
+    text = open(path).read()
+    for heading in ("## Coordination: per-iteration time vs group size", "## Tuner: group size over time",
+                    "## Estimators: loss against time", "## Recovery", "## Streaming"):
+        assert heading in text
+    assert "| bsp |" in text and "| plain mpi4py loop |" in text
+    assert "straggler reported: worker 1 on host" in text
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert {"coordination_group_size.png", "tuner_straggler.png"} <= set(images) and len(images) >= 5
+    for name in images:
+        with open(os.path.join(tmp_path, name), "rb") as f:
+            assert f.read(8) == PNG_MAGIC, name
+        assert matplotlib.image.imread(os.path.join(tmp_path, name)).shape[0] > 100
+
+
+def test_missing_matplotlib_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert cli_main(["bench", "report", "-o", str(tmp_path)]) == 2
+    assert "pip install 'drizzle-ml[plot]'" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
