@@ -113,6 +113,7 @@ class Adaptivity:
         self.detector = StragglerDetector(straggler_factor, straggler_groups)
         self.warned: set[int] = set()
         self.moves = 0
+        self.previous = (0.0, 0.0)  # the last group's wall and execution
 
     def host(self, worker: int) -> str:
         hosts = {h.worker: h.host for h in getattr(self.cluster, "workers", [])}
@@ -144,10 +145,23 @@ class Adaptivity:
                         f"{n} rows worker {s} -> {d}" for s, d, n in moves))
                     self.detector.reset()  # judge the new split afresh
         self.sizer.cap = max(remaining, 1)
-        size = self.sizer.next(metrics.coordination / metrics.wall if metrics.wall > 0 else 0.0,
-                               measured=metrics.group_size, per_iteration=per_iteration)
+        size = self.sizer.next(self.overhead(metrics), measured=metrics.group_size, per_iteration=per_iteration)
         metrics.tuner = self.sizer.reason
         return size
+
+
+    def overhead(self, metrics: "GroupMetrics") -> float:
+        """The coordination share over this group and the one before, as the tuner sees it.
+
+        With send-ahead a group starts on the workers before the driver has the
+        previous group's reports, so one group's ``wall - execution`` can be
+        negative (clamped to 0 in ``coordination``) and the next one's too large:
+        alone, the share alternates between the two. Over the pipeline's depth
+        (two groups), ``1 - execution / wall`` is the workers' idle share.
+        """
+        wall, execution = metrics.wall + self.previous[0], metrics.execution + self.previous[1]
+        self.previous = (metrics.wall, metrics.execution)
+        return max(0.0, 1.0 - execution / wall) if wall > 0 else 0.0
 
 
 # -- worker side ----------------------------------------------------------------------------
