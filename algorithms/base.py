@@ -131,7 +131,7 @@ class DrizzleEstimator(BaseEstimator):
         """
         n_workers = None if self.n_workers is None else int(self.n_workers)
         cluster = get_cluster(n_workers)
-        self._online_model_ = None  # a fit starts over; partial_fit then continues from it
+        self.__dict__.pop("_online_model_", None)  # a fit starts over; partial_fit then continues from it
         if dataset.n_rows < cluster.n_workers:
             n = dataset.n_rows
             raise ValueError(
