@@ -53,7 +53,7 @@ def _stream(source: Any, group_size: Any, **kw: Any) -> dict:
 
 
 def measure_latency(directory: str, rate: float, seconds: float, group_size: Any,
-                    batch_interval: float = 0.002) -> dict:
+                    batch_interval: float = 0.001) -> dict:
     """Stream a file written at ``rate`` records/s for ``seconds``; latency percentiles and rate."""
     import drizzle_ml as dm
 
