@@ -168,6 +168,18 @@ def _short(values: np.ndarray | None) -> str:
     return str(shown)[:-1] + (", ...]" if len(values) > 10 else "]")
 
 
+def first_lines(data: bytes, n: int) -> bytes:
+    """The first ``n`` newline-terminated lines of ``data`` (all of it if it has no more)."""
+    if not n or data.count(b"\n") <= n:
+        return data
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    return data[: int(ends[n - 1]) + 1]
+
+
+def too_long(where: str, limit: int) -> StreamError:
+    return StreamError(f"{where}: a record longer than {limit} bytes (no newline); records are lines")
+
+
 @dataclass
 class Chunk:
     """Records read from one partition: rows (n, width), malformed count, arrival times (s, epoch)."""
@@ -292,14 +304,11 @@ class _TextFileReader(PartitionReader):
         if cut == 0:
             if start + len(data) >= size and not self.follow and data:
                 cut = len(data)  # a last line without a newline, in a finished file
+            elif len(data) == self.chunk_bytes:
+                raise too_long(f"{self.path} byte offset {start}", self.chunk_bytes)
             else:
                 return None
-        lines = data[:cut]
-        if max_records and lines.count(b"\n") > max_records:
-            index = -1
-            for _ in range(max_records):
-                index = lines.find(b"\n", index + 1)
-            lines = lines[: index + 1]
+        lines = first_lines(data[:cut], max_records)
         starts = None
 
         def where(i: int) -> str:
@@ -353,30 +362,32 @@ class _DirectoryReader(PartitionReader):
         return sorted(n for n in names if not n.startswith(".") and not n.endswith(".tmp")
                       and zlib.crc32(n.encode()) % self.n_partitions == self.partition)
 
+    def _advance(self) -> bool:
+        """Move to this partition's next file after ``name``; False when there is none (yet)."""
+        later = [n for n in self._mine() if n > self.name]
+        if not later:
+            self.ended = not self.source.follow
+            return False
+        if self.current is not None:
+            self.current.close()
+        self.current, self.name, self.start = None, later[0], 0
+        return True
+
     def read(self, max_records: int) -> Chunk | None:
         while True:
             if self.current is None:
-                if self.name and os.path.exists(os.path.join(self.source.path, self.name)):
-                    pass  # resume inside (or at the end of) the offset's file
-                else:
-                    later = [n for n in self._mine() if n > self.name]
-                    if not later:
-                        self.ended = not self.source.follow
-                        return None
-                    self.name, self.start = later[0], 0
+                # Resume inside (or at the end of) the offset's file, if it is still there.
+                if not (self.name and os.path.exists(os.path.join(self.source.path, self.name))) \
+                        and not self._advance():
+                    return None
                 self.current = _TextFileReader(os.path.join(self.source.path, self.name), self.fmt,
                                                self.start, follow=False)
             chunk = self.current.read(max_records)
             if chunk is not None:
                 return chunk
-            # This file is finished; the next one of ours, if any.
-            self.start = self.current.pos
-            later = [n for n in self._mine() if n > self.name]
-            if not later:
-                self.ended = not self.source.follow
+            self.start = self.current.pos  # this file is finished
+            if not self._advance():
                 return None
-            self.current.close()
-            self.current, self.name, self.start = None, later[0], 0
 
     def close(self) -> None:
         if self.current is not None:
@@ -437,15 +448,13 @@ class _TCPReader(PartitionReader):
         if self.closed and cut < len(self.buffer):
             cut = len(self.buffer)  # the producer closed after a last line without newline
         if cut == 0:
+            if len(self.buffer) >= self.source.buffer_bytes:
+                raise too_long(f"tcp:{self.source.host}:{self.source.port} record {self.count}",
+                               self.source.buffer_bytes)
             self.ended = self.closed
             return None
-        lines = bytes(self.buffer[:cut])
+        lines = first_lines(bytes(self.buffer[:cut]), max_records)
         n_lines = lines.count(b"\n") + (0 if lines.endswith(b"\n") else 1)
-        if max_records and n_lines > max_records:
-            index = -1
-            for _ in range(max_records):
-                index = lines.find(b"\n", index + 1)
-            lines, n_lines = lines[: index + 1], max_records
         first = self.count
         where = lambda i: f"tcp:{self.source.host}:{self.source.port} partition {self.partition} record {first + i}"
         rows, n_bad = self.fmt.parse_text(lines, where)
@@ -878,7 +887,7 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16) -> 
     for path in paths:
         with open(path, "rb") as f:
             head = f.read(limit)
-        for line in head.split(b"\n")[:-1] if not head.endswith(b"\n") else head.split(b"\n"):
+        for line in head.split(b"\n")[:-1]:  # complete lines only
             if line.strip():
                 probe.parse_text(line, lambda i: path)
                 if probe.n_features is not None:

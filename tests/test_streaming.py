@@ -28,6 +28,7 @@ from drizzle_ml.algorithms.persist import load_model, model_info
 from drizzle_ml.program import Partition
 from drizzle_ml.scheduler import run_job
 from drizzle_ml.sources import (Batching, RecordFormat, StreamError, StreamReader, StreamSpec, _TCPReader,
+                                _TextFileReader,
                                 peek_n_features)
 from drizzle_ml.testing import StreamSum
 
@@ -105,6 +106,16 @@ def test_malformed_records_are_skipped_and_counted_or_fail_with_the_offset(tmp_p
     rows, bad, _ = read_all(dm.FileSource(str(labelled), follow=False),
                             RecordFormat("csv", 1, has_target=True, classes=[0, 1]), 1)
     assert bad == 1 and rows.tolist() == [[1, 0], [2, 1]]
+
+
+def test_a_record_longer_than_the_read_chunk_is_an_error_not_a_stall(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("1,2\n" + "3," * 100)  # a writer that never ends its line
+    reader = _TextFileReader(str(path), RecordFormat("csv", 2), 0, follow=True, chunk_bytes=64)
+    assert reader.read(10).rows.tolist() == [[1, 2]]
+    with pytest.raises(StreamError, match="long.csv byte offset 4: a record longer than 64 bytes"):
+        reader.read(10)
+    reader.close()
 
 
 def test_json_lines_and_directory_source(tmp_path):
