@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .cluster import Cluster
 
 SCHEDULING = ("group", "bsp")
+STREAM_GROUP_SECONDS = 1.0
 
 
 @dataclass
@@ -112,9 +113,9 @@ def run_job(
             raise ValueError("a stream job runs with scheduling='group'")
         program = StreamStep(program, cluster.n_workers)
         model = {**model, RECORDS_KEY: np.asarray(model.get(RECORDS_KEY, np.zeros(1)), dtype=np.float64)}
-        if stream.batching.interval:  # a group spans at most about a second of micro-batches
-            sizer.max_group = min(sizer.max_group, max(1, int(1.0 / stream.batching.interval)))
-            sizer.size = min(sizer.size, sizer.max_group)
+        # A stream's group lasts at most about a second: its checkpoints (offsets)
+        # and a stop request come at group boundaries.
+        react_within = STREAM_GROUP_SECONDS if react_within is None else min(react_within, STREAM_GROUP_SECONDS)
     durable = _Durable(checkpoints, checkpoint_every, sizer, checkpoint_params)
     reactions = [t for t in (react_within, durable.seconds) if t is not None]  # issue 7: the tuner's time cap
     sizer.react_within = min(reactions) if reactions else sizer.react_within

@@ -7,18 +7,21 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable, Sequence
 
 
 def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace: float = 10.0,
-                   on_stderr_line: Callable[[str], None] | None = None, graceful: int | None = None) -> int:
+                   on_stderr_line: Callable[[str], None] | None = None, graceful: int | None = None,
+                   graceful_wait: float = 120.0) -> int:
     """Run ``cmd`` in its own process group; return its exit code.
 
     SIGINT/SIGTERM to this process are forwarded to the whole group (mpiexec
     and every rank); after ``grace`` seconds the group is killed. With
     ``graceful``, the first such signal is sent as ``graceful`` to mpiexec
     alone (which passes it to the ranks) and the job may finish in its own
-    time; a second one is forwarded as usual. With ``on_stderr_line``, the
+    time (at most ``graceful_wait`` seconds, then it is stopped as if signalled
+    again); a second one is forwarded as usual. With ``on_stderr_line``, the
     job's stderr passes through this process and each line is shown to the
     callback too.
     """
@@ -37,16 +40,19 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
         pump.start()
     received: list[int] = []
     asked: list[int] = []  # a graceful stop was asked for
+    when: dict[str, float] = {}  # when it was asked, and when signals were forwarded
 
     def forward(signum, _frame):
         if graceful is not None and not asked:
             asked.append(signum)
+            when["asked"] = time.monotonic()
             try:
                 os.kill(proc.pid, graceful)
             except ProcessLookupError:
                 pass
             return
         received.append(signum)
+        when.setdefault("forwarded", time.monotonic())
         try:
             os.killpg(proc.pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
         except ProcessLookupError:
@@ -54,12 +60,18 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        # Short waits, so that the deadlines below are looked at (a blocking
+        # wait would just resume after each signal handler).
         while True:
             try:
-                code = proc.wait(timeout=grace if received else None)
+                code = proc.wait(timeout=0.2)
                 break
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                now = time.monotonic()
+                if "forwarded" in when and now - when["forwarded"] > grace:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                elif "asked" in when and not received and now - when["asked"] > graceful_wait:
+                    forward(signal.SIGTERM, None)  # the graceful stop is overdue: stop it
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

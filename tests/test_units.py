@@ -173,3 +173,23 @@ def test_atomic_output_replaces_whole_files_or_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         with atomic_output(tmp_path / "no" / "x.bin"):
             pass
+
+
+def test_supervisor_bounds_a_graceful_stop_and_kills_what_ignores_signals():
+    import os
+    import signal as sig
+    import sys as _sys
+    import threading as _threading
+    import time as _time
+
+    from drizzle_ml.launch.supervisor import run_supervised
+
+    # A job that ignores the graceful signal and SIGTERM: the graceful wait
+    # runs out, SIGTERM is forwarded, and after the grace period it is killed.
+    stubborn = [_sys.executable, "-c", "import signal, time; signal.signal(signal.SIGUSR1, signal.SIG_IGN); "
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"]
+    timer = _threading.Timer(0.5, lambda: os.kill(os.getpid(), sig.SIGTERM))
+    timer.start()
+    t0 = _time.monotonic()
+    code = run_supervised(stubborn, grace=0.5, graceful=sig.SIGUSR1, graceful_wait=0.5)
+    assert code == 128 + sig.SIGTERM and _time.monotonic() - t0 < 10
