@@ -189,8 +189,9 @@ class DrizzleEstimator(BaseEstimator):
         version = int(getattr(self, "model_version_", 0))
         result = cluster.run(program, model, dataset, max_iter=1, version=version, start_iteration=version,
                              group_size=1, scheduling="group", store=store, allow_empty=True)
+        continuing = getattr(self, "_online_model_", None) is not None
         self.model_store_, self.model_version_ = store, result.version
-        self.n_iter_ = getattr(self, "n_iter_", 0) + 1 if getattr(self, "_online_model_", None) is not None else 1
+        self.n_iter_ = self.n_iter_ + 1 if continuing else 1  # micro-batches since the online run began
         self.history_ = getattr(self, "history_", [])
         self._online_model_ = {k: np.array(v) for k, v in result.model.items()}
         return self._online_model_

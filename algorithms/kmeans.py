@@ -571,37 +571,36 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         centers are then continued. ``inertia_`` is the batch's inertia under
         the moved centers. See ``decay`` and ``half_life``.
         """
-        self._check_engine_params()
         k = check_positive_int("n_clusters", self.n_clusters)
-        decay = self._decay_factor()
         first = getattr(self, "_online_model_", None) is None and not hasattr(self, "cluster_centers_")
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], order="C", reset=first)
         if first and X.shape[0] < k:
             raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={k} on the first call "
                              "to partial_fit (the centers are seeded from it)")
         sw = check_sample_weight(sample_weight, X.shape[0])
-        model = getattr(self, "_online_model_", None)
-        if model is None:
-            centers = None if first else np.asarray(self.cluster_centers_, dtype=np.float64)
-            weights = (np.bincount(self.labels_, minlength=k).astype(np.float64)
-                       if centers is not None and hasattr(self, "labels_") else None)
-            model = StreamingKMeans.initial_model(k, X.shape[1], centers, weights)
-        program = StreamingKMeans(k, decay, seed_from(check_random_state(self.random_state)))
+        program, model = self._online_setup(X.shape[1])
         fitted = self._online_step(program, model, ArrayDataset(X, None, sw))
         self.cluster_centers_ = np.array(fitted["centers"], dtype=X.dtype)
         d2 = _assign(X, self.cluster_centers_)[1]
         self.inertia_ = float(d2.sum() if sw is None else sw @ d2)
         return self
 
-    def _stream_setup(self, n_features: int, classes):
+    def _online_setup(self, n_features: int, classes=None):
+        """The online program (mini-batch k-means) and the model it steps from.
+
+        After :meth:`fit`, its centers are continued, each weighted by the rows
+        it was fitted on.
+        """
         self._check_engine_params()
         k = check_positive_int("n_clusters", self.n_clusters)
         model = getattr(self, "_online_model_", None)
         if model is None:
             centers = getattr(self, "cluster_centers_", None)
-            model = StreamingKMeans.initial_model(k, n_features, centers)
+            weights = (np.bincount(self.labels_, minlength=k).astype(np.float64)
+                       if centers is not None and hasattr(self, "labels_") else None)
+            model = StreamingKMeans.initial_model(k, n_features, centers, weights)
         program = StreamingKMeans(k, self._decay_factor(), seed_from(check_random_state(self.random_state)))
-        return program, model, False, None
+        return program, model
 
     def _stream_finish(self, model: dict) -> None:
         if not model["ready"][0]:

@@ -198,18 +198,19 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
             raise ValueError("partial_fit learns a single target; this model was fitted with "
                              f"{np.shape(self.coef_)[0]} targets")
         sw = check_sample_weight(sample_weight, X.shape[0])
-        program = OnlineLinear("squared", penalty=self._alpha, fit_intercept=self.fit_intercept,
-                               eta0=self.eta0, power_t=self.power_t)
-        model = self._online_model_start(X.shape[1], 1)
+        program, model = self._online_setup(X.shape[1])
         fitted = self._online_step(program, model, ArrayDataset(X, np.asarray(y, np.float64), sw))
         self.coef_, self.intercept_ = fitted["coef"][0].astype(X.dtype), float(fitted["intercept"][0])
         return self
 
-    def _stream_setup(self, n_features: int, classes):
+    _online_targets = True
+
+    def _online_setup(self, n_features: int, classes=None):
+        """The online program (an SGD step per micro-batch) and the model it steps from."""
         self._check_online_params()
         program = OnlineLinear("squared", penalty=self._alpha, fit_intercept=self.fit_intercept,
                                eta0=self.eta0, power_t=self.power_t)
-        return program, self._online_model_start(n_features, 1), True, None
+        return program, self._online_model_start(n_features, 1)
 
     def _stream_finish(self, model: dict) -> None:
         self.coef_, self.intercept_ = np.array(model["coef"][0]), float(model["intercept"][0])

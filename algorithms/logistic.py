@@ -146,26 +146,28 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         codes = np.searchsorted(self.classes_, y)
         target = (codes == 1).astype(np.float64) if binary else codes.astype(np.float64)
         sw = check_sample_weight(sample_weight, X.shape[0])
-        n_out = 1 if binary else len(self.classes_)
-        program = OnlineLinear("binomial" if binary else "multinomial", penalty=self._penalty(),
-                               fit_intercept=self.fit_intercept, eta0=self.eta0, power_t=self.power_t)
-        model = self._online_model_start(X.shape[1], n_out)
+        program, model = self._online_setup(X.shape[1])
         fitted = self._online_step(program, model, ArrayDataset(X, target, sw))
         self.coef_ = fitted["coef"].astype(X.dtype)
         self.intercept_ = fitted["intercept"].astype(X.dtype)
         return self
 
-    def _stream_setup(self, n_features: int, classes):
-        if classes is None:
-            raise ValueError("a streaming LogisticRegression needs classes: every label the stream will have")
+    _online_targets, _online_needs_classes = True, True
+
+    def _online_setup(self, n_features: int, classes=None):
+        """The online program and the model it steps from.
+
+        With ``classes`` (a stream) the workers encode raw labels; without,
+        the targets come encoded (partial_fit) by ``classes_``.
+        """
         self._check_online_params()
-        self.classes_ = self._check_classes(np.unique(np.asarray(classes, dtype=np.float64)))
+        if classes is not None:
+            self.classes_ = self._check_classes(np.unique(np.asarray(classes, dtype=np.float64)))
         binary = len(self.classes_) == 2
         program = OnlineLinear("binomial" if binary else "multinomial", penalty=self._penalty(),
                                fit_intercept=self.fit_intercept, eta0=self.eta0, power_t=self.power_t,
-                               classes=self.classes_)
-        return program, self._online_model_start(n_features, 1 if binary else len(self.classes_)), True, \
-            self.classes_
+                               classes=None if classes is None else self.classes_)
+        return program, self._online_model_start(n_features, 1 if binary else len(self.classes_))
 
     def _stream_finish(self, model: dict) -> None:
         self.coef_, self.intercept_ = np.array(model["coef"]), np.array(model["intercept"])

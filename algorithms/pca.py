@@ -375,20 +375,21 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], reset=first)
         sw = check_sample_weight(sample_weight, X.shape[0])
         n_features = X.shape[1]
-        model = OnlineMoments.initial_model(n_features) if first else self._online_model_
+        program, model = self._online_setup(n_features)
         seen = float(model["n"][0]) + (X.shape[0] if sw is None else float(sw.sum()))
         if seen < 2:
             raise ValueError(f"PCA.partial_fit needs at least 2 samples in all, got {seen:g} so far")
         self._resolve_n_components(int(seen), n_features)
-        fitted = self._online_step(OnlineMoments(), model,
+        fitted = self._online_step(program, model,
                                    ArrayDataset(X.tocsr() if sp.issparse(X) else X, None, sw))
         self._stream_finish(fitted, X.dtype)
         return self
 
-    def _stream_setup(self, n_features: int, classes):
+    def _online_setup(self, n_features: int, classes=None):
+        """The online program (exact streaming moments) and the moments so far."""
         self._check_params()
         model = getattr(self, "_online_model_", None)
-        return OnlineMoments(), OnlineMoments.initial_model(n_features) if model is None else model, False, None
+        return OnlineMoments(), OnlineMoments.initial_model(n_features) if model is None else model
 
     def _stream_finish(self, model: dict, dtype=np.float64) -> None:
         """The components of every row the streaming moments have seen."""

@@ -63,7 +63,7 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     holds the versions (visible and durable), ``stream_offsets_`` the
     offsets reached, ``records_seen_`` and ``malformed_`` the counts.
     """
-    has_target = _has_target(estimator)
+    has_target = _has_target(estimator, classes)
     fmt = RecordFormat(record_format, None, has_target,
                        None if classes is None else np.unique(np.asarray(classes, dtype=np.float64)), on_error)
     batching = Batching(max_batch, batch_interval, idle_timeout)
@@ -73,7 +73,7 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     if n_features is None:
         n_features = peek_n_features(source, fmt)
     fmt.n_features = int(n_features)
-    program, model, _, _ = estimator._stream_setup(int(n_features), classes)
+    program, model = estimator._online_setup(int(n_features), fmt.classes)
     estimator.n_features_in_ = int(n_features)  # readers predict from versions while it trains
     cluster = get_cluster(None if estimator.n_workers is None else int(estimator.n_workers))
     store = getattr(estimator, "model_store_", None)
@@ -118,10 +118,11 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     return estimator
 
 
-def _has_target(estimator: Any) -> bool:
-    from .pca import PCA
-    from .kmeans import KMeans
-
-    if not hasattr(estimator, "_stream_setup"):
-        raise TypeError(f"{type(estimator).__name__} cannot learn from a stream")
-    return not isinstance(estimator, (PCA, KMeans))
+def _has_target(estimator: Any, classes: Any) -> bool:
+    """Whether records end with a target for ``estimator`` (TypeError if it cannot learn online)."""
+    name = type(estimator).__name__
+    if not hasattr(estimator, "_online_setup"):
+        raise TypeError(f"{name} cannot learn from a stream")
+    if getattr(estimator, "_online_needs_classes", False) and classes is None:
+        raise ValueError(f"a streaming {name} needs classes: every label the stream will have")
+    return getattr(estimator, "_online_targets", False)

@@ -407,3 +407,20 @@ def test_cli_stream_exactly_once_with_repeated_worker_kills(tmp_path):
     assert kills == 2 and err.count("the MPI job failed") >= 1, err
     assert np.array_equal(load_model(tmp_path / "m.h5").coef_, load_model(tmp_path / "ref.h5").coef_)
     assert model_info(tmp_path / "m.h5")["extra"]["records"] == 4000
+
+
+def test_online_parameters_are_checked_and_partial_fit_continues_a_fit():
+    X, y = make_regression(200, 3, random_state=0)
+    for est, message in [(dm.Ridge(eta0=0, n_workers=2), "eta0 must be a finite number > 0"),
+                         (dm.LinearRegression(power_t=-1, n_workers=2), "power_t must be a finite number >= 0"),
+                         (dm.KMeans(2, decay=1.5, n_workers=2), r"decay must be in \(0, 1\]"),
+                         (dm.KMeans(2, half_life=0, n_workers=2), "half_life must be None or a positive")]:
+        with pytest.raises(ValueError, match=message):
+            est.partial_fit(X, y)
+    with pytest.raises(ValueError, match="a streaming LogisticRegression needs classes"):
+        dm.stream_fit(dm.LogisticRegression(n_workers=2), dm.IterableSource([[1.0, 0.0]]))
+    Xb, _ = make_blobs(600, 2, centers=3, random_state=0)
+    km = dm.KMeans(3, random_state=0, n_workers=2).fit(Xb)
+    fitted = km.cluster_centers_.copy()
+    km.partial_fit(Xb[:30])  # 30 rows against the 600 the centers were fitted on: they barely move
+    assert np.abs(km.cluster_centers_ - fitted).max() < 0.2 and km.model_version_ > 0
