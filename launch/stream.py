@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .train import ALGORITHMS, CLIError, _checkpoint_every, make_estimator
+from .train import ALGORITHMS, CLIError, _checkpoint_every, estimator_params, make_estimator
 
 # Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.
 STREAM_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -118,16 +118,7 @@ def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError("--classes applies to --algorithm logistic only")
     if args.serve is not None:
         _host_port(args.serve)
-    params: dict[str, Any] = {}
-    for option, (param, applies) in STREAM_OPTIONS.items():
-        value = getattr(args, option)
-        if value is None:
-            continue
-        if args.algorithm not in applies:
-            raise CLIError(f"--{option.replace('_', '-')} does not apply to --algorithm {args.algorithm} "
-                           f"(it applies to {', '.join(applies)})")
-        params[param] = value
-    return params
+    return estimator_params(args, STREAM_OPTIONS)
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -104,16 +104,7 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"--max-restarts must be at least 0, got {args.max_restarts}")
     if args.min_workers is not None and not 1 <= args.min_workers <= args.workers:
         raise CLIError(f"--min-workers must be between 1 and --workers ({args.workers}), got {args.min_workers}")
-    params: dict[str, Any] = {}
-    for option, (param, applies) in ALGORITHM_OPTIONS.items():
-        value = getattr(args, option)
-        if value is None:
-            continue
-        flag = "--" + option.replace("_", "-")
-        if args.algorithm not in applies:
-            raise CLIError(f"{flag} does not apply to --algorithm {args.algorithm} "
-                           f"(it applies to {', '.join(applies)})")
-        params[param] = value
+    params = estimator_params(args, ALGORITHM_OPTIONS)
     if params.get("learning_rate") is not None and params.get("solver") != "gd":
         raise CLIError("--learning-rate is the step of --solver gd; other solvers choose their own steps")
     if args.data is not None:
@@ -122,6 +113,20 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
         if not args.data.endswith((".h5", ".hdf5", ".hdf")):
             raise CLIError(f"{args.data}: train reads HDF5 files; convert it first with "
                            f"'drizzle-ml datasets convert {args.data} -o DATA.h5'")
+    return params
+
+
+def estimator_params(args: argparse.Namespace, table: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
+    """The estimator parameters given on the command line; an option for another algorithm is an error."""
+    params: dict[str, Any] = {}
+    for option, (param, applies) in table.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if args.algorithm not in applies:
+            raise CLIError(f"--{option.replace('_', '-')} does not apply to --algorithm {args.algorithm} "
+                           f"(it applies to {', '.join(applies)})")
+        params[param] = value
     return params
 
 
