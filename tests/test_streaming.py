@@ -424,3 +424,16 @@ def test_online_parameters_are_checked_and_partial_fit_continues_a_fit():
     fitted = km.cluster_centers_.copy()
     km.partial_fit(Xb[:30])  # 30 rows against the 600 the centers were fitted on: they barely move
     assert np.abs(km.cluster_centers_ - fitted).max() < 0.2 and km.model_version_ > 0
+
+
+def test_checkpoints_keep_structured_stream_offsets(tmp_path):
+    from drizzle_ml.checkpoint import Checkpoint, CheckpointStore
+
+    store = CheckpointStore(tmp_path, job_key="stream-test")
+    offsets = {"p0": {"file": "part-3.csv", "pos": 120}, "p1": 4096}
+    store.save(Checkpoint(job_key="stream-test", version=5, iteration=5, model={"w": np.zeros(2)},
+                          stream_offsets=offsets))
+    assert store.latest().stream_offsets == offsets
+    with pytest.raises(ValueError, match=r"stream_offsets\['p0'\] must be an integer >= 0"):
+        store.save(Checkpoint(job_key="stream-test", version=6, iteration=6, model={"w": np.zeros(2)},
+                              stream_offsets={"p0": {"pos": 1.5}}))
