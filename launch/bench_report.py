@@ -273,12 +273,12 @@ def recovery_section(mode: dict, tmp: str) -> str:
     return "## Recovery\n\n`drizzle-ml bench recovery`:\n\n" + _code(text)
 
 
-def streaming_section(out_dir: str, quick: bool) -> str:
+def streaming_section(out_dir: str, size: str) -> str:
     try:
         from drizzle_ml.launch.bench_streaming import report_section
     except ImportError:
         return "## Streaming\n\nStreaming results are not available (drizzle_ml.launch.bench_streaming is not installed).\n"
-    return report_section(out_dir, quick=quick)
+    return report_section(out_dir, size)
 
 
 def make_report(out_dir: str, mode_name: str = "quick", log: Any = None) -> str:
@@ -300,7 +300,7 @@ def make_report(out_dir: str, mode_name: str = "quick", log: Any = None) -> str:
                  ("tuner and stragglers", lambda: tuner_section(out_dir, mode)),
                  ("estimators", lambda: estimators_section(out_dir, mode)),
                  ("recovery", lambda: recovery_section(mode, tmp)),
-                 ("streaming", lambda: streaming_section(out_dir, mode_name != "full"))]
+                 ("streaming", lambda: streaming_section(out_dir, mode_name))]
         failed = []
         for name, step in steps:
             print(f"bench report: {name} ...", file=log, flush=True)

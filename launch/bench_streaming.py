@@ -111,14 +111,18 @@ def measure_throughput(directory: str, kind: str, n: int, group_size: Any = "aut
     return _stream(source, group_size, batch_interval=None, max_batch=max_batch)
 
 
-def run_all(quick: bool = False, rate: float = 100_000.0) -> dict:
-    seconds = 2.0 if quick else 5.0
+# Seconds of each latency run, records of the HDF5 and CSV throughput runs.
+SIZES = {"smoke": (0.5, 100_000, 30_000), "quick": (2.0, 1_000_000, 300_000), "full": (5.0, 4_000_000, 1_000_000)}
+
+
+def run_all(size: str = "full", rate: float = 100_000.0) -> dict:
+    seconds, h5_records, csv_records = SIZES[size]
     out: dict[str, Any] = {"rate": rate, "latency": {}}
     with tempfile.TemporaryDirectory(prefix="drizzle-bench-stream-") as directory:
         for group_size in (1, 10, "auto"):
             out["latency"][str(group_size)] = measure_latency(directory, rate, seconds, group_size)
-        out["h5"] = measure_throughput(directory, "h5", 1_000_000 if quick else 4_000_000)
-        out["csv"] = measure_throughput(directory, "csv", 300_000 if quick else 1_000_000)
+        out["h5"] = measure_throughput(directory, "h5", h5_records)
+        out["csv"] = measure_throughput(directory, "csv", csv_records)
     return out
 
 
@@ -135,9 +139,9 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def report_section(out_dir: str, quick: bool = True) -> str:
-    """Markdown for the benchmark report, with the latency distribution plotted to ``streaming.png``."""
-    results = run_all(quick=quick)
+def report_section(out_dir: str, size: str = "quick") -> str:
+    """Markdown for the benchmark report (sizes: ``SIZES``), with the latency distribution in ``streaming.png``."""
+    results = run_all(size)
     text = ["## Streaming", "", "2 workers, 10-feature records, streaming linear regression. Latency: from a "
             "record's arrival at a worker to the first visible version including it (each record counted at "
             "its micro-batch's oldest arrival, an upper bound).", "", table(results), ""]
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs (about a minute)")
     parser.add_argument("--rate", type=float, default=100_000.0, help="records/s of the latency producer")
     args = parser.parse_args(argv)
-    results = run_all(quick=args.quick, rate=args.rate)
+    results = run_all("quick" if args.quick else "full", rate=args.rate)
     print(table(results))
     lat = results["latency"]
     best = min(s.get("latency_p99", float("inf")) for s in lat.values())

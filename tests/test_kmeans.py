@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from drizzle_ml import KMeans
-from drizzle_ml.algorithms.kmeans import KMeansPlusPlusInit
+from drizzle_ml.algorithms.kmeans_programs import KMeansPlusPlusInit
 from drizzle_ml.program import Partition
 
 DATA = {

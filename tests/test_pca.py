@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from drizzle_ml import PCA
-from drizzle_ml.algorithms.pca import CovariancePCA, SubspacePCA
+from drizzle_ml.algorithms.pca_programs import CovariancePCA, SubspacePCA
 from drizzle_ml.program import Partition
 
 SOLVERS = ["covariance", "subspace"]
