@@ -1,3 +1,5 @@
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -48,6 +50,22 @@ def run_mpi(n: int, script: str, tmp_path, timeout: float = TIMEOUT, env=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env,
                           cwd=str(tmp_path))
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``drizzle-ml ARGS`` in this process, for commands that start no MPI job (datasets, predict, info).
+
+    The same ``main`` as the console script, without a Python start-up (seconds with scikit-learn).
+    """
+    from drizzle_ml.launch.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def last_json(stdout: str):

@@ -16,7 +16,7 @@ from sklearn.datasets import dump_svmlight_file, load_svmlight_file, make_classi
 
 from drizzle_ml.cluster import find_mpiexec
 
-from .conftest import worker_processes
+from .conftest import run_cli, worker_processes
 
 
 def drizzle(*args, timeout=300, cwd=None, env=None):
@@ -71,12 +71,12 @@ def test_train_on_hdf5_save_predict_matches_sklearn(classification, tmp_path, wo
     assert rep["workers"] == workers and rep["converged"] and rep["iterations"] == rep["model_version"]
     assert set(rep["time_split"]) == {"load", "compute", "reduce", "coordination"}
     assert sum(rep["time_split"].values()) == pytest.approx(rep["wall_seconds"], rel=1e-6)
-    ok(drizzle("predict", "--model", str(model), "--data", path, "-o", str(out)))
+    ok(run_cli("predict", "--model", str(model), "--data", path, "-o", str(out)))
     pred = np.load(out)
     ref = sk.LogisticRegression(tol=1e-10, max_iter=10_000).fit(X, y).predict(X)
     assert np.mean(pred == ref) >= 0.995
     assert rep["metrics"]["training_accuracy"] == pytest.approx(np.mean(pred == y))
-    info = ok(drizzle("info", str(model))).stdout
+    info = ok(run_cli("info", str(model))).stdout
     assert "LogisticRegression" in info and f"model version {rep['model_version']}" in info
 
 
@@ -100,10 +100,10 @@ def test_csv_and_libsvm_round_trips_through_hdf5(tmp_path):
     X, y = make_classification(300, 6, n_informative=3, random_state=1)
     csv = tmp_path / "data.csv"
     np.savetxt(csv, np.column_stack([X, y]), delimiter=",", header="a,b,c,d,e,f,label", comments="")
-    ok(drizzle("datasets", "convert", str(csv), "-o", str(tmp_path / "csv.h5")))
+    ok(run_cli("datasets", "convert", str(csv), "-o", str(tmp_path / "csv.h5")))
     ok(drizzle("train", "--algorithm", "logistic", "--data", str(tmp_path / "csv.h5"), "--workers", "2",
                "--tol", "1e-8", "-o", str(tmp_path / "csv_model.h5"), "--quiet"))
-    ok(drizzle("predict", "--model", str(tmp_path / "csv_model.h5"), "--data", str(tmp_path / "csv.h5"),
+    ok(run_cli("predict", "--model", str(tmp_path / "csv_model.h5"), "--data", str(tmp_path / "csv.h5"),
                "-o", str(tmp_path / "csv_pred.csv")))
     pred = np.loadtxt(tmp_path / "csv_pred.csv", delimiter=",")
     ref = sk.LogisticRegression(tol=1e-10, max_iter=10_000).fit(X, y).predict(X)
@@ -112,10 +112,10 @@ def test_csv_and_libsvm_round_trips_through_hdf5(tmp_path):
     Xs = X * (np.abs(X) > 0.7)  # sparse-ish, stored as CSR
     svm = tmp_path / "data.svm"
     dump_svmlight_file(Xs, y, str(svm), zero_based=False)
-    ok(drizzle("datasets", "convert", str(svm), "-o", str(tmp_path / "svm.h5")))
+    ok(run_cli("datasets", "convert", str(svm), "-o", str(tmp_path / "svm.h5")))
     ok(drizzle("train", "--algorithm", "ridge", "--alpha", "2.0", "--data", str(tmp_path / "svm.h5"),
                "--workers", "2", "-o", str(tmp_path / "ridge.h5"), "--quiet"))
-    ok(drizzle("predict", "--model", str(tmp_path / "ridge.h5"), "--data", str(tmp_path / "svm.h5"),
+    ok(run_cli("predict", "--model", str(tmp_path / "ridge.h5"), "--data", str(tmp_path / "svm.h5"),
                "-o", str(tmp_path / "ridge_pred.h5")))
     with h5py.File(tmp_path / "ridge_pred.h5") as f:
         pred = f["y_pred"][:]
@@ -125,12 +125,12 @@ def test_csv_and_libsvm_round_trips_through_hdf5(tmp_path):
 
 
 def test_kmeans_and_linear_from_made_datasets(tmp_path):
-    ok(drizzle("datasets", "make", "blobs", "--rows", "900", "--features", "4", "--centers", "3",
+    ok(run_cli("datasets", "make", "blobs", "--rows", "900", "--features", "4", "--centers", "3",
                "-o", str(tmp_path / "blobs.h5")))
     proc = ok(drizzle("train", "--algorithm", "kmeans", "--n-clusters", "3", "--seed", "0", "--data",
                       str(tmp_path / "blobs.h5"), "--workers", "2", "-o", str(tmp_path / "km.h5"), "--quiet"))
     assert "inertia" in proc.stdout
-    ok(drizzle("datasets", "make", "regression", "--rows", "500", "--features", "5", "-o", str(tmp_path / "reg.h5")))
+    ok(run_cli("datasets", "make", "regression", "--rows", "500", "--features", "5", "-o", str(tmp_path / "reg.h5")))
     proc = ok(drizzle("train", "--algorithm", "linear", "--data", str(tmp_path / "reg.h5"), "--workers", "2",
                       "--quiet"))
     r2 = float(proc.stdout.split("training r2 ")[1].split()[0])
@@ -202,11 +202,11 @@ def test_other_command_errors(tmp_path):
     assert proc.returncode == 2 and "--learning-rate is the step of --solver gd" in proc.stderr
     proc = drizzle("train", "--group-size", "zero")
     assert proc.returncode == 2 and "must be 'auto' or a positive integer" in proc.stderr
-    proc = drizzle("predict", "--model", files["garbage"], "--data", files["ok"], "-o", str(tmp_path / "p.npy"))
+    proc = run_cli("predict", "--model", files["garbage"], "--data", files["ok"], "-o", str(tmp_path / "p.npy"))
     assert proc.returncode == 2 and proc.stderr.startswith("drizzle-ml: error:")
-    proc = drizzle("info", str(tmp_path / "none.h5"))
+    proc = run_cli("info", str(tmp_path / "none.h5"))
     assert proc.returncode == 2 and proc.stderr.startswith("drizzle-ml: error:")
-    proc = drizzle("datasets", "convert", str(tmp_path / "none.csv"), "-o", str(tmp_path / "x.h5"))
+    proc = run_cli("datasets", "convert", str(tmp_path / "none.csv"), "-o", str(tmp_path / "x.h5"))
     assert proc.returncode == 2 and proc.stderr.startswith("drizzle-ml: error:") and "none.csv" in proc.stderr
 
 

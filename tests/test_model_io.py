@@ -410,12 +410,7 @@ def test_object_datasets_are_refused(saved, tmp_path, dtype):
 # -- drizzle-ml info -----------------------------------------------------------------------------
 
 def test_cli_info(saved, tmp_path):
-    import subprocess
-    import sys
-
-    def drizzle(*args):
-        return subprocess.run([sys.executable, "-m", "drizzle_ml", *args], capture_output=True, text=True,
-                              timeout=120)
+    from .conftest import run_cli as drizzle
 
     proc = drizzle("info", str(saved["pca-whiten-subspace"]))
     assert proc.returncode == 0, proc.stderr

@@ -193,3 +193,21 @@ def test_supervisor_bounds_a_graceful_stop_and_kills_what_ignores_signals():
     t0 = _time.monotonic()
     code = run_supervised(stubborn, grace=0.5, graceful=sig.SIGUSR1, graceful_wait=0.5)
     assert code == 128 + sig.SIGTERM and _time.monotonic() - t0 < 10
+
+
+def test_program_modules_do_not_import_scikit_learn():
+    # Workers unpickle programs; importing scikit-learn (and scipy.stats) would add seconds to every start.
+    import subprocess
+    import sys
+
+    code = ("import sys, pickle\n"
+            "from drizzle_ml.algorithms import kmeans_programs, pca_programs, normal_equations, optim, online\n"
+            "import drizzle_ml.worker\n"
+            "pickle.loads(pickle.dumps(kmeans_programs.Lloyd(0.0, 10)))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    out = subprocess.run([sys.executable, "-c", "import sys, drizzle_ml.algorithms.kmeans; print('sklearn' in sys.modules)"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True"  # the check above can see scikit-learn when it is imported
