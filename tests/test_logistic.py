@@ -221,3 +221,25 @@ def test_predict_before_fit_is_not_fitted_error():
 
     with pytest.raises(NotFittedError):
         LogisticRegression().predict(X)
+
+
+def test_binomial_loss_and_gradient_at_extreme_scores_match_scipy():
+    # The loss is computed as (1 - y) z - log(expit(z)) (one log); it must agree with the
+    # textbook log(1 + e^z) - y z everywhere, including where expit underflows to 0.
+    from scipy.special import expit, log_expit
+
+    from drizzle_ml.algorithms.losses import LinearLoss
+
+    z = np.concatenate([np.linspace(-800.0, 800.0, 2001), [-745.2, -746.0, -1e4, 36.0, 37.0, 1e4]])
+    y = (np.arange(z.size) % 2).astype(float)
+    sw = np.linspace(0.5, 2.0, z.size)
+    for dense in (True, False):
+        X = z[:, None] if dense else sp.csr_matrix(z[:, None])
+        grad, (loss, weight) = LinearLoss("binomial", 1, 1, fit_intercept=True).evaluate(
+            np.array([1.0, 0.0]), X, y, sw)
+        expected = sw * (-log_expit(z) + (1.0 - y) * z)
+        assert np.isfinite(loss)
+        np.testing.assert_allclose(loss, expected.sum(), rtol=1e-14)
+        r = sw * (expit(z) - y)
+        np.testing.assert_allclose(grad, [r @ z, r.sum()], rtol=1e-12)
+        assert weight == sw.sum()
