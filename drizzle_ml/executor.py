@@ -218,6 +218,12 @@ class JobExecutor:
         # A peer's partial or model is due within a fraction of an iteration: with
         # a core to itself, this worker spins through that (up to 5 ms) instead of
         # sleeping past it, as MPI's own collectives do.
+        # A stream is different: the driver drains versions and the sources are
+        # read while workers wait, so a spinning worker delays both; it sleeps
+        # in steps no longer than its source's poll interval instead.
+        if self.stream is not None:
+            return self.rt.wait(test, what, extra=4 * self._iter_estimate, spin=0.0,
+                                max_sleep=self.stream.poll_interval)
         spin = None
         if self.rt.policy.spin >= SPIN_ON_OWN_CORE:
             spin = max(self.rt.policy.spin, min(0.25 * self._iter_estimate, 5e-3))
