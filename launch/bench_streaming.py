@@ -2,7 +2,7 @@
 
 Three measurements, 2 workers, 10-feature records, a streaming linear regression:
 
-* latency: a producer thread appends CSV records to a file at a fixed rate
+* latency: a producer process appends CSV records to a file at a fixed rate
   (default 100,000 records/s) while the stream trains, for group sizes 1,
   10 and auto; p50/p99 of the time from a record's arrival at a worker's
   reader to the moment the driver made a version including it visible
@@ -21,8 +21,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -52,40 +50,54 @@ def _stream(source: Any, group_size: Any, **kw: Any) -> dict:
     return stats
 
 
+# The producer runs in a process of its own, as a real one would: a thread in the
+# driver's process would compete with the driver for the interpreter lock.
+_PRODUCER = """
+import sys, time
+path, chunk_path, tick, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+chunk = open(chunk_path, "rb").read()
+sys.stdin.readline()  # the job's first group has started
+with open(path, "ab") as f:
+    next_at = time.perf_counter()
+    end = next_at + seconds
+    while next_at < end:
+        f.write(chunk)
+        f.flush()
+        next_at += tick
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+"""
+
+
 def measure_latency(directory: str, rate: float, seconds: float, group_size: Any,
                     batch_interval: float = 0.001) -> dict:
     """Stream a file written at ``rate`` records/s for ``seconds``; latency percentiles and rate."""
+    import subprocess
+
     import drizzle_ml as dm
 
     path = os.path.join(directory, f"live-{group_size}.csv")
     open(path, "wb").close()
     tick = 0.005
-    per_tick = max(1, int(rate * tick))
-    chunk = _csv(_records(per_tick))
-    stop = threading.Event()
-
-    def produce() -> None:
-        with open(path, "ab") as f:
-            next_at = time.perf_counter()
-            end = next_at + seconds
-            while not stop.is_set() and next_at < end:
-                f.write(chunk)
-                f.flush()
-                next_at += tick
-                time.sleep(max(0.0, next_at - time.perf_counter()))
-
-    producer = threading.Thread(target=produce, daemon=True)
-    started = threading.Event()
+    chunk_path = os.path.join(directory, "chunk.csv")
+    with open(chunk_path, "wb") as f:
+        f.write(_csv(_records(max(1, int(rate * tick)))))
+    producer = subprocess.Popen([sys.executable, "-c", _PRODUCER, path, chunk_path, str(tick), str(seconds)],
+                                stdin=subprocess.PIPE)
 
     def start_producer(_group: Any) -> None:
-        if not started.is_set():
-            started.set()
-            producer.start()
+        # The producer starts with the job's first group, so start-up does not count as latency.
+        if producer.stdin is not None and not producer.stdin.closed:
+            producer.stdin.write(b"\n")
+            producer.stdin.close()
 
-    # The producer starts with the job's first group, so start-up does not count as latency.
-    stats = _stream(dm.FileSource(path), group_size, batch_interval=batch_interval, max_batch=100_000,
-                    idle_timeout=1.0, on_group=start_producer)
-    stop.set()
+    try:
+        stats = _stream(dm.FileSource(path), group_size, batch_interval=batch_interval, max_batch=100_000,
+                        idle_timeout=1.0, on_group=start_producer)
+        producer.wait(timeout=seconds + 30)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.wait()
     return stats
 
 
