@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from drizzle_ml.files import atomic_output
+from drizzle_ml.h5files import open_hdf5, root_attributes
 from drizzle_ml.jsonable import from_json, to_json
 
 from .kmeans import KMeans
@@ -61,7 +62,6 @@ _NOT_SAVED = ("model_store_", "stream_offsets_", "stream_stats_")  # live state;
 _ROOT_ATTRS = ("history_", "model_version_", "n_iter_")
 _REQUIRED_ROOT = ("format", "format_version", "class", "params", "drizzle_ml_version",
                   "model_version", "n_iter", "history")
-_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex
 
 
@@ -196,56 +196,24 @@ def save_model(estimator: Any, path: str | os.PathLike, *, extra: dict | None = 
 
 # -- loading -------------------------------------------------------------------------------------
 
-def _check_signature(path: str) -> None:
-    """FileNotFoundError / ValueError unless ``path`` is a file with an HDF5 signature."""
+def _open(path: str):
+    """The model file open for reading; FileNotFoundError / ValueError naming the problem."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file not found: {path}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"model path is a directory, not a file: {path}")
-    with open(path, "rb") as f:
-        head = f.read(8)
-        offset = 512
-        # The superblock sits at 0 or after a user block of 512, 1024, 2048... bytes.
-        while head != _SIGNATURE and len(head) == 8:
-            f.seek(offset)
-            head = f.read(8)
-            offset *= 2
-    if head != _SIGNATURE:
-        raise ValueError(f"{path} is not an HDF5 file (no HDF5 signature), so not a drizzle-ml model")
-
-
-def _open(path: str | os.PathLike):
-    import h5py
-
-    path = os.fspath(path)
-    _check_signature(path)
     try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        reason = str(exc).split("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
-        raise ValueError(f"{path} is a truncated or corrupted HDF5 file ({reason})") from None
+        return open_hdf5(path, "model")
+    except ValueError as exc:
+        raise ValueError(f"{path} is {exc}") from None
 
 
 def _root(h5, path: str) -> tuple[str, dict]:
     """Validate the root attributes; return (class name, attributes as python values)."""
-    attrs = {}
-    for key in h5.attrs:
-        value = h5.attrs[key]
-        attrs[key] = value.decode("utf-8") if isinstance(value, bytes) else value
-    fmt = attrs.get("format")
-    if fmt != FORMAT:
-        found = "no 'format' attribute" if fmt is None else f"format {fmt!r}"
-        raise ValueError(f"{path} is not a drizzle-ml model file ({found}, expected {FORMAT!r})")
-    version = attrs.get("format_version")
-    if version is None:
-        raise ValueError(f"{path}: missing attribute 'format_version'; the model file is corrupted")
-    if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
-        raise ValueError(f"{path}: format_version {version!r} is not an integer; the model file is corrupted")
-    if not 1 <= int(version) <= FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has model format version {int(version)}, but this drizzle-ml reads versions "
-            f"1 to {FORMAT_VERSION}; upgrade drizzle-ml to load it"
-        )
+    try:
+        attrs = root_attributes(h5, FORMAT, FORMAT_VERSION, "model file")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     for key in _REQUIRED_ROOT:
         if key not in attrs:
             raise ValueError(f"{path}: missing attribute {key!r}; the model file is corrupted")

@@ -52,6 +52,7 @@ import numpy as np
 
 from .errors import CheckpointError, CheckpointMismatchError, CheckpointWarning
 from .files import atomic_output, fsync_dir
+from .h5files import open_hdf5, root_attributes
 from .jsonable import from_json, to_json
 
 __all__ = [
@@ -73,7 +74,6 @@ _NAME = re.compile(r"^ckpt-(\d+)\.h5$")
 _TEMP = re.compile(r"^\.ckpt-\d+\.h5\..+\.tmp$")
 #: A temporary file this old was left by a writer that died (killed mid-write); removed on save.
 STALE_TEMP_SECONDS = 3600.0
-_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex
 _JSON_FIELDS = ("tuner", "rng", "stream_offsets", "params", "metrics")
 
@@ -293,28 +293,19 @@ def _int_attr(attrs: dict, key: str) -> int:
     return int(value)
 
 
-def _check_signature(path: str) -> None:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head != _SIGNATURE:
-        raise _Invalid("not an HDF5 file (no HDF5 signature), so not a drizzle-ml checkpoint")
+def _open(path: str):
+    try:
+        return open_hdf5(path, "checkpoint")
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
 
 
 def _read_root(h5) -> dict:
     """Root attributes as python values, after checking format and version (_Invalid if not ours)."""
-    attrs = {}
-    for key in h5.attrs:
-        value = h5.attrs[key]
-        attrs[key] = value.decode("utf-8") if isinstance(value, bytes) else value
-    fmt = attrs.get("format")
-    if fmt != FORMAT:
-        found = "no 'format' attribute" if fmt is None else f"format {fmt!r}"
-        raise _Invalid(f"not a drizzle-ml checkpoint ({found}, expected {FORMAT!r})")
-    if "format_version" not in attrs:
-        raise _Invalid("missing attribute 'format_version'")
-    fv = _int_attr(attrs, "format_version")
-    if not 1 <= fv <= FORMAT_VERSION:
-        raise _Invalid(f"checkpoint format version {fv}; this drizzle-ml reads 1 to {FORMAT_VERSION}")
+    try:
+        attrs = root_attributes(h5, FORMAT, FORMAT_VERSION, "checkpoint")
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
     for key in ("job_key", "version", "iteration", "created", "model_keys", "checksum",
                 *_JSON_FIELDS):
         if key not in attrs:
@@ -327,12 +318,7 @@ def _read_file(path: str) -> Checkpoint:
     import h5py
 
     try:
-        _check_signature(path)
-        try:
-            h5 = h5py.File(path, "r")
-        except OSError as exc:
-            raise _Invalid(f"truncated or unreadable HDF5 file ({exc})") from None
-        with h5:
+        with _open(path) as h5:
             attrs = _read_root(h5)
             job_key = _text(attrs["job_key"], "job_key")
             version = _int_attr(attrs, "version")
@@ -389,11 +375,8 @@ def _read_file(path: str) -> Checkpoint:
 
 def _peek_job_key(path: str) -> str | None:
     """The job_key of a file of our format, from its root attributes only; None otherwise."""
-    import h5py
-
     try:
-        _check_signature(path)
-        with h5py.File(path, "r") as h5:
+        with _open(path) as h5:
             return _text(_read_root(h5)["job_key"], "job_key")
     except Exception:
         return None

@@ -211,3 +211,29 @@ def test_program_modules_do_not_import_scikit_learn():
     out = subprocess.run([sys.executable, "-c", "import sys, drizzle_ml.algorithms.kmeans; print('sklearn' in sys.modules)"],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True"  # the check above can see scikit-learn when it is imported
+
+
+def test_hdf5_files_are_recognised_after_a_user_block_and_checked_for_format(tmp_path):
+    import h5py
+
+    from drizzle_ml.h5files import has_hdf5_signature, open_hdf5, root_attributes
+
+    path = str(tmp_path / "ub.h5")
+    with h5py.File(path, "w", userblock_size=1024) as h5:  # the superblock starts at byte 1024
+        h5.attrs["format"], h5.attrs["format_version"] = "drizzle-ml-model", 2
+    assert has_hdf5_signature(path)
+    with open_hdf5(path, "model") as h5:
+        with pytest.raises(ValueError, match=r"model file format version 2, but this drizzle-ml reads versions "
+                                             r"1 to 1 \(upgrade"):
+            root_attributes(h5, "drizzle-ml-model", 1, "model file")
+        assert root_attributes(h5, "drizzle-ml-model", 2, "model file")["format"] == "drizzle-ml-model"
+        with pytest.raises(ValueError, match=r"not a drizzle-ml checkpoint \(format 'drizzle-ml-model'"):
+            root_attributes(h5, "drizzle-ml-checkpoint", 1, "checkpoint")
+    (tmp_path / "text.h5").write_bytes(b"x" * 4000)
+    assert not has_hdf5_signature(str(tmp_path / "text.h5"))
+    with pytest.raises(ValueError, match="not an HDF5 file .*so not a drizzle-ml model$"):
+        open_hdf5(str(tmp_path / "text.h5"), "model")
+    data = open(path, "rb").read()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="^a truncated or corrupted HDF5 file"):
+        open_hdf5(str(tmp_path / "cut.h5"), "model")
