@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -126,9 +127,30 @@ def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, st
     return run_json(cmd, env, timeout=1800)
 
 
+def run_bounded(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a benchmark command in its own process group, capturing its output.
+
+    After ``timeout`` seconds the whole group (mpiexec and its ranks, not only
+    the direct child) is killed and RuntimeError says so.
+    """
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"{' '.join(cmd)} did not finish within {timeout:g} s; stopped") from None
+    except BaseException:  # Ctrl-C: take the job's ranks down too
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def run_json(cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
     """Run a benchmark job; the last JSON line it printed (RuntimeError with its stderr if none)."""
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = run_bounded(cmd, env, timeout)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")

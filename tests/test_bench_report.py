@@ -1,6 +1,7 @@
 """``drizzle-ml bench report`` in its smallest mode: sections present, PNGs valid."""
 
 import importlib.util
+import io
 import os
 import re
 
@@ -37,3 +38,28 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch, tmp_path, capsys):
     assert cli_main(["bench", "report", "-o", str(tmp_path)]) == 2
     assert "pip install 'drizzle-ml[plot]'" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+
+
+def test_a_failing_section_is_reported_and_the_others_kept(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    for name in ("coordination_section", "estimators_section", "recovery_section", "streaming_section"):
+        monkeypatch.setattr(bench_report, name, lambda *a, name=name: f"## {name}\n\nfine\n")
+
+    def tuner_fails(*a):
+        raise ValueError("the tuner section broke")
+
+    monkeypatch.setattr(bench_report, "tuner_section", tuner_fails)
+    with pytest.raises(bench_report.ReportError, match="these benchmarks failed: tuner and stragglers"):
+        bench_report.make_report(str(tmp_path), "smoke", log=io.StringIO())
+    text = (tmp_path / "report.md").read_text()
+    assert "ValueError: the tuner section broke" in text and "## streaming_section" in text
+
+
+def test_bench_commands_past_their_timeout_are_stopped_with_their_children():
+    from drizzle_ml.launch.bench_coordination import run_bounded
+
+    from .conftest import worker_processes
+
+    with pytest.raises(RuntimeError, match="did not finish within 0.5 s; stopped"):
+        run_bounded(["sh", "-c", "sleep 31.4159 & sleep 31.4159; wait"], dict(os.environ), timeout=0.5)
+    assert worker_processes("sleep 31.4159") == []
