@@ -147,6 +147,9 @@ class PredictionServer:
 
     def __init__(self, estimator: Any, host: str, port: int):
         self.estimator = estimator
+        # durable -> the estimator at the newest version: rebuilt only when the version changes
+        # (finishing a version can be costly, e.g. PCA's eigendecomposition), not per request.
+        self.finished: dict[bool, Any] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -194,7 +197,10 @@ class PredictionServer:
         return out
 
     def predict(self, X: np.ndarray, durable: bool) -> dict:
-        model = self.estimator.at_version(durable=durable)
+        newest = self.estimator.model_store_.latest(durable).version
+        model = self.finished.get(durable)
+        if model is None or model.model_version_ != newest:
+            model = self.finished[durable] = self.estimator.at_version(durable=durable)
         if X.ndim != 2:
             raise ValueError(f"X must be a list of rows, got shape {X.shape}")
         out = model.predict(X) if hasattr(model, "predict") else model.transform(X)
