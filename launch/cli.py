@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 
@@ -33,12 +34,16 @@ def _group_size(text: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drizzle-ml", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    train_parser = sub.add_parser("train", help="train an estimator on a cluster (builds and supervises mpiexec)")
+    # No abbreviated options for the commands the launcher re-runs under mpiexec: it removes
+    # --workers, --hosts, ... from their argv by full name.
+    train_parser = sub.add_parser("train", help="train an estimator on a cluster (builds and supervises mpiexec)",
+                                  allow_abbrev=False)
     add_train_arguments(train_parser, _group_size)
     add_host_arguments(train_parser)
     from .stream import add_stream_arguments
 
-    stream_parser = sub.add_parser("stream", help="learn online from a stream (file, dir, tcp, h5) until it ends")
+    stream_parser = sub.add_parser("stream", help="learn online from a stream (file, dir, tcp, h5) until it ends",
+                                   allow_abbrev=False)
     add_stream_arguments(stream_parser, _group_size)
     add_host_arguments(stream_parser)
     predict_parser = sub.add_parser("predict", help="predict (or transform) with a saved model")
@@ -63,7 +68,6 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     ``--max-restarts`` times, with back-off; after two failures in a row at
     one size it restarts with one worker fewer, down to ``--min-workers``.
     """
-    import re
     import shlex
     import time
 
@@ -142,8 +146,8 @@ def _newest_checkpoint(directory: str) -> int:
     """The iteration of the newest valid checkpoint of the last job in ``directory`` (0 if none)."""
     from drizzle_ml.checkpoint import CheckpointStore
 
-    jobs = sorted((d for d in os.listdir(directory) if d.startswith("job-")), key=lambda d: int(d[4:])) \
-        if os.path.isdir(directory) else []
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    jobs = sorted((d for d in names if re.fullmatch(r"job-\d+", d)), key=lambda d: int(d[4:]))
     for job in reversed(jobs):
         valid = [c for c in CheckpointStore(os.path.join(directory, job)).list() if c.valid]
         if valid:
