@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .train import ALGORITHMS, CLIError, _checkpoint_every, estimator_params, make_estimator
+from .train import (ALGORITHMS, CLIError, _checkpoint_every, add_recovery_arguments, check_recovery_arguments,
+                    estimator_params, make_estimator)
 
 # Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.
 STREAM_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -75,14 +76,7 @@ def add_stream_arguments(stream: argparse.ArgumentParser, group_size_type: Any) 
     stream.add_argument("--serve", default=None, metavar="HOST:PORT",
                         help="answer predictions over HTTP from the newest version while training")
     stream.add_argument("--quiet", action="store_true", help="no progress lines")
-    recovery = stream.add_argument_group("checkpoints and recovery")
-    recovery.add_argument("--checkpoint-dir", default=None,
-                          help="checkpoint the model with every partition's offset at group boundaries")
-    recovery.add_argument("--checkpoint-every", default="1", help="every N groups, or an interval like '30s'")
-    recovery.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    recovery.add_argument("--max-restarts", type=int, default=3, help="restarts of a failed job (default 3)")
-    recovery.add_argument("--min-workers", type=int, default=None, help=argparse.SUPPRESS)
-    stream.add_argument("--mpiexec-args", default="", help="extra arguments for mpiexec")
+    add_recovery_arguments(stream, "checkpoint the model with every partition's offset at group boundaries")
     opts = stream.add_argument_group("learner options (each applies to the algorithms named)")
     opts.add_argument("--C", type=float, default=None, help="logistic: inverse L2 strength")
     opts.add_argument("--alpha", type=float, default=None, help="ridge: L2 strength")
@@ -98,17 +92,12 @@ def add_stream_arguments(stream: argparse.ArgumentParser, group_size_type: Any) 
 
 def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """Validate; return the estimator's parameters."""
-    from drizzle_ml.scheduler import parse_checkpoint_every
     from drizzle_ml.sources import parse_source
 
-    if args.workers < 1:
-        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    check_recovery_arguments(args)
     if args.max_batch < 1:
         raise CLIError(f"--max-batch must be at least 1, got {args.max_batch}")
-    if args.resume and args.checkpoint_dir is None:
-        raise CLIError("--resume needs --checkpoint-dir")
     try:
-        parse_checkpoint_every(_checkpoint_every(args.checkpoint_every))
         parse_source(args.source)
     except ValueError as exc:
         raise CLIError(str(exc)) from None

@@ -57,19 +57,7 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     train.add_argument("--report", default=None, help="write the final report as JSON to this file")
     train.add_argument("--plot", default=None, help="draw loss and group size over time to this PNG")
     train.add_argument("--quiet", action="store_true", help="no progress output")
-    recovery = train.add_argument_group("checkpoints and recovery")
-    recovery.add_argument("--checkpoint-dir", default=None,
-                          help="write a checkpoint at every group boundary to this directory")
-    recovery.add_argument("--checkpoint-every", default="1",
-                          help="a checkpoint every N groups (default 1), or at most every interval like '30s'")
-    recovery.add_argument("--resume", action="store_true",
-                          help="continue from the newest valid checkpoint in --checkpoint-dir")
-    recovery.add_argument("--max-restarts", type=int, default=3,
-                          help="restart a failed MPI job from its newest checkpoint this many times (default 3)")
-    recovery.add_argument("--min-workers", type=int, default=None,
-                          help="after repeated failures at one size, restart with fewer workers, down to this")
-    train.add_argument("--mpiexec-args", default="",
-                       help="extra arguments for mpiexec, e.g. '-hosts a,b' or '-f hostfile'")
+    add_recovery_arguments(train, "write a checkpoint at every group boundary to this directory")
     opts = train.add_argument_group("algorithm options (each applies to the algorithms named)")
     opts.add_argument("--max-iter", type=int, default=None, help="iteration limit (all)")
     opts.add_argument("--tol", type=float, default=None, help="convergence tolerance (all)")
@@ -88,8 +76,24 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     opts.add_argument("--seed", type=int, default=None, help="pca (subspace), kmeans: random seed")
 
 
-def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """Validate the options against the algorithm; return the estimator's parameters."""
+def add_recovery_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """The options of checkpoints and supervised restarts, shared by ``train`` and ``stream``."""
+    recovery = parser.add_argument_group("checkpoints and recovery")
+    recovery.add_argument("--checkpoint-dir", default=None, help=checkpoint_help)
+    recovery.add_argument("--checkpoint-every", default="1",
+                          help="a checkpoint every N groups (default 1), or at most every interval like '30s'")
+    recovery.add_argument("--resume", action="store_true",
+                          help="continue from the newest valid checkpoint in --checkpoint-dir")
+    recovery.add_argument("--max-restarts", type=int, default=3,
+                          help="restart a failed MPI job from its newest checkpoint this many times (default 3)")
+    recovery.add_argument("--min-workers", type=int, default=None,
+                          help="after repeated failures at one size, restart with fewer workers, down to this")
+    parser.add_argument("--mpiexec-args", default="",
+                        help="extra arguments for mpiexec, e.g. '-hosts a,b' or '-f hostfile'")
+
+
+def check_recovery_arguments(args: argparse.Namespace) -> None:
+    """One-line errors for ``--workers`` and the options of :func:`add_recovery_arguments`."""
     if args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
     if args.resume and args.checkpoint_dir is None:
@@ -104,6 +108,11 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"--max-restarts must be at least 0, got {args.max_restarts}")
     if args.min_workers is not None and not 1 <= args.min_workers <= args.workers:
         raise CLIError(f"--min-workers must be between 1 and --workers ({args.workers}), got {args.min_workers}")
+
+
+def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate the options against the algorithm; return the estimator's parameters."""
+    check_recovery_arguments(args)
     params = estimator_params(args, ALGORITHM_OPTIONS)
     if params.get("learning_rate") is not None and params.get("solver") != "gd":
         raise CLIError("--learning-rate is the step of --solver gd; other solvers choose their own steps")

@@ -457,3 +457,15 @@ def test_prediction_server_finishes_each_version_once():
         np.testing.assert_allclose(second["predictions"], real().predict(X[:2]))
     finally:
         server.close()
+
+
+def test_stream_checks_its_recovery_options_like_train(tmp_path):
+    from .conftest import run_cli
+
+    source = ["--source", f"file:{tmp_path / 'none.csv'}", "--algorithm", "linear", "--workers", "2"]
+    for extra, message in [(["--max-restarts", "-1"], "--max-restarts must be at least 0, got -1"),
+                           (["--min-workers", "3"], "--min-workers must be between 1 and --workers (2), got 3"),
+                           (["--checkpoint-every", "often"], "--checkpoint-every: checkpoint_every must be"),
+                           (["--resume"], "--resume needs --checkpoint-dir")]:
+        proc = run_cli("stream", *source, *extra)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
