@@ -32,9 +32,12 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
         def forward_stderr() -> None:
             for raw in iter(proc.stderr.readline, b""):
                 text = raw.decode(errors="replace")
-                sys.stderr.write(text)
-                sys.stderr.flush()
-                on_stderr_line(text)
+                try:
+                    sys.stderr.write(text)
+                    sys.stderr.flush()
+                    on_stderr_line(text)
+                except Exception:  # keep draining: a full pipe would block the job's own writes
+                    pass
 
         pump = threading.Thread(target=forward_stderr, daemon=True)
         pump.start()
@@ -83,6 +86,8 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
             proc.wait()
         if pump is not None:
             pump.join(timeout=5.0)
+            if not pump.is_alive():
+                proc.stderr.close()
     if received:
         return 128 + received[0]
     return code

@@ -237,3 +237,19 @@ def test_hdf5_files_are_recognised_after_a_user_block_and_checked_for_format(tmp
     (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="^a truncated or corrupted HDF5 file"):
         open_hdf5(str(tmp_path / "cut.h5"), "model")
+
+
+def test_supervisor_keeps_draining_stderr_when_the_line_callback_fails(capfd):
+    import sys
+
+    from drizzle_ml.launch.supervisor import run_supervised
+
+    def broken(line):
+        raise RuntimeError("callback bug")
+
+    # 500 kB of stderr: more than a pipe holds, so a pump that stopped would block the child (until `timeout`).
+    code = run_supervised(["timeout", "30", sys.executable, "-c",
+                           "import sys\nfor _ in range(5000): sys.stderr.write('x' * 99 + '\\n')"],
+                          on_stderr_line=broken)
+    assert code == 0
+    assert capfd.readouterr().err.count("x" * 99) == 5000
