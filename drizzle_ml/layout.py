@@ -101,15 +101,20 @@ class Layout:
                 raise ValueError(f"shape {np.shape(leaf)} differs from the job's layout {dest.shape}")
             np.copyto(dest, leaf, casting="same_kind")
 
-    def unpack(self, buf: np.ndarray, offset: int = 0) -> Any:
+    def unpack(self, buf: np.ndarray, offset: int = 0, reused: bool = True) -> Any:
         """The value in ``buf``, as views of it.
 
         Views of a buffer are built once and reused (the engine's ring buffers
         never move), so packing and unpacking on the hot path allocate nothing;
         calls on the same buffer return the same objects. Scalar leaves are
-        read afresh each time.
+        read afresh each time. ``reused=False`` is for a buffer used once
+        (nothing is kept for it, so it is freed with the value).
         """
-        _, leaves, value = self._cached(buf, offset)
+        if reused:
+            _, leaves, value = self._cached(buf, offset)
+        else:
+            leaves = self._views_of(buf, offset)
+            value = self._assemble(leaves)
         if self._has_scalars:
             return self._assemble([v[()] if scalar else v for v, (*_, scalar) in zip(leaves, self.leaves)])
         return value
@@ -118,14 +123,18 @@ class Layout:
         key = (id(buf), offset)
         cached = self._views.get(key)
         if cached is None or cached[0] is not buf:
-            leaves = []
-            for shape, dtype, off, _ in self.leaves:
-                start = offset + off
-                count = int(np.prod(shape, dtype=np.int64))
-                leaves.append(buf[start : start + count * dtype.itemsize].view(dtype).reshape(shape))
+            leaves = self._views_of(buf, offset)
             cached = (buf, leaves, self._assemble(leaves))
             self._views[key] = cached
         return cached
+
+    def _views_of(self, buf: np.ndarray, offset: int) -> list[np.ndarray]:
+        views = []
+        for shape, dtype, off, _ in self.leaves:
+            start = offset + off
+            count = int(np.prod(shape, dtype=np.int64))
+            views.append(buf[start : start + count * dtype.itemsize].view(dtype).reshape(shape))
+        return views
 
     def _assemble(self, views: list) -> Any:
         def build(node: Any) -> Any:

@@ -151,7 +151,7 @@ class Publications:
             if int(job) != self.job or version <= self.latest_version:
                 continue
             now = time.time()
-            model = self.layout.unpack(buf, self.header)
+            model = self.layout.unpack(buf, self.header, reused=False)  # a new buffer per version
             self.store.publish(int(version), model, int(iteration), {"records": float(records)})
             self.latest_version = int(version)
             if records > 0:

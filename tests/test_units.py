@@ -253,3 +253,23 @@ def test_supervisor_keeps_draining_stderr_when_the_line_callback_fails(capfd):
                           on_stderr_line=broken)
     assert code == 0
     assert capfd.readouterr().err.count("x" * 99) == 5000
+
+
+def test_unpacking_a_buffer_used_once_keeps_nothing_of_it():
+    # The driver receives each published model version into a new buffer: the layout must
+    # not keep those buffers alive (it caches views only for the engine's reused ring buffers).
+    import gc
+    import weakref
+
+    layout = Layout({"w": np.zeros(3), "n": 1.0})
+    sent = layout.new_buffer()
+    layout.pack({"w": np.arange(3.0), "n": 2.0}, sent)
+    buf = sent.copy()  # as received
+    gone = weakref.ref(buf)
+    value = layout.unpack(buf, reused=False)
+    assert value["w"].tolist() == [0.0, 1.0, 2.0] and value["n"] == 2.0
+    del buf, value
+    gc.collect()
+    assert gone() is None
+    kept = layout.new_buffer()
+    assert layout.unpack(kept)["w"] is layout.unpack(kept)["w"]  # reused buffers keep their views
