@@ -109,7 +109,7 @@ class RecordFormat:
             rows = self._parse_csv_fast(data)
             if rows is not None:
                 return self.check_rows(rows, where)
-        rows, n_bad = [], 0
+        rows, line_of_row, n_bad = [], [], 0
         for i, line in enumerate(data.split(b"\n")):
             line = line.strip()
             if not line:
@@ -131,14 +131,24 @@ class RecordFormat:
                 self.fail(where(i), f"{len(values)} fields, expected {self.width}: {line[:80]!r}")
                 continue
             rows.append(values)
+            line_of_row.append(i)
         block = np.array(rows, dtype=np.float64).reshape(len(rows), self.width or 0)
-        block, more_bad = self.check_rows(block, lambda j: where(j))
+        block, more_bad = self.check_rows(block, lambda j: where(line_of_row[j]))
         return block, n_bad + more_bad
 
     def _parse_csv_fast(self, data: bytes) -> np.ndarray | None:
         # One C-level parse of the whole block; any irregularity (a blank or
-        # short line, a word) falls back to the line-by-line path.
-        n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        # short line, a word) falls back to the line-by-line path. Every line
+        # must have width - 1 commas: a total count alone would let a long and
+        # a short line make up for each other.
+        raw = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(raw == ord("\n"))
+        if not data.endswith(b"\n"):
+            ends = np.append(ends, len(data))
+        n_lines = len(ends)
+        commas_before_end = np.searchsorted(np.flatnonzero(raw == ord(",")), ends)
+        if np.any(np.diff(commas_before_end, prepend=0) != self.width - 1):
+            return None
         try:
             values = np.fromstring(data.replace(b"\n", b","), sep=",")
         except ValueError:

@@ -469,3 +469,16 @@ def test_stream_checks_its_recovery_options_like_train(tmp_path):
                            (["--resume"], "--resume needs --checkpoint-dir")]:
         proc = run_cli("stream", *source, *extra)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_csv_lines_with_wrong_field_counts_never_shift_into_rows():
+    from drizzle_ml.sources import RecordFormat
+
+    # 3 fields + 1 field = two lines of 2: the counts must be checked per line, not in total.
+    fmt = RecordFormat("csv", n_features=1, has_target=True)
+    rows, bad = fmt.parse_text(b"1,2,3\n4\n5,6\n", lambda i: f"line {i}")
+    assert rows.tolist() == [[5.0, 6.0]] and bad == 2
+    # Errors name the line of the record, also after a blank line.
+    fmt = RecordFormat("csv", n_features=1, has_target=True, on_error="fail")
+    with pytest.raises(dm.StreamError, match="malformed record at line 2: NaN"):
+        fmt.parse_text(b"1,2\n\n3,nan\n", lambda i: f"line {i}")
