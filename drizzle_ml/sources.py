@@ -567,7 +567,7 @@ class _IterableReader(PartitionReader):
         stop = min(len(self.items), start + max(max_records or len(self.items), 1) * self.n_partitions)
         picked = self.items[start:stop:self.n_partitions]
         now = time.time()
-        rows, n_bad = [], 0
+        rows, item_of_row, n_bad = [], [], 0
         for i, item in enumerate(picked):
             try:
                 values = np.asarray(_flatten(item, self.fmt.has_target), dtype=np.float64)
@@ -583,8 +583,9 @@ class _IterableReader(PartitionReader):
                               f"{values.size} values, expected {self.fmt.width}")
                 continue
             rows.append(values)
+            item_of_row.append(start + i * self.n_partitions)
         block = np.array(rows, dtype=np.float64).reshape(len(rows), self.fmt.width or 0)
-        block, more = self.fmt.check_rows(block, lambda j: f"item {start + j * self.n_partitions}")
+        block, more = self.fmt.check_rows(block, lambda j: f"item {item_of_row[j]}")
         self.count += len(picked)
         return Chunk(block, n_bad + more, now, now)
 
