@@ -426,8 +426,12 @@ class _TCPReader(PartitionReader):
                 if time.monotonic() >= deadline:
                     raise StreamError(f"cannot connect to tcp:{source.host}:{source.port}: {exc}") from None
                 time.sleep(0.05)
-        self.sock.sendall(f"DRIZZLE partition={partition} partitions={n_partitions} "
-                          f"offset={self.count}\n".encode())
+        try:
+            self.sock.sendall(f"DRIZZLE partition={partition} partitions={n_partitions} "
+                              f"offset={self.count}\n".encode())
+        except OSError as exc:
+            self.sock.close()
+            raise StreamError(f"tcp:{source.host}:{source.port} closed the connection at once: {exc}") from None
         self.sock.setblocking(False)
         self.buffer = bytearray()
         self.arrivals = _Arrivals()
@@ -500,19 +504,26 @@ class _HDF5Reader(PartitionReader):
                 self.file = h5py.File(source.path, "r")
             except OSError as exc:
                 raise StreamError(f"cannot open {source.path} as HDF5: {exc}") from None
+        try:
+            self.dset = self._check_dataset(source, fmt)
+        except BaseException:
+            self.file.close()
+            raise
+        self.arrivals = _Arrivals()
+        self.ended = False
+
+    def _check_dataset(self, source: "HDF5Source", fmt: RecordFormat) -> Any:
         if source.key not in self.file:
             raise StreamError(f"{source.path} has no dataset {source.key!r}")
-        self.dset = self.file[source.key]
-        if self.dset.ndim != 2:
-            raise StreamError(f"{source.path}#{source.key} must be 2-D (records x fields), "
-                              f"got shape {self.dset.shape}")
-        width = self.dset.shape[1]
+        dset = self.file[source.key]
+        if dset.ndim != 2:
+            raise StreamError(f"{source.path}#{source.key} must be 2-D (records x fields), got shape {dset.shape}")
+        width = dset.shape[1]
         if fmt.n_features is None:
             fmt.n_features = width - int(fmt.has_target)
         if fmt.width != width:
             raise StreamError(f"{source.path}#{source.key} has {width} columns, expected {fmt.width}")
-        self.arrivals = _Arrivals()
-        self.ended = False
+        return dset
 
     @property
     def offset(self) -> int:

@@ -482,3 +482,17 @@ def test_csv_lines_with_wrong_field_counts_never_shift_into_rows():
     fmt = RecordFormat("csv", n_features=1, has_target=True, on_error="fail")
     with pytest.raises(dm.StreamError, match="malformed record at line 2: NaN"):
         fmt.parse_text(b"1,2\n\n3,nan\n", lambda i: f"line {i}")
+
+
+def test_hdf5_source_errors_close_the_file(tmp_path):
+    from drizzle_ml.sources import RecordFormat
+
+    path = tmp_path / "grow.h5"
+    with h5py.File(path, "w") as f:
+        f["X"] = np.zeros((4, 3))
+        f["flat"] = np.zeros(4)
+    for key, message in [("nope", "has no dataset 'nope'"), ("flat", "must be 2-D"), ("X", "has 3 columns, expected 5")]:
+        with pytest.raises(dm.StreamError, match=message) as raised:
+            dm.HDF5Source(str(path), key).open(RecordFormat(n_features=4, has_target=True), 0, 1, None)
+        # The traceback still holds the half-made reader: its file must be closed all the same.
+        assert raised.traceback and len(h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)) == 0
