@@ -112,7 +112,6 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     wall = sum(g.wall for g in result.history)
     estimator.stream_stats_ = {"records": int(sum(result.iteration_metrics.get("records", ()))), "wall": wall,
                                "latencies": result.latencies, **latency_percentiles(result.latencies)}
-    estimator.n_features_in_ = int(n_features)
     estimator._online_model_ = {k: np.array(v) for k, v in result.model.items()}
     estimator._stream_finish(estimator._online_model_)
     return estimator

@@ -153,7 +153,7 @@ class JobExecutor:
     """One job's state on one worker: model replica, tree position, channels."""
 
     def __init__(self, rt: "WorkerRuntime", spec: P.StartJob, partition: Partition):
-        self.rt, self.job, self.program, self.partition = rt, spec.job, spec.program, partition
+        self.rt, self.job, self.partition = rt, spec.job, partition
         self.program = inject_delay(spec.program, rt.index)  # testing aid, see drizzle_ml.adaptivity
         self.tree = ReduceTree(rt.n_workers, spec.fanout)
         self.me = rt.index

@@ -357,7 +357,6 @@ class _DirectoryReader(PartitionReader):
         self.name, self.start = str(offset["file"]), int(offset["pos"])
         self.current: _TextFileReader | None = None
         self.ended = False
-        self.late: set[str] = set()
 
     @property
     def offset(self) -> dict:
@@ -802,7 +801,6 @@ class StreamReader:
         self.poll_interval = poll_interval
         self.last_cut = time.monotonic()
         self.last_record = time.monotonic()
-        self.carry: list[Chunk] = []  # read but not yet in a batch
 
     def offsets(self) -> dict[str, Any]:
         return {partition_key(p): r.offset for p, r in self.readers.items()}
@@ -815,10 +813,10 @@ class StreamReader:
         want = self.batching.max_batch
         chunks: list[Chunk] = []
         have = 0
-        state = {"idle": False}
+        idle = False
 
         def ready() -> bool:
-            nonlocal have
+            nonlocal have, idle
             for reader in self.readers.values():
                 while have < want:
                     chunk = reader.read(want - have)
@@ -833,23 +831,22 @@ class StreamReader:
             now = time.monotonic()
             if self._ended() or (self.batching.idle_timeout is not None
                                  and now - self.last_record >= self.batching.idle_timeout):
-                state["idle"] = True
+                idle = True
                 return True
             return self.batching.interval is not None and now - self.last_cut >= self.batching.interval
 
         if not ready():
             wait(ready, self.poll_interval)
         self.last_cut = time.monotonic()
-        width = self.fmt.width or 0
-        rows = (np.concatenate([c.rows for c in chunks]) if chunks
-                else np.empty((0, width), dtype=np.float64))
         n_features = self.fmt.n_features or 0
-        X = rows[:, :n_features] if rows.shape[1] else rows
-        y = rows[:, n_features] if self.fmt.has_target and rows.shape[1] else (
-            np.empty(0) if self.fmt.has_target else None)
+        # One copy of the rows: features and target cut from each chunk straight into the batch.
+        full = [c.rows for c in chunks if c.rows.shape[0]]
+        X = np.concatenate([r[:, :n_features] for r in full]) if full else np.empty((0, n_features))
+        y = None
+        if self.fmt.has_target:
+            y = np.concatenate([r[:, n_features] for r in full]) if full else np.empty(0)
         return Batch(
-            X=np.ascontiguousarray(X).reshape(rows.shape[0], n_features), y=y, worker=self.worker,
-            n_bad=sum(c.n_bad for c in chunks), idle=state["idle"],
+            X=X, y=y, worker=self.worker, n_bad=sum(c.n_bad for c in chunks), idle=idle,
             oldest=min((c.oldest for c in chunks if c.rows.shape[0]), default=float("inf")),
             newest=max((c.newest for c in chunks if c.rows.shape[0]), default=float("-inf")),
         )
