@@ -343,11 +343,14 @@ class _TextFileReader(PartitionReader):
 class _DirectoryReader(PartitionReader):
     """This partition's files of a directory, in name order; a file is complete when it appears.
 
-    Files are owned by ``crc32(name) % n_partitions``. Names starting with
+    Files are owned by ``crc32(name) % n_partitions``; a quiet directory is
+    listed again every ``LISTING_INTERVAL`` seconds. Names starting with
     ``.`` or ending in ``.tmp`` are ignored (write there, then rename in).
     The offset is ``{"file": name, "pos": bytes}``: every earlier file of
     this partition is done, ``name`` is consumed up to ``pos``.
     """
+
+    LISTING_INTERVAL = 0.005
 
     def __init__(self, source: "DirectorySource", fmt: RecordFormat, partition: int, n_partitions: int,
                  offset: Any):
@@ -357,6 +360,7 @@ class _DirectoryReader(PartitionReader):
         self.name, self.start = str(offset["file"]), int(offset["pos"])
         self.current: _TextFileReader | None = None
         self.ended = False
+        self.next_listing = 0.0  # monotonic time before which a quiet directory is not listed again
 
     @property
     def offset(self) -> dict:
@@ -373,9 +377,15 @@ class _DirectoryReader(PartitionReader):
 
     def _advance(self) -> bool:
         """Move to this partition's next file after ``name``; False when there is none (yet)."""
+        now = time.monotonic()
+        if now < self.next_listing:
+            return False
         later = [n for n in self._mine() if n > self.name]
         if not later:
             self.ended = not self.source.follow
+            # The reader is polled every 0.25 ms; listing (and hashing every name) that
+            # often would cost more than the records. New files wait at most this long.
+            self.next_listing = now + self.LISTING_INTERVAL
             return False
         if self.current is not None:
             self.current.close()

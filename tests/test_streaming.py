@@ -496,3 +496,22 @@ def test_hdf5_source_errors_close_the_file(tmp_path):
             dm.HDF5Source(str(path), key).open(RecordFormat(n_features=4, has_target=True), 0, 1, None)
         # The traceback still holds the half-made reader: its file must be closed all the same.
         assert raised.traceback and len(h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)) == 0
+
+
+def test_a_quiet_directory_is_listed_every_few_milliseconds_not_every_poll(tmp_path, monkeypatch):
+    import drizzle_ml.sources as S
+
+    listings = []
+    real = os.listdir
+    monkeypatch.setattr(S.os, "listdir", lambda p: listings.append(p) or real(p))
+    reader = dm.DirectorySource(str(tmp_path)).open(S.RecordFormat(n_features=1, has_target=True), 0, 1, None)
+    end = time.monotonic() + 0.05
+    polls = 0
+    while time.monotonic() < end:
+        assert reader.read(10) is None
+        polls += 1
+    assert polls > 100 and len(listings) <= 0.05 / reader.LISTING_INTERVAL + 2
+    (tmp_path / "a.csv").write_text("1,2\n")
+    time.sleep(reader.LISTING_INTERVAL)
+    assert reader.read(10).rows.tolist() == [[1.0, 2.0]]
+    reader.close()
