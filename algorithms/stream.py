@@ -76,6 +76,11 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     program, model = estimator._online_setup(int(n_features), fmt.classes)
     estimator.n_features_in_ = int(n_features)  # readers predict from versions while it trains
     cluster = get_cluster(None if estimator.n_workers is None else int(estimator.n_workers))
+    if batch_interval is None and idle_timeout is not None and idle_timeout >= cluster.timeout:
+        # Size-only batches wait for records up to idle_timeout, and a worker waiting longer than
+        # the cluster's timeout is taken for hung.
+        raise ValueError(f"idle_timeout={idle_timeout:g} s with batch_interval=None must be shorter than "
+                         f"the cluster's timeout ({cluster.timeout:g} s, DRIZZLE_TIMEOUT)")
     store = getattr(estimator, "model_store_", None)
     store = ModelStore() if store is None else store  # (an empty store is falsy)
     version = start = int(getattr(estimator, "model_version_", 0))

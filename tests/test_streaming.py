@@ -301,6 +301,11 @@ def test_stream_fit_from_an_iterable_and_stop(cluster2):
     dm.stream_fit(est2, dm.IterableSource(list(zip(X, y))), max_batch=10, batch_interval=None,
                   stop=lambda: calls.append(1) or len(calls) >= 2)
     assert 0 < est2.records_seen_ < 2000 and est2.n_iter_ <= 8
+    # Size-only batches wait for records up to idle_timeout: it must end before the workers' timeout.
+    with pytest.raises(ValueError, match=r"idle_timeout=1000 s with batch_interval=None must be shorter than "
+                                         r"the cluster's timeout \([0-9.]+ s, DRIZZLE_TIMEOUT\)"):
+        dm.stream_fit(dm.LinearRegression(n_workers=2), dm.FileSource(os.devnull), n_features=1,
+                      batch_interval=None, idle_timeout=1000)
 
 
 # -- the command line, serving, exactly-once ------------------------------------------------------
