@@ -19,17 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, softmax
-
 from drizzle_ml.program import Partition, Program
 
+from .kmeans_programs import _assign, _rows, _weights
+from .losses import LinearLoss
 from .moments import combine_moments, merge_moments, partition_moments
 
 _LIPSCHITZ = {"binomial": 0.25, "multinomial": 0.5, "squared": 1.0}
-
-
-def _weights(part: Partition) -> np.ndarray:
-    return np.ones(part.n_rows) if part.sample_weight is None else np.asarray(part.sample_weight, np.float64)
 
 
 class OnlineLinear(Program):
@@ -72,43 +68,30 @@ class OnlineLinear(Program):
             "sq_norm": np.array([float(sq_norm)]),
         }
 
-    def _targets(self, y: np.ndarray, m: int) -> np.ndarray:
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        """Targets as :class:`~drizzle_ml.algorithms.losses.LinearLoss` takes them."""
         if self.classes is not None:  # raw labels from a stream (only known ones reach here)
-            y = np.searchsorted(self.classes, y).astype(np.float64)
-        if self.loss == "multinomial":
-            onehot = np.zeros((y.shape[0], m))
-            onehot[np.arange(y.shape[0]), y.astype(np.intp)] = 1.0
-            return onehot
-        return y.reshape(-1, 1)
+            y = np.searchsorted(self.classes, y)
+        return y.astype(np.intp) if self.loss == "multinomial" else y.astype(np.float64)
 
     def local(self, model, part: Partition):
         coef, intercept = model["coef"], model["intercept"]
         m, d = coef.shape
-        X = part.X
-        sw = _weights(part)
         if part.n_rows == 0:
             return {"g": np.zeros((m, d)), "gi": np.zeros(m), "loss": np.zeros(1), "n": np.zeros(1),
                     "sq": np.zeros(1)}
-        scores = np.asarray(X @ coef.T) + intercept
-        target = self._targets(np.asarray(part.y, dtype=np.float64), m)
-        if self.loss == "binomial":
-            residual = expit(scores) - target
-            # log(1 + e^s) - y s, computed stably
-            loss = np.logaddexp(0.0, scores) - target * scores
-        elif self.loss == "multinomial":
-            residual = softmax(scores, axis=1) - target
-            loss = (np.logaddexp.reduce(scores, axis=1) - (scores * target).sum(axis=1))[:, None]
-        else:
-            residual = scores - target
-            loss = 0.5 * residual * residual
-        weighted = residual * sw[:, None]
-        sq = X.multiply(X).sum(axis=1) if hasattr(X, "multiply") else np.einsum("ij,ij->i", X, X)
+        X = part.X
+        # The same loss and gradient sums as the batch solvers; the intercept's gradient is always
+        # computed (update ignores it without an intercept).
+        grad, (loss, n) = LinearLoss(self.loss, d, m, fit_intercept=True).evaluate(
+            np.concatenate([coef.ravel(), intercept]), X, self._targets(np.asarray(part.y)), part.sample_weight)
+        sq = np.asarray(X.multiply(X).sum(axis=1)).ravel() if hasattr(X, "multiply") else np.einsum("ij,ij->i", X, X)
         return {
-            "g": np.asarray(weighted.T @ X, dtype=np.float64).reshape(m, d),
-            "gi": weighted.sum(axis=0),
-            "loss": np.array([float(sw @ loss.sum(axis=1))]),
-            "n": np.array([float(sw.sum())]),
-            "sq": np.array([float(sw @ np.asarray(sq).ravel())]),
+            "g": grad[: m * d].reshape(m, d),
+            "gi": grad[m * d:],
+            "loss": np.array([loss]),
+            "n": np.array([n]),
+            "sq": np.array([float(sq.sum() if part.sample_weight is None else part.sample_weight @ sq)]),
         }
 
     def update(self, model, total, iteration):
@@ -199,18 +182,14 @@ class StreamingKMeans(Program):
                "pool": np.zeros((q, d)), "pool_n": np.zeros(1)}
         if part.n_rows == 0:
             return out
-        X = np.asarray(part.X.toarray() if hasattr(part.X, "toarray") else part.X, dtype=np.float64)
         if model["ready"][0]:
-            centers = model["centers"]
-            dist = (X * X).sum(axis=1)[:, None] - 2.0 * X @ centers.T + (centers * centers).sum(axis=1)
-            labels = dist.argmin(axis=1)
             sw = _weights(part)
-            np.add.at(out["sums"], labels, X * sw[:, None])
+            labels, d2, out["sums"] = _assign(part.X, model["centers"], weights=sw)
             out["counts"] = np.bincount(labels, weights=sw, minlength=k).astype(np.float64)
-            out["inertia"][0] = float(sw @ np.maximum(dist[np.arange(len(labels)), labels], 0.0))
+            out["inertia"][0] = float(sw @ d2)
         else:
-            take = min(q, X.shape[0])
-            out["pool"][:take] = X[:take]
+            take = min(q, part.n_rows)
+            out["pool"][:take] = _rows(part.X, slice(0, take))
             out["pool_n"][0] = take
         return out
 
@@ -235,10 +214,10 @@ class StreamingKMeans(Program):
                 rows = new["pool"][: have + add]
                 centers, _ = kmeans_plusplus(rows, self.n_clusters, random_state=self.seed % 2**32)
                 # The pooled rows are then the first mini-batch: one assignment from the seeds.
-                labels = ((rows[:, None, :] - centers[None]) ** 2).sum(axis=2).argmin(axis=1)
+                labels, _, sums = _assign(rows, centers, weights=np.ones(len(rows)))
                 counts = np.bincount(labels, minlength=self.n_clusters).astype(np.float64)
-                for j in np.flatnonzero(counts):
-                    centers[j] = rows[labels == j].mean(axis=0)
+                filled = counts > 0
+                centers[filled] = sums[filled] / counts[filled, None]
                 new["centers"], new["weights"], new["ready"] = centers, counts, np.array([1.0])
                 new["pool"][:] = 0.0
                 new["pool_n"][0] = 0.0
