@@ -278,10 +278,8 @@ def recovery_section(mode: dict, tmp: str) -> str:
 
 
 def streaming_section(out_dir: str, size: str) -> str:
-    try:
-        from drizzle_ml.launch.bench_streaming import report_section
-    except ImportError:
-        return "## Streaming\n\nStreaming results are not available (drizzle_ml.launch.bench_streaming is not installed).\n"
+    from .bench_streaming import report_section
+
     return report_section(out_dir, size)
 
 

@@ -300,3 +300,9 @@ def test_launcher_options_are_not_abbreviated_and_stray_job_directories_are_igno
     (tmp_path / "ck" / "job-x").mkdir(parents=True)
     (tmp_path / "ck" / "job-0").mkdir()
     assert _newest_checkpoint(str(tmp_path / "ck")) == 0
+
+
+def test_bench_scale_sizes_must_be_positive():
+    for option in ("--rows", "--features", "--iterations", "--pingpongs"):
+        proc = run_cli("bench", "scale", option, "0")
+        assert proc.returncode == 2 and f"argument {option}: must be a positive integer, got '0'" in proc.stderr
