@@ -39,6 +39,7 @@ import numpy as np
 from drizzle_ml.tree import ReduceTree
 
 from .bench_coordination import _mpirun, run_json
+from .cli import positive_int
 
 #: Worker counts and fan-outs of the prediction table; group sizes it shows.
 TABLE_WORKERS = (4, 16, 64, 256, 1024)
@@ -210,16 +211,6 @@ def _worker_counts(text: str) -> list[int]:
     return counts
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drizzle-ml bench scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("role", nargs="?", default="scale", choices=("scale", "_pingpong"), help=argparse.SUPPRESS)
@@ -227,10 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker counts to measure (default 1,2,3,4)")
     parser.add_argument("--hosts", default=None, metavar="H1,H2",
                         help="also measure across these hosts (the first two for ping-pong)")
-    parser.add_argument("--rows", type=_positive_int, default=2000, help="rows per worker (default 2000)")
-    parser.add_argument("--features", type=_positive_int, default=10)
-    parser.add_argument("--iterations", type=_positive_int, default=None, help="per engine configuration (default 1000)")
-    parser.add_argument("--pingpongs", type=_positive_int, default=None, help="round trips per small-message batch (1000)")
+    parser.add_argument("--rows", type=positive_int, default=2000, help="rows per worker (default 2000)")
+    parser.add_argument("--features", type=positive_int, default=10)
+    parser.add_argument("--iterations", type=positive_int, default=None, help="per engine configuration (default 1000)")
+    parser.add_argument("--pingpongs", type=positive_int, default=None, help="round trips per small-message batch (1000)")
     parser.add_argument("--quick", action="store_true",
                         help="a fast, rough run; defaults become workers 1,2, 100 iterations, 200 round trips")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")

@@ -19,16 +19,19 @@ from .predict import add_predict_arguments, info, predict
 from .train import CLIError, add_train_arguments, check_arguments, train
 
 
-def _group_size(text: str):
-    if text == "auto":
-        return "auto"
+def positive_int(text: str, what: str = "a positive integer") -> int:
+    """An argparse type: ``text`` as an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}") from None
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return value
+
+
+def _group_size(text: str):
+    return "auto" if text == "auto" else positive_int(text, "'auto' or a positive integer")
 
 
 def build_parser() -> argparse.ArgumentParser:
