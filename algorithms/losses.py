@@ -64,12 +64,14 @@ class LinearLoss:
             z += intercept.astype(dtype, copy=False)
         return z
 
-    def evaluate(self, w: np.ndarray, X: Any, y: np.ndarray, sample_weight: np.ndarray | None):
+    def evaluate(self, w: np.ndarray, X: Any, y: np.ndarray, sample_weight: np.ndarray | None,
+                 with_loss: bool = True):
         """``(grad_sum, [loss_sum, weight_sum])`` of the data term on these rows.
 
         Dense rows go in blocks of about 2 MiB, so the second
         product (``X_b.T @ resid``) rereads the block from cache: one pass over
-        X from memory instead of two.
+        X from memory instead of two. ``with_loss=False`` returns NaN for
+        ``loss_sum`` and may skip computing it (a ``log`` per row).
         """
         grad = np.zeros(self.n_params)
         loss = 0.0
@@ -78,14 +80,16 @@ class LinearLoss:
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             sw = None if sample_weight is None else sample_weight[lo:hi]
-            loss += self._accumulate(w, X[lo:hi], y[lo:hi], sw, grad)
+            loss += self._accumulate(w, X[lo:hi], y[lo:hi], sw, grad, with_loss)
+        if not with_loss:
+            loss = np.nan
         weight = float(n) if sample_weight is None else float(sample_weight.sum(dtype=np.float64))
         return grad, np.array([loss, weight])
 
-    def _accumulate(self, w, X, y, sample_weight, grad: np.ndarray) -> float:
-        """Add these rows' gradient to ``grad``; return their loss sum."""
+    def _accumulate(self, w, X, y, sample_weight, grad: np.ndarray, with_loss: bool = True) -> float:
+        """Add these rows' gradient to ``grad``; return their loss sum (any value without ``with_loss``)."""
         if self.kind == "binomial" and not sp.issparse(X):
-            return self._accumulate_binomial_dense(w, X, y, sample_weight, grad)
+            return self._accumulate_binomial_dense(w, X, y, sample_weight, grad, with_loss)
         n = X.shape[0]
         z = self.decision(w, X)
         if self.kind == "binomial":
@@ -114,20 +118,23 @@ class LinearLoss:
             grad[self.n_coef :] += resid.sum(axis=0, dtype=np.float64)
         return float(losses.sum(dtype=np.float64))
 
-    def _accumulate_binomial_dense(self, w, X, y, sample_weight, grad: np.ndarray) -> float:
-        """The binomial case on dense rows with vector products (BLAS gemv), not (n, 1) matrices."""
+    def _accumulate_binomial_dense(self, w, X, y, sample_weight, grad: np.ndarray, with_loss: bool) -> float:
+        """The binomial case on dense rows with vector products (BLAS gemv), not (n, 1) matrices.
+
+        The loss sum is ``(1 - y)·z - 1·log(p)`` (weighted: ``(w - w y)·z - w·log(p)``):
+        two dot products instead of per-row loss arrays, the same terms as
+        :func:`_binomial_terms`, accumulated in float64.
+        """
         coef, intercept = self.split(w)
         z = X @ coef[0].astype(X.dtype, copy=False)
         if intercept is not None:
             z += intercept[0]
-        losses, p = _binomial_terms(z, y)
-        resid = p - y
-        resid = resid.astype(X.dtype, copy=False)  # keep resid @ X in X's precision
+        p = expit(z)
+        loss = _binomial_loss_sum(z, p, y, sample_weight) if with_loss else 0.0
+        resid = p
+        resid -= y  # p is not needed any more: the residual goes in its place, in X's precision
         if sample_weight is not None:
             resid *= sample_weight.astype(resid.dtype, copy=False)
-            loss = float(np.dot(losses, sample_weight))
-        else:
-            loss = float(losses.sum(dtype=np.float64))
         grad[: self.n_coef] += resid @ X
         if intercept is not None:
             grad[self.n_coef] += resid.sum(dtype=np.float64)
@@ -142,8 +149,24 @@ def _binomial_terms(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     third of scipy's ``log_expit``. Where ``p`` underflows (z < -745), ``log(p) = z``.
     """
     p = expit(z)
+    return (1.0 - y) * z - _log_probabilities(p, z), p
+
+
+def _binomial_loss_sum(z: np.ndarray, p: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> float:
+    """Sum over rows of ``(1 - y) z - log(p)`` (weighted), as two dot products, in float64."""
+    log_p = _log_probabilities(p, z).astype(np.float64, copy=False)
+    z = z.astype(np.float64, copy=False)
+    if sample_weight is None:
+        return float(z.sum() - np.dot(y, z) - log_p.sum())
+    sw = sample_weight.astype(np.float64, copy=False)
+    return float(np.dot(sw - sw * y, z) - np.dot(sw, log_p))
+
+
+def _log_probabilities(p: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``log(p)`` for ``p = expit(z)``; ``z`` itself where ``p`` underflowed to 0 (z < -745)."""
+    if p.all():
+        return np.log(p)
     with np.errstate(divide="ignore"):
         log_p = np.log(p)
-    if not p.all():
-        np.copyto(log_p, z, where=p == 0)
-    return (1.0 - y) * z - log_p, p
+    np.copyto(log_p, z, where=p == 0)
+    return log_p

@@ -11,7 +11,13 @@ Model keys
     ``w`` (n_params,): the proposal being evaluated (shared).
     ``x`` (n_params,): the last accepted point, the answer; ``g``: its gradient;
     ``p``: the search direction; ``S``, ``Y`` (memory, n_params): L-BFGS pairs;
-    ``state``: [f(x), step, g·p, pairs stored, newest slot, accepted?, line-search failures].
+    ``state``: [f(x), step, g·p, pairs stored, newest slot, accepted?, line-search failures,
+    loss due?].
+
+A fixed-step gradient descent needs the loss only to report it, so it asks
+the workers for it every ``LOSS_EVERY``-th iteration (the flag travels down
+the tree with ``w``) and reports the newest one it has; the line searches
+need it at every iteration.
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ from .losses import LinearLoss
 
 SOLVERS = ("lbfgs", "gd")
 
-_F, _STEP, _GTP, _NMEM, _HEAD, _HAVE_X, _LS_FAILED = range(7)
+_F, _STEP, _GTP, _NMEM, _HEAD, _HAVE_X, _LS_FAILED, _LOSS_DUE = range(8)
+#: A fixed-step gradient descent evaluates (and reports) the loss at iterations
+#: 0, 9, 19, 29, ...: a tenth of them, sparing a ``log`` per row elsewhere.
+LOSS_EVERY = 10
 _ARMIJO_C1 = 1e-4
 _FTOL = 64 * np.finfo(float).eps  # relative decrease below which L-BFGS stops, as scikit-learn
 
@@ -40,8 +49,14 @@ def initial_model(n_params: int, solver: str, memory: int, w0: np.ndarray | None
         "p": np.zeros(n_params),
         "S": np.zeros((rows, n_params)),
         "Y": np.zeros((rows, n_params)),
-        "state": np.zeros(7),
+        "state": _initial_state(),
     }
+
+
+def _initial_state() -> np.ndarray:
+    state = np.zeros(8)
+    state[_LOSS_DUE] = 1.0
+    return state
 
 
 def line_search_failed(model: dict) -> bool:
@@ -61,10 +76,11 @@ class Minimize(Program):
         for L-BFGS, when the relative decrease of f falls below 64 eps).
     learning_rate : float or None
         For ``gd``: a fixed step; None backtracks (Armijo) from a step that
-        doubles after each accepted one.
+        doubles after each accepted one. With a fixed step the loss is
+        evaluated every ``LOSS_EVERY``-th iteration only; the metric ``loss``
+        is the newest evaluated (as a line search reports the loss at the
+        last accepted point).
     """
-
-    shared = ("w",)
 
     def __init__(self, loss: LinearLoss, solver: str = "lbfgs", alpha: float = 0.0, tol: float = 1e-4,
                  learning_rate: float | None = None, memory: int = 10, classes: np.ndarray | None = None):
@@ -74,9 +90,13 @@ class Minimize(Program):
         self.learning_rate, self.memory = learning_rate, int(memory)
         self.penalty = self.alpha * loss.penalty_mask()
         self.classes = None if classes is None else np.asarray(classes)
+        self.fixed_step = solver == "gd" and learning_rate is not None
+        # Only w flows down the tree, and the loss-due flag when it can be off.
+        self.shared = ("w", "state") if self.fixed_step else ("w",)
 
     def local(self, model, part: Partition):
-        return self.loss.evaluate(model["w"], part.X, self._targets(part), part.sample_weight)
+        with_loss = not self.fixed_step or bool(model["state"][_LOSS_DUE])
+        return self.loss.evaluate(model["w"], part.X, self._targets(part), part.sample_weight, with_loss=with_loss)
 
     def _targets(self, part: Partition) -> np.ndarray:
         """The partition's labels as the loss wants them, encoded once per partition.
@@ -112,13 +132,15 @@ class Minimize(Program):
         f, g = self.objective(w, total)
         state = model["state"].copy()
         x, p = model["x"], model["p"]
+        loss_known = bool(state[_LOSS_DUE]) or not self.fixed_step
         if state[_HAVE_X] and self.learning_rate is None:
             f0, step, gtp = state[_F], state[_STEP], state[_GTP]
             if not (np.isfinite(f) and f <= f0 + _ARMIJO_C1 * step * gtp):
                 return self._backtrack(model, state, f, iteration)
-        elif not np.isfinite(f):
+        elif not (np.isfinite(f) or not loss_known) or not np.isfinite(g).all():
+            what = f"the loss is {f}" if loss_known and not np.isfinite(f) else "the gradient is not finite"
             raise FloatingPointError(
-                f"the loss is {f} at iteration {iteration}: lower learning_rate or scale the features"
+                f"{what} at iteration {iteration}: lower learning_rate or scale the features"
             )
         # Accept w.
         new = dict(model)
@@ -131,7 +153,11 @@ class Minimize(Program):
         grad_max = float(np.max(np.abs(g), initial=0.0))
         converged = converged or grad_max <= self.tol
         new["x"], new["g"] = w, g
-        state[_F], state[_HAVE_X] = f, 1.0
+        if loss_known:
+            state[_F] = f
+        state[_HAVE_X] = 1.0
+        if self.fixed_step:
+            state[_LOSS_DUE] = float((iteration + 2) % LOSS_EVERY == 0)
         if self.solver == "lbfgs":
             p = self._two_loop(g, new["S"], new["Y"], state)
         else:
@@ -151,7 +177,7 @@ class Minimize(Program):
             step = 1.0
         state[_STEP], state[_GTP] = step, gtp
         new["p"], new["w"], new["state"] = p, w + step * p, state
-        return new, {"loss": f, "grad_max": grad_max, "step": step, "converged": converged}
+        return new, {"loss": state[_F], "grad_max": grad_max, "step": step, "converged": converged}
 
     def _backtrack(self, model, state, f, iteration):
         f0, step, gtp = state[_F], state[_STEP], state[_GTP]

@@ -1,5 +1,6 @@
 """LogisticRegression (binary and multinomial, L-BFGS and gradient descent) against scikit-learn."""
 
+import itertools
 import warnings
 
 import numpy as np
@@ -97,6 +98,26 @@ def test_fixed_step_gd_matches_numpy_reference_and_engine_attributes():
     assert len(clf.history_) == 5 and {"wall", "compute", "coordination", "overhead"} <= set(clf.history_[0])
     assert clf.model_store_.latest().version == 40
     np.testing.assert_allclose(clf.model_store_.latest().model["w"][:-1], coef, rtol=1e-10, atol=1e-12)
+
+
+def test_fixed_step_gd_reports_the_loss_of_every_tenth_iteration():
+    # A fixed step needs the loss only for the report: it is evaluated at iterations
+    # 0, 9, 19, ... and each group reports the newest evaluated by its end, exactly.
+    from scipy.special import log_expit
+
+    def objective(c, b0):
+        z = X @ c + b0
+        return (np.sum((1.0 - Y) * z - log_expit(z)) + 0.5 * c @ c / 2.0) / len(Y)
+
+    clf = LogisticRegression(solver="gd", learning_rate=0.5, C=2.0, max_iter=24, tol=0.0,
+                             n_workers=2, group_size=4)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(X, Y)
+    ends = [g["start_iteration"] + g["n_iterations"] - 1 for g in clf.history_]
+    assert ends == [3, 7, 11, 15, 19, 23]
+    evaluated = [0, 0, 9, 9, 19, 19]
+    expected = [objective(*reference_gd(X, Y.astype(float), 2.0, 0.5, it)) for it in evaluated]
+    np.testing.assert_allclose([g["metrics"]["loss"] for g in clf.history_], expected, rtol=1e-12)
 
 
 def test_gd_with_line_search_converges_to_lbfgs_solution():
@@ -233,13 +254,18 @@ def test_binomial_loss_and_gradient_at_extreme_scores_match_scipy():
     z = np.concatenate([np.linspace(-800.0, 800.0, 2001), [-745.2, -746.0, -1e4, 36.0, 37.0, 1e4]])
     y = (np.arange(z.size) % 2).astype(float)
     sw = np.linspace(0.5, 2.0, z.size)
-    for dense in (True, False):
+    loss_fn = LinearLoss("binomial", 1, 1, fit_intercept=True)
+    for dense, weights in itertools.product((True, False), (sw, None)):
         X = z[:, None] if dense else sp.csr_matrix(z[:, None])
-        grad, (loss, weight) = LinearLoss("binomial", 1, 1, fit_intercept=True).evaluate(
-            np.array([1.0, 0.0]), X, y, sw)
-        expected = sw * (-log_expit(z) + (1.0 - y) * z)
+        grad, (loss, weight) = loss_fn.evaluate(np.array([1.0, 0.0]), X, y, weights)
+        w = np.ones_like(z) if weights is None else weights
+        expected = w * (-log_expit(z) + (1.0 - y) * z)
         assert np.isfinite(loss)
         np.testing.assert_allclose(loss, expected.sum(), rtol=1e-14)
-        r = sw * (expit(z) - y)
+        r = w * (expit(z) - y)
         np.testing.assert_allclose(grad, [r @ z, r.sum()], rtol=1e-12)
-        assert weight == sw.sum()
+        assert weight == w.sum()
+        # Without the loss (fixed-step gradient descent between reports): same gradient, loss NaN.
+        grad_only, (no_loss, weight) = loss_fn.evaluate(np.array([1.0, 0.0]), X, y, weights, with_loss=False)
+        np.testing.assert_array_equal(grad_only, grad)
+        assert np.isnan(no_loss) and weight == w.sum()
