@@ -129,7 +129,12 @@ def test_dataset_fingerprint_sees_every_change():
     changed[4321, 3] = np.nextafter(changed[4321, 3], 1.0)  # one bit of one value
     swapped = X.copy()
     swapped[[0, 4999]] = swapped[[4999, 0]]
-    others = [changed, swapped, X.astype(np.float32), X[:-1], X.reshape(17, 5000)]
+    # Sign flips change a word's top bit only; an even number of them in one chunk
+    # cancelled in a plain multiply-and-add hash (-X hashed like X).
+    two_signs = X.copy()
+    two_signs[0, 0] *= -1
+    two_signs[5, 3] *= -1
+    others = [changed, swapped, X.astype(np.float32), X[:-1], X.reshape(17, 5000), -X, two_signs]
     ids = {base} | {ArrayDataset(a).dataset_id for a in others}
     assert len(ids) == 1 + len(others)
     tail = np.arange(13, dtype=np.int8)  # bytes beyond the last whole word count too
