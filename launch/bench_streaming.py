@@ -39,6 +39,30 @@ def _csv(rows: np.ndarray) -> bytes:
     return ("\n".join(",".join(f"{v:.5g}" for v in row) for row in rows) + "\n").encode()
 
 
+def cpu_times(path: str = "/proc/stat") -> tuple[float, float] | None:
+    """(steal, total) jiffies of all CPUs since boot from /proc/stat (Linux), else None.
+
+    Steal is time the hypervisor ran something else while this VM's virtual CPUs
+    wanted to run: every process here stalls then, whatever it was doing.
+    """
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+        values = [float(v) for v in fields[1:]]
+    except (OSError, ValueError):
+        return None
+    if not fields or fields[0] != "cpu" or len(values) < 8:
+        return None
+    return values[7], sum(values[:8])  # guest time is counted in user time already
+
+
+def steal_share(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float:
+    """Share of CPU time stolen by the hypervisor between two :func:`cpu_times` (NaN if unknown)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return float("nan")
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _stream(source: Any, group_size: Any, **kw: Any) -> dict:
     import drizzle_ml as dm
 
@@ -91,8 +115,10 @@ def measure_latency(directory: str, rate: float, seconds: float, group_size: Any
             producer.stdin.close()
 
     try:
+        before = cpu_times()
         stats = _stream(dm.FileSource(path), group_size, batch_interval=batch_interval, max_batch=100_000,
                         idle_timeout=1.0, on_group=start_producer)
+        stats["steal"] = steal_share(before, cpu_times())
         producer.wait(timeout=seconds + 30)
     finally:
         if producer.poll() is None:
@@ -120,7 +146,10 @@ def measure_throughput(directory: str, kind: str, n: int, group_size: Any = "aut
             f.write(_csv(rows))
         source = dm.FileSource(path, follow=False, block_size=1 << 20)
         max_batch = 20_000
-    return _stream(source, group_size, batch_interval=None, max_batch=max_batch)
+    before = cpu_times()
+    stats = _stream(source, group_size, batch_interval=None, max_batch=max_batch)
+    stats["steal"] = steal_share(before, cpu_times())
+    return stats
 
 
 # Seconds of each latency run, records of the HDF5 and CSV throughput runs.
@@ -139,15 +168,21 @@ def run_all(size: str = "full", rate: float = 100_000.0) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| measurement | records/s | latency p50 | latency p99 |", "|---|---|---|---|"]
+    lines = ["| measurement | records/s | latency p50 | latency p99 | CPU stolen by the host |",
+             "|---|---|---|---|---|"]
+
+    def stolen(s: dict) -> str:
+        share = s.get("steal", float("nan"))
+        return "n/a" if share != share else f"{share * 100:.0f}%"
+
     for group_size, s in results["latency"].items():
         lines.append(f"| file at {results['rate']:,.0f} rec/s, group size {group_size} | {s['rate']:,.0f} | "
                      f"{s.get('latency_p50', float('nan')) * 1e3:.1f} ms | "
-                     f"{s.get('latency_p99', float('nan')) * 1e3:.1f} ms |")
+                     f"{s.get('latency_p99', float('nan')) * 1e3:.1f} ms | {stolen(s)} |")
     for kind, name in (("h5", "HDF5 (binary), prewritten"), ("csv", "CSV text, prewritten")):
         s = results[kind]
         lines.append(f"| {name} | {s['rate']:,.0f} | {s.get('latency_p50', float('nan')) * 1e3:.1f} ms | "
-                     f"{s.get('latency_p99', float('nan')) * 1e3:.1f} ms |")
+                     f"{s.get('latency_p99', float('nan')) * 1e3:.1f} ms | {stolen(s)} |")
     return "\n".join(lines)
 
 
@@ -195,4 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nlatency p99 at {args.rate:,.0f} rec/s: best {best * 1e3:.1f} ms (target 10 ms); "
           f"HDF5 {results['h5']['rate']:,.0f} rec/s (target 1,000,000); "
           f"CSV {results['csv']['rate']:,.0f} rec/s (target 250,000)", file=sys.stdout)
+    stolen = max((s.get("steal", 0.0) for s in lat.values()), default=0.0)
+    if stolen > 0.05:
+        print(f"note: the hypervisor stole up to {stolen * 100:.0f}% of this VM's CPU time during the latency "
+              "runs; every process stalls then, so the tails measure the host as much as drizzle-ml. "
+              "Compare runs with little steal.")
     return 0

@@ -23,6 +23,7 @@ def test_smoke_report_has_every_section_and_valid_pngs(tmp_path):
                     "## Estimators: loss against time", "## Recovery", "## Streaming"):
         assert heading in text
     assert "| bsp |" in text and "| plain mpi4py loop |" in text
+    assert "| CPU stolen by the host |" in text
     assert "straggler reported: worker 1 on host" in text
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
     assert {"coordination_group_size.png", "tuner_straggler.png"} <= set(images) and len(images) >= 5
@@ -63,3 +64,18 @@ def test_bench_commands_past_their_timeout_are_stopped_with_their_children():
     with pytest.raises(RuntimeError, match="did not finish within 0.5 s; stopped"):
         run_bounded(["sh", "-c", "sleep 31.4159 & sleep 31.4159; wait"], dict(os.environ), timeout=0.5)
     assert worker_processes("sleep 31.4159") == []
+
+
+def test_streaming_bench_reads_the_cpu_time_stolen_by_the_host(tmp_path):
+    from drizzle_ml.launch.bench_streaming import cpu_times, steal_share
+
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 1 2 3\n")
+    before = cpu_times(str(stat))
+    assert before == (35.0, 1000.0)
+    stat.write_text("cpu  200 0 60 1500 10 0 5 225 7 0\n")
+    assert steal_share(before, cpu_times(str(stat))) == pytest.approx(190 / 1000)
+    stat.write_text("intr 5\n")
+    assert cpu_times(str(stat)) is None and cpu_times(str(tmp_path / "missing")) is None
+    assert steal_share(before, None) != steal_share(before, None)  # NaN: unknown, shown as n/a
