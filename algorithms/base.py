@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 import warnings
+from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
@@ -280,6 +281,31 @@ def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+# Ids (content fingerprints) of datasets whose X was checked free of NaN and infinity.
+_FINITE_IDS: OrderedDict[str, None] = OrderedDict()
+_FINITE_IDS_KEPT = 64
+
+
+def check_finite_dataset(estimator: Any, dataset: ArrayDataset) -> None:
+    """Raise scikit-learn's error if the dataset's X holds NaN or infinity, once per content.
+
+    Fits validate X with ``ensure_all_finite=False`` and call this after the
+    dataset fingerprinted X: the answer depends on the content only, so a refit
+    on the same data (warm starts, ``n_init``, a grid search) skips the pass
+    over X (about 12 ms per 160 MB).
+    """
+    key = dataset.dataset_id
+    if key in _FINITE_IDS:
+        _FINITE_IDS.move_to_end(key)
+        return
+    from sklearn.utils import assert_all_finite
+
+    assert_all_finite(dataset.X, input_name="X", estimator_name=type(estimator).__name__)
+    _FINITE_IDS[key] = None
+    while len(_FINITE_IDS) > _FINITE_IDS_KEPT:
+        _FINITE_IDS.popitem(last=False)
 
 
 def check_sample_weight(sample_weight: Any, n_samples: int, dtype=np.float64) -> np.ndarray | None:

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
-from .base import DrizzleEstimator, check_positive_int, check_sample_weight, resumable
+from .base import DrizzleEstimator, check_finite_dataset, check_positive_int, check_sample_weight, resumable
 from .losses import LinearLoss
 from .normal_equations import NormalEquations
 from .online import OnlineLinear
@@ -113,10 +113,11 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
         else:
             self._require_y(y)
             X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
-                                 multi_output=True, y_numeric=True)
+                                 multi_output=True, y_numeric=True, ensure_all_finite=False)
             sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
             Y = np.asarray(y, dtype=X.dtype)
             dataset = ArrayDataset(X, Y, sw)
+            check_finite_dataset(self, dataset)
             n_features, y_ndim, dtype = X.shape[1], Y.ndim, X.dtype
             n_targets = 1 if Y.ndim == 1 else Y.shape[1]
         solver = self.solver

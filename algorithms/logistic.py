@@ -10,7 +10,7 @@ from sklearn.utils.validation import validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
-from .base import check_positive_int, check_sample_weight, resumable
+from .base import check_finite_dataset, check_positive_int, check_sample_weight, resumable
 from .linear import LinearModelBase
 from .online import OnlineLinear
 from .optim import SOLVERS
@@ -106,7 +106,8 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
             dtype = dataset.dtype if dataset.dtype == np.float32 else np.dtype(np.float64)
         else:
             self._require_y(y)
-            X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
+            X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
+                                 ensure_all_finite=False)
             self.classes_ = self._check_classes(np.unique(y))
             codes = np.searchsorted(self.classes_, y)
             classes_for_workers, n_features, dtype = None, X.shape[1], X.dtype
@@ -114,6 +115,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         if codes is not None:
             sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
             dataset = ArrayDataset(X, codes.astype(X.dtype) if binary else codes.astype(np.intp), sw)
+            check_finite_dataset(self, dataset)
         coef, intercept = self._minimize("binomial" if binary else "multinomial", dataset, n_features,
                                          1 if binary else len(self.classes_), alpha, self.solver,
                                          self.max_iter, classes=classes_for_workers)

@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
-from .base import DrizzleEstimator, check_positive_int, check_sample_weight, resumable
+from .base import DrizzleEstimator, check_finite_dataset, check_positive_int, check_sample_weight, resumable
 from .online import OnlineMoments
 from .pca_programs import SVD_SOLVERS, CovariancePCA, SubspacePCA
 
@@ -137,10 +137,12 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
             n_samples, n_features, sw = dataset.n_rows, dataset.n_features, None
             dtype = dataset.dtype if dataset.dtype == np.float32 else np.dtype(np.float64)
         else:
-            X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32])
+            X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32],
+                              ensure_all_finite=False)
             n_samples, n_features = X.shape
             sw = check_sample_weight(sample_weight, n_samples)
             dataset = ArrayDataset(X.tocsr() if sp.issparse(X) else X, None, sw)
+            check_finite_dataset(self, dataset)
             dtype = X.dtype
         if n_samples < 2:
             raise ValueError(f"PCA needs at least 2 samples, got n_samples = {n_samples}")

@@ -342,3 +342,31 @@ def test_worker_counts_agree_and_repeats_are_bit_identical():
         for attr in ("components_", "explained_variance_", "singular_values_", "mean_"):
             assert np.array_equal(getattr(again, attr), getattr(last, attr))
         assert again.n_iter_ == last.n_iter_
+
+
+def test_x_is_checked_for_nan_once_per_content(monkeypatch):
+    # The NaN/inf check runs after the fingerprint and is remembered by content: a refit
+    # on the same data skips it, changed data (here a NaN written in place) is checked.
+    import sklearn.utils
+
+    from drizzle_ml import KMeans, LinearRegression, LogisticRegression
+
+    calls = []
+    real = sklearn.utils.assert_all_finite
+    monkeypatch.setattr(sklearn.utils, "assert_all_finite", lambda X, **kw: (calls.append(1), real(X, **kw)))
+    X = np.random.default_rng(7).standard_normal((60, 4))
+    y = (X[:, 0] > 0).astype(int)
+    makers = (lambda: PCA(2, n_workers=2), lambda: KMeans(2, n_init=1, n_workers=2),
+              lambda: LogisticRegression(n_workers=2), lambda: LinearRegression(n_workers=2))
+    for shift, make in enumerate(makers):
+        Z = X + shift  # content no fit has seen (PCA's and KMeans's datasets would be the same)
+        calls.clear()
+        make().fit(Z, y)
+        make().fit(Z, y)
+        assert len(calls) == 1
+        Z[5, 2] = np.nan
+        with pytest.raises(ValueError, match="Input X contains NaN"):
+            make().fit(Z, y)
+        Z[5, 2] = np.inf
+        with pytest.raises(ValueError, match="Input X contains infinity"):
+            make().fit(sp.csr_matrix(Z), y)
