@@ -1,6 +1,6 @@
 """Algorithms against scikit-learn and plain mpi4py loops, measured side by side in one run.
 
-    python bench/algorithms.py [--rows 200000] [--features 100] [--workers 2] [--repeats 2] [--json OUT]
+    python bench/algorithms.py [--rows 200000] [--features 100] [--workers 2] [--iterations 100] [--repeats 5] [--json OUT]
 
 On ``make_classification(rows, features, random_state=0)`` with BLAS pinned
 to one thread per process, it prints:
@@ -174,8 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=30, help="iterations per timed loop")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; each round measures both sides")
+    parser.add_argument("--iterations", type=int, default=100, help="iterations per timed loop")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds; each round measures both sides")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
