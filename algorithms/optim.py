@@ -137,7 +137,7 @@ class Minimize(Program):
             f0, step, gtp = state[_F], state[_STEP], state[_GTP]
             if not (np.isfinite(f) and f <= f0 + _ARMIJO_C1 * step * gtp):
                 return self._backtrack(model, state, f, iteration)
-        elif not (np.isfinite(f) or not loss_known) or not np.isfinite(g).all():
+        elif (loss_known and not np.isfinite(f)) or not np.isfinite(g).all():
             what = f"the loss is {f}" if loss_known and not np.isfinite(f) else "the gradient is not finite"
             raise FloatingPointError(
                 f"{what} at iteration {iteration}: lower learning_rate or scale the features"
