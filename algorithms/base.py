@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import assert_all_finite
 
 from drizzle_ml.checkpoint import CheckpointStore, job_key_for
 from drizzle_ml.cluster import get_cluster
@@ -300,8 +301,6 @@ def check_finite_dataset(estimator: Any, dataset: ArrayDataset) -> None:
     if key in _FINITE_IDS:
         _FINITE_IDS.move_to_end(key)
         return
-    from sklearn.utils import assert_all_finite
-
     assert_all_finite(dataset.X, input_name="X", estimator_name=type(estimator).__name__)
     _FINITE_IDS[key] = None
     while len(_FINITE_IDS) > _FINITE_IDS_KEPT:

@@ -347,13 +347,12 @@ def test_worker_counts_agree_and_repeats_are_bit_identical():
 def test_x_is_checked_for_nan_once_per_content(monkeypatch):
     # The NaN/inf check runs after the fingerprint and is remembered by content: a refit
     # on the same data skips it, changed data (here a NaN written in place) is checked.
-    import sklearn.utils
-
     from drizzle_ml import KMeans, LinearRegression, LogisticRegression
+    from drizzle_ml.algorithms import base
 
     calls = []
-    real = sklearn.utils.assert_all_finite
-    monkeypatch.setattr(sklearn.utils, "assert_all_finite", lambda X, **kw: (calls.append(1), real(X, **kw)))
+    real = base.assert_all_finite
+    monkeypatch.setattr(base, "assert_all_finite", lambda X, **kw: (calls.append(1), real(X, **kw)))
     X = np.random.default_rng(7).standard_normal((60, 4))
     y = (X[:, 0] > 0).astype(int)
     makers = (lambda: PCA(2, n_workers=2), lambda: KMeans(2, n_init=1, n_workers=2),
