@@ -67,8 +67,9 @@ def _stream(source: Any, group_size: Any, **kw: Any) -> dict:
     import drizzle_ml as dm
 
     est = dm.LinearRegression(n_workers=2, group_size=group_size)
+    before = cpu_times()
     dm.stream_fit(est, source, n_features=N_FEATURES, **kw)
-    stats = dict(est.stream_stats_)
+    stats = dict(est.stream_stats_, steal=steal_share(before, cpu_times()))
     stats["rate"] = stats["records"] / stats["wall"] if stats["wall"] > 0 else 0.0
     stats["group_sizes"] = [g["group_size"] for g in est.history_]
     return stats
@@ -115,10 +116,8 @@ def measure_latency(directory: str, rate: float, seconds: float, group_size: Any
             producer.stdin.close()
 
     try:
-        before = cpu_times()
         stats = _stream(dm.FileSource(path), group_size, batch_interval=batch_interval, max_batch=100_000,
                         idle_timeout=1.0, on_group=start_producer)
-        stats["steal"] = steal_share(before, cpu_times())
         producer.wait(timeout=seconds + 30)
     finally:
         if producer.poll() is None:
@@ -146,10 +145,7 @@ def measure_throughput(directory: str, kind: str, n: int, group_size: Any = "aut
             f.write(_csv(rows))
         source = dm.FileSource(path, follow=False, block_size=1 << 20)
         max_batch = 20_000
-    before = cpu_times()
-    stats = _stream(source, group_size, batch_interval=None, max_batch=max_batch)
-    stats["steal"] = steal_share(before, cpu_times())
-    return stats
+    return _stream(source, group_size, batch_interval=None, max_batch=max_batch)
 
 
 # Seconds of each latency run, records of the HDF5 and CSV throughput runs.
@@ -173,7 +169,7 @@ def table(results: dict) -> str:
 
     def stolen(s: dict) -> str:
         share = s.get("steal", float("nan"))
-        return "n/a" if share != share else f"{share * 100:.0f}%"
+        return "n/a" if np.isnan(share) else f"{share * 100:.0f}%"
 
     for group_size, s in results["latency"].items():
         lines.append(f"| file at {results['rate']:,.0f} rec/s, group size {group_size} | {s['rate']:,.0f} | "
