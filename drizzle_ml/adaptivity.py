@@ -33,6 +33,7 @@ iteration, iterations of the job before the delay starts).
 from __future__ import annotations
 
 import os
+import statistics
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -74,7 +75,7 @@ class StragglerDetector:
         if len(compute) < 2:
             return None, 1.0
         slowest = int(np.argmax(compute))
-        others = float(np.median([c for w, c in enumerate(compute) if w != slowest]))
+        others = float(statistics.median(c for w, c in enumerate(compute) if w != slowest))  # a few values: no numpy
         ratio = compute[slowest] / others if others > 0 else float("inf")
         if ratio >= self.factor and compute[slowest] - others >= MIN_EXCESS:
             self.streak = self.streak + 1 if slowest == self.candidate else 1
