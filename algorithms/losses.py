@@ -88,14 +88,11 @@ class LinearLoss:
 
     def _accumulate(self, w, X, y, sample_weight, grad: np.ndarray, with_loss: bool = True) -> float:
         """Add these rows' gradient to ``grad``; return their loss sum (any value without ``with_loss``)."""
-        if self.kind == "binomial" and not sp.issparse(X):
-            return self._accumulate_binomial_dense(w, X, y, sample_weight, grad, with_loss)
+        if self.kind == "binomial":
+            return self._accumulate_binomial(w, X, y, sample_weight, grad, with_loss)
         n = X.shape[0]
         z = self.decision(w, X)
-        if self.kind == "binomial":
-            losses, p = _binomial_terms(z[:, 0], y)
-            resid = (p - y)[:, None]
-        elif self.kind == "multinomial":
+        if self.kind == "multinomial":
             zmax = z.max(axis=1, keepdims=True)
             e = np.exp(z - zmax)
             norm = e.sum(axis=1, keepdims=True)
@@ -118,13 +115,8 @@ class LinearLoss:
             grad[self.n_coef :] += resid.sum(axis=0, dtype=np.float64)
         return float(losses.sum(dtype=np.float64))
 
-    def _accumulate_binomial_dense(self, w, X, y, sample_weight, grad: np.ndarray, with_loss: bool) -> float:
-        """The binomial case on dense rows with vector products (BLAS gemv), not (n, 1) matrices.
-
-        The loss sum is ``(1 - y)·z - 1·log(p)`` (weighted: ``(w - w y)·z - w·log(p)``):
-        two dot products instead of per-row loss arrays, the same terms as
-        :func:`_binomial_terms`, accumulated in float64.
-        """
+    def _accumulate_binomial(self, w, X, y, sample_weight, grad: np.ndarray, with_loss: bool) -> float:
+        """The binomial case with matrix-vector products (BLAS gemv, or CSR's), not (n, 1) matrices."""
         coef, intercept = self.split(w)
         z = X @ coef[0].astype(X.dtype, copy=False)
         if intercept is not None:
@@ -141,19 +133,14 @@ class LinearLoss:
         return loss
 
 
-def _binomial_terms(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row losses ``log(1 + e^z) - y z`` and probabilities ``expit(z)``, both shape (n,).
-
-    The loss is ``(1 - y) z - log(p)`` with ``p = expit(z)``: ``log(p)`` is exact to
-    about 1e-16 absolute (p is accurate relative to itself), and one ``log`` costs a
-    third of scipy's ``log_expit``. Where ``p`` underflows (z < -745), ``log(p) = z``.
-    """
-    p = expit(z)
-    return (1.0 - y) * z - _log_probabilities(p, z), p
-
-
 def _binomial_loss_sum(z: np.ndarray, p: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> float:
-    """Sum over rows of ``(1 - y) z - log(p)`` (weighted), as two dot products, in float64."""
+    """Sum over rows of ``log(1 + e^z) - y z`` (weighted), as two dot products, in float64.
+
+    The row loss is ``(1 - y) z - log(p)`` with ``p = expit(z)``: ``log(p)`` is exact to
+    about 1e-16 absolute (p is accurate relative to itself), and one ``log`` costs a
+    third of scipy's ``log_expit``. The sum is ``(1 - y)·z - 1·log(p)`` (weighted:
+    ``(w - w y)·z - w·log(p)``), no per-row loss array.
+    """
     log_p = _log_probabilities(p, z).astype(np.float64, copy=False)
     z = z.astype(np.float64, copy=False)
     if sample_weight is None:
