@@ -32,6 +32,7 @@ from typing import Any, Callable
 from mpi4py import MPI
 
 from . import protocol as P
+from .doorbell import Doorbell, bell_address
 from .errors import ClusterClosedError, WorkerError, WorkerFailedError, WorkerTimeoutError
 from .waiting import WaitPolicy, WaitTimeout, poll
 
@@ -114,6 +115,8 @@ class Cluster:
         self.timeout, self.fanout = float(timeout), int(fanout)
         self._closed = False
         self._broken: str | None = None
+        self.doorbell = Doorbell()
+        self._bells: list[tuple[str, int] | None] = []  # worker w's doorbell address, once known
         self._proc: subprocess.Popen | None = None
         self._output_tail: deque[str] = deque(maxlen=200)
         self._pumps: list[threading.Thread] = []
@@ -150,10 +153,13 @@ class Cluster:
         _open_clusters.add(self)
         try:
             self._collect(lambda m: isinstance(m, P.Hello), self.n_workers, "start-up", timeout=start_timeout)
+            self.workers.sort(key=lambda h: h.worker)
+            self.broadcast(P.Doorbells((socket.gethostname(), self.doorbell.port),
+                                       [(h.host, h.doorbell) for h in self.workers]))
         except BaseException:
             self._teardown()
             raise
-        self.workers.sort(key=lambda h: h.worker)
+        self._bells = [bell_address(h.host, h.doorbell) for h in self.workers]
         self._deaths: list[int] = []  # workers in the order they were seen to die
         if self.mode == "launched":
             self._start_death_watch()
@@ -319,11 +325,19 @@ class Cluster:
         payload = MPI.pickle.dumps(message)
         targets = range(self.n_workers) if workers is None else workers
         requests = [self.ctrl.Isend([payload, MPI.BYTE], dest=w + 1, tag=P.TAG_CTRL) for w in targets]
+        self.ring(targets)
         self._complete(requests, "control message delivery")
 
     def send_buffers(self, worker: int, buffers: list) -> None:
         requests = [self.ctrl.Isend(buf, dest=worker + 1, tag=P.TAG_DATA) for buf in buffers]
+        self.ring([worker])
         self._complete(requests, f"sending a partition to worker {worker}")
+
+    def ring(self, workers: range | list[int]) -> None:
+        """Wake ``workers`` that may be sleeping on a message just sent (see :mod:`drizzle_ml.doorbell`)."""
+        for w in workers:
+            if w < len(self._bells):
+                self.doorbell.ring(self._bells[w])
 
     def _complete(self, requests: list[MPI.Request], what: str) -> None:
         if not requests or MPI.Request.Testall(requests):
@@ -343,7 +357,7 @@ class Cluster:
         limit = self.timeout + extra if timeout is None else timeout
         try:
             return poll(test, self.policy, on_idle=self._watch if watch_reports else self._check_alive,
-                        first_sleep=first_sleep, timeout=limit, max_sleep=max_sleep)
+                        first_sleep=first_sleep, timeout=limit, max_sleep=max_sleep, sleep=self.doorbell.sleep)
         except WaitTimeout:
             self._fail(WorkerTimeoutError(
                 f"timed out after {limit:.3g} s waiting for {what}; the cluster has been shut down"))
@@ -475,6 +489,7 @@ class Cluster:
             self._teardown()
             return
         self._closed = True
+        self.doorbell.close()
         if self.mode == "launched":
             try:
                 self.ctrl.Free()
@@ -485,6 +500,7 @@ class Cluster:
     def _teardown(self) -> None:
         """Forceful end after a failure: no waiting on workers that may be gone."""
         self._closed = True
+        self.doorbell.close()
         if self._broken is None:
             self._broken = "torn down"
         if self.mode == "launched":

@@ -197,7 +197,8 @@ class JobExecutor:
             self.stream = StreamReader(s.source, s.fmt, s.batching,
                                        worker_partitions(self.me, rt.n_workers, s.n_partitions),
                                        s.n_partitions, s.offsets, self.me)
-        self.publisher = Publisher(rt.ctrl, self.job, spec.model) if spec.publish and self.is_root else None
+        self.publisher = (Publisher(rt.ctrl, self.job, spec.model, ring=lambda: rt.doorbell.ring(rt.driver_bell))
+                          if spec.publish and self.is_root else None)
 
     # -- channels ---------------------------------------------------------------
     def _init_up(self, partial: Any) -> None:
@@ -294,9 +295,11 @@ class JobExecutor:
                     it,
                     [self.rt.peers.Isend([sbuf, MPI.BYTE], dest=self.parent, tag=P.data_tag(P.UP, self.job, it))],
                 )
+                self.rt.ring_peers([self.parent])
                 buf = self.down_recv.receive(it)
                 tag = P.data_tag(P.DOWN, self.job, it)
                 forwards = [self.rt.peers.Isend([buf, MPI.BYTE], dest=c, tag=tag) for c in self.children]
+                self.rt.ring_peers(self.children)
                 self.down_recv.release(it, forwards)
                 version, _, flags = buf[: self.header_bytes].view(np.float64)
                 # Views into the ring slot are safe: the slot's next message is for
@@ -346,6 +349,7 @@ class JobExecutor:
         self.down_send.track(
             it, [self.rt.peers.Isend([buf, MPI.BYTE], dest=c, tag=tag) for c in self.children]
         )
+        self.rt.ring_peers(self.children)
 
     def _check_model(self, model: dict) -> None:
         if not isinstance(model, dict):

@@ -86,6 +86,15 @@ class Hello:
     worker: int
     pid: int
     host: str
+    doorbell: int = 0  # UDP port of the worker's doorbell (drizzle_ml.doorbell); 0: none
+
+
+@dataclass
+class Doorbells:
+    """Where every rank's doorbell is, sent once after start-up: ``(host, port)``, port 0 for none."""
+
+    driver: tuple[str, int]
+    workers: list[tuple[str, int]]
 
 
 @dataclass

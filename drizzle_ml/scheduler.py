@@ -320,6 +320,7 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
             down.pack({k: model[k] for k in keys}, buf, header)
         tag = P.data_tag(P.BSP_TASK, job, i)
         task_reqs[slot] = [ctrl.Isend([buf, MPI.BYTE], dest=w + 1, tag=tag) for w in range(n)]
+        cluster.ring(range(n))
         return time.perf_counter() - t0
 
     schedule = send_task(0, False)

@@ -64,6 +64,7 @@ def poll(
     timeout: float | None = None,
     spin: float | None = None,
     max_sleep: float | None = None,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> T:
     """Call ``test`` until it returns something truthy, and return that.
 
@@ -72,6 +73,8 @@ def poll(
     only every ``max_sleep`` seconds. ``on_idle`` runs between sleeps, at most every
     ``policy.check_every`` seconds, and may raise to end the wait.
     ``spin`` and ``max_sleep`` override the policy's for this wait.
+    ``sleep`` sleeps between tests: a :class:`~drizzle_ml.doorbell.Doorbell`'s
+    ends early when a peer rings it after sending.
     Raises :class:`WaitTimeout` after ``timeout`` (default ``policy.timeout``).
     """
     result = test()
@@ -86,7 +89,7 @@ def poll(
         # the answer may come early (a job that converged inside its group).
         wake = start + min(first_sleep, limit)
         while (now := time.perf_counter()) < wake:
-            time.sleep(min(tick, wake - now))
+            sleep(min(tick, wake - now))
             result = test()
             if result:
                 return result
@@ -99,7 +102,7 @@ def poll(
         if time.perf_counter() >= spin_until:
             break
         os.sched_yield()
-    sleep = 2e-5
+    step = 2e-5
     next_check = time.perf_counter()
     while True:
         result = test()
@@ -111,5 +114,5 @@ def poll(
         if on_idle is not None and now >= next_check:
             on_idle()
             next_check = now + policy.check_every
-        time.sleep(min(sleep, deadline - now))
-        sleep = min(sleep * 2, tick)
+        # Rung: a message came, and the next may follow (a rendezvous in steps).
+        step = 2e-5 if sleep(min(step, deadline - now)) else min(step * 2, tick)

@@ -27,6 +27,7 @@ from mpi4py import MPI
 from . import protocol as P
 from .adaptivity import apply_rebalance
 from .data import PartitionCache, assemble_partition, read_hdf5_partition
+from .doorbell import Address, Doorbell, bell_address
 from .errors import WorkerTimeoutError
 from .executor import JobExecutor, RecvRing, SendRing
 from .layout import Layout
@@ -66,11 +67,20 @@ class WorkerRuntime:
         self.current_job: int | None = None
         self.driver_pid: int | None = None
         self.pending_reports: list[MPI.Request] = []
+        self.doorbell = Doorbell()
+        self.driver_bell: Address | None = None
+        self.peer_bells: list[Address | None] = [None] * self.n_workers
 
     # -- messaging --------------------------------------------------------------
     def report(self, message: Any) -> None:
         self.pending_reports = [r for r in self.pending_reports if not r.Test()]
         self.pending_reports.append(self.ctrl.isend(message, dest=0, tag=P.TAG_REPORT))
+        self.doorbell.ring(self.driver_bell)
+
+    def ring_peers(self, workers: list[int]) -> None:
+        """Wake peers that may be sleeping on a message just sent to them."""
+        for w in workers:
+            self.doorbell.ring(self.peer_bells[w])
 
     def poll_ctrl(self) -> None:
         while True:
@@ -89,7 +99,7 @@ class WorkerRuntime:
              max_sleep: float | None = None) -> Any:
         try:
             return poll(test, self.policy, on_idle=self.poll_ctrl, timeout=self.policy.timeout + extra,
-                        spin=spin, max_sleep=max_sleep)
+                        spin=spin, max_sleep=max_sleep, sleep=self.doorbell.sleep)
         except WaitTimeout:
             raise WorkerTimeoutError(
                 f"worker {self.index} waited {self.policy.timeout + extra:.3g} s for {what}", self.index
@@ -108,11 +118,11 @@ class WorkerRuntime:
                 self.poll_ctrl()
             return self.inbox.popleft() if self.inbox else None
 
-        return poll(ready, self.idle_policy, on_idle=self._driver_alive)
+        return poll(ready, self.idle_policy, on_idle=self._driver_alive, sleep=self.doorbell.sleep)
 
     # -- serving ------------------------------------------------------------------
     def serve(self) -> None:
-        self.report(P.Hello(self.index, os.getpid(), socket.gethostname()))
+        self.report(P.Hello(self.index, os.getpid(), socket.gethostname(), self.doorbell.port))
         while True:
             msg = self.next_message()
             if isinstance(msg, P.Shutdown):
@@ -120,6 +130,7 @@ class WorkerRuntime:
                     job.close()
                 self.report(P.Bye(self.index))
                 poll(lambda: all(r.Test() for r in self.pending_reports), self.policy)
+                self.doorbell.close()
                 return
             try:
                 self.handle(msg)
@@ -145,6 +156,9 @@ class WorkerRuntime:
     def handle(self, msg: Any) -> None:
         if isinstance(msg, P.LoadData):
             self.load(msg)
+        elif isinstance(msg, P.Doorbells):
+            self.driver_bell = bell_address(*msg.driver)
+            self.peer_bells = [bell_address(*where) for where in msg.workers]
         elif isinstance(msg, P.DropData):
             self.cache.drop(msg.dataset_id)
         elif isinstance(msg, P.StartJob):
@@ -255,12 +269,14 @@ class BspWorker:
                 # The first partial goes pickled so the driver learns its layout.
                 up_layout = Layout(partial)
                 first = rt.ctrl.isend((up_layout, partial), dest=0, tag=tag)
+                rt.doorbell.ring(rt.driver_bell)
                 wait(first.Test, "delivery of the first partial")
                 sends = SendRing(up_layout.nbytes, 2, wait, "a partial")
             else:
                 sbuf = sends.slot(it)
                 up_layout.pack(partial, sbuf)
                 sends.track(it, [rt.ctrl.Isend([sbuf, MPI.BYTE], dest=0, tag=tag)])
+                rt.doorbell.ring(rt.driver_bell)
             estimate = max(estimate, time.perf_counter() - t0)
             it += 1
         tasks.cancel()

@@ -40,6 +40,22 @@ def test_tree_reduce_equals_numpy_sum(n_workers):
         assert np.array_equal(a.model["coef"], b.model["coef"])
 
 
+def test_workers_ring_the_driver_and_jobs_run_without_doorbells(cluster2, monkeypatch):
+    lr, iters = 0.1, 30
+    model = lambda: {"coef": np.zeros(7)}
+    rung = cluster2.run(LeastSquaresGD(lr), model(), ArrayDataset(X, Y), max_iter=iters, group_size=5)
+    cluster2.doorbell.sleep(0)  # clear rings that came while the driver was not sleeping
+    assert cluster2.doorbell.port > 0 and cluster2.doorbell.rings > 0  # every report rings the driver
+    monkeypatch.setenv("DRIZZLE_DOORBELL", "0")  # read by the driver and the worker job it starts
+    with Cluster(3, timeout=30) as quiet:
+        assert quiet.doorbell.port == 0
+        for scheduling in ("group", "bsp"):
+            plain = quiet.run(LeastSquaresGD(lr), model(), ArrayDataset(X, Y), max_iter=iters, group_size=5,
+                              scheduling=scheduling)
+            np.testing.assert_allclose(plain.model["coef"], rung.model["coef"], rtol=1e-12)
+        assert quiet.doorbell.rings == 0
+
+
 def test_tree_reduce_two_workers_dense_sparse_and_bsp(cluster2):
     dense = tree_sum(cluster2, ArrayDataset(X))
     np.testing.assert_allclose(dense.model["sums"], X.sum(axis=0), rtol=1e-12)

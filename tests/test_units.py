@@ -1,11 +1,13 @@
 """Engine parts that need no MPI job: layout, tree, store, partitioning (the tuner: test_tuner.py)."""
 
 import pickle
+import socket
 
 import numpy as np
 import pytest
 
 from drizzle_ml.data import row_bounds
+from drizzle_ml.doorbell import Doorbell, bell_address
 from drizzle_ml.layout import Layout
 from drizzle_ml.store import ModelStore
 from drizzle_ml.tree import ReduceTree
@@ -278,3 +280,37 @@ def test_unpacking_a_buffer_used_once_keeps_nothing_of_it():
     assert gone() is None
     kept = layout.new_buffer()
     assert layout.unpack(kept)["w"] is layout.unpack(kept)["w"]  # reused buffers keep their views
+
+
+def test_a_doorbell_ends_a_sleep_when_rung_and_clears_its_rings():
+    bell, ringer = Doorbell(), Doorbell()
+    try:
+        assert bell.port > 0
+        assert bell.sleep(0.001) is False  # not rung: the whole step is slept
+        for _ in range(3):
+            ringer.ring(("127.0.0.1", bell.port))
+        assert bell.sleep(60.0) is True  # rung before it slept: returns at once, not after a minute
+        assert bell.rings == 3  # all three rings cleared by one wake
+        assert bell.sleep(0.001) is False
+        ringer.ring(None)  # a rank without a doorbell: nothing to ring
+        gone = Doorbell()
+        port = gone.port
+        gone.close()
+        ringer.ring(("127.0.0.1", port))  # nobody listens there any more: a ring is only a hint
+        assert gone.sleep(0.001) is False  # a closed doorbell still sleeps, like one that is off
+    finally:
+        bell.close()
+        ringer.close()
+
+
+def test_doorbells_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("DRIZZLE_DOORBELL", "0")
+    off = Doorbell()
+    assert off.port == 0 and off.sleep(0.001) is False
+    off.ring(("127.0.0.1", 9))  # rings nobody
+
+
+def test_bell_addresses_are_loopback_here_and_none_when_unknown():
+    assert bell_address(socket.gethostname(), 4321) == ("127.0.0.1", 4321)
+    assert bell_address(socket.gethostname(), 0) is None  # that rank has no doorbell
+    assert bell_address("no-such-host.invalid", 4321) is None
