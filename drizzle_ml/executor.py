@@ -197,8 +197,7 @@ class JobExecutor:
             self.stream = StreamReader(s.source, s.fmt, s.batching,
                                        worker_partitions(self.me, rt.n_workers, s.n_partitions),
                                        s.n_partitions, s.offsets, self.me)
-        self.publisher = (Publisher(rt.ctrl, self.job, spec.model, ring=lambda: rt.doorbell.ring(rt.driver_bell))
-                          if spec.publish and self.is_root else None)
+        self.publisher = Publisher(rt.ctrl, self.job, spec.model) if spec.publish and self.is_root else None
 
     # -- channels ---------------------------------------------------------------
     def _init_up(self, partial: Any) -> None:
@@ -213,6 +212,15 @@ class JobExecutor:
             ring.post_until(self._iteration, self.group_end)
         if not self.is_root:
             self.up_send = SendRing(nbytes, slots, self._wait, "this worker's partial")
+
+    def _ring(self, workers: list[int]) -> None:
+        # Wake peers napping on a partial or model just sent. Not in a stream:
+        # its workers nap at most a source poll interval (0.25 ms), shorter than
+        # a ring costs at a thousand iterations a second (20-80 us of a system
+        # call each on a virtual machine). Versions published to the driver do
+        # not ring either: in a stream the driver naps at most 1 ms.
+        if self.stream is None:
+            self.rt.ring_peers(workers)
 
     def _wait(self, test: Callable[[], Any], what: str) -> Any:
         # Bounded like every wait; a slow iteration elsewhere in the tree extends it.
@@ -295,11 +303,11 @@ class JobExecutor:
                     it,
                     [self.rt.peers.Isend([sbuf, MPI.BYTE], dest=self.parent, tag=P.data_tag(P.UP, self.job, it))],
                 )
-                self.rt.ring_peers([self.parent])
+                self._ring([self.parent])
                 buf = self.down_recv.receive(it)
                 tag = P.data_tag(P.DOWN, self.job, it)
                 forwards = [self.rt.peers.Isend([buf, MPI.BYTE], dest=c, tag=tag) for c in self.children]
-                self.rt.ring_peers(self.children)
+                self._ring(self.children)
                 self.down_recv.release(it, forwards)
                 version, _, flags = buf[: self.header_bytes].view(np.float64)
                 # Views into the ring slot are safe: the slot's next message is for
@@ -349,7 +357,7 @@ class JobExecutor:
         self.down_send.track(
             it, [self.rt.peers.Isend([buf, MPI.BYTE], dest=c, tag=tag) for c in self.children]
         )
-        self.rt.ring_peers(self.children)
+        self._ring(self.children)
 
     def _check_model(self, model: dict) -> None:
         if not isinstance(model, dict):
