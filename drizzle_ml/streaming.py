@@ -19,7 +19,7 @@ algorithm:
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from mpi4py import MPI
@@ -85,8 +85,9 @@ class Publisher:
 
     SLOTS = 8
 
-    def __init__(self, comm: MPI.Comm, job: int, model: dict):
+    def __init__(self, comm: MPI.Comm, job: int, model: dict, ring: Callable[[], None] | None = None):
         self.comm, self.job = comm, job
+        self.ring = ring  # wakes the driver (its doorbell) after each send
         self.keys = tuple(model)
         self.layout = Layout({k: np.asarray(model[k]) for k in self.keys})
         self.header = len(PUBLISH_HEADER) * 8
@@ -107,6 +108,8 @@ class Publisher:
             metrics.get("oldest", float("inf")), metrics.get("newest", float("-inf")))
         self.layout.pack({k: model[k] for k in self.keys}, buf, self.header)
         self.requests[slot] = self.comm.Isend([buf, MPI.BYTE], dest=0, tag=P.TAG_PUBLISH)
+        if self.ring is not None:
+            self.ring()
 
     def close(self) -> None:
         for req in self.requests:
