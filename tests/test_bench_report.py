@@ -79,3 +79,18 @@ def test_streaming_bench_reads_the_cpu_time_stolen_by_the_host(tmp_path):
     stat.write_text("intr 5\n")
     assert cpu_times(str(stat)) is None and cpu_times(str(tmp_path / "missing")) is None
     assert steal_share(before, None) != steal_share(before, None)  # NaN: unknown, shown as n/a
+
+
+def test_streaming_bench_shows_the_quietest_of_repeated_latency_runs():
+    from drizzle_ml.launch.bench_streaming import quietest, runs_lines, table
+
+    noisy = {"latency_p50": 0.006, "latency_p99": 0.048, "steal": 0.21, "rate": 9e4}
+    quiet = {"latency_p50": 0.003, "latency_p99": 0.0062, "steal": 0.005, "rate": 9e4}
+    unknown = {"latency_p50": 0.001, "latency_p99": 0.001, "steal": float("nan"), "rate": 9e4}
+    assert quietest([noisy, quiet, unknown]) is quiet
+    assert quietest([unknown, noisy]) is noisy  # an unknown share counts as the most
+    runs = {"rate": 1e5, "latency_runs": {"10": [noisy, quiet], "auto": [unknown]},
+            "latency": {"10": quiet, "auto": unknown}, "h5": quiet, "csv": quiet}
+    assert runs_lines(runs) == ["- group size 10, p99 of each run: 48.0 ms (21% stolen), 6.2 ms (0% stolen)"]
+    assert "| file at 100,000 rec/s, group size 10 | 90,000 | 3.0 ms | 6.2 ms | 0% |" in table(runs)
+    assert "| file at 100,000 rec/s, group size auto | 90,000 | 1.0 ms | 1.0 ms | n/a |" in table(runs)
