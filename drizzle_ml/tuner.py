@@ -37,7 +37,11 @@ shows in the next group's decision.
 The size is also capped: by ``max_group``, by ``cap`` (iterations the job has
 left) and by ``react_within`` seconds: a group's expected duration
 (``k * seconds per iteration``) stays within what the user needs to react to,
-the checkpoint interval in seconds or a stream's batch interval.
+the checkpoint interval in seconds or a stream's batch interval. And it has a
+floor in seconds, ``min_group_seconds``, which the scheduler sets for streams:
+there the workers' waiting for records hides the coordination, so the
+overhead alone would shrink groups to one micro-batch, and a group boundary a
+millisecond costs the driver CPU that the workers need on a small machine.
 """
 
 from __future__ import annotations
@@ -65,10 +69,12 @@ class GroupSizer:
         (doubling per consecutive failure, at most ``max_hold``).
     react_within : seconds or None; a group should not take longer (set by the
         scheduler from the checkpoint interval in seconds or a stream's batch interval).
+    min_group_seconds : seconds or None; a group should not be shorter (set by
+        the scheduler for streams); ``react_within`` wins where they conflict.
 
     After each :meth:`next`, ``reason`` says what was decided: ``fixed``,
     ``grow``, ``shrink``, ``probe``, ``hold``, ``back`` (a probe overshot),
-    ``keep`` or ``cap``.
+    ``keep``, ``cap`` or ``floor``.
     """
 
     group_size: int | str = "auto"
@@ -81,6 +87,7 @@ class GroupSizer:
     hold: int = 8
     max_hold: int = 64
     react_within: float | None = None
+    min_group_seconds: float | None = None
     cap: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,8 +129,14 @@ class GroupSizer:
             top = min(top, int(self.react_within / per_iteration))
         return max(top, self.min_group)
 
+    def smallest(self, per_iteration: float = 0.0) -> int:
+        """The smallest size allowed now: ``min_group`` and ``min_group_seconds``."""
+        if self.min_group_seconds is not None and per_iteration > 0:
+            return max(self.min_group, math.ceil(self.min_group_seconds / per_iteration))
+        return self.min_group
+
     def _bounded(self, size: int, per_iteration: float = 0.0) -> int:
-        return min(max(int(size), self.min_group), self.limit(per_iteration))
+        return min(max(int(size), self.smallest(per_iteration)), self.limit(per_iteration))
 
     def next(self, overhead: float, measured: int | None = None, per_iteration: float = 0.0) -> int:
         """Size of the next group given the overhead share of the last measured group.
@@ -163,11 +176,14 @@ class GroupSizer:
                 size = self.size  # the last probe is still to be measured (send-ahead)
             else:
                 size, self.reason = k - self.decrease, "probe"
-        bounded = self._bounded(size, per_iteration)
+        floored = max(int(size), self.smallest(per_iteration))
+        bounded = min(floored, self.limit(per_iteration))
         if bounded == k and self.reason in ("grow", "shrink", "probe"):
             self.reason = "keep"  # at a bound already
-        elif bounded < size:
+        elif bounded < floored:
             self.reason = "cap"
+        elif bounded > size:
+            self.reason = "floor"
         self.size = bounded
         return self.size
 
@@ -196,8 +212,9 @@ def check_sizer_options(s: GroupSizer) -> None:
             raise ValueError(f"tuner {name} must be an integer >= 1, got {getattr(s, name)!r}")
     if s.min_group > s.max_group:
         raise ValueError(f"tuner min_group ({s.min_group}) is larger than max_group ({s.max_group})")
-    if s.react_within is not None and not s.react_within > 0:
-        raise ValueError(f"react_within must be None or seconds > 0, got {s.react_within!r}")
+    for name in ("react_within", "min_group_seconds"):
+        if getattr(s, name) is not None and not getattr(s, name) > 0:
+            raise ValueError(f"{name} must be None or seconds > 0, got {getattr(s, name)!r}")
 
 
 def tuner_options(tuner: dict | None, keys: tuple[str, ...] = SIZER_KEYS) -> dict[str, Any]:

@@ -113,6 +113,20 @@ def test_respects_min_max_cap_and_react_within():
     assert [fixed.next(0.9), fixed.next(0.0)] == [10, 10] and fixed.reason == "fixed"
 
 
+def test_a_floor_in_seconds_stops_shrinking_and_gives_way_to_the_cap():
+    sizer = GroupSizer("auto", min_group_seconds=0.01)  # what the scheduler sets for streams
+    sizes = [sizer.next(0.0, per_iteration=0.001) for _ in range(10)]  # no overhead: shrink...
+    assert sizes[0] == 10 and sizer.reason == "keep" and min(sizes) == 10  # ...down to 10 ms of groups
+    assert sizer.next(0.0, measured=10, per_iteration=0.004) == 9  # slower iterations: 3 are 10 ms
+    assert sizer.next(0.0, measured=3, per_iteration=0.004) == 3 and sizer.reason == "keep"
+    assert sizer.next(0.0, measured=2, per_iteration=0.004) == 3 and sizer.reason == "floor"
+    sizer.react_within = 0.005  # the cap wins where the two disagree
+    assert sizer.next(0.0, measured=3, per_iteration=0.001) == 5 and sizer.reason == "cap"
+    assert GroupSizer(4, min_group_seconds=1.0).next(0.0, per_iteration=0.001) == 4  # a fixed size stays
+    with pytest.raises(ValueError, match="min_group_seconds must be None or seconds > 0, got 0"):
+        GroupSizer("auto", min_group_seconds=0)
+
+
 def test_probe_backoff_holds_longer_after_repeated_failures():
     sizer = GroupSizer("auto", hold=2, max_hold=8)
     c, e = 1e-3, 1e-4
