@@ -170,7 +170,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
             dtype = X.dtype
             n_init, init_centers = self._check_params(n_samples, n_features)
             sw = check_sample_weight(sample_weight, X.shape[0])
-            dataset = ArrayDataset(X, None, sw)
+            dataset = ArrayDataset(X, None, sw, speculate=True)
             check_finite_dataset(self, dataset)
             tol = _tolerance(X, self.tol)
         k = int(self.n_clusters)

@@ -116,7 +116,7 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
                                  multi_output=True, y_numeric=True, ensure_all_finite=False)
             sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
             Y = np.asarray(y, dtype=X.dtype)
-            dataset = ArrayDataset(X, Y, sw)
+            dataset = ArrayDataset(X, Y, sw, speculate=True)
             check_finite_dataset(self, dataset)
             n_features, y_ndim, dtype = X.shape[1], Y.ndim, X.dtype
             n_targets = 1 if Y.ndim == 1 else Y.shape[1]

@@ -114,7 +114,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         binary = len(self.classes_) == 2
         if codes is not None:
             sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
-            dataset = ArrayDataset(X, codes.astype(X.dtype) if binary else codes.astype(np.intp), sw)
+            dataset = ArrayDataset(X, codes.astype(X.dtype) if binary else codes.astype(np.intp), sw, speculate=True)
             check_finite_dataset(self, dataset)
         coef, intercept = self._minimize("binomial" if binary else "multinomial", dataset, n_features,
                                          1 if binary else len(self.classes_), alpha, self.solver,

@@ -141,7 +141,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
                               ensure_all_finite=False)
             n_samples, n_features = X.shape
             sw = check_sample_weight(sample_weight, n_samples)
-            dataset = ArrayDataset(X.tocsr() if sp.issparse(X) else X, None, sw)
+            dataset = ArrayDataset(X.tocsr() if sp.issparse(X) else X, None, sw, speculate=True)
             check_finite_dataset(self, dataset)
             dtype = X.dtype
         if n_samples < 2:

@@ -467,10 +467,22 @@ class Cluster:
     # -- jobs ---------------------------------------------------------------------------
     def run(self, program: Any, model: dict, dataset: Any, *, allow_empty: bool = False, **kwargs: Any):
         """Run ``program`` on ``dataset`` from ``model``; see :func:`drizzle_ml.scheduler.run_job`."""
+        from .data import ContentChanged
         from .scheduler import run_job
 
+        speculative = getattr(dataset, "speculative", False)
+        if speculative and dataset.dataset_id not in self._loaded:
+            dataset.confirm()  # data goes to the workers under its content's id only
+            speculative = False
         dataset_id = self.load(dataset, allow_empty)
-        return run_job(self, program, model, dataset_id, **kwargs)
+        if not speculative:
+            return run_job(self, program, model, dataset_id, **kwargs)
+        try:
+            return run_job(self, program, model, dataset_id, confirm=dataset.confirm, **kwargs)
+        except ContentChanged:
+            # X changed in place since its last fingerprint: the job, on the old
+            # partitions, was aborted before any of its results counted.
+            return run_job(self, program, model, self.load(dataset, allow_empty), **kwargs)
 
     # -- shutdown -----------------------------------------------------------------------
     @property

@@ -24,6 +24,7 @@ from mpi4py import MPI
 from . import protocol as P
 from .adaptivity import Adaptivity
 from .checkpoint import Checkpoint, CheckpointStore
+from .data import ContentChanged
 from .layout import Layout
 from .metrics import GroupMetrics, JobResult
 from .store import ModelStore, freeze
@@ -77,6 +78,7 @@ def run_job(
     rebalance: bool = False,
     straggler_factor: float = 1.5,
     straggler_groups: int = 3,
+    confirm: Callable[[], bool] | None = None,
 ) -> JobResult:
     """Run ``program`` for at most ``max_iter`` iterations from ``model`` (at ``version``).
 
@@ -101,6 +103,10 @@ def run_job(
     ``straggler_groups`` consecutive groups is reported with a
     :class:`~drizzle_ml.errors.StragglerWarning`; ``rebalance`` then moves some
     of its rows to its neighbours (see :mod:`drizzle_ml.adaptivity`).
+    ``confirm`` checks a speculative dataset id (see
+    :class:`~drizzle_ml.data.ArrayDataset`) before the first group's results
+    count (in BSP mode, before the job starts); when it answers False the job
+    is aborted and :class:`~drizzle_ml.data.ContentChanged` raised.
     Raises :class:`~drizzle_ml.errors.WorkerError` when program code fails on
     a worker, :class:`~drizzle_ml.errors.WorkerFailedError` when a worker dies
     or hangs.
@@ -111,6 +117,8 @@ def run_job(
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not isinstance(model, dict) or not model:
         raise ValueError("model must be a non-empty dict of arrays")
+    if confirm is not None and scheduling == "bsp" and not confirm():
+        raise ContentChanged("the dataset changed in place since its last fingerprint")
     sizer = sizer or GroupSizer(group_size)
     store = store if store is not None else ModelStore()
     publish = stream is not None if publish is None else bool(publish)
@@ -146,7 +154,8 @@ def run_job(
                               on_group, durable)
         else:
             result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store,
-                                 on_group, pipeline, sizer, durable, adapt, publications, stop)
+                                 on_group, pipeline, sizer, durable, adapt, publications, stop,
+                                 None if scheduling == "bsp" else confirm)
             cluster.end_job(job)
         durable.finish()
     except BaseException as exc:
@@ -209,7 +218,7 @@ class _Durable:
 
 
 def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer, durable, adapt,
-                publications=None, stop=None):
+                publications=None, stop=None, confirm=None):
     end = it0 + max_iter
     sent: deque[_Sent] = deque()
     next_start, next_version = it0, version
@@ -254,6 +263,10 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
             also=None if publications is None else publications.drain,
         )
         done_at = time.perf_counter()
+        if confirm is not None:  # a speculative dataset id: checked before any result counts
+            if not confirm():
+                raise ContentChanged("the dataset changed in place since its last fingerprint")
+            confirm = None
         root = next(r for r in reports if r.worker == 0)
         for key, values in root.metrics.items():
             iteration_metrics.setdefault(key, []).extend(values)

@@ -344,6 +344,30 @@ def test_worker_counts_agree_and_repeats_are_bit_identical():
         assert again.n_iter_ == last.n_iter_
 
 
+@pytest.mark.parametrize("scheduling", ["group", "bsp"])
+def test_a_refit_after_changing_x_in_place_learns_the_new_content(scheduling, monkeypatch):
+    # A refit on the same array object runs on the cached partitions while the driver
+    # fingerprints X in the background; X changed in place, so that job is dropped
+    # before its result counts and the fit runs again on the new content.
+    from drizzle_ml.data import ArrayDataset
+
+    answers = []
+    confirm = ArrayDataset.confirm
+    monkeypatch.setattr(ArrayDataset, "confirm", lambda self: answers.append(confirm(self)) or answers[-1])
+    X = np.random.default_rng(11).standard_normal((300, 6))
+    before = PCA(2, n_workers=2, scheduling=scheduling).fit(X)
+    X[:, 4] *= 10.0
+    answers.clear()
+    after = PCA(2, n_workers=2, scheduling=scheduling).fit(X)
+    assert answers[0] is False  # the speculative id was checked, and did not hold
+    reference = SkPCA(2, svd_solver="covariance_eigh").fit(X)
+    np.testing.assert_allclose(after.explained_variance_, reference.explained_variance_, rtol=1e-10)
+    assert np.max(subspace_angles(after.components_.T, reference.components_.T)) < 1e-8
+    assert not np.allclose(after.explained_variance_, before.explained_variance_)
+    assert len(after.history_) == before.n_iter_ == after.n_iter_  # no trace of the dropped job
+    assert after.model_version_ == before.model_version_
+
+
 def test_x_is_checked_for_nan_once_per_content(monkeypatch):
     # The NaN/inf check runs after the fingerprint and is remembered by content: a refit
     # on the same data skips it, changed data (here a NaN written in place) is checked.

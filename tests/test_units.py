@@ -145,6 +145,29 @@ def test_dataset_fingerprint_sees_every_change():
     assert ArrayDataset(sp.csr_matrix(X)).dataset_id != base
 
 
+def test_a_speculative_dataset_id_is_confirmed_or_corrected_in_the_background():
+    from drizzle_ml.data import ArrayDataset
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((3000, 11))
+    y1, y2 = np.zeros(3000), np.arange(3000.0)
+    first = ArrayDataset(X, y1)
+    again = ArrayDataset(X, y2, speculate=True)  # the same object: X's earlier digest, new y on top
+    assert again.speculative and again.dataset_id == ArrayDataset(X.copy(), y2).dataset_id
+    assert again.confirm() and not again.speculative and again.confirm()
+    assert not ArrayDataset(X.copy(), y1, speculate=True).speculative  # another object: hashed now
+    X[1234, 5] += 1.0  # in place: the object and its buffer are the same
+    checks = []
+    stale = ArrayDataset(X, y1, speculate=True)
+    stale.add_check(lambda ds: checks.append(ds.dataset_id))
+    assert stale.speculative and stale.dataset_id == first.dataset_id  # taken for now...
+    assert stale.confirm() is False  # ...and found out
+    assert stale.dataset_id == ArrayDataset(X.copy(), y1).dataset_id != first.dataset_id
+    assert checks == [first.dataset_id, stale.dataset_id]  # the checks ran again on the new content
+    # The confirmed digest is remembered: the next refit speculates with the new content's id.
+    assert ArrayDataset(X, y1, speculate=True).dataset_id == stale.dataset_id
+
+
 def test_store_pickles_with_its_versions():
     store = ModelStore(history=2)
     for v in (1, 2, 3):
