@@ -117,8 +117,8 @@ def run_job(
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not isinstance(model, dict) or not model:
         raise ValueError("model must be a non-empty dict of arrays")
-    if confirm is not None and scheduling == "bsp" and not confirm():
-        raise ContentChanged("the dataset changed in place since its last fingerprint")
+    if scheduling == "bsp":
+        _confirm_data(confirm)  # BSP commits every iteration: confirm before the job starts
     sizer = sizer or GroupSizer(group_size)
     store = store if store is not None else ModelStore()
     publish = stream is not None if publish is None else bool(publish)
@@ -154,8 +154,7 @@ def run_job(
                               on_group, durable)
         else:
             result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store,
-                                 on_group, pipeline, sizer, durable, adapt, publications, stop,
-                                 None if scheduling == "bsp" else confirm)
+                                 on_group, pipeline, sizer, durable, adapt, publications, stop, confirm)
             cluster.end_job(job)
         durable.finish()
     except BaseException as exc:
@@ -165,6 +164,12 @@ def run_job(
         raise
     result.wall = time.perf_counter() - t_job
     return result
+
+
+def _confirm_data(confirm: Callable[[], bool] | None) -> None:
+    """Check a speculative dataset id (see ``ArrayDataset(speculate=True)``); raise if it did not hold."""
+    if confirm is not None and not confirm():
+        raise ContentChanged("the dataset changed in place since its last fingerprint")
 
 
 def parse_checkpoint_every(every: int | str) -> tuple[int, float | None]:
@@ -263,10 +268,8 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
             also=None if publications is None else publications.drain,
         )
         done_at = time.perf_counter()
-        if confirm is not None:  # a speculative dataset id: checked before any result counts
-            if not confirm():
-                raise ContentChanged("the dataset changed in place since its last fingerprint")
-            confirm = None
+        _confirm_data(confirm)  # before any result counts
+        confirm = None
         root = next(r for r in reports if r.worker == 0)
         for key, values in root.metrics.items():
             iteration_metrics.setdefault(key, []).extend(values)
