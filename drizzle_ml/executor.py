@@ -197,8 +197,8 @@ class JobExecutor:
             self.stream = StreamReader(s.source, s.fmt, s.batching,
                                        worker_partitions(self.me, rt.n_workers, s.n_partitions),
                                        s.n_partitions, s.offsets, self.me)
-        self.publisher = (Publisher(rt.ctrl, self.job, spec.model, ring=lambda: rt.doorbell.ring(rt.driver_bell))
-                          if spec.publish and self.is_root else None)
+        publishes = spec.publish and self.is_root
+        self.publisher = Publisher(rt.ctrl, self.job, spec.model, rt.ring_driver) if publishes else None
 
     # -- channels ---------------------------------------------------------------
     def _init_up(self, partial: Any) -> None:

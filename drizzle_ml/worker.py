@@ -75,6 +75,10 @@ class WorkerRuntime:
     def report(self, message: Any) -> None:
         self.pending_reports = [r for r in self.pending_reports if not r.Test()]
         self.pending_reports.append(self.ctrl.isend(message, dest=0, tag=P.TAG_REPORT))
+        self.ring_driver()
+
+    def ring_driver(self) -> None:
+        """Wake the driver, which may be sleeping on a message just sent to it."""
         self.doorbell.ring(self.driver_bell)
 
     def ring_peers(self, workers: list[int]) -> None:
@@ -269,14 +273,14 @@ class BspWorker:
                 # The first partial goes pickled so the driver learns its layout.
                 up_layout = Layout(partial)
                 first = rt.ctrl.isend((up_layout, partial), dest=0, tag=tag)
-                rt.doorbell.ring(rt.driver_bell)
+                rt.ring_driver()
                 wait(first.Test, "delivery of the first partial")
                 sends = SendRing(up_layout.nbytes, 2, wait, "a partial")
             else:
                 sbuf = sends.slot(it)
                 up_layout.pack(partial, sbuf)
                 sends.track(it, [rt.ctrl.Isend([sbuf, MPI.BYTE], dest=0, tag=tag)])
-                rt.doorbell.ring(rt.driver_bell)
+                rt.ring_driver()
             estimate = max(estimate, time.perf_counter() - t0)
             it += 1
         tasks.cancel()
