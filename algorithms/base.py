@@ -291,16 +291,18 @@ _FINITE_IDS: OrderedDict[str, None] = OrderedDict()
 _FINITE_IDS_KEPT = 64
 
 
-def check_finite_dataset(estimator: Any, dataset: ArrayDataset) -> None:
-    """Raise scikit-learn's error if the dataset's X holds NaN or infinity, once per content.
+def fit_dataset(estimator: Any, X: Any, y: Any = None, sample_weight: Any = None) -> ArrayDataset:
+    """The dataset of a fit on arrays: speculative on refits, X checked for NaN and infinity once per content.
 
-    Fits validate X with ``ensure_all_finite=False`` and call this after the
-    dataset fingerprinted X: the answer depends on the content only, so a refit
-    on the same data (warm starts, ``n_init``, a grid search) skips the pass
-    over X (about 12 ms per 160 MB). The check runs again if a speculative id
-    turns out to be stale (X changed in place, see ``ArrayDataset(speculate=True)``).
+    Fits validate X with ``ensure_all_finite=False``: the check's answer
+    depends on the content only, so a refit on the same data (warm starts,
+    ``n_init``, a grid search) skips the pass over X (about 12 ms per 160 MB).
+    It runs again if a speculative id turns out to be stale (X changed in
+    place, see ``ArrayDataset(speculate=True)``); it raises scikit-learn's error.
     """
+    dataset = ArrayDataset(X, y, sample_weight, speculate=True)
     dataset.add_check(lambda ds: _check_finite_content(estimator, ds))
+    return dataset
 
 
 def _check_finite_content(estimator: Any, dataset: ArrayDataset) -> None:

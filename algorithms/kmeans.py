@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
 from ._random import seed_from
-from .base import DrizzleEstimator, check_finite_dataset, check_positive_int, check_sample_weight, resumable
+from .base import DrizzleEstimator, check_positive_int, check_sample_weight, fit_dataset, resumable
 from .kmeans_programs import _CHUNK, KMeansPlusPlusInit, Lloyd, RandomInit, _assign, _row_norms_sq, _sq_dists
 from .moments import FeatureMoments
 from .online import StreamingKMeans
@@ -170,8 +170,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
             dtype = X.dtype
             n_init, init_centers = self._check_params(n_samples, n_features)
             sw = check_sample_weight(sample_weight, X.shape[0])
-            dataset = ArrayDataset(X, None, sw, speculate=True)
-            check_finite_dataset(self, dataset)
+            dataset = fit_dataset(self, X, None, sw)
             tol = _tolerance(X, self.tol)
         k = int(self.n_clusters)
         lloyd = Lloyd(tol, int(self.max_iter))

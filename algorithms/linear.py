@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
-from .base import DrizzleEstimator, check_finite_dataset, check_positive_int, check_sample_weight, resumable
+from .base import DrizzleEstimator, check_positive_int, check_sample_weight, fit_dataset, resumable
 from .losses import LinearLoss
 from .normal_equations import NormalEquations
 from .online import OnlineLinear
@@ -116,8 +116,7 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
                                  multi_output=True, y_numeric=True, ensure_all_finite=False)
             sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
             Y = np.asarray(y, dtype=X.dtype)
-            dataset = ArrayDataset(X, Y, sw, speculate=True)
-            check_finite_dataset(self, dataset)
+            dataset = fit_dataset(self, X, Y, sw)
             n_features, y_ndim, dtype = X.shape[1], Y.ndim, X.dtype
             n_targets = 1 if Y.ndim == 1 else Y.shape[1]
         solver = self.solver

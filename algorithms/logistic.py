@@ -10,7 +10,7 @@ from sklearn.utils.validation import validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
-from .base import check_finite_dataset, check_positive_int, check_sample_weight, resumable
+from .base import check_positive_int, check_sample_weight, fit_dataset, resumable
 from .linear import LinearModelBase
 from .online import OnlineLinear
 from .optim import SOLVERS
@@ -114,8 +114,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         binary = len(self.classes_) == 2
         if codes is not None:
             sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
-            dataset = ArrayDataset(X, codes.astype(X.dtype) if binary else codes.astype(np.intp), sw, speculate=True)
-            check_finite_dataset(self, dataset)
+            dataset = fit_dataset(self, X, codes.astype(X.dtype) if binary else codes.astype(np.intp), sw)
         coef, intercept = self._minimize("binomial" if binary else "multinomial", dataset, n_features,
                                          1 if binary else len(self.classes_), alpha, self.solver,
                                          self.max_iter, classes=classes_for_workers)

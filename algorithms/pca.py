@@ -8,14 +8,13 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
-from .base import DrizzleEstimator, check_finite_dataset, check_positive_int, check_sample_weight, resumable
+from .base import DrizzleEstimator, check_positive_int, check_sample_weight, fit_dataset, resumable
 from .online import OnlineMoments
 from .pca_programs import SVD_SOLVERS, CovariancePCA, SubspacePCA
 
@@ -141,8 +140,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
                               ensure_all_finite=False)
             n_samples, n_features = X.shape
             sw = check_sample_weight(sample_weight, n_samples)
-            dataset = ArrayDataset(X.tocsr() if sp.issparse(X) else X, None, sw, speculate=True)
-            check_finite_dataset(self, dataset)
+            dataset = fit_dataset(self, X, None, sw)  # CSC becomes CSR there
             dtype = X.dtype
         if n_samples < 2:
             raise ValueError(f"PCA needs at least 2 samples, got n_samples = {n_samples}")
@@ -208,8 +206,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         if seen < 2:
             raise ValueError(f"PCA.partial_fit needs at least 2 samples in all, got {seen:g} so far")
         self._resolve_n_components(int(seen), n_features)
-        fitted = self._online_step(program, model,
-                                   ArrayDataset(X.tocsr() if sp.issparse(X) else X, None, sw))
+        fitted = self._online_step(program, model, ArrayDataset(X, None, sw))  # CSC becomes CSR there
         self._stream_finish(fitted, X.dtype)
         return self
 
