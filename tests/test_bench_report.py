@@ -94,3 +94,10 @@ def test_streaming_bench_shows_the_quietest_of_repeated_latency_runs():
     assert runs_lines(runs) == ["- group size 10, p99 of each run: 48.0 ms (21% stolen), 6.2 ms (0% stolen)"]
     assert "| file at 100,000 rec/s, group size 10 | 90,000 | 3.0 ms | 6.2 ms | 0% |" in table(runs)
     assert "| file at 100,000 rec/s, group size auto | 90,000 | 1.0 ms | 1.0 ms | n/a |" in table(runs)
+
+
+def test_streaming_bench_rejects_a_repeat_below_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", "streaming", "--repeat", "0"])
+    assert exit_info.value.code == 2
+    assert "--repeat must be at least 1, got 0" in capsys.readouterr().err
