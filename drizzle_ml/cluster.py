@@ -160,6 +160,8 @@ class Cluster:
             self._teardown()
             raise
         self._bells = [bell_address(h.host, h.doorbell) for h in self.workers]
+        self.replicated_updates = _replicate_updates(self.workers)
+        self.reduction = _reduction_choice()
         self._deaths: list[int] = []  # workers in the order they were seen to die
         if self.mode == "launched":
             self._start_death_watch()
@@ -564,6 +566,28 @@ class Cluster:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Cluster(n_workers={self.n_workers}, mode={self.mode!r}, {state})"
+
+
+def _replicate_updates(workers: list[P.Hello]) -> bool:
+    """Whether every worker may apply ``update`` itself (see :mod:`drizzle_ml.executor`).
+
+    Yes when all workers report one platform (the same update on the same
+    total then gives the same bits), unless ``DRIZZLE_UPDATE=root``.
+    """
+    choice = os.environ.get("DRIZZLE_UPDATE", "auto")
+    if choice not in ("auto", "replicated", "root"):
+        raise ValueError(f"DRIZZLE_UPDATE must be auto, replicated or root, got {choice!r}")
+    if choice != "auto":
+        return choice == "replicated"
+    return len({h.platform for h in workers}) <= 1
+
+
+def _reduction_choice() -> str:
+    """``DRIZZLE_REDUCTION``: ``auto`` (MPI collectives, see :mod:`drizzle_ml.collectives`) or ``tree``."""
+    choice = os.environ.get("DRIZZLE_REDUCTION", "auto")
+    if choice not in ("auto", "tree"):
+        raise ValueError(f"DRIZZLE_REDUCTION must be auto or tree, got {choice!r}")
+    return choice
 
 
 def _abort_world() -> None:

@@ -36,6 +36,19 @@ class VersionMismatchError(DrizzleError):
     """A group named a model version that a worker's replica does not hold."""
 
 
+class ReplicaMismatchError(DrizzleError):
+    """Workers that apply the same updates to the same totals hold different models.
+
+    ``worker`` is the first worker whose replica differs from worker 0's.
+    Replicas update independently only when every worker reports the same
+    platform; ``DRIZZLE_UPDATE=root`` makes the root update and broadcast.
+    """
+
+    def __init__(self, message: str, worker: int):
+        super().__init__(message)
+        self.worker = worker
+
+
 class ClusterClosedError(DrizzleError):
     """The cluster was used after it was closed or torn down."""
 

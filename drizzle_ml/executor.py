@@ -1,15 +1,24 @@
-"""Worker side of a job: run groups of iterations over the pre-scheduled reduce tree.
+"""Worker side of a job: run groups of iterations over a pre-scheduled reduction.
 
-For each iteration a worker computes its partial, folds in its children's
-partials in their fixed order as they arrive (receives are posted up front for
-the group), sends the result to its parent, and waits for the new model coming
-down the tree, which it forwards to its children before using it. The root
-runs the program's update instead of sending up. Nothing here talks to the
-driver inside a group.
+For each iteration a worker computes its partial and starts the job's
+reduction, an MPI collective created when the first partial was known
+(:mod:`drizzle_ml.collectives`). Every worker then holds the total and
+applies the same deterministic ``update``, so its replica stays at the same
+version as a hand-written MPI loop's would; the group report carries a
+digest of the replica for the driver to compare. Where updates might round
+differently between workers (mixed platforms), the root updates alone and
+broadcasts the model with a persistent ``Bcast``.
+
+Large partials with a non-sum ``combine`` use the point-to-point reduce
+tree (:mod:`drizzle_ml.tree`): a worker folds in its children's partials in
+their fixed order as they arrive (receives are posted up front for the
+group), sends the result to its parent and forwards the new model coming
+down. Nothing here talks to the driver inside a group.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -18,6 +27,7 @@ from mpi4py import MPI
 
 from . import protocol as P
 from .adaptivity import inject_delay
+from .collectives import ModelBroadcast, Reduction, plan_reduction
 from .errors import VersionMismatchError
 from .layout import Layout
 from .program import Partition
@@ -150,9 +160,19 @@ def _slots(nbytes: int) -> int:
 
 
 class JobExecutor:
-    """One job's state on one worker: model replica, tree position, channels."""
+    """One job's state on one worker: model replica, reduction, channels.
 
-    def __init__(self, rt: "WorkerRuntime", spec: P.StartJob, partition: Partition):
+    The reduction is pre-scheduled when the first partial is known (see
+    :mod:`drizzle_ml.collectives`): an MPI collective on ``comm``, the job's
+    communicator of workers, or the point-to-point reduce tree for large
+    partials with a non-sum ``combine``. With ``spec.replicate`` every worker
+    receives the total and applies the same ``update`` (no model broadcast;
+    each group report carries a digest of the replica so the driver can prove
+    the replicas agree); otherwise the root updates and broadcasts.
+    """
+
+    def __init__(self, rt: "WorkerRuntime", spec: P.StartJob, partition: Partition,
+                 comm: MPI.Intracomm | None = None):
         self.rt, self.job, self.partition = rt, spec.job, partition
         self.program = inject_delay(spec.program, rt.index)  # testing aid, see drizzle_ml.adaptivity
         self.tree = ReduceTree(rt.n_workers, spec.fanout)
@@ -167,22 +187,24 @@ class JobExecutor:
         missing = [k for k in self.shared_keys if k not in spec.model]
         if missing:
             raise KeyError(f"program.shared names {missing}, which the model does not have")
-        # The root keeps the full model (optimizer state included); others only what local reads.
-        self.model = dict(spec.model) if self.is_root else {k: spec.model[k] for k in self.shared_keys}
-        self.down_layout = Layout({k: spec.model[k] for k in self.shared_keys})
+        self.comm = comm
+        self.reduction_choice = spec.reduction
+        self.replicated = spec.replicate and comm is not None
+        # A worker that updates keeps the full model (optimizer state included);
+        # others only what local reads.
+        self.model = (dict(spec.model) if self.is_root or self.replicated
+                      else {k: spec.model[k] for k in self.shared_keys})
+        self._spec_model = spec.model
+        self.planned = False
+        self.reduction: Reduction | None = None
+        self.broadcast: ModelBroadcast | None = None
+        self._bcast_pending = False
+        self._in_flight = False  # a collective started and not seen complete (abort: do not free)
         self.header_bytes = P.HEADER_SLOTS * 8
-        down_bytes = self.header_bytes + self.down_layout.nbytes
-        self.down_slots = _slots(down_bytes)
-        self.down_recv = (
-            None
-            if self.is_root
-            else RecvRing(rt.peers, self.parent, P.DOWN, self.job, down_bytes, self.down_slots,
-                          self._wait, f"the model from worker {self.parent}")
-        )
-        self.down_send = (
-            SendRing(down_bytes, self.down_slots, self._wait, "the model") if self.is_root else None
-        )
-        # The partial layout is learnt from this worker's first partial.
+        self.down_layout = Layout({k: spec.model[k] for k in self.shared_keys})
+        self.down_recv: RecvRing | None = None
+        self.down_send: SendRing | None = None
+        # The tree's partial layout is learnt from this worker's first partial.
         self.up_layout: Layout | None = None
         self.up_recv: dict[int, RecvRing] = {}
         self.up_send: SendRing | None = None
@@ -199,6 +221,49 @@ class JobExecutor:
                                        s.n_partitions, s.offsets, self.me)
         publishes = spec.publish and self.is_root
         self.publisher = Publisher(rt.ctrl, self.job, spec.model, rt.ring_driver) if publishes else None
+
+    # -- planning the reduction (first partial) ------------------------------------
+    def _plan(self, partial: Any) -> None:
+        """Choose and create the job's reduction; the same choice on every worker."""
+        self.planned = True
+        if self.comm is None:
+            self._init_tree(partial)
+            return
+        self._check_layouts(partial)
+        choice = self.reduction_choice
+        self.reduction = None if choice == "tree" else plan_reduction(self.comm, self.program, partial)
+        if self.reduction is None:
+            self.replicated = False
+            self._init_tree(partial)
+        elif not self.replicated:
+            self.broadcast = ModelBroadcast(self.comm, self._spec_model, self.shared_keys)
+            if not self.is_root:
+                self.model = {k: self.model[k] for k in self.shared_keys}
+
+    def _check_layouts(self, partial: Any) -> None:
+        """Every worker's first partial must have one layout: a collective on mismatched buffers would mix bytes."""
+        mine = np.frombuffer(Layout(partial).signature(), dtype=np.uint8)
+        everyone = np.empty((self.comm.Get_size(), mine.size), dtype=np.uint8)
+        request = self.comm.Iallgather([mine, MPI.BYTE], [everyone, MPI.BYTE])
+        self._in_flight = True
+        self._wait(request.Test, "the other workers' first partials")
+        self._in_flight = False
+        differing = [w for w in range(len(everyone)) if not np.array_equal(everyone[w], everyone[0])]
+        if differing:
+            raise ValueError(
+                f"worker {differing[0]}'s partial differs in structure from worker 0's: "
+                "partials must have the same structure, shapes and dtypes on every worker")
+
+    def _init_tree(self, partial: Any) -> None:
+        down_bytes = self.header_bytes + self.down_layout.nbytes
+        down_slots = _slots(down_bytes)
+        if self.is_root:
+            self.down_send = SendRing(down_bytes, down_slots, self._wait, "the model")
+        else:
+            self.down_recv = RecvRing(self.rt.peers, self.parent, P.DOWN, self.job, down_bytes, down_slots,
+                                      self._wait, f"the model from worker {self.parent}")
+            self.down_recv.post_until(self._iteration, self.group_end)
+        self._init_up(partial)
 
     # -- channels ---------------------------------------------------------------
     def _init_up(self, partial: Any) -> None:
@@ -253,7 +318,7 @@ class JobExecutor:
                 f"version {group.version}, but this worker holds version {self.version}"
             )
         t_group = time.perf_counter()
-        compute = reduce = broadcast = update = source = 0.0
+        times = _Times()
         metrics: dict[str, list] = {}
         self.group_end = group.start + group.size
         for ring in self.up_recv.values():
@@ -270,54 +335,15 @@ class JobExecutor:
                 t_source = perf()
                 part = self.stream.next_batch(self._wait_batch)
                 t0 = perf()
-                source += t0 - t_source
-            acc = self.program.local(self.model, part)
-            t1 = perf()
-            compute += t1 - t0
-            if self.up_layout is None:
-                self._init_up(acc)
-            for child in self.children:
-                ring = self.up_recv[child]
-                acc = self.program.combine(acc, self.up_layout.unpack(ring.receive(it)))
-                ring.release(it)
-            t2 = perf()
-            reduce += t2 - t1
-            if self.is_root:
-                new_model, step_metrics = self.program.update(self.model, acc, it)
-                t3 = perf()
-                update += t3 - t2
-                stop = bool(step_metrics.get("converged", False))
-                self.version += 1
-                if self.children:
-                    # First unblock the tree (pack checks shapes), then the bookkeeping.
-                    self._send_down(it, new_model, stop)
-                self._check_model(new_model)
-                self.model = new_model
-                if self.publisher is not None:
-                    self.publisher.publish(self.version, it + 1, new_model, step_metrics)
-                for key, value in step_metrics.items():
-                    metrics.setdefault(key, []).append(float(value))
+                times.source += t0 - t_source
+            partial = self.program.local(self.model, part)
+            times.compute += perf() - t0
+            if not self.planned:
+                self._plan(partial)
+            if self.reduction is not None:
+                stop = self._collective_iteration(it, partial, times, metrics)
             else:
-                sbuf = self.up_send.slot(it)
-                self.up_layout.pack(acc, sbuf)
-                self.up_send.track(
-                    it,
-                    [self.rt.peers.Isend([sbuf, MPI.BYTE], dest=self.parent, tag=P.data_tag(P.UP, self.job, it))],
-                )
-                self._ring([self.parent])
-                buf = self.down_recv.receive(it)
-                tag = P.data_tag(P.DOWN, self.job, it)
-                forwards = [self.rt.peers.Isend([buf, MPI.BYTE], dest=c, tag=tag) for c in self.children]
-                self._ring(self.children)
-                self.down_recv.release(it, forwards)
-                version, _, flags = buf[: self.header_bytes].view(np.float64)
-                # Views into the ring slot are safe: the slot's next message is for
-                # iteration it + slots, which cannot be sent before this worker has
-                # moved past this model.
-                self.model = self.down_layout.unpack(buf, self.header_bytes)
-                self.version = int(version)
-                stop = flags == P.FLAG_STOP
-                broadcast += perf() - t2
+                stop = self._tree_iteration(it, partial, times, metrics)
             n_done += 1
             self._iter_estimate = max(self._iter_estimate, perf() - t0)
             if stop:
@@ -326,13 +352,13 @@ class JobExecutor:
         if self.stopped:
             self._cancel()
         timings = {
-            "compute": compute,
-            "reduce": reduce,
-            "broadcast": broadcast,
-            "update": update,
+            "compute": times.compute,
+            "reduce": times.reduce,
+            "broadcast": times.broadcast,
+            "update": times.update,
             "execution": time.perf_counter() - t_group,
             "startup": self.startup,
-            "source": source,
+            "source": times.source,
             # seen by straggler rebalancing
             "rows": float(self.partition.n_rows) if self.partition is not None else 0.0,
         }
@@ -348,7 +374,97 @@ class JobExecutor:
             model=dict(self.model) if self.is_root else None,
             metrics=metrics,
             offsets=None if self.stream is None else self.stream.offsets(),
+            digest=model_digest(self.model) if self.replicated else None,
         )
+
+    def _collective_iteration(self, it: int, partial: Any, times: "_Times", metrics: dict) -> bool:
+        """One iteration over the job's collective; True when the job stops after it."""
+        perf = time.perf_counter
+        t1 = perf()
+        reduction = self.reduction
+        reduction.start(partial)
+        if not reduction.test():
+            self._in_flight = True
+            self._wait(reduction.test, f"the workers' partials for iteration {it}")
+            self._in_flight = False
+        t2 = perf()
+        times.reduce += t2 - t1
+        if not (self.replicated or self.is_root):  # the root updates and broadcasts
+            bcast = self.broadcast
+            bcast.start()
+            if not bcast.test():
+                self._in_flight = True
+                self._wait(bcast.test, f"the model of iteration {it} from worker 0")
+                self._in_flight = False
+            self.model, self.version, stop = bcast.received()
+            times.broadcast += perf() - t2
+            return stop
+        new_model, step_metrics = self.program.update(self.model, reduction.total(), it)
+        t3 = perf()
+        times.update += t3 - t2
+        stop = bool(step_metrics.get("converged", False))
+        self._check_model(new_model)
+        self.version += 1
+        if self.broadcast is not None:  # root of a job without replicas
+            bcast = self.broadcast
+            if self._bcast_pending and not bcast.test():
+                self._wait(bcast.test, "delivery of the model")
+            bcast.start(new_model, self.version, it, stop)
+            self._bcast_pending = not bcast.test()
+            times.broadcast += perf() - t3
+        self.model = new_model
+        if self.is_root:
+            if self.publisher is not None:
+                self.publisher.publish(self.version, it + 1, new_model, step_metrics)
+            for key, value in step_metrics.items():
+                metrics.setdefault(key, []).append(float(value))
+        return stop
+
+    def _tree_iteration(self, it: int, acc: Any, times: "_Times", metrics: dict) -> bool:
+        """One iteration over the point-to-point reduce tree; True when the job stops after it."""
+        perf = time.perf_counter
+        t1 = perf()
+        for child in self.children:
+            ring = self.up_recv[child]
+            acc = self.program.combine(acc, self.up_layout.unpack(ring.receive(it)))
+            ring.release(it)
+        t2 = perf()
+        times.reduce += t2 - t1
+        if self.is_root:
+            new_model, step_metrics = self.program.update(self.model, acc, it)
+            times.update += perf() - t2
+            stop = bool(step_metrics.get("converged", False))
+            self.version += 1
+            if self.children:
+                # First unblock the tree (pack checks shapes), then the bookkeeping.
+                self._send_down(it, new_model, stop)
+            self._check_model(new_model)
+            self.model = new_model
+            if self.publisher is not None:
+                self.publisher.publish(self.version, it + 1, new_model, step_metrics)
+            for key, value in step_metrics.items():
+                metrics.setdefault(key, []).append(float(value))
+            return stop
+        sbuf = self.up_send.slot(it)
+        self.up_layout.pack(acc, sbuf)
+        self.up_send.track(
+            it,
+            [self.rt.peers.Isend([sbuf, MPI.BYTE], dest=self.parent, tag=P.data_tag(P.UP, self.job, it))],
+        )
+        self._ring([self.parent])
+        buf = self.down_recv.receive(it)
+        tag = P.data_tag(P.DOWN, self.job, it)
+        forwards = [self.rt.peers.Isend([buf, MPI.BYTE], dest=c, tag=tag) for c in self.children]
+        self._ring(self.children)
+        self.down_recv.release(it, forwards)
+        version, _, flags = buf[: self.header_bytes].view(np.float64)
+        # Views into the ring slot are safe: the slot's next message is for
+        # iteration it + slots, which cannot be sent before this worker has
+        # moved past this model.
+        self.model = self.down_layout.unpack(buf, self.header_bytes)
+        self.version = int(version)
+        times.broadcast += perf() - t2
+        return flags == P.FLAG_STOP
 
     def _send_down(self, it: int, model: dict, stop: bool) -> None:
         buf = self.down_send.slot(it)
@@ -375,7 +491,45 @@ class JobExecutor:
 
     def close(self) -> None:
         self._cancel()
+        if self._bcast_pending and self.broadcast is not None and not self.broadcast.test():
+            self._in_flight = True
+        if self.comm is not None:
+            if self._in_flight:
+                # An aborted job may leave a collective started on some workers
+                # only: it can neither complete nor be freed. The job's
+                # communicator is abandoned with it, and no later job uses it.
+                _ABANDONED.append((self.comm, self.reduction, self.broadcast))
+            else:
+                for part in (self.reduction, self.broadcast):
+                    if part is not None:
+                        part.free()
+                self.comm.Free()
+            self.comm = None
         if self.stream is not None:
             self.stream.close()
         if self.publisher is not None:
             self.publisher.close()
+
+
+class _Times:
+    """Seconds a group spent in each phase, summed over its iterations."""
+
+    __slots__ = ("compute", "reduce", "broadcast", "update", "source")
+
+    def __init__(self) -> None:
+        self.compute = self.reduce = self.broadcast = self.update = self.source = 0.0
+
+
+# Communicators and requests of aborted jobs: never freed (MPI forbids freeing
+# an active request), kept referenced so that nothing tries to.
+_ABANDONED: list[tuple] = []
+
+
+def model_digest(model: dict) -> int:
+    """A 64-bit digest of a model's keys, dtypes, shapes and bytes (replicas are compared by it)."""
+    h = hashlib.blake2b(digest_size=8)
+    for key in sorted(model):
+        value = np.ascontiguousarray(model[key])
+        h.update(f"{key}:{value.dtype.str}:{value.shape};".encode())
+        h.update(value.view(np.uint8).reshape(-1) if value.size else b"")
+    return int.from_bytes(h.digest(), "little")

@@ -55,6 +55,8 @@ class StartJob:
     timeout: float = 60.0  # the driver's Cluster(timeout): every wait of the job uses it
     stream: Any = None  # a sources.StreamSpec: each iteration reads a micro-batch instead of a partition
     publish: bool = False  # the root sends every new version to the driver (streaming.Publisher)
+    replicate: bool = True  # every worker applies update to the reduced total (else: the root, then Bcast)
+    reduction: str = "auto"  # "auto" (see drizzle_ml.collectives) or "tree" (the point-to-point tree)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Hello:
     pid: int
     host: str
     doorbell: int = 0  # UDP port of the worker's doorbell (drizzle_ml.doorbell); 0: none
+    platform: str = ""  # what decides floating-point results (drizzle_ml.worker.platform_signature)
 
 
 @dataclass
@@ -116,6 +119,7 @@ class GroupReport:
     model: dict | None = None  # root only
     metrics: dict[str, list] = field(default_factory=dict)  # root only
     offsets: dict[str, Any] | None = None  # stream jobs: this worker's partition offsets after the group
+    digest: int | None = None  # replicated jobs: executor.model_digest of this worker's replica
 
 
 @dataclass

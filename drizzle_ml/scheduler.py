@@ -25,6 +25,7 @@ from . import protocol as P
 from .adaptivity import Adaptivity
 from .checkpoint import Checkpoint, CheckpointStore
 from .data import ContentChanged
+from .errors import ReplicaMismatchError
 from .layout import Layout
 from .metrics import GroupMetrics, JobResult
 from .store import ModelStore, freeze
@@ -146,7 +147,8 @@ def run_job(
     model = {k: np.asarray(v) for k, v in model.items()}
     t_job = time.perf_counter()
     cluster.broadcast(P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version,
-                                 cluster.fanout, scheduling, cluster.timeout, stream, publish))
+                                 cluster.fanout, scheduling, cluster.timeout, stream, publish,
+                                 replicate=cluster.replicated_updates, reduction=cluster.reduction))
     publications = Publications(cluster.ctrl, job, model, store) if publish else None
     try:
         if scheduling == "bsp":
@@ -170,6 +172,16 @@ def _confirm_data(confirm: Callable[[], bool] | None) -> None:
     """Check a speculative dataset id (see ``ArrayDataset(speculate=True)``); raise if it did not hold."""
     if confirm is not None and not confirm():
         raise ContentChanged("the dataset changed in place since its last fingerprint")
+
+
+def _check_replicas(reports: list, root: Any) -> None:
+    """Every replicated worker's model digest must equal worker 0's."""
+    for report in sorted(reports, key=lambda r: r.worker):
+        if report.digest is not None and report.digest != root.digest:
+            raise ReplicaMismatchError(
+                f"worker {report.worker}'s model replica differs from worker 0's at version {root.version} "
+                f"(iteration {root.start + root.n_done}): the workers' updates did not agree; "
+                "set DRIZZLE_UPDATE=root to update on one worker and broadcast", report.worker)
 
 
 def parse_checkpoint_every(every: int | str) -> tuple[int, float | None]:
@@ -271,6 +283,7 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
         _confirm_data(confirm)  # before any result counts
         confirm = None
         root = next(r for r in reports if r.worker == 0)
+        _check_replicas(reports, root)
         for key, values in root.metrics.items():
             iteration_metrics.setdefault(key, []).extend(values)
         model, version = root.model, root.version

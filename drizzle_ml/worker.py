@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import faulthandler
 import os
+import platform
 import signal
 import socket
 import sys
@@ -126,7 +127,8 @@ class WorkerRuntime:
 
     # -- serving ------------------------------------------------------------------
     def serve(self) -> None:
-        self.report(P.Hello(self.index, os.getpid(), socket.gethostname(), self.doorbell.port))
+        self.report(P.Hello(self.index, os.getpid(), socket.gethostname(), self.doorbell.port,
+                            platform_signature()))
         while True:
             msg = self.next_message()
             if isinstance(msg, P.Shutdown):
@@ -169,6 +171,8 @@ class WorkerRuntime:
             self.current_job = msg.job
             self.policy = dataclasses.replace(self.policy, timeout=msg.timeout)
             t0 = time.perf_counter()
+            # First, before anything that can fail: every worker must take part.
+            comm = self.job_comm() if msg.scheduling == "group" else None
             try:
                 # May import the program's module (and scikit-learn): start-up, not coordination.
                 msg.program = MPI.pickle.loads(msg.program)
@@ -184,7 +188,7 @@ class WorkerRuntime:
                 self.finished.add(msg.job)
             else:
                 t0 = time.perf_counter()
-                executor = JobExecutor(self, msg, partition)
+                executor = JobExecutor(self, msg, partition, comm)
                 executor.startup = unpickled_in + time.perf_counter() - t0
                 self.jobs[msg.job] = executor
         elif isinstance(msg, P.RunGroup):
@@ -205,6 +209,25 @@ class WorkerRuntime:
         else:
             raise TypeError(f"unknown control message {type(msg).__name__}")
 
+    def job_comm(self) -> MPI.Intracomm:
+        """A fresh communicator of the workers for one job's collectives.
+
+        A job aborted mid-iteration can leave a collective started on some
+        workers only; on a shared communicator the next job's collectives
+        would match it. A communicator per job cannot be confused that way.
+        Created with a nonblocking duplicate, so the wait is bounded.
+        """
+        comm, request = self.peers.Idup()
+        if not request.Test():
+            try:
+                self.wait(request.Test, "the other workers to start the job")
+            except BaseException:
+                from .executor import _ABANDONED
+
+                _ABANDONED.append((comm, request))
+                raise
+        return comm
+
     def load(self, msg: P.LoadData) -> None:
         spec = msg.spec
         if spec["kind"] == "hdf5":
@@ -222,6 +245,38 @@ class WorkerRuntime:
         partition.worker = self.index
         self.cache.put(msg.dataset_id, partition)
         self.report(P.Loaded(msg.dataset_id, self.index, partition.n_rows))
+
+
+def platform_signature() -> str:
+    """What decides the floating-point results of numpy code on this process.
+
+    Replicas update independently only when every worker's signature is the
+    same: CPU architecture and SIMD features, numpy's version, the BLAS
+    library, its kernel and its thread count.
+    """
+    parts = [platform.machine(), f"numpy {np.__version__}"]
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+
+        parts.append(",".join(sorted(name for name, on in __cpu_features__.items() if on)))
+    except ImportError:  # another numpy layout: fall back to the kernel's view
+        parts.append(_cpu_flags())
+    try:
+        from threadpoolctl import threadpool_info
+
+        parts += [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
+                  for i in threadpool_info() if i.get("user_api") == "blas"]
+    except Exception:  # threadpoolctl is optional at run time
+        pass
+    return "|".join(parts)
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
 
 
 class BspWorker:

@@ -23,6 +23,8 @@ import numpy as np
 
 from drizzle_ml.tree import ReduceTree
 
+from .cli import positive_int
+
 
 def _make_data(rows_per_worker: int, features: int, n_workers: int, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -46,8 +48,49 @@ def _model(features: int) -> dict:
     return initial_model(features + 1, "gd", 0)
 
 
+def _hand(args: argparse.Namespace) -> dict[str, Any]:
+    """The limit: the same gradient descent written directly with mpi4py and numpy.
+
+    No engine object: no Program, no Layout, no Partition. Each rank
+    computes its rows' gradient (and, every tenth iteration, the loss, as the
+    program does), one ``comm.Allreduce`` sums it, every rank steps.
+    """
+    from mpi4py import MPI
+    from scipy.special import expit
+
+    from drizzle_ml.data import row_bounds
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    X, y = _make_data(args.rows, args.features, size)
+    lo, hi = row_bounds(X.shape[0], size)[rank : rank + 2]
+    X, y = np.ascontiguousarray(X[lo:hi]), y[lo:hi]
+    f = args.features
+    penalty = np.r_[np.ones(f), 0.0]  # alpha = 1 on the coefficients, not the intercept
+    send, total = np.empty(f + 3), np.empty(f + 3)  # gradient (f + 1), loss, rows
+    elapsed, x = float("inf"), np.zeros(f + 1)
+    for _ in range(2):  # best of two, as for the engine
+        comm.Barrier()
+        t0 = time.perf_counter()
+        w = np.zeros(f + 1)
+        for it in range(args.iterations):
+            z = X @ w[:f]
+            z += w[f]
+            p = expit(z)
+            send[f + 1] = z.sum() - y @ z - np.log(p).sum() if it % 10 == 0 else np.nan
+            p -= y
+            send[:f] = p @ X
+            send[f] = p.sum()
+            send[f + 2] = X.shape[0]
+            comm.Allreduce(send, total)
+            x, w = w, w - 0.5 * ((total[: f + 1] + penalty * w) / total[f + 2])
+        elapsed = min(elapsed, time.perf_counter() - t0)
+    # The point whose gradient was last evaluated, as the program's model["x"].
+    return {"per_iter": elapsed / args.iterations, "coef": x.tolist()}
+
+
 def _plain(args: argparse.Namespace) -> dict[str, Any]:
-    """Rank-symmetric loop: local gradient, Allreduce, update on every rank."""
+    """Rank-symmetric loop over the program: local gradient, Allreduce, update on every rank."""
     from mpi4py import MPI
 
     from drizzle_ml.data import row_bounds
@@ -158,23 +201,30 @@ def run_json(cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, A
 
 
 def coordination(args: argparse.Namespace) -> dict[str, Any]:
-    workers = 2
-    # Plain loop and engine alternate, so that a change in the machine's load
-    # hits both; each ratio pairs the two runs of one repeat.
-    plains, engines = [], []
+    workers = args.workers
+    # Hand loop, program loop and engine alternate, so that a change in the
+    # machine's load hits all three; each ratio pairs the runs of one repeat.
+    hands, plains, engines = [], [], []
+    no_serve = {"DRIZZLE_NO_SERVE": "1"}
     for _ in range(args.repeats):
-        plains.append(_mpirun(workers, "_plain", args, {"DRIZZLE_NO_SERVE": "1"}))
+        hands.append(_mpirun(workers, "_hand", args, no_serve))
+        plains.append(_mpirun(workers, "_plain", args, no_serve))
         engines.append(_mpirun(workers + 1, "_engine", args, {}))
     plain, engine = plains[-1], engines[-1]
-    base = float(np.median([p["per_iter"] for p in plains]))
+    base = float(np.median([h["per_iter"] for h in hands]))
     ratios = {
-        name: [e["results"][name]["per_iter"] / p["per_iter"] for p, e in zip(plains, engines)]
+        name: [e["results"][name]["per_iter"] / h["per_iter"] for h, e in zip(hands, engines)]
         for name in engine["results"]
     }
+    plain_ratios = [p["per_iter"] / h["per_iter"] for h, p in zip(hands, plains)]
     print(f"coordination benchmark: logistic GD, {args.rows} rows x {args.features} features per worker, "
           f"{args.iterations} iterations, {workers} workers, median of {args.repeats} alternating repeats")
-    print(f"{'configuration':42s} {'us/iter':>10s} {'x plain':>8s} {'range':>12s}  notes")
-    print(f"{'plain mpi4py Allreduce loop (limit)':42s} {base * 1e6:10.1f} {1.0:8.2f} {'':>12s}")
+    print(f"{'configuration':42s} {'us/iter':>10s} {'x hand':>8s} {'range':>12s}  notes")
+    print(f"{'hand-written mpi4py loop (the limit)':42s} {base * 1e6:10.1f} {1.0:8.2f} {'':>12s}  "
+          "numpy + comm.Allreduce, no engine objects")
+    print(f"{'program loop (Program + Layout, Allreduce)':42s} "
+          f"{np.median([p['per_iter'] for p in plains]) * 1e6:10.1f} {np.median(plain_ratios):8.2f} "
+          f"{min(plain_ratios):.2f}-{max(plain_ratios):.2f}".rstrip() + "  the algorithm's code, no engine")
     for name, res in engine["results"].items():
         per_iter = np.median([e["results"][name]["per_iter"] for e in engines])
         spread = f"{min(ratios[name]):.2f}-{max(ratios[name]):.2f}"
@@ -183,7 +233,19 @@ def coordination(args: argparse.Namespace) -> dict[str, Any]:
               f"{spread:>12s}  {note}")
     agree = max(float(np.max(np.abs(np.subtract(r["coef"], p["coef"]))))
                 for p, e in zip(plains, engines) for r in e["results"].values())
-    print(f"max |coef - plain loop coef| over all configurations and repeats: {agree:.2e}")
+    hand_agree = max(float(np.max(np.abs(np.subtract(h["coef"], p["coef"])))) for h, p in zip(hands, plains))
+    print(f"max |coef - program loop coef| over all configurations and repeats: {agree:.2e} "
+          f"(hand loop: {hand_agree:.2e})")
+    best_fixed = min((n for n in ratios if n.startswith("group=") and n != "group=auto"),
+                     key=lambda n: np.median(ratios[n]))
+    auto_vs_best = [e["results"]["group=auto"]["per_iter"] / e["results"][best_fixed]["per_iter"] for e in engines]
+    bsp_vs_100 = ([e["results"]["bsp"]["per_iter"] / e["results"]["group=100"]["per_iter"] for e in engines]
+                  if "group=100" in engine["results"] else [])
+    print(f"auto / best fixed group size ({best_fixed}): median {np.median(auto_vs_best):.2f} "
+          f"(range {min(auto_vs_best):.2f}-{max(auto_vs_best):.2f})")
+    if bsp_vs_100:
+        print(f"bsp / group=100: median {np.median(bsp_vs_100):.2f} "
+              f"(range {min(bsp_vs_100):.2f}-{max(bsp_vs_100):.2f})")
 
     # Cost model from the measured driver costs (labelled as a model, not a measurement).
     bsp, g10 = engine["results"]["bsp"], engine["results"]["group=10"]
@@ -205,7 +267,9 @@ def coordination(args: argparse.Namespace) -> dict[str, Any]:
         t_g100 = work + 2 * depth * hop + w * group_per_worker / 100
         model_rows.append({"workers": w, "bsp": t_bsp, "group10": t_g10, "group100": t_g100})
         print(f"  {w:8d} {t_bsp * 1e6:12.1f} {t_g10 * 1e6:10.1f} {t_g100 * 1e6:10.1f} {t_bsp / t_g100:14.1f}")
-    report = {"plain": plain, "engine": engine, "repeats": {"plain": plains, "engine": engines},
+    report = {"hand": hands[-1], "plain": plain, "engine": engine,
+              "repeats": {"hand": hands, "plain": plains, "engine": engines},
+              "plain_ratios": plain_ratios,
               "cost_model": model_rows,
               "ratios": {name: float(np.median(r)) for name, r in ratios.items()},
               "ratio_ranges": {name: [min(r), max(r)] for name, r in ratios.items()}}
@@ -220,7 +284,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="drizzle-ml bench")
     # The metavar hides the internal roles (_plain, _engine) from --help.
     sub = parser.add_subparsers(dest="bench", required=True, metavar="{coordination}")
-    for name in ("coordination", "_plain", "_engine"):
+    for name in ("coordination", "_hand", "_plain", "_engine"):
         p = sub.add_parser(name, **({"help": "engine overhead vs group size, BSP and a plain MPI loop"}
                                     if name == "coordination" else {}))
         p.add_argument("--rows", type=int, default=2000, help="rows per worker")
@@ -229,16 +293,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         p.add_argument("--json", default=None, help="also write the figures to this JSON file")
         p.add_argument("--group-sizes", default="1,10,100",
                        help="fixed group sizes to measure, comma-separated (10 is always needed)")
-        p.add_argument("--repeats", type=int, default=3,
-                       help="alternating plain/engine repeats; the table shows medians (default 3)")
+        p.add_argument("--repeats", type=positive_int, default=3,
+                       help="alternating hand/program/engine repeats; the table shows medians (default 3)")
+        p.add_argument("--workers", type=positive_int, default=2, help="workers (ranks besides the driver; default 2)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.bench == "_plain":
+    if args.bench in ("_hand", "_plain"):
         from mpi4py import MPI
 
-        out = _plain(args)
+        out = (_hand if args.bench == "_hand" else _plain)(args)
         if MPI.COMM_WORLD.Get_rank() == 0:
             print(json.dumps(out), flush=True)
     elif args.bench == "_engine":

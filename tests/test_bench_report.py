@@ -22,7 +22,7 @@ def test_smoke_report_has_every_section_and_valid_pngs(tmp_path):
     for heading in ("## Coordination: per-iteration time vs group size", "## Tuner: group size over time",
                     "## Estimators: loss against time", "## Recovery", "## Streaming"):
         assert heading in text
-    assert "| bsp |" in text and "| plain mpi4py loop |" in text
+    assert "| bsp |" in text and "| hand-written mpi4py loop |" in text
     assert "| CPU stolen by the host |" in text
     assert "straggler reported: worker 1 on host" in text
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)

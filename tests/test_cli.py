@@ -238,8 +238,10 @@ def test_ctrl_c_stops_every_rank(tmp_path):
 def test_bench_coordination_prints_ratios(tmp_path):
     out = tmp_path / "bench.json"
     proc = ok(drizzle("bench", "coordination", "--rows", "50", "--features", "3", "--iterations", "40",
-                      "--repeats", "2", "--json", str(out)))
-    assert "plain mpi4py Allreduce loop (limit)" in proc.stdout
+                      "--repeats", "2", "--workers", "3", "--json", str(out)))
+    assert "coordination benchmark: logistic GD, 50 rows x 3 features per worker, 40 iterations, 3 workers" in proc.stdout
+    assert "hand-written mpi4py loop (the limit)" in proc.stdout
+    assert "program loop (Program + Layout, Allreduce)" in proc.stdout
     assert "cost model (extrapolated" in proc.stdout
     report = json.loads(out.read_text())
     assert set(report["ratios"]) == {"group=1", "group=10", "group=100", "group=auto", "bsp"}
@@ -250,6 +252,9 @@ def test_bench_coordination_prints_ratios(tmp_path):
     for plain, engine in zip(report["repeats"]["plain"], report["repeats"]["engine"]):
         for result in engine["results"].values():
             assert result["coef"] == plain["coef"]
+    # and the hand-written loop, the same arithmetic without the program, agrees to rounding
+    for hand, plain in zip(report["repeats"]["hand"], report["repeats"]["plain"]):
+        np.testing.assert_allclose(hand["coef"], plain["coef"], rtol=1e-12, atol=1e-14)
 
 
 def test_mpiexec_args_pass_through():

@@ -1,0 +1,228 @@
+"""Pre-scheduled reductions: MPI collectives created once per job and started every iteration.
+
+This is what "pre-scheduling the reduce tasks" (Drizzle) means on MPI. When
+a job's first partial is known, every worker creates the same reduction on
+the job's communicator of workers; each iteration then packs its partial
+into a fixed buffer, starts the collective, and MPI runs the exchange in C.
+The driver is never in this path.
+
+Two shapes, chosen the same way on every worker from the program and the
+partial's size:
+
+* **gather** (:class:`GatherReduction`, the common case): a persistent
+  ``Allgather`` brings every worker's partial to every worker, which
+  combines them in worker order 0, 1, ..., W-1. For leaf-wise sums (the
+  default ``combine``) that is one ``np.add.reduce`` per dtype run; any
+  other ``combine`` (a merge, min/max) is called W-1 times. The order is the
+  same on every worker and equals the BSP driver's, so replicas are
+  bit-identical by construction and group and BSP runs agree bit for bit.
+  Chosen while W x the partial's bytes is at most :data:`GATHER_LIMIT`.
+* **allreduce** (:class:`AllreduceReduction`): a persistent ``Allreduce``
+  (MPI_SUM) per dtype run, for large summed partials (Gram matrices,
+  k-means sums with many centers), where gathering W copies would move W
+  times the data. MPICH's algorithm is fixed for a fixed worker count and
+  size, so runs are reproducible; replicas are checked by digest (see
+  :mod:`drizzle_ml.executor`).
+
+Large partials with a non-sum ``combine`` return None from
+:func:`plan_reduction`: the executor keeps its point-to-point reduce tree
+for them. Where MPI lacks persistent collectives (before MPI-4), the same
+classes start a nonblocking collective each iteration instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from mpi4py import MPI
+
+from .layout import Layout
+from .program import Program
+
+#: Bytes one gather may bring to each worker (W x the packed partial); above
+#: it summed partials go through Allreduce and others through the tree.
+GATHER_LIMIT = 64 << 10
+
+_MPI_SUMMABLE = "iufc"  # dtype kinds MPI_SUM adds as numpy does (not bool)
+
+
+def sums_leafwise(program: Any) -> bool:
+    """True when ``program.combine`` is the default leaf-wise sum."""
+    return getattr(getattr(program, "combine", None), "__func__", None) is Program.combine
+
+
+class Collective:
+    """One pre-scheduled MPI collective: persistent (MPI-4) where MPI has it, else nonblocking.
+
+    ``name`` is the mpi4py method family (``"Allgather"``, ``"Allreduce"``,
+    ``"Bcast"``); ``args`` its arguments, the same every iteration.
+    """
+
+    __slots__ = ("request", "persistent", "_start")
+
+    def __init__(self, comm: MPI.Intracomm, name: str, *args: Any):
+        self.request: MPI.Request | None = None
+        self.persistent = False
+        init = getattr(comm, f"{name}_init", None)
+        if init is not None:
+            try:
+                self.request = init(*args)
+                self.persistent = True
+            except (NotImplementedError, MPI.Exception):
+                self.request = None
+        if self.persistent:
+            self._start = self.request.Start
+        else:
+            nonblocking = getattr(comm, "I" + name.lower())
+            self._start = lambda: setattr(self, "request", nonblocking(*args))
+
+    def start(self) -> None:
+        self._start()
+
+    def test(self) -> bool:
+        return self.request.Test()
+
+    def free(self) -> None:
+        """Release a persistent request; call only when it is not active."""
+        if self.persistent and self.request is not None:
+            self.request.Free()
+        self.request = None
+
+
+class Reduction:
+    """Every worker's partial in; the combined total, in fresh arrays, out on every worker.
+
+    ``start(partial)`` packs and starts; ``test()`` progresses MPI and says
+    whether the exchange is done; ``total()`` combines. The total is freshly
+    allocated (an update may keep its arrays in the model).
+    """
+
+    kind = ""
+
+    def __init__(self, layout: Layout, collectives: list[Collective], send: np.ndarray):
+        self.layout, self.collectives, self.send = layout, collectives, send
+
+    def start(self, partial: Any) -> None:
+        self.layout.pack(partial, self.send)
+        for collective in self.collectives:
+            collective.start()
+
+    def test(self) -> bool:
+        return all(collective.test() for collective in self.collectives)
+
+    def total(self) -> Any:
+        raise NotImplementedError
+
+    def free(self) -> None:
+        for collective in self.collectives:
+            collective.free()
+
+
+class GatherReduction(Reduction):
+    """Allgather the packed partials, combine them in worker order on every worker."""
+
+    kind = "gather"
+
+    def __init__(self, comm: MPI.Intracomm, layout: Layout, combine: Callable[[Any, Any], Any] | None):
+        send = layout.new_buffer()
+        send[:] = 0  # padding between runs takes part in no sum, but stays defined
+        self.n = comm.Get_size()
+        self.gathered = np.zeros(self.n * layout.nbytes, dtype=np.uint8)
+        super().__init__(layout, [Collective(comm, "Allgather", [send, MPI.BYTE], [self.gathered, MPI.BYTE])],
+                         send)
+        self.combine = combine
+        # Each dtype run of every worker's block, as one (W, count) array: summed in one call.
+        blocks = self.gathered.reshape(self.n, layout.nbytes)
+        self._runs = [(blocks[:, off: off + count * dt.itemsize].view(dt), off, count * dt.itemsize, dt)
+                      for dt, off, count in layout.runs]
+
+    def total(self) -> Any:
+        nbytes = self.layout.nbytes
+        if self.combine is None:
+            out = np.empty(nbytes, dtype=np.uint8)
+            for stacked, off, size, dtype in self._runs:
+                # Row after row: ((p0 + p1) + p2) + ..., as the BSP driver adds.
+                np.add.reduce(stacked, axis=0, dtype=dtype, out=out[off: off + size].view(dtype))
+            return self.layout.unpack(out, reused=False)
+        acc = self.layout.unpack(self.gathered[:nbytes].copy(), reused=False)
+        for w in range(1, self.n):
+            acc = self.combine(acc, self.layout.unpack(self.gathered, w * nbytes))
+        return acc
+
+
+class AllreduceReduction(Reduction):
+    """MPI_SUM over each dtype run of the packed partial, in place on every worker."""
+
+    kind = "allreduce"
+
+    def __init__(self, comm: MPI.Intracomm, layout: Layout):
+        send = layout.new_buffer()
+        send[:] = 0
+        self.result = np.zeros(layout.nbytes, dtype=np.uint8)
+        collectives = [
+            Collective(comm, "Allreduce", send[off: off + count * dt.itemsize].view(dt),
+                       self.result[off: off + count * dt.itemsize].view(dt), MPI.SUM)
+            for dt, off, count in layout.runs
+        ]
+        super().__init__(layout, collectives, send)
+
+    def total(self) -> Any:
+        return self.layout.unpack(self.result.copy(), reused=False)
+
+
+def plan_reduction(comm: MPI.Intracomm, program: Any, partial: Any) -> Reduction | None:
+    """The reduction every worker of ``comm`` creates for partials shaped like ``partial``.
+
+    Collective over ``comm`` in effect: every worker must call it with a
+    partial of the same layout (the executor checks that first), and it
+    decides the same way everywhere. None: use the reduce tree.
+    """
+    layout = Layout(partial, by_dtype=True)
+    sums = sums_leafwise(program)
+    if comm.Get_size() * layout.nbytes <= GATHER_LIMIT:
+        return GatherReduction(comm, layout, None if sums else program.combine)
+    if sums and all(dt.kind in _MPI_SUMMABLE for dt, _, _ in layout.runs):
+        return AllreduceReduction(comm, layout)
+    return None
+
+
+class ModelBroadcast:
+    """The root's new model to every worker: a persistent Bcast of a header and the shared keys.
+
+    Used where the update runs on the root only (workers on different
+    platforms, whose updates might round differently). The header carries
+    the version, the iteration and the stop flag.
+    """
+
+    HEADER = 3  # float64 slots: version, iteration, stop
+
+    def __init__(self, comm: MPI.Intracomm, model: dict, keys: tuple[str, ...]):
+        self.keys = keys
+        self.layout = Layout({k: np.asarray(model[k]) for k in keys})
+        self.offset = self.HEADER * 8
+        self.buffer = np.zeros(self.offset + self.layout.nbytes, dtype=np.uint8)
+        self.header = self.buffer[: self.offset].view(np.float64)
+        self.collective = Collective(comm, "Bcast", [self.buffer, MPI.BYTE], 0)
+
+    def start(self, model: dict | None = None, version: int = 0, iteration: int = 0, stop: bool = False) -> None:
+        """Start the broadcast; the root passes the model it made."""
+        if model is not None:
+            self.header[:] = (version, iteration, float(stop))
+            self.layout.pack({k: model[k] for k in self.keys}, self.buffer, self.offset)
+        self.collective.start()
+
+    def test(self) -> bool:
+        return self.collective.test()
+
+    def received(self) -> tuple[dict, int, bool]:
+        """``(shared model, version, stop)``: the model's arrays are views of the buffer.
+
+        They stay valid until the next broadcast starts, which happens only
+        after this worker's next ``local`` has read them.
+        """
+        version, _, stop = self.header
+        return self.layout.unpack(self.buffer, self.offset), int(version), bool(stop)
+
+    def free(self) -> None:
+        self.collective.free()
