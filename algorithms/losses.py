@@ -76,7 +76,8 @@ class LinearLoss:
         grad = np.zeros(self.n_params)
         loss = 0.0
         n = X.shape[0]
-        step = n if sp.issparse(X) else max(256, _BLOCK_BYTES // max(1, X.shape[1] * X.itemsize))
+        dense = isinstance(X, np.ndarray) or not sp.issparse(X)  # the ndarray test first: it is the hot path
+        step = max(256, _BLOCK_BYTES // max(1, X.shape[1] * X.itemsize)) if dense else n
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             sw = None if sample_weight is None else sample_weight[lo:hi]

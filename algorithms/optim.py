@@ -22,6 +22,8 @@ need it at every iteration.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from drizzle_ml.program import Partition, Program
@@ -123,9 +125,12 @@ class Minimize(Program):
         return codes
 
     def objective(self, w: np.ndarray, total) -> tuple[float, np.ndarray]:
-        grad_sum, (loss_sum, weight) = total
+        grad_sum, stats = total
+        loss_sum, weight = float(stats[0]), float(stats[1])
         pw = self.penalty * w
-        return (loss_sum + 0.5 * float(pw @ w)) / weight, (grad_sum + pw) / weight
+        g = grad_sum + pw
+        g /= weight
+        return (loss_sum + 0.5 * float(pw @ w)) / weight, g
 
     def update(self, model, total, iteration):
         w = model["w"]
@@ -137,8 +142,11 @@ class Minimize(Program):
             f0, step, gtp = state[_F], state[_STEP], state[_GTP]
             if not (np.isfinite(f) and f <= f0 + _ARMIJO_C1 * step * gtp):
                 return self._backtrack(model, state, f, iteration)
-        elif (loss_known and not np.isfinite(f)) or not np.isfinite(g).all():
-            what = f"the loss is {f}" if loss_known and not np.isfinite(f) else "the gradient is not finite"
+        # The largest |g_i| is NaN or inf exactly when the gradient is not finite.
+        grad_max = float(np.abs(g).max()) if g.size else 0.0
+        if not (state[_HAVE_X] and self.learning_rate is None) and (
+                (loss_known and not math.isfinite(f)) or not math.isfinite(grad_max)):
+            what = f"the loss is {f}" if loss_known and not math.isfinite(f) else "the gradient is not finite"
             raise FloatingPointError(
                 f"{what} at iteration {iteration}: lower learning_rate or scale the features"
             )
@@ -150,7 +158,6 @@ class Minimize(Program):
             converged = self.solver == "lbfgs" and 0 <= decrease <= _FTOL
             if self.solver == "lbfgs":
                 self._remember(new, state, w - x, g - model["g"])
-        grad_max = float(np.max(np.abs(g), initial=0.0))
         converged = converged or grad_max <= self.tol
         new["x"], new["g"] = w, g
         if loss_known:

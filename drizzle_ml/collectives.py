@@ -132,10 +132,13 @@ class GatherReduction(Reduction):
         super().__init__(layout, [Collective(comm, "Allgather", [send, MPI.BYTE], [self.gathered, MPI.BYTE])],
                          send)
         self.combine = combine
-        # Each dtype run of every worker's block, as one (W, count) array: summed in one call.
+        # Summing: each dtype run of every worker's block, as one (W, count) array, in one call.
         blocks = self.gathered.reshape(self.n, layout.nbytes)
+        runs = layout.runs if combine is None else ()
+        if runs is None:
+            raise ValueError("summing partials needs a Layout(..., by_dtype=True)")
         self._runs = [(blocks[:, off: off + count * dt.itemsize].view(dt), off, count * dt.itemsize, dt)
-                      for dt, off, count in layout.runs]
+                      for dt, off, count in runs]
 
     def total(self) -> Any:
         nbytes = self.layout.nbytes

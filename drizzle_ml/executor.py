@@ -375,7 +375,14 @@ class JobExecutor:
             metrics=metrics,
             offsets=None if self.stream is None else self.stream.offsets(),
             digest=model_digest(self.model) if self.replicated else None,
+            reduction=self.reduction_name(),
         )
+
+    def reduction_name(self) -> str:
+        """``gather``/``allreduce``/``tree``, and where the update ran (see JobResult.reduction)."""
+        if self.reduction is None:
+            return "tree+broadcast"
+        return self.reduction.kind + ("+replicated" if self.replicated else "+broadcast")
 
     def _collective_iteration(self, it: int, partial: Any, times: "_Times", metrics: dict) -> bool:
         """One iteration over the job's collective; True when the job stops after it."""

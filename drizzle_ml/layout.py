@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+import operator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,7 +41,8 @@ class Layout:
     (scalars come back as numpy scalars).
     """
 
-    __slots__ = ("treedef", "leaves", "nbytes", "runs", "_views", "_has_scalars")
+    __slots__ = ("treedef", "leaves", "nbytes", "runs", "_views", "_has_scalars", "_scalar_flags", "_flatten",
+                 "_assemble", "_specs")
 
     def __init__(self, value: Any, by_dtype: bool = False):
         leaves: list[tuple[tuple[int, ...], np.dtype, int, bool]] = []
@@ -74,33 +76,20 @@ class Layout:
     def _init_cache(self) -> None:
         self._views: dict[tuple[int, int], tuple[np.ndarray, list, Any]] = {}
         self._has_scalars = any(scalar for *_, scalar in self.leaves)
+        self._scalar_flags = [scalar for *_, scalar in self.leaves]
+        # Compiled once: packing and unpacking run every iteration.
+        self._flatten = _compile_flatten(self.treedef)
+        self._assemble = _compile_assemble(self.treedef)
+        self._specs = [(shape, dtype, off) for shape, dtype, off, _ in self.leaves]
 
     def new_buffer(self) -> np.ndarray:
         return np.empty(self.nbytes, dtype=np.uint8)
 
-    def _flatten(self, value: Any, out: list) -> None:
-        stack = [(self.treedef, value)]
-        while stack:
-            node, v = stack.pop()
-            kind, payload = node
-            if kind == "a":
-                out.append(v)
-            elif kind == "d":
-                if not isinstance(v, dict) or len(v) != len(payload):
-                    raise ValueError("value structure differs from the job's layout")
-                for key, sub in reversed(payload):
-                    if key not in v:
-                        raise ValueError(f"value is missing key {key!r} of the job's layout")
-                    stack.append((sub, v[key]))
-            else:
-                if not isinstance(v, (tuple, list)) or len(v) != len(payload):
-                    raise ValueError("value structure differs from the job's layout")
-                for sub, item in zip(reversed(payload), reversed(v)):
-                    stack.append((sub, item))
-
     def pack(self, value: Any, buf: np.ndarray, offset: int = 0) -> None:
         flat: list = []
         self._flatten(value, flat)
+        if len(flat) != len(self.leaves):
+            raise ValueError("value structure differs from the job's layout")
         for leaf, dest in zip(flat, self._cached(buf, offset)[1]):
             if getattr(leaf, "shape", ()) != dest.shape:
                 raise ValueError(f"shape {np.shape(leaf)} differs from the job's layout {dest.shape}")
@@ -121,7 +110,7 @@ class Layout:
             leaves = self._views_of(buf, offset)
             value = self._assemble(leaves)
         if self._has_scalars:
-            return self._assemble([v[()] if scalar else v for v, (*_, scalar) in zip(leaves, self.leaves)])
+            return self._assemble([v[()] if scalar else v for v, scalar in zip(leaves, self._scalar_flags)])
         return value
 
     def _cached(self, buf: np.ndarray, offset: int) -> tuple[np.ndarray, list[np.ndarray], Any]:
@@ -134,24 +123,7 @@ class Layout:
         return cached
 
     def _views_of(self, buf: np.ndarray, offset: int) -> list[np.ndarray]:
-        views = []
-        for shape, dtype, off, _ in self.leaves:
-            start = offset + off
-            count = math.prod(shape)  # np.prod per leaf cost more than the views (a stream's drain)
-            views.append(buf[start : start + count * dtype.itemsize].view(dtype).reshape(shape))
-        return views
-
-    def _assemble(self, views: list) -> Any:
-        def build(node: Any) -> Any:
-            kind, payload = node
-            if kind == "a":
-                return views[payload]
-            if kind == "d":
-                return {k: build(sub) for k, sub in payload}
-            items = [build(sub) for sub in payload]
-            return tuple(items) if kind == "t" else items
-
-        return build(self.treedef)
+        return [np.ndarray(shape, dtype, buffer=buf, offset=offset + off) for shape, dtype, off in self._specs]
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -170,6 +142,59 @@ class Layout:
     def __setstate__(self, state) -> None:
         self.treedef, self.leaves, self.nbytes, self.runs = state
         self._init_cache()
+
+
+def _compile_flatten(node: Any) -> Callable[[Any, list], None]:
+    """A function appending a value's leaves to a list, in layout order, checking its structure."""
+    kind, payload = node
+    if kind == "a":
+        return lambda v, out: out.append(v)
+    if kind == "d":
+        subs = [(key, _compile_flatten(sub)) for key, sub in payload]
+        n = len(subs)
+
+        def flatten_dict(v: Any, out: list) -> None:
+            if not isinstance(v, dict) or len(v) != n:
+                raise ValueError("value structure differs from the job's layout")
+            for key, flatten in subs:
+                if key not in v:
+                    raise ValueError(f"value is missing key {key!r} of the job's layout")
+                flatten(v[key], out)
+
+        return flatten_dict
+    n = len(payload)
+    if all(sub[0] == "a" for sub in payload):
+        def flatten_leaves(v: Any, out: list) -> None:
+            if not isinstance(v, (tuple, list)) or len(v) != n:
+                raise ValueError("value structure differs from the job's layout")
+            out.extend(v)
+
+        return flatten_leaves
+    subs = [_compile_flatten(sub) for sub in payload]
+
+    def flatten_sequence(v: Any, out: list) -> None:
+        if not isinstance(v, (tuple, list)) or len(v) != n:
+            raise ValueError("value structure differs from the job's layout")
+        for flatten, item in zip(subs, v):
+            flatten(item, out)
+
+    return flatten_sequence
+
+
+def _compile_assemble(node: Any) -> Callable[[list], Any]:
+    """A function building the value's structure around a list of leaves."""
+    kind, payload = node
+    if kind == "a":
+        return operator.itemgetter(payload)
+    if kind == "d":
+        subs = [(key, _compile_assemble(sub)) for key, sub in payload]
+        return lambda leaves: {key: build(leaves) for key, build in subs}
+    if kind == "t" and len(payload) >= 2 and all(sub[0] == "a" for sub in payload):
+        return operator.itemgetter(*(sub[1] for sub in payload))  # a tuple of leaves, in C
+    subs = [_compile_assemble(sub) for sub in payload]
+    if kind == "t":
+        return lambda leaves: tuple([build(leaves) for build in subs])
+    return lambda leaves: [build(leaves) for build in subs]
 
 
 def _group_by_dtype(leaves: list) -> tuple[list, int]:

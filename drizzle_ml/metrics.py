@@ -82,6 +82,10 @@ class JobResult:
     offsets : stream jobs: every partition's offset after the last micro-batch.
     latencies : stream jobs: per published version ``(records, latency of its
         oldest record, of its newest)`` in seconds (see :mod:`drizzle_ml.streaming`).
+    reduction : how the partials were combined: ``"gather"`` or ``"allreduce"``
+        (MPI collectives, see :mod:`drizzle_ml.collectives`), ``"tree"``, or
+        ``"bsp"`` (the driver); with ``"+replicated"`` when every worker
+        applied the update, ``"+broadcast"`` when the root did.
     """
 
     model: dict
@@ -94,6 +98,7 @@ class JobResult:
     startup: float = 0.0
     offsets: dict[str, Any] = field(default_factory=dict)
     latencies: list[tuple[float, float, float]] = field(default_factory=list)
+    reduction: str = ""
 
     def summary(self) -> dict[str, float]:
         """Totals over the job: time per phase and the overall overhead share."""

@@ -120,6 +120,7 @@ class GroupReport:
     metrics: dict[str, list] = field(default_factory=dict)  # root only
     offsets: dict[str, Any] | None = None  # stream jobs: this worker's partition offsets after the group
     digest: int | None = None  # replicated jobs: executor.model_digest of this worker's replica
+    reduction: str = ""  # how this job combines partials (JobResult.reduction)
 
 
 @dataclass

@@ -329,7 +329,7 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
             send(size)
     return JobResult(freeze(model), version, group.start + n_done - it0, converged, history,
                      iteration_metrics, startup=job_startup, offsets=offsets,
-                     latencies=[tuple(b) for b in latencies])
+                     latencies=[tuple(b) for b in latencies], reduction=root.reduction)
 
 
 def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group, durable):
@@ -427,4 +427,5 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
         metrics.execution = compute
         metrics.finish()
     cluster._complete([r for reqs in task_reqs for r in reqs], "task delivery")
-    return JobResult(freeze(model), version, len(history), converged, history, iteration_metrics)
+    return JobResult(freeze(model), version, len(history), converged, history, iteration_metrics,
+                     reduction="bsp")

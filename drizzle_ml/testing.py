@@ -115,3 +115,47 @@ class StreamSum(Program):
 
     def update(self, model, total, iteration):
         return {k: model[k] + total[k] for k in ("sums", "ysum", "rows")}, {}
+
+
+class MergeMax(Program):
+    """A non-sum combine: the model becomes the element-wise maximum of the workers' partials.
+
+    Worker ``w``'s partial at iteration ``i`` is ``values(w, i, size)``, so
+    the expected model is known without the engine. ``size`` entries: small
+    partials are gathered, large ones go through the reduce tree.
+    """
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    @staticmethod
+    def values(worker: int, iteration: int, size: int) -> np.ndarray:
+        return np.cos(np.arange(size) * (worker + 1.0) + iteration)
+
+    def local(self, model, part: Partition):
+        return self.values(part.worker, int(model["it"][0]), self.size)
+
+    def combine(self, a, b):
+        return np.maximum(a, b)
+
+    def update(self, model, total, iteration):
+        return {"m": np.array(total), "it": model["it"] + 1.0}, {}
+
+
+class DivergentReplica(Program):
+    """A broken program whose update differs on ``worker``: its replica drifts by 1e-12 per step.
+
+    ``local`` notes the worker it runs on (``update`` is not told), so that
+    replicated updates disagree; the engine's digest check must catch it.
+    """
+
+    def __init__(self, worker: int):
+        self.worker, self.here = int(worker), -1
+
+    def local(self, model, part: Partition):
+        self.here = part.worker
+        return np.array([float(part.n_rows)])
+
+    def update(self, model, total, iteration):
+        drift = 1e-12 if self.here == self.worker else 0.0
+        return {"x": model["x"] + total + drift}, {}
