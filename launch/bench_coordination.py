@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,8 +21,6 @@ import time
 from typing import Any
 
 import numpy as np
-
-from drizzle_ml.tree import ReduceTree
 
 from .cli import positive_int
 
@@ -171,6 +170,11 @@ def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, st
     return run_json(cmd, env, timeout=1800)
 
 
+def _rounds(workers: int) -> int:
+    """Message rounds of a recursive-doubling allgather or allreduce among ``workers``."""
+    return math.ceil(math.log2(workers)) if workers > 1 else 0
+
+
 def run_bounded(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """Run a benchmark command in its own process group, capturing its output.
 
@@ -251,21 +255,22 @@ def coordination(args: argparse.Namespace) -> dict[str, Any]:
     # Cost model from the measured driver costs (labelled as a model, not a measurement).
     bsp, g10 = engine["results"]["bsp"], engine["results"]["group=10"]
     work = g10["compute_per_iter"] + g10["update_per_iter"]
-    # One tree hop: half of what the plain loop spends beyond the arithmetic (its Allreduce).
-    hop = max(base - work, 1e-6) / 2
+    # One round of the reduction: what the hand loop spends beyond the arithmetic
+    # (its Allreduce), per round of a recursive-doubling exchange among these workers.
+    hop = max(base - work, 1e-6) / max(_rounds(workers), 1)
     bsp_per_worker = bsp["driver_schedule_per_iter"] / workers
     group_per_worker = g10["driver_per_group"] / workers
     print("\ncost model (extrapolated from this run's measured costs, not measured):")
-    print(f"  per-iteration work {work * 1e6:.1f} us, tree hop {hop * 1e6:.1f} us, "
+    print(f"  per-iteration work {work * 1e6:.1f} us, reduction round {hop * 1e6:.1f} us, "
           f"driver cost per worker: bsp {bsp_per_worker * 1e6:.1f} us/iteration, "
           f"group {group_per_worker * 1e6:.1f} us/group")
     print(f"  {'workers':>8s} {'bsp us/iter':>12s} {'group=10':>10s} {'group=100':>10s} {'bsp/group=100':>14s}")
     model_rows = []
     for w in (4, 16, 128, 1024):
-        depth = ReduceTree(w, engine["fanout"]).depth
+        rounds = _rounds(w)
         t_bsp = work + 2 * hop + w * bsp_per_worker
-        t_g10 = work + 2 * depth * hop + w * group_per_worker / 10
-        t_g100 = work + 2 * depth * hop + w * group_per_worker / 100
+        t_g10 = work + rounds * hop + w * group_per_worker / 10
+        t_g100 = work + rounds * hop + w * group_per_worker / 100
         model_rows.append({"workers": w, "bsp": t_bsp, "group10": t_g10, "group100": t_g100})
         print(f"  {w:8d} {t_bsp * 1e6:12.1f} {t_g10 * 1e6:10.1f} {t_g100 * 1e6:10.1f} {t_bsp / t_g100:14.1f}")
     report = {"hand": hands[-1], "plain": plain, "engine": engine,
