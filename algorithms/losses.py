@@ -78,7 +78,9 @@ class LinearLoss:
         n = X.shape[0]
         dense = isinstance(X, np.ndarray) or not sp.issparse(X)  # the ndarray test first: it is the hot path
         step = max(256, _BLOCK_BYTES // max(1, X.shape[1] * X.itemsize)) if dense else n
-        for lo in range(0, n, step):
+        if n <= step:  # one block: no slicing (the common case of a small partition)
+            loss = self._accumulate(w, X, y, sample_weight, grad, with_loss)
+        for lo in range(0, n if n > step else 0, step):
             hi = min(lo + step, n)
             sw = None if sample_weight is None else sample_weight[lo:hi]
             loss += self._accumulate(w, X[lo:hi], y[lo:hi], sw, grad, with_loss)
@@ -118,19 +120,20 @@ class LinearLoss:
 
     def _accumulate_binomial(self, w, X, y, sample_weight, grad: np.ndarray, with_loss: bool) -> float:
         """The binomial case with matrix-vector products (BLAS gemv, or CSR's), not (n, 1) matrices."""
-        coef, intercept = self.split(w)
-        z = X @ coef[0].astype(X.dtype, copy=False)
+        n_coef = self.n_coef  # one output: coef is w[:n_coef], the intercept w[n_coef]
+        z = X @ w[:n_coef].astype(X.dtype, copy=False)
+        intercept = w[n_coef] if self.fit_intercept else None
         if intercept is not None:
-            z += intercept[0]
+            z += intercept
         p = expit(z)
         loss = _binomial_loss_sum(z, p, y, sample_weight) if with_loss else 0.0
         resid = p
         resid -= y  # p is not needed any more: the residual goes in its place, in X's precision
         if sample_weight is not None:
             resid *= sample_weight.astype(resid.dtype, copy=False)
-        grad[: self.n_coef] += resid @ X
+        grad[:n_coef] += resid @ X
         if intercept is not None:
-            grad[self.n_coef] += resid.sum(dtype=np.float64)
+            grad[n_coef] += resid.sum(dtype=np.float64)
         return loss
 
 

@@ -124,20 +124,20 @@ class Minimize(Program):
             part.cache[key] = codes
         return codes
 
-    def objective(self, w: np.ndarray, total) -> tuple[float, np.ndarray]:
+    def objective(self, w: np.ndarray, total, with_loss: bool = True) -> tuple[float, np.ndarray]:
+        """``(f, gradient)`` at ``w`` from the summed partials; f is NaN without ``with_loss``."""
         grad_sum, stats = total
-        loss_sum, weight = float(stats[0]), float(stats[1])
+        weight = float(stats[1])
         pw = self.penalty * w
         g = grad_sum + pw
         g /= weight
-        return (loss_sum + 0.5 * float(pw @ w)) / weight, g
+        return ((float(stats[0]) + 0.5 * float(pw @ w)) / weight if with_loss else math.nan), g
 
     def update(self, model, total, iteration):
         w = model["w"]
-        f, g = self.objective(w, total)
         state = model["state"].copy()
-        x, p = model["x"], model["p"]
         loss_known = bool(state[_LOSS_DUE]) or not self.fixed_step
+        f, g = self.objective(w, total, loss_known)
         if state[_HAVE_X] and self.learning_rate is None:
             f0, step, gtp = state[_F], state[_STEP], state[_GTP]
             if not (np.isfinite(f) and f <= f0 + _ARMIJO_C1 * step * gtp):
@@ -153,11 +153,10 @@ class Minimize(Program):
         # Accept w.
         new = dict(model)
         converged = False
-        if state[_HAVE_X]:
+        if state[_HAVE_X] and self.solver == "lbfgs":
             decrease = (state[_F] - f) / max(abs(state[_F]), abs(f), 1.0)
-            converged = self.solver == "lbfgs" and 0 <= decrease <= _FTOL
-            if self.solver == "lbfgs":
-                self._remember(new, state, w - x, g - model["g"])
+            converged = 0 <= decrease <= _FTOL
+            self._remember(new, state, w - model["x"], g - model["g"])
         converged = converged or grad_max <= self.tol
         new["x"], new["g"] = w, g
         if loss_known:

@@ -159,9 +159,14 @@ class Adaptivity:
         negative (clamped to 0 in ``coordination``) and the next one's too large:
         alone, the share alternates between the two. Over the pipeline's depth
         (two groups), ``1 - execution / wall`` is the workers' idle share.
+        Where the driver shares cores with the workers (more ranks than cores
+        on its host), the CPU it used in the group ran in the workers' place:
+        their execution was that much longer, and that is coordination too.
         """
-        wall, execution = metrics.wall + self.previous[0], metrics.execution + self.previous[1]
-        self.previous = (metrics.wall, metrics.execution)
+        stolen = metrics.driver_cpu if getattr(self.cluster, "shares_cores", False) else 0.0
+        mine = max(metrics.execution - stolen, 0.0)
+        wall, execution = metrics.wall + self.previous[0], mine + self.previous[1]
+        self.previous = (metrics.wall, mine)
         return max(0.0, 1.0 - execution / wall) if wall > 0 else 0.0
 
 

@@ -150,6 +150,8 @@ class Cluster:
             os.environ.get("MPI_LOCALNRANKS", self.n_workers + 1)
         )
         self.policy = WaitPolicy.for_ranks(ranks_here, self.timeout)
+        #: The driver shares this host's cores with its workers: its CPU time is theirs lost.
+        self.shares_cores = ranks_here > (os.cpu_count() or 1)
         _open_clusters.add(self)
         try:
             self._collect(lambda m: isinstance(m, P.Hello), self.n_workers, "start-up", timeout=start_timeout)

@@ -102,11 +102,16 @@ class Reduction:
 
     def __init__(self, layout: Layout, collectives: list[Collective], send: np.ndarray):
         self.layout, self.collectives, self.send = layout, collectives, send
+        if len(collectives) == 1 and collectives[0].persistent:
+            # The common case, called every iteration: straight to MPI.
+            request = collectives[0].request
+            self._start_all, self.test = request.Start, request.Test
+        else:
+            self._start_all = lambda: [c.start() for c in collectives]
 
     def start(self, partial: Any) -> None:
         self.layout.pack(partial, self.send)
-        for collective in self.collectives:
-            collective.start()
+        self._start_all()
 
     def test(self) -> bool:
         return all(collective.test() for collective in self.collectives)

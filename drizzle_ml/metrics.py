@@ -21,6 +21,10 @@ class GroupMetrics:
     execution : slowest worker's time from group start to its report.
     coordination : ``wall - execution``: time the workers were not running the
         group (scheduling, serialization, driver round-trips).
+    driver_cpu : CPU seconds the driver used since the previous group's end
+        (collecting, committing, scheduling). Where the driver shares cores
+        with its workers, that time was taken from them, and the tuner counts
+        it as coordination.
     overhead : non-compute share of the wall time, ``1 - compute / wall``.
     tuner : the group-size tuner's decision after this group (``grow``,
         ``shrink``, ``probe``, ``hold``, ``back``, ``keep``, ``cap``, ``fixed``).
@@ -43,6 +47,7 @@ class GroupMetrics:
     update: float = 0.0
     execution: float = 0.0
     coordination: float = 0.0
+    driver_cpu: float = 0.0
     overhead: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     tuner: str = ""

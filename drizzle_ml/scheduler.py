@@ -260,6 +260,7 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
     send(sizer.size)
     if pipeline and next_start < end:
         send(sizer.size)
+    cpu_mark = time.process_time()
     while sent:
         group = sent.popleft()
         began = max(group.sent_at, last_done)
@@ -314,7 +315,9 @@ def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pi
             schedule=group.schedule, wait=done_at - t_wait, compute=slowest("compute"),
             reduce=slowest("reduce"), broadcast=slowest("broadcast"), update=slowest("update"),
             execution=slowest("execution"), metrics=last_metrics,
+            driver_cpu=time.process_time() - cpu_mark,
         ).finish()
+        cpu_mark = time.process_time()
         history.append(metrics)
         per_iteration = metrics.execution / max(n_done, 1)
         last_done = done_at
