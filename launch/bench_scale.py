@@ -8,19 +8,21 @@ It measures, with real ``mpiexec`` jobs:
 1. per-message latency ``alpha`` and bandwidth ``beta``: MPI ping-pong
    between two ranks on this host and, with ``--hosts``, between the first
    two hosts listed;
-2. the per-iteration work and the driver's costs: the coordination
-   benchmark's engine job (logistic gradient descent, group sizes 1, 10, 100
-   and BSP) at each worker count, fitting ``T(k) = a + c/k`` per worker count
-   and ``c(W) = c0 + cw * W`` over the worker counts (the driver's cost per
-   group), and taking the driver's measured time per BSP iteration per
-   worker (``d``).
+2. the engine's costs: the coordination benchmark's engine job (logistic
+   gradient descent, group sizes 1, 10, 100 and BSP) at each worker count.
+   Per worker count it fits ``T(k) = a + c/k``: ``a`` is the per-iteration
+   time, ``c`` the cost of a group boundary. Over the worker counts it fits
+   the part of ``a`` beyond the measured work, the reduction, as
+   ``r0 + r1 * rounds(W)`` (``rounds(W) = ceil(log2 W)``, the message rounds
+   of the collective), and ``c(W) = c0 + cw * W``; and it takes the driver's
+   measured time per BSP iteration per worker (``d``).
 
 From these it predicts the per-iteration time at 4 to 1,024 workers (the
 formulas are in docs/multihost.md)::
 
     msg(S) = alpha + S / beta                 S: bytes of one partial (or model)
     bsp:    work + 2 * msg(S) + d * W              d: driver's time per worker per iteration
-    group:  work + 2 * depth_f(W) * msg(S) + (c0 + cw * W) / k   (tree of fan-out f)
+    group:  work + r0 + r1 * rounds(W) + (c0 + cw * W) / k
 
 and prints the relative error of the same formulas at every point it measured.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -36,14 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from drizzle_ml.tree import ReduceTree
-
 from .bench_coordination import _mpirun, run_json
 from .cli import positive_int
 
-#: Worker counts and fan-outs of the prediction table; group sizes it shows.
+#: Worker counts of the prediction table; group sizes it shows.
 TABLE_WORKERS = (4, 16, 64, 256, 1024)
-TABLE_FANOUTS = (2, 4, 8)
 TABLE_GROUPS = (10, 100)
 #: Group sizes the engine job measures (the coordination benchmark's, without 'auto').
 MEASURED_GROUPS = (1, 10, 100)
@@ -90,25 +90,44 @@ def message_time(link: dict[str, float], nbytes: int) -> float:
     return link["latency"] + nbytes / link["bandwidth"]
 
 
+def rounds(workers: int) -> int:
+    """Message rounds of a recursive-doubling allgather or allreduce among ``workers``."""
+    return math.ceil(math.log2(workers)) if workers > 1 else 0
+
+
 def predict(params: dict[str, float], link: dict[str, float], workers: int, scheduling: str,
-            group_size: int = 1, fanout: int = 4) -> float:
+            group_size: int = 1) -> float:
     """Predicted seconds per iteration (see the module doc)."""
-    hop = message_time(link, int(params["message_bytes"]))
-    driver = params["c0"] + params["cw"] * workers
     if scheduling == "bsp":  # one hop each way, and the driver handles every worker's messages
+        hop = message_time(link, int(params["message_bytes"]))
         return params["work"] + 2 * hop + params["bsp_driver"] * workers
-    return params["work"] + 2 * ReduceTree(workers, fanout).depth * hop + driver / group_size
+    reduction = params["r0"] + params["r1"] * rounds(workers)
+    driver = params["c0"] + params["cw"] * workers
+    return params["work"] + reduction + driver / group_size
+
+
+def _line(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``y = b0 + b1 x`` with both coefficients >= 0 (noise must not make a cost negative)."""
+    if len(xs) > 1 and np.ptp(xs) > 0:
+        (b0, b1), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(xs), xs]), ys, rcond=None)
+        if b0 >= 0 and b1 >= 0:
+            return float(b0), float(b1)
+    b1 = float(ys @ xs / (xs @ xs)) if xs @ xs > 0 else 0.0
+    if b1 > 0:
+        return 0.0, b1
+    return max(float(np.mean(ys)), 0.0), 0.0
 
 
 def fit(engines: dict[int, dict], features: int) -> dict[str, float]:
-    """Model parameters from engine jobs at several worker counts: work, c0, cw, message bytes."""
-    per_group = {}
+    """Model parameters from engine jobs at several worker counts: work, r0, r1, c0, cw, d."""
+    per_group, per_iteration = {}, {}
     for w, engine in engines.items():
         res = engine["results"]
         k = np.array(MEASURED_GROUPS, dtype=float)
         t = np.array([res[f"group={g}"]["per_iter"] for g in MEASURED_GROUPS])
-        (_, c), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(k), 1 / k]), t, rcond=None)
+        (a, c), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(k), 1 / k]), t, rcond=None)
         per_group[w] = max(float(c), 0.0)
+        per_iteration[w] = max(float(a), 0.0)
     ws = np.array(sorted(per_group), dtype=float)
     cs = np.array([per_group[int(w)] for w in ws])
     c0, cw = 0.0, float(cs @ ws / (ws @ ws))  # all of it per worker: one worker count, or noise made c0 < 0
@@ -118,11 +137,16 @@ def fit(engines: dict[int, dict], features: int) -> dict[str, float]:
             c0, cw = line_c0, line_cw
     work = float(np.median([e["results"]["group=10"]["compute_per_iter"] + e["results"]["group=10"]["update_per_iter"]
                             for e in engines.values()]))
+    # The reduction: what an iteration costs beyond the work, against the collective's rounds.
+    rs = np.array([rounds(w) for w in sorted(per_iteration)], dtype=float)
+    reduction = np.array([max(per_iteration[w] - work, 0.0) for w in sorted(per_iteration)])
+    r0, r1 = _line(rs, reduction)
     # BSP: the driver's own time per iteration (sending tasks, combining partials), per worker.
     bsp_driver = float(np.median([e["results"]["bsp"]["driver_schedule_per_iter"] / w for w, e in engines.items()]))
-    return {"work": work, "c0": float(c0), "cw": float(cw), "bsp_driver": bsp_driver,
+    return {"work": work, "r0": r0, "r1": r1, "c0": float(c0), "cw": float(cw), "bsp_driver": bsp_driver,
             "message_bytes": 8 * (features + 1),
-            "per_group": {str(w): c for w, c in per_group.items()}}
+            "per_group": {str(w): c for w, c in per_group.items()},
+            "per_iteration": {str(w): a for w, a in per_iteration.items()}}
 
 
 def _engines(args: argparse.Namespace, mpiexec_args: list[str]) -> dict[int, dict]:
@@ -132,12 +156,11 @@ def _engines(args: argparse.Namespace, mpiexec_args: list[str]) -> dict[int, dic
 def _checks(params: dict, link: dict, engines: dict[int, dict], where: str) -> list[dict]:
     rows = []
     for w, engine in engines.items():
-        fanout = engine["fanout"]
         for name, res in engine["results"].items():
             if name == "group=auto":
                 continue
             scheduling, k = ("bsp", 1) if name == "bsp" else ("group", int(name.split("=")[1]))
-            predicted = predict(params, link, w, scheduling, k, fanout)
+            predicted = predict(params, link, w, scheduling, k)
             rows.append({"where": where, "workers": w, "configuration": name, "measured": res["per_iter"],
                          "predicted": predicted, "error": predicted / res["per_iter"] - 1})
     return rows
@@ -163,7 +186,8 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     for where, link in links.items():
         print(f"measured {where:9s} ({' -> '.join(link['hosts'])}): latency {link['latency'] * 1e6:8.2f} us, "
               f"bandwidth {link['bandwidth'] / 1e9:6.2f} GB/s")
-    print(f"measured per-iteration work {params['work'] * 1e6:.1f} us; driver cost per group c(W) = "
+    print(f"measured per-iteration work {params['work'] * 1e6:.1f} us; reduction r(W) = "
+          f"{params['r0'] * 1e6:.1f} us + {params['r1'] * 1e6:.1f} us x rounds(W); driver cost per group c(W) = "
           f"{params['c0'] * 1e6:.1f} us + {params['cw'] * 1e6:.1f} us x W "
           f"(fit of T(k) = a + c/k, k = {', '.join(map(str, MEASURED_GROUPS))}, over W = "
           f"{', '.join(map(str, args.workers))}, one host); BSP driver time per worker per iteration "
@@ -173,19 +197,17 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     for where, link in links.items():
         print(f"\nprediction, {where} links (a model, not measured): us per iteration")
         head = "".join(f"{f'group k={k}':>12s}" for k in TABLE_GROUPS)
-        print(f"{'workers':>8s} {'fanout':>6s} {'depth':>5s} {'bsp':>12s}{head} {'bsp/group k=100':>16s}")
+        print(f"{'workers':>8s} {'rounds':>6s} {'bsp':>12s}{head} {'bsp/group k=100':>16s}")
         for w in TABLE_WORKERS:
-            for f in TABLE_FANOUTS:
-                bsp = predict(params, link, w, "bsp")
-                groups = {k: predict(params, link, w, "group", k, f) for k in TABLE_GROUPS}
-                table.append({"where": where, "workers": w, "fanout": f, "bsp": bsp,
-                              **{f"group{k}": t for k, t in groups.items()}})
-                cells = "".join(f"{groups[k] * 1e6:12.1f}" for k in TABLE_GROUPS)
-                print(f"{w:8d} {f:6d} {ReduceTree(w, f).depth:5d} {bsp * 1e6:12.1f}{cells} "
-                      f"{bsp / groups[100]:16.1f}")
+            bsp = predict(params, link, w, "bsp")
+            groups = {k: predict(params, link, w, "group", k) for k in TABLE_GROUPS}
+            table.append({"where": where, "workers": w, "rounds": rounds(w), "bsp": bsp,
+                          **{f"group{k}": t for k, t in groups.items()}})
+            cells = "".join(f"{groups[k] * 1e6:12.1f}" for k in TABLE_GROUPS)
+            print(f"{w:8d} {rounds(w):6d} {bsp * 1e6:12.1f}{cells} {bsp / groups[100]:16.1f}")
 
     checks = [row for where, engines in measured.items() for row in _checks(params, links[where], engines, where)]
-    print("\ncheck: the same formulas at the points measured (c0, cw fitted on one host's group runs)")
+    print("\ncheck: the same formulas at the points measured (r0, r1, c0, cw fitted on one host's group runs)")
     print(f"{'where':>9s} {'workers':>7s} {'configuration':>13s} {'measured us':>12s} {'predicted us':>13s} "
           f"{'error':>8s}")
     for row in checks:

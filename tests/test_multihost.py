@@ -193,15 +193,16 @@ def test_bench_scale_quick_prints_the_table_and_the_errors(request, tmp_path):
         assert re.search(rf"measured {link} +\(.*\): latency +[\d.]+ us, bandwidth +[\d.]+ GB/s", text), text
         assert f"prediction, {link} links (a model, not measured)" in text
     assert "driver cost per group c(W) =" in text and "BSP driver time per worker per iteration d =" in text
-    rows = re.findall(r"^ *(\d+) +([248]) +\d+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", text, re.M)
-    expected = [(str(w), str(f)) for w in (4, 16, 64, 256, 1024) for f in (2, 4, 8)]
+    assert re.search(r"reduction r\(W\) = [\d.]+ us \+ [\d.]+ us x rounds\(W\)", text), text
+    rows = re.findall(r"^ *(\d+) +(\d+) +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", text, re.M)
+    expected = [("4", "2"), ("16", "4"), ("64", "6"), ("256", "8"), ("1024", "10")]
     assert rows == expected * len(links), text
     checks = re.findall(r"^ *(one host|two hosts) +2 +(group=1|group=10|group=100|bsp) +[\d.]+ +[\d.]+ +-?[\d.]+%$",
                         text, re.M)
     assert sorted(checks) == sorted((link, c) for link in links for c in ("group=1", "group=10", "group=100", "bsp"))
     assert re.search(r"relative error: median [\d.]+%, largest [\d.]+%", text)
     report = json.loads(out.read_text())
-    assert {(r["workers"], r["fanout"]) for r in report["table"]} == {(int(w), int(f)) for w, f in expected}
+    assert {(r["workers"], r["rounds"]) for r in report["table"]} == {(int(w), int(r)) for w, r in expected}
     assert all(r["error"] == pytest.approx(r["predicted"] / r["measured"] - 1) for r in report["checks"])
     if len(links) == 2:
         assert report["links"]["two hosts"]["hosts"] == [A, B]
