@@ -246,7 +246,7 @@ class JobExecutor:
         everyone = np.empty((self.comm.Get_size(), mine.size), dtype=np.uint8)
         request = self.comm.Iallgather([mine, MPI.BYTE], [everyone, MPI.BYTE])
         self._in_flight = True
-        self._wait(request.Test, "the other workers' first partials")
+        self._wait(request.Test, "the other workers' first partials", collective=True)
         self._in_flight = False
         differing = [w for w in range(len(everyone)) if not np.array_equal(everyone[w], everyone[0])]
         if differing:
@@ -288,11 +288,17 @@ class JobExecutor:
         if self.stream is None:
             self.rt.ring_peers(workers)
 
-    def _wait(self, test: Callable[[], Any], what: str) -> Any:
+    def _wait(self, test: Callable[[], Any], what: str, collective: bool = False) -> Any:
         # Bounded like every wait; a slow iteration elsewhere in the tree extends it.
         # A peer's partial or model is due within a fraction of an iteration: with
         # a core to itself, this worker spins through that (up to 5 ms) instead of
         # sleeping past it, as MPI's own collectives do.
+        # A collective progresses only while its ranks call into MPI, and nobody
+        # rings a doorbell for its internal messages: a sleeping rank holds up
+        # every round it takes part in (4 ranks on 2 cores: milliseconds an
+        # iteration). So its ranks test and yield the CPU for up to two
+        # iterations (1 to 5 ms) even without a core of their own; yielding
+        # lets the ranks still computing have it.
         # A stream is different: the driver drains versions and the sources are
         # read while workers wait, so a spinning worker delays both; it sleeps
         # in steps no longer than its source's poll interval instead.
@@ -300,7 +306,9 @@ class JobExecutor:
             return self.rt.wait(test, what, extra=4 * self._iter_estimate, spin=0.0,
                                 max_sleep=self.stream.poll_interval)
         spin = None
-        if self.rt.policy.spin >= SPIN_ON_OWN_CORE:
+        if collective:
+            spin = max(self.rt.policy.spin, min(max(2 * self._iter_estimate, 1e-3), 5e-3))
+        elif self.rt.policy.spin >= SPIN_ON_OWN_CORE:
             spin = max(self.rt.policy.spin, min(0.25 * self._iter_estimate, 5e-3))
         return self.rt.wait(test, what, extra=4 * self._iter_estimate, spin=spin)
 
@@ -392,7 +400,7 @@ class JobExecutor:
         reduction.start(partial)
         if not reduction.test():
             self._in_flight = True
-            self._wait(reduction.test, f"the workers' partials for iteration {it}")
+            self._wait(reduction.test, f"the workers' partials for iteration {it}", collective=True)
             self._in_flight = False
         t2 = perf()
         times.reduce += t2 - t1
@@ -401,7 +409,7 @@ class JobExecutor:
             bcast.start()
             if not bcast.test():
                 self._in_flight = True
-                self._wait(bcast.test, f"the model of iteration {it} from worker 0")
+                self._wait(bcast.test, f"the model of iteration {it} from worker 0", collective=True)
                 self._in_flight = False
             self.model, self.version, stop = bcast.received()
             times.broadcast += perf() - t2
@@ -415,7 +423,7 @@ class JobExecutor:
         if self.broadcast is not None:  # root of a job without replicas
             bcast = self.broadcast
             if self._bcast_pending and not bcast.test():
-                self._wait(bcast.test, "delivery of the model")
+                self._wait(bcast.test, "delivery of the model", collective=True)
             bcast.start(new_model, self.version, it, stop)
             self._bcast_pending = not bcast.test()
             times.broadcast += perf() - t3
