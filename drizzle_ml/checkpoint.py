@@ -424,6 +424,10 @@ class CheckpointStore:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._write_lock = threading.Lock()  # one writer at a time: save() and the thread
+        # Job keys of files already read or written here, by identity (path, inode,
+        # mtime, size): rotating after every write would otherwise open each kept
+        # file again (a few ms of CPU each, taken from the workers on a small host).
+        self._known_keys: dict[tuple, str | None] = {}
 
     # -- saving ----------------------------------------------------------------------------------
 
@@ -438,8 +442,32 @@ class CheckpointStore:
         with self._write_lock:
             os.makedirs(self.directory, exist_ok=True)
             path = _write_atomic(self.directory, p)
+            self._remember_key(path, p.job_key)
             self._rotate(p.job_key, p.version)
             return path
+
+    @staticmethod
+    def _identity(path: str) -> tuple | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (path, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _remember_key(self, path: str, job_key: str | None) -> None:
+        identity = self._identity(path)
+        if identity is not None:
+            self._known_keys = {k: v for k, v in self._known_keys.items() if k[0] != path}
+            self._known_keys[identity] = job_key
+
+    def _job_key_of(self, path: str) -> str | None:
+        """The file's job key, read once per file version (a rewritten file is read again)."""
+        identity = self._identity(path)
+        if identity is not None and identity in self._known_keys:
+            return self._known_keys[identity]
+        key = _peek_job_key(path)
+        self._remember_key(path, key)
+        return key
 
     def save(self, ckpt: Checkpoint) -> str:
         """Write ``ckpt`` now, atomically; return its path. Waits for pending async saves first."""
@@ -571,7 +599,7 @@ class CheckpointStore:
             if v == version:
                 kept += 1
                 continue
-            if _peek_job_key(path) != job_key:
+            if self._job_key_of(path) != job_key:
                 continue  # another job's, a foreign or an unreadable file: not ours to delete
             if v > version or kept >= self.keep:
                 try:
