@@ -185,3 +185,20 @@ def test_update_placement_is_configured_by_the_environment(monkeypatch):
     monkeypatch.setenv("DRIZZLE_REDUCTION", "ring")
     with pytest.raises(ValueError, match="DRIZZLE_REDUCTION must be auto or tree, got 'ring'"):
         _reduction_choice()
+
+
+def test_model_digest_sees_any_change_of_a_small_model_and_samples_a_large_one():
+    from drizzle_ml.executor import DIGEST_FULL_BYTES, model_digest
+
+    small = {"w": np.arange(5.0), "state": np.zeros(3)}
+    base = model_digest(small)
+    assert model_digest({"w": np.arange(5.0), "state": np.zeros(3)}) == base
+    changed = {"w": np.arange(5.0), "state": np.zeros(3)}
+    changed["w"][4] = np.nextafter(4.0, 5.0)  # one bit
+    assert model_digest(changed) != base
+    assert model_digest({"w": np.arange(5.0, dtype=np.float32), "state": np.zeros(3)}) != base
+    assert model_digest({"v": np.arange(5.0), "state": np.zeros(3)}) != base
+    big = np.zeros(2 * DIGEST_FULL_BYTES // 8)  # sampled every second element
+    first = model_digest({"w": big})
+    big[2] = 1.0
+    assert model_digest({"w": big}) != first
