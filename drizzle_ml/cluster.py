@@ -43,6 +43,21 @@ _world_cluster: "Cluster | None" = None
 CACHE_DATASETS = 4
 
 
+_HYDRA_BANNER = ("=" * 20, "=   BAD TERMINATION", "=   PID ", "=   EXIT CODE", "=   CLEANING UP",
+                 "=   YOU CAN IGNORE", "YOUR APPLICATION TERMINATED",
+                 "This typically refers to a problem with your application",
+                 "Please see the FAQ page for debugging suggestions", "[mpiexec@", "[proxy:")
+
+
+def is_hydra_notice(line: str) -> bool:
+    """Whether a line of a worker job's output is MPICH Hydra's, not a worker's.
+
+    Hydra prefixes its messages with ``[mpiexec@host]`` or ``[proxy:...]``
+    and frames a dead process's report in a banner of ``=`` lines.
+    """
+    return line.strip().startswith(_HYDRA_BANNER)
+
+
 def launched_by_mpiexec() -> bool:
     """True when this process is one rank of a multi-rank ``mpiexec`` world."""
     if os.environ.get("DRIZZLE_ROLE") == "worker-job":
@@ -119,6 +134,7 @@ class Cluster:
         self._bells: list[tuple[str, int] | None] = []  # worker w's doorbell address, once known
         self._proc: subprocess.Popen | None = None
         self._output_tail: deque[str] = deque(maxlen=200)
+        self._notices: deque[str] = deque(maxlen=100)  # Hydra's, held back unless a failure needs them
         self._pumps: list[threading.Thread] = []
         self._job_seq = 0
         self._loaded: OrderedDict[str, int] = OrderedDict()
@@ -185,8 +201,9 @@ class Cluster:
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        # Workers' output (and Hydra's notices, which name a dead process) pass
-        # through here: forwarded to ours, the tail kept for diagnosis.
+        # Workers' output passes through here to ours; Hydra's notices (exit
+        # codes, the banner naming a dead process) are held back: kept for
+        # diagnosis and shown on stderr only when the job failed.
         self._pumps = [
             threading.Thread(target=self._pump, args=(self._proc.stdout, "stdout"), daemon=True),
             threading.Thread(target=self._pump, args=(self._proc.stderr, "stderr"), daemon=True),
@@ -208,27 +225,47 @@ class Cluster:
             accepted[0].Disconnect()
             MPI.Close_port(port)
             self._kill_job()
-            raise WorkerFailedError(
-                f"the worker job did not connect within {start_timeout:g} s"
-                + self._job_diagnosis()
-            )
+            diagnosis = self._job_diagnosis()
+            self._show_notices()
+            raise WorkerFailedError(f"the worker job did not connect within {start_timeout:g} s" + diagnosis)
         acceptor.join()
         MPI.Close_port(port)
         self._intercomm = accepted[0]
         return self._intercomm.Merge(high=False)
 
     def _pump(self, stream: Any, name: str) -> None:
+        blanks: list[str] = []  # Hydra frames its notices with blank lines: held until the next line tells
         for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace")
             self._output_tail.append(line)
             if "UCX  WARN" in line and "mpool" in line:
                 continue  # teardown noise from the transport
+            if not line.strip():
+                blanks.append(line)
+                continue
+            if is_hydra_notice(line):
+                self._notices.extend(blanks + [line])
+                blanks = []
+                continue
             try:
                 target = getattr(sys, name)
-                target.write(line)
+                target.write("".join(blanks) + line)
                 target.flush()
             except (ValueError, OSError, AttributeError):
                 pass
+            blanks = []
+
+    def _show_notices(self) -> None:
+        """After a failure: Hydra's notices about the worker job, on stderr, once."""
+        self._join_pumps()
+        notices = [line for line in self._notices if line.strip()]
+        self._notices.clear()
+        try:
+            for line in notices:
+                sys.stderr.write(line)
+            sys.stderr.flush()
+        except (ValueError, OSError, AttributeError):
+            pass
 
     def _join_pumps(self) -> None:
         for pump in self._pumps:
@@ -314,6 +351,7 @@ class Cluster:
     def _fail(self, exc: BaseException) -> None:
         self._broken = str(exc)
         self._teardown()
+        self._show_notices()
         raise exc
 
     # -- messaging ---------------------------------------------------------------------
