@@ -1117,6 +1117,9 @@ def run_datasets(args: argparse.Namespace) -> int:
                             chunk_rows=args.chunk_rows, overwrite=args.overwrite, **options)
         print(summary_line(info))
     elif args.datasets_command == "convert":
+        from drizzle_ml.files import check_outputs
+
+        check_outputs({"-o/--output": args.output}, {"file": args.src})
         info = convert(args.src, args.output, fmt=args.format, x_key=args.x_key, y_key=args.y_key,
                        label_column=args.label_column, delimiter=args.delimiter, has_header=args.has_header,
                        chunk_rows=args.chunk_rows, n_features=args.n_features, zero_based=args.zero_based,

@@ -55,3 +55,42 @@ def atomic_output(dst: str | os.PathLike, *, overwrite: bool = True) -> Iterator
             os.unlink(tmp)
         raise
     fsync_dir(parent)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: one inode (the same path, a hard link, a
+    symlink), or, where a path does not exist yet, the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def is_inside(path: str | os.PathLike, directory: str | os.PathLike) -> bool:
+    """Whether ``path`` resolves to somewhere under ``directory``."""
+    real, top = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([real, top]) == top
+
+
+def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None],
+                  watched: dict[str, str | None] | None = None) -> None:
+    """Refuse output paths that would destroy an input or each other (ValueError, one line).
+
+    ``outputs`` and ``inputs`` map an option's name (``"-o"``) to its path
+    (None: not given). ``watched`` are input directories whose new files are
+    read as input: an output inside one would be read back.
+    """
+    given = [(name, path) for name, path in outputs.items() if path]
+    for name, path in given:
+        for source, input_path in inputs.items():
+            if input_path and same_file(path, input_path):
+                raise ValueError(f"{name} {path} is the input {source} {input_path}: refusing to overwrite it; "
+                                 "write the output elsewhere")
+        for source, directory in (watched or {}).items():
+            if directory and is_inside(path, directory):
+                raise ValueError(f"{name} {path} is inside {source} {directory}, whose new files are read as "
+                                 "input; write the output elsewhere")
+    for i, (name, path) in enumerate(given):
+        for other, other_path in given[i + 1:]:
+            if same_file(path, other_path):
+                raise ValueError(f"{name} and {other} are the same file ({path}): one would overwrite the other")

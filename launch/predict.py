@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .train import CLIError, open_hdf5
+from .train import CLIError, check_output_paths, open_hdf5
 
 CHUNK_ROWS = 65_536
 
@@ -48,6 +48,7 @@ def _output_of(estimator: Any) -> tuple[str, Any]:
 def predict(args: argparse.Namespace) -> int:
     from drizzle_ml.algorithms.persist import load_model
 
+    check_output_paths({"-o/--output": args.output}, {"--model": args.model, "--data": args.data})
     try:
         estimator = load_model(args.model)
     except (OSError, ValueError, KeyError) as exc:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .train import (ALGORITHMS, CLIError, _checkpoint_every, add_recovery_arguments, check_recovery_arguments,
-                    estimator_params, make_estimator)
+from .train import (ALGORITHMS, CLIError, _checkpoint_every, add_recovery_arguments, check_output_paths,
+                    check_recovery_arguments, estimator_params, make_estimator)
 
 # Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.
 STREAM_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -98,9 +98,14 @@ def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_batch < 1:
         raise CLIError(f"--max-batch must be at least 1, got {args.max_batch}")
     try:
-        parse_source(args.source)
+        source = parse_source(args.source)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    path = getattr(source, "path", None)
+    kind = args.source.partition(":")[0]
+    check_output_paths({"-o/--output": args.output},
+                   {"--source": path if kind != "dir" else None},
+                   {"--source": path if kind == "dir" else None})
     if args.algorithm == "logistic" and not args.classes:
         raise CLIError("--algorithm logistic needs --classes (every label the stream will have, e.g. 0,1)")
     if args.classes and args.algorithm != "logistic":

@@ -116,6 +116,8 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     params = estimator_params(args, ALGORITHM_OPTIONS)
     if params.get("learning_rate") is not None and params.get("solver") != "gd":
         raise CLIError("--learning-rate is the step of --solver gd; other solvers choose their own steps")
+    check_output_paths({"-o/--output": args.output, "--report": args.report, "--plot": args.plot},
+                   {"--data": args.data})
     if args.data is not None:
         if not os.path.exists(args.data):
             raise CLIError(f"data file not found: {args.data}")
@@ -123,6 +125,17 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
             raise CLIError(f"{args.data}: train reads HDF5 files; convert it first with "
                            f"'drizzle-ml datasets convert {args.data} -o DATA.h5'")
     return params
+
+
+def check_output_paths(outputs: dict[str, str | None], inputs: dict[str, str | None],
+                   watched: dict[str, str | None] | None = None) -> None:
+    """An output that is an input (or another output) is refused before any work starts."""
+    from drizzle_ml.files import check_outputs
+
+    try:
+        check_outputs(outputs, inputs, watched)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def estimator_params(args: argparse.Namespace, table: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, Any]:

@@ -311,3 +311,55 @@ def test_bench_scale_sizes_must_be_positive():
     for option in ("--rows", "--features", "--iterations", "--pingpongs"):
         proc = run_cli("bench", "scale", option, "0")
         assert proc.returncode == 2 and f"argument {option}: must be a positive integer, got '0'" in proc.stderr
+
+
+@pytest.fixture
+def linked_data(tmp_path):
+    """d.h5 with a hard link and a symlink to it, a trained model m.h5 and a CSV stream file."""
+    X, y = make_classification(60, 4, random_state=0)
+    data = write_h5(tmp_path / "d.h5", X, y)
+    os.link(data, tmp_path / "hard.h5")
+    os.symlink(data, tmp_path / "sym.h5")
+    ok(drizzle("train", "--data", data, "--workers", "1", "-o", str(tmp_path / "m.h5"), "--quiet"))
+    np.savetxt(tmp_path / "s.csv", np.column_stack([X, y]), delimiter=",")
+    (tmp_path / "watched").mkdir()
+    return tmp_path
+
+
+def _refused(proc, message):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+
+
+@pytest.mark.parametrize("output", ["d.h5", "hard.h5", "sym.h5"])
+def test_outputs_that_are_inputs_are_refused_before_any_work(linked_data, output):
+    d = linked_data
+    before = (d / "d.h5").read_bytes()
+    target = str(d / output)
+    for option in ("-o", "--report", "--plot"):
+        _refused(drizzle("train", "--data", str(d / "d.h5"), "--workers", "1", option, target),
+                 f"is the input --data {d / 'd.h5'}: refusing to overwrite it")
+    _refused(run_cli("predict", "--model", str(d / "m.h5"), "--data", str(d / "d.h5"), "-o", target),
+             f"-o/--output {target} is the input --data {d / 'd.h5'}: refusing to overwrite it")
+    assert (d / "d.h5").read_bytes() == before
+
+
+def test_predict_stream_and_convert_refuse_to_overwrite_their_inputs(linked_data):
+    d = linked_data
+    model, csv = str(d / "m.h5"), str(d / "s.csv")
+    before = {p: (d / p).read_bytes() for p in ("m.h5", "s.csv")}
+    _refused(run_cli("predict", "--model", model, "--data", str(d / "d.h5"), "-o", model),
+             f"-o/--output {model} is the input --model {model}")
+    _refused(drizzle("stream", "--algorithm", "logistic", "--classes", "0,1", "--source", f"file:{csv}",
+                     "--no-follow", "--workers", "1", "-o", csv),
+             f"-o/--output {csv} is the input --source {csv}")
+    _refused(drizzle("stream", "--algorithm", "logistic", "--classes", "0,1", "--source", f"dir:{d / 'watched'}",
+                     "--workers", "1", "-o", str(d / "watched" / "model.h5")),
+             "is inside --source")
+    _refused(run_cli("datasets", "convert", csv, "-o", csv, "--overwrite"), f"-o/--output {csv} is the input file {csv}")
+    _refused(drizzle("train", "--data", str(d / "d.h5"), "--workers", "1", "-o", str(d / "x.h5"),
+                     "--report", str(d / "x.h5")),
+             "-o/--output and --report are the same file")
+    assert {p: (d / p).read_bytes() for p in ("m.h5", "s.csv")} == before
+    assert not (d / "x.h5").exists() and not list((d / "watched").iterdir())
