@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from drizzle_ml.files import atomic_output
-from drizzle_ml.h5files import open_hdf5, root_attributes
+from drizzle_ml.h5files import open_hdf5, root_attributes, write_hdf5
 from drizzle_ml.jsonable import from_json, to_json
 
 from .kmeans import KMeans
@@ -174,8 +173,6 @@ def save_model(estimator: Any, path: str | os.PathLike, *, extra: dict | None = 
     value (a RandomState as ``random_state``, say), ValueError for an unfitted
     estimator.
     """
-    import h5py
-
     name = type(estimator).__name__
     if ESTIMATORS.get(name) is not type(estimator):
         raise TypeError(f"cannot save a {name}: model files hold {', '.join(ESTIMATORS)}")
@@ -190,8 +187,7 @@ def save_model(estimator: Any, path: str | os.PathLike, *, extra: dict | None = 
         raise TypeError(f"extra must be a dict or None, got {type(extra).__name__}")
     extra_json = None if extra is None else _dumps(extra, "extra")
 
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h5:
-        _write_file(h5, estimator, params_json, extra_json)
+    write_hdf5(path, lambda h5: _write_file(h5, estimator, params_json, extra_json))
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -51,8 +51,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import CheckpointError, CheckpointMismatchError, CheckpointWarning
-from .files import atomic_output, fsync_dir
-from .h5files import open_hdf5, root_attributes
+from .files import fsync_dir
+from .h5files import open_hdf5, root_attributes, write_hdf5
 from .jsonable import from_json, to_json
 
 __all__ = [
@@ -242,28 +242,25 @@ def _checksum(job_key: str, version: int, iteration: int, created: float, keys: 
 
 # -- writing -------------------------------------------------------------------------------------
 
-def _write_h5(path: str, p: _Prepared, checksum: str) -> None:
-    """Write the HDF5 content of ``p`` to ``path`` (an existing temporary file)."""
-    import h5py
-
-    with h5py.File(path, "w") as h5:
-        a = h5.attrs
-        a["format"] = FORMAT
-        a["format_version"] = FORMAT_VERSION
-        a["job_key"] = p.job_key
-        a["version"] = np.int64(p.version)
-        a["iteration"] = np.int64(p.iteration)
-        a["created"] = np.float64(p.created)
-        for name in _JSON_FIELDS:
-            a[name] = p.texts[name]
-        a["model_keys"] = json.dumps(p.keys, ensure_ascii=True)
-        group = h5.create_group("model")
-        for i, (key, arr, order) in enumerate(zip(p.keys, p.arrays, p.orders)):
-            ds = group.create_dataset(str(i), data=arr)  # contiguous, no filters
-            ds.attrs["key"] = key
-            ds.attrs["dtype"] = arr.dtype.str
-            ds.attrs["order"] = order
-        a["checksum"] = checksum
+def _fill_h5(h5: Any, p: _Prepared, checksum: str) -> None:
+    """Write the HDF5 content of ``p`` into the open file ``h5``."""
+    a = h5.attrs
+    a["format"] = FORMAT
+    a["format_version"] = FORMAT_VERSION
+    a["job_key"] = p.job_key
+    a["version"] = np.int64(p.version)
+    a["iteration"] = np.int64(p.iteration)
+    a["created"] = np.float64(p.created)
+    for name in _JSON_FIELDS:
+        a[name] = p.texts[name]
+    a["model_keys"] = json.dumps(p.keys, ensure_ascii=True)
+    group = h5.create_group("model")
+    for i, (key, arr, order) in enumerate(zip(p.keys, p.arrays, p.orders)):
+        ds = group.create_dataset(str(i), data=arr)  # contiguous, no filters
+        ds.attrs["key"] = key
+        ds.attrs["dtype"] = arr.dtype.str
+        ds.attrs["order"] = order
+    a["checksum"] = checksum
 
 
 def _write_atomic(directory: str, p: _Prepared) -> str:
@@ -271,8 +268,7 @@ def _write_atomic(directory: str, p: _Prepared) -> str:
     path = os.path.join(directory, f"ckpt-{p.version:012d}.h5")
     checksum = _checksum(p.job_key, p.version, p.iteration, p.created, p.keys, p.arrays,
                          p.orders, p.texts)
-    with atomic_output(path) as tmp:
-        _write_h5(tmp, p, checksum)
+    write_hdf5(path, lambda h5: _fill_h5(h5, p, checksum))
     return path
 
 

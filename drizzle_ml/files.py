@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def fsync_dir(directory: str) -> None:
@@ -94,3 +94,54 @@ def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None],
         for other, other_path in given[i + 1:]:
             if same_file(path, other_path):
                 raise ValueError(f"{name} and {other} are the same file ({path}): one would overwrite the other")
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Raise ValueError (one line) unless a new file can be written at ``path``.
+
+    Checked by creating (and removing) an empty file next to it, which also
+    catches read-only filesystems. A full disk shows only when the real file
+    is written.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a directory, not a file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{what} {path}: directory {parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot write in {parent} ({_reason(exc)})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def write_or_keep(write: Callable[[str], None], path: str | os.PathLike, what: str) -> tuple[str, str | None]:
+    """``write(path)``; if that fails with an OSError (a full disk), ``write`` a copy to the temporary
+    directory instead. Returns ``(where it was written, what went wrong or None)``; raises OSError
+    when no copy could be made either.
+
+    For results that took long to make: a failure at the end must not lose them.
+    """
+    path = os.fspath(path)
+    try:
+        write(path)
+        return path, None
+    except OSError as exc:
+        reason = _reason(exc)
+    fallback = os.path.join(tempfile.gettempdir(), f"drizzle-ml-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        write(fallback)
+    except OSError as again:
+        raise OSError(f"could not write {what} {path} ({reason}), nor a copy to {fallback} "
+                      f"({_reason(again)}): it is lost") from None
+    return fallback, f"could not write {what} {path} ({reason}); it was saved to {fallback} instead"
+
+
+def _reason(exc: OSError) -> str:
+    """One line for an OSError (h5py's carry several lines of HDF5 detail after the errno)."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

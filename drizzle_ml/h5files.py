@@ -7,8 +7,9 @@ the problem but not the path (callers add it, or their own wording).
 
 from __future__ import annotations
 
+import io
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -65,3 +66,23 @@ def root_attributes(h5: Any, fmt: str, max_version: int, kind: str) -> dict[str,
         raise ValueError(f"{kind} format version {int(version)}, but this drizzle-ml reads versions "
                          f"1 to {max_version} (upgrade drizzle-ml to read it)")
     return attrs
+
+
+def write_hdf5(path: str, fill: Callable[[Any], None]) -> None:
+    """Write one of our HDF5 files at ``path`` atomically; ``fill(h5)`` writes its contents.
+
+    The file is built in memory and then written with plain file I/O
+    (:func:`drizzle_ml.files.atomic_output`): HDF5 itself never writes to the
+    disk. A full disk or a failing device is then a clean ``OSError`` that
+    leaves nothing behind; when HDF5 wrote the file and the disk filled, the
+    library kept a half-closed file that crashed the process at exit.
+    """
+    import h5py
+
+    from .files import atomic_output
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        fill(h5)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())

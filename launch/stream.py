@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .train import (ALGORITHMS, CLIError, _checkpoint_every, add_recovery_arguments, check_output_paths,
-                    check_recovery_arguments, estimator_params, make_estimator)
+                    check_recovery_arguments, estimator_params, make_estimator, save_result)
 
 # Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.
 STREAM_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -279,8 +279,12 @@ def run_stream(args: argparse.Namespace) -> int:
     if args.output:
         from drizzle_ml.algorithms.persist import save_model
 
-        save_model(estimator, args.output, extra={"source": source.describe(),
-                                                  "offsets": estimator.stream_offsets_,
-                                                  "records": estimator.records_seen_})
-        print(f"drizzle-ml: model saved to {args.output}", flush=True)
+        extra = {"source": source.describe(), "offsets": estimator.stream_offsets_,
+                 "records": estimator.records_seen_}
+        problems: list[str] = []
+        saved = save_result("the model", args.output, lambda path: save_model(estimator, path, extra=extra),
+                            problems)
+        if problems:
+            raise CLIError("; ".join(problems))
+        print(f"drizzle-ml: model saved to {saved}", flush=True)
     return 0

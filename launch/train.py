@@ -10,7 +10,7 @@ import argparse
 import os
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from .report import Progress, TrainingReport
 
@@ -129,13 +129,33 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_output_paths(outputs: dict[str, str | None], inputs: dict[str, str | None],
                    watched: dict[str, str | None] | None = None) -> None:
-    """An output that is an input (or another output) is refused before any work starts."""
-    from drizzle_ml.files import check_outputs
+    """An output that is an input (or another output), or that cannot be written, is refused before any work."""
+    from drizzle_ml.files import check_outputs, check_writable
 
     try:
         check_outputs(outputs, inputs, watched)
+        for what, path in outputs.items():
+            if path:
+                check_writable(path, what)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+
+
+def save_result(what: str, path: str | None, write: Callable[[str], None], problems: list[str]) -> str | None:
+    """``write(path)`` if a path was given; where it was written. A failure (a full disk) keeps a
+    copy in the temporary directory and adds the one-line story to ``problems``."""
+    from drizzle_ml.files import write_or_keep
+
+    if not path:
+        return None
+    try:
+        where, problem = write_or_keep(write, path, what)
+    except OSError as exc:
+        problems.append(str(exc))
+        return None
+    if problem:
+        problems.append(problem)
+    return where
 
 
 def estimator_params(args: argparse.Namespace, table: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
@@ -233,14 +253,16 @@ def train(args: argparse.Namespace) -> int:
     report = TrainingReport.build(args, estimator, description, cluster.n_workers, t_start, fit_wall,
                                   converged=not any(issubclass(w.category, ConvergenceWarning) for w in caught))
     report.add_score(estimator, X, y)
-    if args.output:
-        from drizzle_ml.algorithms.persist import save_model
+    from drizzle_ml.algorithms.persist import save_model
 
-        save_model(estimator, args.output, extra={"report": report.as_dict()})
-        report.model_path = os.path.abspath(args.output)
+    # Every output is attempted: a full disk under the model must not cost the report, or the reverse.
+    problems: list[str] = []
+    saved = save_result("the model", args.output,
+                        lambda path: save_model(estimator, path, extra={"report": report.as_dict()}), problems)
+    report.model_path = os.path.abspath(saved) if saved else None
     print(report.text(), flush=True)
-    if args.report:
-        report.write_json(args.report)
-    if args.plot:
-        report.plot(args.plot)
+    save_result("the report", args.report, report.write_json, problems)
+    save_result("the plot", args.plot, report.plot, problems)
+    if problems:
+        raise CLIError("; ".join(problems))
     return 0

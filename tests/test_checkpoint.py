@@ -1,6 +1,7 @@
 """CheckpointStore: real files in tmp_path, no cluster."""
 
 import ast
+import errno
 import os
 import threading
 import time
@@ -146,21 +147,43 @@ def test_atomic_crash_leaves_no_trace(tmp_path, monkeypatch):
     before = (tmp_path / "ckpt-000000000001.h5").read_bytes()
     seen = []
 
-    def crash(path, p, checksum):
-        seen.append(path)
-        assert os.path.exists(path)  # the temporary file was created
-        with h5py.File(path, "w") as h5:
-            h5.attrs["format"] = C.FORMAT
+    def crash(h5, p, checksum):  # fails half-way through the file's contents
+        seen.append(p.version)
+        h5.attrs["format"] = C.FORMAT
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(C, "_write_h5", crash)
+    monkeypatch.setattr(C, "_fill_h5", crash)
     with pytest.raises(OSError, match="disk on fire"):
         store.save(ckpt(2))
-    assert seen and os.path.dirname(seen[0]) == str(tmp_path)
+    assert seen == [2]
     assert names(tmp_path) == ["ckpt-000000000001.h5"]  # no target, no temp
     assert (tmp_path / "ckpt-000000000001.h5").read_bytes() == before
     monkeypatch.undo()
     assert store.latest().version == 1
+
+
+def test_a_full_disk_is_a_clean_oserror_and_the_last_checkpoint_stays(tmp_path):
+    import subprocess
+
+    directory = tmp_path / "small"
+    directory.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(directory)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip() or mount.returncode}")
+    try:
+        store = CheckpointStore(directory, job_key=KEY)
+        store.save(ckpt(1))
+        before = (directory / "ckpt-000000000001.h5").read_bytes()
+        big = Checkpoint(KEY, 2, 20, {"w": np.ones(20_000)})  # 160 KB: more than the disk has
+        with pytest.raises(OSError) as caught:
+            store.save(big)
+        assert caught.value.errno == errno.ENOSPC
+        assert names(directory) == ["ckpt-000000000001.h5"]
+        assert (directory / "ckpt-000000000001.h5").read_bytes() == before
+        assert store.latest().version == 1
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
 def test_truncated_file_skipped_with_warning(tmp_path):
@@ -260,14 +283,14 @@ def test_empty_and_missing_directory(tmp_path):
 def slow_writes(monkeypatch, store, delay):
     """Slow down the writer; record how many checkpoints the store held at each write."""
     held = []
-    real = C._write_h5
+    real = C._fill_h5
 
     def slow(path, p, checksum):
         held.append(store.pending())
         time.sleep(delay)
         real(path, p, checksum)
 
-    monkeypatch.setattr(C, "_write_h5", slow)
+    monkeypatch.setattr(C, "_fill_h5", slow)
     return held
 
 
@@ -301,7 +324,7 @@ def test_save_async_error_surfaces_on_flush(tmp_path, monkeypatch):
     def boom(path, p, checksum):
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(C, "_write_h5", boom)
+    monkeypatch.setattr(C, "_fill_h5", boom)
     store.save_async(ckpt(2))
     with pytest.raises(OSError, match="no space left"):
         store.flush(timeout=10)
@@ -316,8 +339,8 @@ def test_save_async_error_surfaces_on_flush(tmp_path, monkeypatch):
 def test_flush_timeout(tmp_path, monkeypatch):
     store = CheckpointStore(tmp_path, job_key=KEY)
     gate = threading.Event()
-    real = C._write_h5
-    monkeypatch.setattr(C, "_write_h5", lambda *a: (gate.wait(10), real(*a)))
+    real = C._fill_h5
+    monkeypatch.setattr(C, "_fill_h5", lambda *a: (gate.wait(10), real(*a)))
     store.save_async(ckpt(1))
     with pytest.raises(TimeoutError):
         store.flush(timeout=0.05)
@@ -329,8 +352,8 @@ def test_flush_timeout(tmp_path, monkeypatch):
 def test_save_async_copies_arrays(tmp_path, monkeypatch):
     store = CheckpointStore(tmp_path, job_key=KEY)
     gate = threading.Event()
-    real = C._write_h5
-    monkeypatch.setattr(C, "_write_h5", lambda *a: (gate.wait(10), real(*a)))
+    real = C._fill_h5
+    monkeypatch.setattr(C, "_fill_h5", lambda *a: (gate.wait(10), real(*a)))
     m = model(3)
     expected = {k: v.copy(order="K") for k, v in m.items()}
     frozen = drizzle_ml.store.freeze({"coef": m["coef"]})["coef"]  # read-only view of a writable base
@@ -379,15 +402,19 @@ def test_killed_writer_leaves_previous_checkpoint(tmp_path):
     store = CheckpointStore(tmp_path, job_key=KEY)
     store.save(ckpt(1))
     script = f"""
-import time, numpy as np
+import io, time, h5py, numpy as np
 from drizzle_ml import checkpoint as C
-real = C._write_h5
-def slow(path, p, checksum):
-    real(path, p, checksum)
-    open(path, "r+b").truncate(100)  # a half-written file...
-    print("writing", flush=True)
-    time.sleep(60)                    # ...when the process is killed
-C._write_h5 = slow
+from drizzle_ml.files import atomic_output
+def slow(path, fill):
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        fill(h5)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer()[:100])  # a half-written file...
+        f.flush()
+        print("writing", flush=True)
+        time.sleep(60)                     # ...when the process is killed
+C.write_hdf5 = slow
 store = C.CheckpointStore({str(tmp_path)!r}, job_key={KEY!r})
 store.save(C.Checkpoint({KEY!r}, 2, 20, {{"w": np.arange(1000.0)}}))
 """

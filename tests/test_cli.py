@@ -1,6 +1,7 @@
 """The drizzle-ml command: train (both launch paths), predict, info, datasets, errors, signals."""
 
 import importlib.util
+import contextlib
 import json
 import os
 import signal
@@ -363,3 +364,52 @@ def test_predict_stream_and_convert_refuse_to_overwrite_their_inputs(linked_data
              "-o/--output and --report are the same file")
     assert {p: (d / p).read_bytes() for p in ("m.h5", "s.csv")} == before
     assert not (d / "x.h5").exists() and not list((d / "watched").iterdir())
+
+
+@contextlib.contextmanager
+def tmpfs(path, options):
+    """A small tmpfs at ``path`` (root, and a machine that allows mounting); the test is skipped otherwise."""
+    path.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_unwritable_outputs_are_refused_before_training(linked_data):
+    d = linked_data
+    data = str(d / "d.h5")
+    _refused(drizzle("train", "--data", data, "--workers", "1", "-o", str(d / "no" / "m.h5")),
+             f"-o/--output {d / 'no' / 'm.h5'}: directory {d / 'no'} does not exist")
+    _refused(drizzle("train", "--data", data, "--workers", "1", "--report", str(d / "watched")),
+             f"--report {d / 'watched'} is a directory, not a file")
+    _refused(run_cli("predict", "--model", str(d / "m.h5"), "--data", data, "-o", str(d / "no" / "p.npy")),
+             f"-o/--output {d / 'no' / 'p.npy'}: directory {d / 'no'} does not exist")
+    with tmpfs(d / "ro", "ro,size=64k") as ro:
+        _refused(drizzle("train", "--data", data, "--workers", "1", "-o", str(ro / "m.h5")),
+                 f"-o/--output {ro / 'm.h5'}: cannot write in {ro} (Read-only file system)")
+
+
+def test_a_full_disk_at_the_end_keeps_the_model_elsewhere_and_says_where(linked_data):
+    d = linked_data
+    with tmpfs(d / "full", "size=16k") as full:
+        (full / "fill").write_bytes(b"\0" * 12288)  # what is left holds an empty file, not a model
+        proc = drizzle("train", "--data", str(d / "d.h5"), "--workers", "1", "-o", str(full / "m.h5"),
+                       "--report", str(d / "r.json"), "--quiet", env={"TMPDIR": str(d)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
+    assert len(errors) == 1 and f"could not write the model {full / 'm.h5'} (No space left on device); " \
+                                  "it was saved to " in errors[0], proc.stderr
+    kept = errors[0].rsplit("it was saved to ", 1)[1].removesuffix(" instead")
+    assert os.path.dirname(kept) == str(d) and "Traceback" not in proc.stderr
+    # the report was written, and names where the model really is
+    assert json.loads((d / "r.json").read_text())["model_path"] == kept
+    from drizzle_ml.algorithms.persist import load_model
+
+    same = load_model(str(d / "m.h5"))  # the fixture's model, trained the same way
+    with h5py.File(d / "d.h5") as f:
+        X = f["X"][:]
+    np.testing.assert_array_equal(load_model(kept).predict(X), same.predict(X))
