@@ -32,7 +32,7 @@ import os
 import socket
 import time
 import zlib
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -889,8 +889,10 @@ class StreamSpec:
     offsets: dict[str, Any] = field(default_factory=dict)
 
 
-def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16) -> int:
-    """Features per record, from the source's first good record (read on the driver, nothing consumed).
+def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lines: int = 1000) -> int:
+    """Features per record: the most common field count among the first ``lines`` complete
+    records (read on the driver, nothing consumed). One odd line (a header, a truncated
+    record) must not fix the format and turn every record after it into a malformed one.
 
     Raises StreamError where the source cannot be looked at without
     consuming it (TCP) or has no good record yet.
@@ -913,13 +915,23 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16) -> 
     else:
         raise StreamError(f"the number of features of {source.describe()} must be given (n_features): "
                           "it cannot be read ahead without consuming the stream")
+    counts: Counter = Counter()
     for path in paths:
         with open(path, "rb") as f:
             head = f.read(limit)
         for line in head.split(b"\n")[:-1]:  # complete lines only
-            if line.strip():
-                probe.parse_text(line, lambda i: path)
-                if probe.n_features is not None:
-                    return int(probe.n_features)
+            if sum(counts.values()) >= lines:
+                break
+            if not line.strip():
+                continue
+            try:
+                width = len(probe._parse_line(line.strip()))
+            except (ValueError, TypeError, KeyError, IndexError):
+                continue
+            if width >= 1 + int(fmt.has_target):
+                counts[width] += 1
+    if counts:
+        width = counts.most_common(1)[0][0]  # ties: the first seen
+        return width - int(fmt.has_target)
     raise StreamError(f"{source.describe()} has no complete record yet to tell the number of features; "
                       "pass n_features")

@@ -276,6 +276,10 @@ def run_stream(args: argparse.Namespace) -> int:
     print(f"drizzle-ml: {estimator.records_seen_} records in {estimator.n_iter_} micro-batches, "
           f"{estimator.records_seen_ / wall:,.0f} records/s; {estimator.malformed_} malformed skipped; "
           f"model version {estimator.model_version_}", flush=True)
+    if not estimator.records_seen_:
+        # A model that learnt nothing is no result: no file that looks like one, no exit 0.
+        raise CLIError(f"the stream gave no valid record ({estimator.malformed_} malformed skipped): "
+                       "nothing was learnt" + ("; no model saved" if args.output else ""))
     if args.output:
         from drizzle_ml.algorithms.persist import save_model
 

@@ -332,6 +332,34 @@ def test_cli_stream_errors():
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_one_odd_first_line_does_not_fix_the_record_format(tmp_path):
+    X, y = make_classification(300, 3, n_informative=2, n_redundant=0, random_state=0)
+    path = tmp_path / "s.csv"
+    with open(path, "w") as f:
+        f.write("a,b,c,d,e\n")  # a header with one field too many
+    with open(path, "a") as f:
+        for row, label in zip(X, y):
+            f.write(",".join(repr(float(v)) for v in row) + f",{int(label)}\n")
+    assert peek_n_features(dm.sources.FileSource(str(path)), RecordFormat("csv", None, True)) == 3
+    proc = drizzle("stream", "--algorithm", "logistic", "--classes", "0,1", "--source", f"file:{path}",
+                   "--no-follow", "--workers", "1", "-o", str(tmp_path / "m.h5"))
+    assert proc.returncode == 0, proc.stderr
+    assert "300 records in" in proc.stdout and "1 malformed skipped" in proc.stdout, proc.stdout
+    assert load_model(str(tmp_path / "m.h5")).score(X, y) > 0.8
+
+
+def test_a_stream_that_learnt_nothing_fails_and_saves_no_model(tmp_path):
+    path = tmp_path / "garbage.csv"
+    path.write_text("x,y\n" * 20)
+    proc = drizzle("stream", "--algorithm", "logistic", "--classes", "0,1", "--source", f"file:{path}",
+                   "--no-follow", "--workers", "1", "--n-features", "1", "-o", str(tmp_path / "m.h5"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
+    assert errors == ["drizzle-ml: error: the stream gave no valid record (20 malformed skipped): nothing was "
+                      "learnt; no model saved"], proc.stderr
+    assert not (tmp_path / "m.h5").exists()
+
+
 def test_cli_stream_serves_predictions_while_training_and_stops_on_a_signal(tmp_path):
     path = tmp_path / "live.csv"
     path.write_text("")
