@@ -436,8 +436,15 @@ class CheckpointStore:
 
     def _write(self, p: _Prepared) -> str:
         with self._write_lock:
-            os.makedirs(self.directory, exist_ok=True)
-            path = _write_atomic(self.directory, p)
+            try:
+                os.makedirs(self.directory, exist_ok=True)
+                path = _write_atomic(self.directory, p)
+            except OSError as exc:
+                if not exc.errno:
+                    raise
+                # Say where: "[Errno 28] No space left on device" alone names no disk.
+                raise OSError(exc.errno, f"could not write a checkpoint in {self.directory}: "
+                                         f"{os.strerror(exc.errno)}") from None
             self._remember_key(path, p.job_key)
             self._rotate(p.job_key, p.version)
             return path

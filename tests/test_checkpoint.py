@@ -179,6 +179,7 @@ def test_a_full_disk_is_a_clean_oserror_and_the_last_checkpoint_stays(tmp_path):
         with pytest.raises(OSError) as caught:
             store.save(big)
         assert caught.value.errno == errno.ENOSPC
+        assert str(caught.value) == f"[Errno 28] could not write a checkpoint in {directory}: No space left on device"
         assert names(directory) == ["ckpt-000000000001.h5"]
         assert (directory / "ckpt-000000000001.h5").read_bytes() == before
         assert store.latest().version == 1

@@ -413,3 +413,16 @@ def test_a_full_disk_at_the_end_keeps_the_model_elsewhere_and_says_where(linked_
     with h5py.File(d / "d.h5") as f:
         X = f["X"][:]
     np.testing.assert_array_equal(load_model(kept).predict(X), same.predict(X))
+
+
+def test_a_full_disk_under_the_checkpoints_is_one_error_not_a_restart(linked_data):
+    d = linked_data
+    with tmpfs(d / "full", "size=48k") as full:
+        (full / "fill").write_bytes(b"\0" * 45056)
+        proc = drizzle("train", "--data", str(d / "d.h5"), "--workers", "1", "--max-iter", "200",
+                       "--checkpoint-dir", str(full / "ck"), "--quiet")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
+    assert len(errors) == 1 and f"could not write a checkpoint in {full / 'ck'}" in errors[0] \
+        and errors[0].endswith("No space left on device"), proc.stderr
+    assert "restart" not in proc.stderr and "Traceback" not in proc.stderr and "BAD TERMINATION" not in proc.stdout
