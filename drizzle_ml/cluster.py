@@ -58,6 +58,24 @@ def is_hydra_notice(line: str) -> bool:
     return line.strip().startswith(_HYDRA_BANNER)
 
 
+def die_with_parent() -> None:
+    """In a child before exec (``preexec_fn``): SIGTERM when its parent dies, even by SIGKILL (Linux).
+
+    For ``mpiexec`` children, which then stop their ranks themselves: a
+    killed launcher or notebook kernel must not leave a job running under
+    init (training, holding a --serve port).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the job outlives a killed parent
+        pass
+
+
 def launched_by_mpiexec() -> bool:
     """True when this process is one rank of a multi-rank ``mpiexec`` world."""
     if os.environ.get("DRIZZLE_ROLE") == "worker-job":
@@ -199,7 +217,7 @@ class Cluster:
                "drizzle_ml.worker", "--connect", port, "--driver-pid", str(os.getpid())]
         self._proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         # Workers' output passes through here to ours; Hydra's notices (exit
         # codes, the banner naming a dead process) are held back: kept for

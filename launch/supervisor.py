@@ -10,6 +10,8 @@ import threading
 import time
 from typing import Callable, Sequence
 
+from drizzle_ml.cluster import die_with_parent
+
 
 def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace: float = 10.0,
                    on_stderr_line: Callable[[str], None] | None = None, graceful: int | None = None,
@@ -26,7 +28,8 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
     callback too.
     """
     proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
-                            stderr=subprocess.PIPE if on_stderr_line else None)
+                            stderr=subprocess.PIPE if on_stderr_line else None,
+                            preexec_fn=die_with_parent)
     pump = None
     if on_stderr_line is not None:
         def forward_stderr() -> None:
@@ -57,11 +60,12 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
         received.append(signum)
         when.setdefault("forwarded", time.monotonic())
         try:
-            os.killpg(proc.pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
         except ProcessLookupError:
             pass
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A hang-up (the terminal closed, ssh dropped) stops the job as SIGTERM does.
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         # Short waits, so that the deadlines below are looked at (a blocking
         # wait would just resume after each signal handler).
@@ -91,3 +95,4 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
     if received:
         return 128 + received[0]
     return code
+

@@ -426,3 +426,42 @@ def test_a_full_disk_under_the_checkpoints_is_one_error_not_a_restart(linked_dat
     assert len(errors) == 1 and f"could not write a checkpoint in {full / 'ck'}" in errors[0] \
         and errors[0].endswith("No space left on device"), proc.stderr
     assert "restart" not in proc.stderr and "Traceback" not in proc.stderr and "BAD TERMINATION" not in proc.stdout
+
+
+def _start_long_training(tmp_path):
+    """A training that would run for minutes, and the marker that finds its processes."""
+    from .conftest import worker_processes
+
+    X, y = make_classification(20000, 10, random_state=0)
+    data = write_h5(tmp_path / "long.h5", X, y)
+    proc = subprocess.Popen([sys.executable, "-m", "drizzle_ml", "train", "--data", data, "--workers", "2",
+                             "--solver", "gd", "--learning-rate", "0.1", "--max-iter", "10000000", "--tol", "0",
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(worker_processes(data)) < 5 and time.monotonic() < deadline:  # launcher, mpiexec, 3 ranks
+        time.sleep(0.2)
+    assert len(worker_processes(data)) >= 5, worker_processes(data)
+    return proc, data
+
+
+def _gone(marker, timeout=15.0):
+    from .conftest import worker_processes
+
+    deadline = time.monotonic() + timeout
+    while worker_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return worker_processes(marker)
+
+
+def test_killing_the_launcher_takes_the_whole_job_down(tmp_path):
+    proc, data = _start_long_training(tmp_path)
+    proc.kill()  # SIGKILL: the launcher can do nothing about it
+    proc.wait(10)
+    assert _gone(data) == []
+
+
+def test_a_hang_up_stops_the_job_as_sigterm_does(tmp_path):
+    proc, data = _start_long_training(tmp_path)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(30) == 128 + signal.SIGHUP
+    assert _gone(data) == []

@@ -55,3 +55,34 @@ def test_hydra_notices_are_told_from_workers_output():
         assert is_hydra_notice(line), line
     for line in ("loss 0.25\n", "== results ==\n", "= total: 3\n", "mpiexec says hello\n"):
         assert not is_hydra_notice(line), line
+
+
+def test_a_killed_driver_takes_its_launched_workers_down(tmp_path):
+    import time
+
+    from .conftest import worker_processes
+
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        import drizzle_ml
+        from drizzle_ml.testing import LeastSquaresGD
+        X = np.random.default_rng(0).standard_normal((20000, 10))
+        with drizzle_ml.Cluster(2, timeout=600) as cluster:
+            print("started", flush=True)
+            cluster.run(LeastSquaresGD(0.01), {"coef": np.zeros(10)}, drizzle_ml.ArrayDataset(X, X[:, 0]),
+                        max_iter=10_000_000, group_size=100)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=str(tmp_path))
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(1.0)  # the job is running
+        marker = f"--driver-pid {proc.pid}"
+        assert len(worker_processes(marker)) >= 3, worker_processes(marker)  # mpiexec and 2 workers
+    finally:
+        proc.kill()
+        proc.wait(10)
+    deadline = time.monotonic() + 15
+    while worker_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker_processes(marker) == []
