@@ -36,6 +36,8 @@ def open_hdf5(path: str, kind: str) -> Any:
     """
     import h5py
 
+    if os.path.exists(path) and not os.path.isfile(path):  # opening a FIFO or a device would block
+        raise ValueError(f"not a regular file (a directory, a FIFO or a device), so not a drizzle-ml {kind}")
     if not has_hdf5_signature(path):
         raise ValueError(f"not an HDF5 file (no HDF5 signature), so not a drizzle-ml {kind}")
     try:

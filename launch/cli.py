@@ -199,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":
             return predict(args)
         if args.command == "info":
-            return info(args)
+            code = info(args)
+            sys.stdout.flush()  # here, where a reader that left is caught, not at exit
+            return code
         from drizzle_ml.cluster import launched_by_mpiexec
 
         if not launched_by_mpiexec():
@@ -216,6 +218,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `drizzle-ml info m.h5 | head`: the reader left, which is no error
+        _quiet_stdout()
+        return 0
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so that the exit's flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

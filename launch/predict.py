@@ -91,9 +91,10 @@ def info(args: argparse.Namespace) -> int:
     from drizzle_ml.algorithms.persist import format_info, model_info
 
     try:
-        print(format_info(model_info(args.model)))
+        text = format_info(model_info(args.model))
     except (OSError, ValueError, KeyError) as exc:
         raise CLIError(str(exc)) from None
+    print(text)
     return 0
 
 

@@ -169,8 +169,12 @@ class PredictionServer:
                 try:
                     length = int(self.headers.get("Content-Length", 0))
                     body = json.loads(self.rfile.read(length) or b"{}")
-                    self._answer(200, server.predict(np.asarray(body["X"], dtype=np.float64),
-                                                     bool(body.get("durable", False))))
+                    if not isinstance(body, dict):
+                        raise TypeError("the request body must be a JSON object")
+                    durable = body.get("durable", False)
+                    if not isinstance(durable, bool):  # "false" is a string, and truthy
+                        raise TypeError(f"'durable' must be true or false, got {durable!r}")
+                    self._answer(200, server.predict(np.asarray(body["X"], dtype=np.float64), durable))
                 except (KeyError, ValueError, TypeError, LookupError) as exc:
                     self._answer(400, {"error": f"{type(exc).__name__}: {exc}"})
 

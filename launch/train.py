@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -119,11 +120,16 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     check_output_paths({"-o/--output": args.output, "--report": args.report, "--plot": args.plot},
                    {"--data": args.data})
     if args.data is not None:
-        if not os.path.exists(args.data):
-            raise CLIError(f"data file not found: {args.data}")
+        check_data_file(args.data)
         if not args.data.endswith((".h5", ".hdf5", ".hdf")):
             raise CLIError(f"{args.data}: train reads HDF5 files; convert it first with "
                            f"'drizzle-ml datasets convert {args.data} -o DATA.h5'")
+        # Before any process starts: a thousand workers for three rows would start them all first.
+        n_rows = open_hdf5(args.data, args.x_key, None).n_rows
+        workers = getattr(args, "workers", None)
+        if workers is not None and n_rows < workers:
+            raise CLIError(f"{args.data} has {n_rows} row{'s' if n_rows != 1 else ''}, fewer than the "
+                           f"{workers} workers; every worker needs at least one row (--workers)")
     return params
 
 
@@ -184,12 +190,19 @@ def make_estimator(algorithm: str, params: dict[str, Any], engine: dict[str, Any
     return cls(**params, **engine)
 
 
+def check_data_file(path: str) -> None:
+    """A data file must exist and be a regular file (reading a FIFO or a device would block)."""
+    if not os.path.exists(path):
+        raise CLIError(f"data file not found: {path}")
+    if not os.path.isfile(path):
+        raise CLIError(f"{path} is not a regular file (a directory, a FIFO or a device): give an HDF5 file")
+
+
 def open_hdf5(path: str, x_key: str, y_key: str | None):
     """An :class:`~drizzle_ml.HDF5Dataset`, or a one-line CLIError saying what is wrong with the file."""
     from drizzle_ml import HDF5Dataset
 
-    if not os.path.exists(path):
-        raise CLIError(f"data file not found: {path}")
+    check_data_file(path)
     try:
         return HDF5Dataset(path, x_key=x_key, y_key=y_key)
     except KeyError as exc:
@@ -250,6 +263,10 @@ def train(args: argparse.Namespace) -> int:
     if args.resume and (not history or history[0]["start_iteration"] > 0):
         at = history[0]["start_iteration"] if history else estimator.n_iter_
         print(f"drizzle-ml: resumed from the checkpoint at iteration {at} in {args.checkpoint_dir}", flush=True)
+    for warning in caught:  # recorded to tell convergence; the others are the user's to see
+        if not issubclass(warning.category, ConvergenceWarning):
+            print(f"drizzle-ml: warning: {warning.category.__name__}: {warning.message}", file=sys.stderr,
+                  flush=True)
     report = TrainingReport.build(args, estimator, description, cluster.n_workers, t_start, fit_wall,
                                   converged=not any(issubclass(w.category, ConvergenceWarning) for w in caught))
     report.add_score(estimator, X, y)

@@ -177,7 +177,7 @@ def bad_files(tmp_path):
         ("short_y", [], "'y' has 19 rows but 'X' has 20"),
         ("nan", [], "'X' rows 10:20 contain NaN or infinity"),
         ("continuous", [], "Unknown label type"),
-        ("tiny", ["--workers", "3"], "got 2 samples, fewer than the 3 workers"),
+        ("tiny", ["--workers", "3"], "{tiny} has 2 rows, fewer than the 3 workers; every worker needs at least one row"),
         ("ok", ["--alpha", "1"], "--alpha does not apply to --algorithm logistic (it applies to ridge)"),
         ("ok", ["--workers", "0"], "--workers must be at least 1, got 0"),
     ],
@@ -465,3 +465,39 @@ def test_a_hang_up_stops_the_job_as_sigterm_does(tmp_path):
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(30) == 128 + signal.SIGHUP
     assert _gone(data) == []
+
+
+def test_a_fifo_as_data_is_an_error_not_a_hang(tmp_path):
+    fifo = tmp_path / "data.h5"
+    os.mkfifo(fifo)
+    _refused(drizzle("train", "--data", str(fifo), "--workers", "1", timeout=60),
+             f"{fifo} is not a regular file (a directory, a FIFO or a device): give an HDF5 file")
+    _refused(run_cli("predict", "--model", str(fifo), "--data", str(fifo), "-o", str(tmp_path / "p.npy")),
+             f"{fifo} is not a regular file (a directory, a FIFO or a device), so not a drizzle-ml model")
+
+
+def test_more_workers_than_rows_is_refused_before_any_process_starts(linked_data):
+    proc = drizzle("train", "--data", str(linked_data / "d.h5"), "--workers", "1000")
+    _refused(proc, f"{linked_data / 'd.h5'} has 60 rows, fewer than the 1000 workers")
+
+
+def test_info_into_a_closed_pipe_is_quiet(linked_data):
+    proc = subprocess.Popen([sys.executable, "-m", "drizzle_ml", "info", str(linked_data / "m.h5")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader left, as `| head` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0 and err == ""
+
+
+def test_warnings_from_the_fit_are_shown(linked_data, tmp_path):
+    d = linked_data
+    checkpoints = tmp_path / "ck"
+    ok(drizzle("train", "--data", str(d / "d.h5"), "--workers", "1", "--checkpoint-dir", str(checkpoints),
+               "--max-iter", "20", "--quiet"))
+    files = sorted(checkpoints.rglob("ckpt-*.h5"))
+    assert files
+    files[-1].write_bytes(files[-1].read_bytes()[:200])  # the newest checkpoint, truncated
+    proc = ok(drizzle("train", "--data", str(d / "d.h5"), "--workers", "1", "--checkpoint-dir", str(checkpoints),
+                      "--max-iter", "20", "--resume", "--quiet"))
+    warnings_shown = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: warning: CheckpointWarning:")]
+    assert warnings_shown and files[-1].name in warnings_shown[0], proc.stderr

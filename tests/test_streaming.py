@@ -392,6 +392,14 @@ def test_cli_stream_serves_predictions_while_training_and_stops_on_a_signal(tmp_
                 except (OSError, ValueError):
                     continue
         info = json.loads(urllib.request.urlopen(f"http://{address[0]}:{address[1]}/model", timeout=5).read())
+        bad = []
+        for body in ({"X": [[1.0, 1.0]], "durable": "false"}, [1, 2]):  # a string is not a boolean
+            req = urllib.request.Request(f"http://{address[0]}:{address[1]}/predict",
+                                         data=json.dumps(body).encode(), method="POST")
+            try:
+                urllib.request.urlopen(req, timeout=5)
+            except urllib.error.HTTPError as exc:
+                bad.append((exc.code, json.loads(exc.read())["error"]))
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -400,6 +408,8 @@ def test_cli_stream_serves_predictions_while_training_and_stops_on_a_signal(tmp_
     assert proc.returncode == 0, err
     assert len(answers) >= 3 and answers[-1]["version"] >= answers[0]["version"], errors[-3:]
     assert info["version"] >= info["durable_version"] >= 0
+    assert bad == [(400, "TypeError: 'durable' must be true or false, got 'false'"),
+                   (400, "TypeError: the request body must be a JSON object")]
     assert "stopping at the next group boundary" in err and "model saved" in out
     assert abs(load_model(tmp_path / "m.h5").predict([[1.0, 1.0]])[0] - 1.5) < 0.3
 
