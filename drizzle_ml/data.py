@@ -258,6 +258,9 @@ class HDF5Dataset:
                 self.dtype = np.dtype((node["data"] if self.sparse else node).dtype)
                 if self.dtype.kind not in "biuf":
                     raise ValueError(f"{self.path}: {x_key!r} has non-numeric dtype {self.dtype}")
+                if self.n_features == 0:
+                    raise ValueError(f"{self.path}: {x_key!r} has 0 columns; the estimators need at least one "
+                                     "feature")
                 if y_key is not None:
                     if y_key not in f:
                         raise KeyError(f"{self.path} has no dataset {y_key!r} (keys: {sorted(f.keys())})")
@@ -343,6 +346,8 @@ def read_hdf5_partition(spec: dict[str, Any]) -> Partition:
     values = X.data if sp.issparse(X) else X
     if values.dtype.kind not in "biuf":
         raise ValueError(f"{path}: {x_key!r} has non-numeric dtype {values.dtype}")
+    if values.dtype.kind in "biu":  # as the estimators' validation does for arrays: floats to compute with
+        X = X.astype(np.float64)
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise ValueError(f"{path}: {x_key!r} rows {lo}:{hi} contain NaN or infinity")
     if y is not None and y.dtype.kind == "f" and not np.isfinite(y).all():

@@ -9,10 +9,13 @@ and the other ranks serve as workers.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 
 from .hosts import add_host_arguments, host_mpiexec_args, reject_under_user_mpiexec
 from .predict import add_predict_arguments, info, predict
@@ -101,14 +104,21 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
         if found:
             reached[0] = max(reached[0], int(found[-1]))
 
+    # The job's driver writes this at its end: an "mpiexec" that exits 0 without running anything is caught.
+    done_dir = tempfile.mkdtemp(prefix="drizzle-ml-")
+    atexit.register(shutil.rmtree, done_dir, True)
+    done_file = os.path.join(done_dir, "done")
     while True:
         cmd = [mpiexec, "-n", str(workers + 1), *hosts, *shlex.split(args.mpiexec_args), sys.executable, "-m",
                "drizzle_ml", *base, "--workers", str(workers), *(["--resume"] if resume else [])]
-        env = dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0")
+        env = dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0", DRIZZLE_DONE_FILE=done_file)
         # A stream stops gracefully on the first signal: SIGUSR1 goes through
         # mpiexec to every rank; workers ignore it, the driver ends the stream.
         code = run_supervised(cmd, env=env, on_stderr_line=watch if args.checkpoint_dir else None,
                               graceful=signal.SIGUSR1 if args.command == "stream" else None)
+        if code == 0 and not _take_done(done_file):
+            raise CLIError(f"{mpiexec} exited 0, but the job never ran (its driver did not report an end): "
+                           "is it an MPI launcher? (DRIZZLE_MPIEXEC, the mpich wheel's mpiexec)")
         # Done, a usage error, or stopped by a signal we forwarded: nothing to recover.
         if code in (0, 2) or code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or args.checkpoint_dir is None:
             return code
@@ -165,6 +175,27 @@ def _check_plot(args: argparse.Namespace) -> None:
         raise CLIError("--plot needs matplotlib: pip install 'drizzle-ml[plot]'")
 
 
+def _mark_done(code: int) -> int:
+    """On the driver of a launched job: tell the launcher that the job ran to its end."""
+    path = os.environ.get("DRIZZLE_DONE_FILE")
+    if code == 0 and path:
+        try:
+            with open(path, "w") as f:
+                f.write("done\n")
+        except OSError:
+            pass
+    return code
+
+
+def _take_done(path: str) -> bool:
+    """Whether the job's driver marked its end (and clear the mark for a restart)."""
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["bench", "streaming"]:
@@ -210,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stream":
             from .stream import run_stream
 
-            return run_stream(args)
+            return _mark_done(run_stream(args))
         _check_plot(args)
-        return train(args)
+        return _mark_done(train(args))
     except CLIError as exc:
         print(f"drizzle-ml: error: {exc}", file=sys.stderr)
         return 2

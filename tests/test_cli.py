@@ -501,3 +501,31 @@ def test_warnings_from_the_fit_are_shown(linked_data, tmp_path):
                       "--max-iter", "20", "--resume", "--quiet"))
     warnings_shown = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: warning: CheckpointWarning:")]
     assert warnings_shown and files[-1].name in warnings_shown[0], proc.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.int8, bool])
+def test_integer_and_boolean_x_train_as_in_python(tmp_path, dtype):
+    import drizzle_ml
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(-5, 5, (120, 4)).astype(np.int8)
+    X = (X > 0) if dtype is bool else X
+    y = (X[:, 0] > 0).astype(int) ^ (X[:, 1] > 1).astype(int)
+    data = write_h5(tmp_path / "d.h5", X, y)
+    ok(drizzle("train", "--data", data, "--workers", "2", "-o", str(tmp_path / "m.h5"), "--quiet"))
+    from drizzle_ml.algorithms.persist import load_model
+
+    cli = load_model(str(tmp_path / "m.h5"))
+    api = drizzle_ml.LogisticRegression(n_workers=2).fit(X, y)
+    np.testing.assert_allclose(cli.coef_, api.coef_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(cli.predict(X), api.predict(X))
+
+
+def test_x_without_columns_is_one_line(tmp_path):
+    data = write_h5(tmp_path / "z.h5", np.zeros((30, 0)), np.arange(30) % 2)
+    _refused(drizzle("train", "--data", data, "--workers", "1"), f"{data}: 'X' has 0 columns")
+
+
+def test_an_mpiexec_that_runs_nothing_is_an_error_not_success():
+    proc = drizzle("train", "--workers", "1", env={"DRIZZLE_MPIEXEC": "/bin/true"})
+    _refused(proc, "/bin/true exited 0, but the job never ran")
