@@ -322,6 +322,28 @@ def _h5_shape(f: Any, key: str, path: str) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
+def read_csr_rows(node: Any, lo: int, hi: int, path: str, key: str) -> sp.csr_matrix:
+    """Rows ``lo:hi`` of the CSR group ``node`` (``data``, ``indices``, ``indptr``, ``shape``), checked.
+
+    scipy trusts a row pointer and column indices: a broken one made a worker
+    read out of bounds (SIGSEGV) or accept columns beyond the declared shape,
+    instead of saying that the file is damaged.
+    """
+    indptr = node["indptr"][lo : hi + 1]
+    n_cols = int(node.attrs["shape"][1])
+    n_stored = min(node["data"].shape[0], node["indices"].shape[0])
+    if (len(indptr) != hi - lo + 1 or (lo == 0 and indptr[0] != 0) or np.any(np.diff(indptr) < 0)
+            or indptr[0] < 0 or indptr[-1] > n_stored):
+        raise ValueError(f"{path}: {key!r} rows {lo}:{hi} have an invalid CSR row pointer (indptr must rise "
+                         f"from 0 to at most the {n_stored} stored entries): a corrupted CSR matrix")
+    start, stop = int(indptr[0]), int(indptr[-1])
+    indices = node["indices"][start:stop]
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
+        raise ValueError(f"{path}: {key!r} rows {lo}:{hi} have column indices outside 0..{n_cols - 1} "
+                         "(the matrix's declared shape): a corrupted or mislabelled CSR matrix")
+    return sp.csr_matrix((node["data"][start:stop], indices, indptr - start), shape=(hi - lo, n_cols))
+
+
 def read_hdf5_partition(spec: dict[str, Any]) -> Partition:
     """Worker side: read rows ``spec['rows']`` of an HDF5 dataset and check them."""
     import h5py
@@ -334,12 +356,7 @@ def read_hdf5_partition(spec: dict[str, Any]) -> Partition:
             if hasattr(node, "shape"):
                 X = node[lo:hi]
             else:
-                indptr = node["indptr"][lo : hi + 1]
-                start, stop = int(indptr[0]), int(indptr[-1])
-                X = sp.csr_matrix(
-                    (node["data"][start:stop], node["indices"][start:stop], indptr - start),
-                    shape=(hi - lo, int(node.attrs["shape"][1])),
-                )
+                X = read_csr_rows(node, lo, hi, path, x_key)
             y = read_targets(f[y_key], lo, hi) if y_key is not None else None
     except (OSError, KeyError) as exc:
         raise OSError(f"cannot read rows {lo}:{hi} of {path}: {exc}") from None

@@ -20,19 +20,15 @@ CHUNK_ROWS = 65_536
 def iter_rows(source: Any, with_targets: bool = False, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
     """Rows of an :class:`~drizzle_ml.HDF5Dataset` in chunks: ``X`` (dense or CSR), or ``(X, y)``."""
     import h5py
-    import scipy.sparse as sp
 
-    from drizzle_ml.data import read_targets
+    from drizzle_ml.data import read_csr_rows, read_targets
 
     with h5py.File(source.path, "r") as f:
         node = f[source.x_key]
         for lo in range(0, source.n_rows, chunk_rows):
             hi = min(lo + chunk_rows, source.n_rows)
             if source.sparse:
-                indptr = node["indptr"][lo : hi + 1]
-                start, stop = int(indptr[0]), int(indptr[-1])
-                X = sp.csr_matrix((node["data"][start:stop], node["indices"][start:stop], indptr - start),
-                                  shape=(hi - lo, source.n_features))
+                X = read_csr_rows(node, lo, hi, source.path, source.x_key)
             else:
                 X = node[lo:hi]
             yield (X, read_targets(f[source.y_key], lo, hi)) if with_targets else X
@@ -62,20 +58,27 @@ def predict(args: argparse.Namespace) -> int:
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".h5", ".hdf5", ".npy", ".csv"):
         raise CLIError(f"--output must end in .h5, .npy or .csv, got {out!r}")
-    parts = [np.asarray(method(X)) for X in iter_rows(source)]
+    try:  # damaged rows or NaN/infinity: the file's problem, in one line
+        parts = [np.asarray(method(X)) for X in iter_rows(source)]
+    except (ValueError, OSError) as exc:
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CLIError(message if message.startswith(source.path) else f"{args.data}: {message}") from None
     result = np.concatenate(parts) if parts else np.empty(0)
     from drizzle_ml.files import atomic_output
+    from drizzle_ml.h5files import write_hdf5
 
-    with atomic_output(out) as tmp:
-        if ext in (".h5", ".hdf5"):
-            import h5py
+    def fill(f) -> None:
+        import h5py
 
-            with h5py.File(tmp, "w") as f:
-                if result.dtype.kind == "U":
-                    f.create_dataset(name, data=result.astype(object), dtype=h5py.string_dtype())
-                else:
-                    f[name] = result
+        if result.dtype.kind == "U":
+            f.create_dataset(name, data=result.astype(object), dtype=h5py.string_dtype())
         else:
+            f[name] = result
+
+    if ext in (".h5", ".hdf5"):
+        write_hdf5(out, fill)  # built in memory: a full disk is a clean OSError
+    else:
+        with atomic_output(out) as tmp:
             with open(tmp, "wb") as f:
                 if ext == ".npy":
                     np.save(f, result)

@@ -10,6 +10,7 @@ import sys
 import time
 
 import h5py
+import scipy.sparse as sp
 import numpy as np
 import pytest
 from sklearn import linear_model as sk
@@ -529,3 +530,36 @@ def test_x_without_columns_is_one_line(tmp_path):
 def test_an_mpiexec_that_runs_nothing_is_an_error_not_success():
     proc = drizzle("train", "--workers", "1", env={"DRIZZLE_MPIEXEC": "/bin/true"})
     _refused(proc, "/bin/true exited 0, but the job never ran")
+
+
+def _csr_file(path, indptr_shift=0, bad_index=None, n_cols=4):
+    X = sp.random(60, n_cols, density=0.4, random_state=0, format="csr")
+    indptr, indices = X.indptr.copy(), X.indices.copy()
+    indptr[10] += indptr_shift  # no longer rising: rows would overlap
+    if bad_index is not None:
+        indices[3] = bad_index
+    with h5py.File(path, "w") as f:
+        group = f.create_group("X")
+        group["data"], group["indices"], group["indptr"] = X.data, indices, indptr
+        group.attrs["shape"] = X.shape
+        f["y"] = np.arange(60) % 2
+    return str(path)
+
+
+def test_damaged_csr_files_are_one_line_errors_not_crashes(tmp_path, linked_data):
+    pointer = _csr_file(tmp_path / "ptr.h5", indptr_shift=50)
+    columns = _csr_file(tmp_path / "cols.h5", bad_index=99)
+    for data, message in ((pointer, "have an invalid CSR row pointer"), (columns, "have column indices outside 0..3")):
+        proc = drizzle("train", "--data", data, "--workers", "2")
+        _refused(proc, message)
+        assert "BAD TERMINATION" not in proc.stdout + proc.stderr  # no worker died
+        _refused(run_cli("predict", "--model", str(linked_data / "m.h5"), "--data", data, "-o",
+                         str(tmp_path / "p.npy")), message)
+
+
+def test_predict_on_data_with_infinity_is_one_line(tmp_path, linked_data):
+    X = np.ones((10, 4))
+    X[3, 1] = np.inf
+    data = write_h5(tmp_path / "inf.h5", X)
+    _refused(run_cli("predict", "--model", str(linked_data / "m.h5"), "--data", data, "-o", str(tmp_path / "p.h5")),
+             f"{data}: Input X contains infinity")
