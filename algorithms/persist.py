@@ -285,11 +285,49 @@ def _read_fitted(h5, path: str) -> dict[str, Any]:
     for name, item in group.items():
         if not isinstance(item, h5py.Dataset):
             raise ValueError(f"{path}: fitted/{name} is not a dataset; the model file is corrupted")
+        if item.compression is not None or item.chunks is not None:
+            # save_model writes contiguous, unfiltered arrays, so an array costs the memory the file
+            # takes; a compressed one could inflate a small file into gigabytes before any check.
+            raise ValueError(f"{path}: fitted/{name} is stored {item.compression or 'chunked'} "
+                             f"({item.size:,} elements); drizzle-ml model files store arrays contiguous "
+                             "and uncompressed: not a file save_model wrote")
         fitted[name] = _read_array(item, name, path)
     for name in fitted:
         if not (name.isidentifier() and name.endswith("_") and not name.startswith("_")):
             raise ValueError(f"{path}: fitted attribute name {name!r} is not a fitted attribute")
     return fitted
+
+
+def _check_shapes(name: str, fitted: dict[str, Any], path: str) -> None:
+    """The fitted arrays' shapes must agree with each other and with ``n_features_in_``
+    (a tampered file could otherwise predict the wrong number of rows, say, and exit 0)."""
+    n = fitted["n_features_in_"]
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{path}: n_features_in_ = {n!r} is not a positive integer; the model file is corrupted")
+
+    def shape(attr: str, *allowed: tuple) -> tuple:
+        value = np.asarray(fitted[attr])
+        for expected in allowed:
+            if len(value.shape) == len(expected) and all(e is None or s == e for s, e in zip(value.shape, expected)):
+                return value.shape
+        wanted = " or ".join(str(tuple("k" if e is None else e for e in a)) for a in allowed)
+        raise ValueError(f"{path}: {attr} has shape {value.shape}, expected {wanted} for {name} with "
+                         f"n_features_in_ = {n}; the model file is corrupted")
+
+    if name == "LogisticRegression":
+        classes = shape("classes_", (None,))[0]
+        rows = 1 if classes == 2 else classes
+        shape("coef_", (rows, n))
+        shape("intercept_", (rows,))
+    elif name in ("LinearRegression", "Ridge"):
+        coef = shape("coef_", (n,), (None, n))
+        shape("intercept_", ()) if len(coef) == 1 else shape("intercept_", (coef[0],))
+    elif name == "PCA":
+        k = shape("components_", (None, n))[0]
+        shape("mean_", (n,))
+        shape("explained_variance_", (k,))
+    elif name == "KMeans":
+        shape("cluster_centers_", (None, n))
 
 
 def _guard(path, read):
@@ -328,6 +366,7 @@ def load_model(path: str | os.PathLike):
     missing = [a for a in REQUIRED[name] if a not in fitted]
     if missing:
         raise ValueError(f"{spath}: missing fitted attribute {', '.join(missing)} for {name}")
+    _check_shapes(name, fitted, spath)
     cls = ESTIMATORS[name]
     try:
         estimator = cls(**params)

@@ -422,3 +422,39 @@ def test_cli_info(saved, tmp_path):
     assert proc.stderr.strip() == f"drizzle-ml: error: {tmp_path / 'notes.txt'} is not an HDF5 file (no HDF5 signature), so not a drizzle-ml model"
     proc = drizzle("info", str(tmp_path / "missing.h5"))
     assert proc.returncode == 2 and "model file not found" in proc.stderr
+
+
+def _tampered(tmp_path, replace):
+    """A saved binary LogisticRegression whose fitted/coef_ is rewritten by ``replace(group, attrs)``."""
+    X, y = BREAST
+    path = tmp_path / "m.h5"
+    save_model(LogisticRegression(n_workers=W).fit(X[:, :4], y), path)
+    with h5py.File(path, "r+") as f:
+        group = f["fitted"]
+        attrs = dict(group["coef_"].attrs)
+        del group["coef_"]
+        replace(group, attrs)
+    return path
+
+
+def test_arrays_whose_shapes_do_not_fit_the_model_are_refused(tmp_path):
+    def three_d(group, attrs):
+        ds = group.create_dataset("coef_", data=np.ones((1, 2, 2)))
+        ds.attrs.update(attrs)
+
+    path = _tampered(tmp_path, three_d)
+    with pytest.raises(ValueError, match=r"coef_ has shape \(1, 2, 2\), expected \(1, 4\) for LogisticRegression "
+                                         r"with n_features_in_ = 4; the model file is corrupted"):
+        load_model(path)
+
+
+def test_compressed_arrays_are_refused_before_they_are_inflated(tmp_path):
+    def bomb(group, attrs):  # 20 million zeros: megabytes in memory, kilobytes on disk
+        ds = group.create_dataset("coef_", shape=(1, 20_000_000), dtype="f8", compression="gzip", chunks=(1, 1 << 20))
+        ds.attrs.update(attrs)
+
+    path = _tampered(tmp_path, bomb)
+    assert os.path.getsize(path) < 1 << 20
+    with pytest.raises(ValueError, match=r"fitted/coef_ is stored gzip \(20,000,000 elements\); drizzle-ml model "
+                                         "files store arrays contiguous and uncompressed"):
+        load_model(path)
