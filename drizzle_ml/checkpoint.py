@@ -420,10 +420,11 @@ class CheckpointStore:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._write_lock = threading.Lock()  # one writer at a time: save() and the thread
-        # Job keys of files already read or written here, by identity (path, inode,
-        # mtime, size): rotating after every write would otherwise open each kept
-        # file again (a few ms of CPU each, taken from the workers on a small host).
-        self._known_keys: dict[tuple, str | None] = {}
+        # Job keys of files already read or written here, by path with the file's
+        # identity (inode, mtime, size): rotating after every write would otherwise
+        # open each kept file again (a few ms of CPU each, taken from the workers
+        # on a small host). A removed file's entry goes with it.
+        self._known_keys: dict[str, tuple[tuple, str | None]] = {}
 
     # -- saving ----------------------------------------------------------------------------------
 
@@ -455,19 +456,18 @@ class CheckpointStore:
             st = os.stat(path)
         except OSError:
             return None
-        return (path, st.st_ino, st.st_mtime_ns, st.st_size)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _remember_key(self, path: str, job_key: str | None) -> None:
         identity = self._identity(path)
         if identity is not None:
-            self._known_keys = {k: v for k, v in self._known_keys.items() if k[0] != path}
-            self._known_keys[identity] = job_key
+            self._known_keys[path] = (identity, job_key)
 
     def _job_key_of(self, path: str) -> str | None:
         """The file's job key, read once per file version (a rewritten file is read again)."""
-        identity = self._identity(path)
-        if identity is not None and identity in self._known_keys:
-            return self._known_keys[identity]
+        known = self._known_keys.get(path)
+        if known is not None and known[0] == self._identity(path):
+            return known[1]
         key = _peek_job_key(path)
         self._remember_key(path, key)
         return key
@@ -605,6 +605,7 @@ class CheckpointStore:
             if self._job_key_of(path) != job_key:
                 continue  # another job's, a foreign or an unreadable file: not ours to delete
             if v > version or kept >= self.keep:
+                self._known_keys.pop(path, None)
                 try:
                     os.unlink(path)
                     removed = True

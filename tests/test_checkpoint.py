@@ -432,3 +432,17 @@ store.save(C.Checkpoint({KEY!r}, 2, 20, {{"w": np.arange(1000.0)}}))
         got = store.latest()
     assert got.version == 1
     same_arrays(got.model, model(1))
+
+
+def test_rotation_reads_each_kept_file_once_and_forgets_removed_ones(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, keep=2, job_key=KEY)
+    peeks = []
+    real = C._peek_job_key
+    monkeypatch.setattr(C, "_peek_job_key", lambda path: peeks.append(path) or real(path))
+    for v in range(1, 30):
+        store.save(ckpt(v))
+    assert peeks == []  # every file was written by this store: its key is known
+    assert sorted(store._known_keys) == sorted(str(p) for p in tmp_path.glob("ckpt-*.h5"))  # no growth
+    (tmp_path / "ckpt-000000000028.h5").write_bytes((tmp_path / "ckpt-000000000028.h5").read_bytes())  # rewritten
+    store.save(ckpt(30))
+    assert [os.path.basename(p) for p in peeks] == ["ckpt-000000000028.h5"]
