@@ -179,14 +179,13 @@ class AllreduceReduction(Reduction):
         return self.layout.unpack(self.result.copy(), reused=False)
 
 
-def plan_reduction(comm: MPI.Intracomm, program: Any, partial: Any) -> Reduction | None:
-    """The reduction every worker of ``comm`` creates for partials shaped like ``partial``.
+def plan_reduction(comm: MPI.Intracomm, program: Any, layout: Layout) -> Reduction | None:
+    """The reduction every worker of ``comm`` creates for partials of ``layout`` (``by_dtype=True``).
 
-    Collective over ``comm`` in effect: every worker must call it with a
-    partial of the same layout (the executor checks that first), and it
-    decides the same way everywhere. None: use the reduce tree.
+    Collective over ``comm`` in effect: every worker must call it with the
+    same layout (the executor checks that first), and it decides the same
+    way everywhere. None: use the reduce tree.
     """
-    layout = Layout(partial, by_dtype=True)
     sums = sums_leafwise(program)
     if comm.Get_size() * layout.nbytes <= GATHER_LIMIT:
         return GatherReduction(comm, layout, None if sums else program.combine)

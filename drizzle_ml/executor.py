@@ -171,8 +171,7 @@ class JobExecutor:
     the replicas agree); otherwise the root updates and broadcasts.
     """
 
-    def __init__(self, rt: "WorkerRuntime", spec: P.StartJob, partition: Partition,
-                 comm: MPI.Intracomm | None = None):
+    def __init__(self, rt: "WorkerRuntime", spec: P.StartJob, partition: Partition, comm: MPI.Intracomm):
         self.rt, self.job, self.partition = rt, spec.job, partition
         self.program = inject_delay(spec.program, rt.index)  # testing aid, see drizzle_ml.adaptivity
         self.tree = ReduceTree(rt.n_workers, spec.fanout)
@@ -189,7 +188,7 @@ class JobExecutor:
             raise KeyError(f"program.shared names {missing}, which the model does not have")
         self.comm = comm
         self.reduction_choice = spec.reduction
-        self.replicated = spec.replicate and comm is not None
+        self.replicated = spec.replicate
         # A worker that updates keeps the full model (optimizer state included);
         # others only what local reads.
         self.model = (dict(spec.model) if self.is_root or self.replicated
@@ -226,23 +225,21 @@ class JobExecutor:
     def _plan(self, partial: Any) -> None:
         """Choose and create the job's reduction; the same choice on every worker."""
         self.planned = True
-        if self.comm is None:
-            self._init_tree(partial)
-            return
-        self._check_layouts(partial)
+        layout = Layout(partial, by_dtype=True)
+        self._check_layouts(layout)
         choice = self.reduction_choice
-        self.reduction = None if choice == "tree" else plan_reduction(self.comm, self.program, partial)
+        self.reduction = None if choice == "tree" else plan_reduction(self.comm, self.program, layout)
         if self.reduction is None:
             self.replicated = False
-            self._init_tree(partial)
+            self._init_tree(layout)
         elif not self.replicated:
             self.broadcast = ModelBroadcast(self.comm, self._spec_model, self.shared_keys)
             if not self.is_root:
                 self.model = {k: self.model[k] for k in self.shared_keys}
 
-    def _check_layouts(self, partial: Any) -> None:
+    def _check_layouts(self, layout: Layout) -> None:
         """Every worker's first partial must have one layout: a collective on mismatched buffers would mix bytes."""
-        mine = np.frombuffer(Layout(partial).signature(), dtype=np.uint8)
+        mine = np.frombuffer(layout.signature(), dtype=np.uint8)
         everyone = np.empty((self.comm.Get_size(), mine.size), dtype=np.uint8)
         request = self.comm.Iallgather([mine, MPI.BYTE], [everyone, MPI.BYTE])
         self._in_flight = True
@@ -254,7 +251,7 @@ class JobExecutor:
                 f"worker {differing[0]}'s partial differs in structure from worker 0's: "
                 "partials must have the same structure, shapes and dtypes on every worker")
 
-    def _init_tree(self, partial: Any) -> None:
+    def _init_tree(self, up_layout: Layout) -> None:
         down_bytes = self.header_bytes + self.down_layout.nbytes
         down_slots = _slots(down_bytes)
         if self.is_root:
@@ -263,11 +260,11 @@ class JobExecutor:
             self.down_recv = RecvRing(self.rt.peers, self.parent, P.DOWN, self.job, down_bytes, down_slots,
                                       self._wait, f"the model from worker {self.parent}")
             self.down_recv.post_until(self._iteration, self.group_end)
-        self._init_up(partial)
+        self._init_up(up_layout)
 
     # -- channels ---------------------------------------------------------------
-    def _init_up(self, partial: Any) -> None:
-        self.up_layout = Layout(partial)
+    def _init_up(self, up_layout: Layout) -> None:
+        self.up_layout = up_layout
         nbytes = self.up_layout.nbytes
         slots = _slots(nbytes)
         self.up_recv = {

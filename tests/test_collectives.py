@@ -65,7 +65,7 @@ def sequential(parts):
 layout = Layout(partial(0), by_dtype=True)
 gather = GatherReduction(comm, layout, None)
 allreduce = AllreduceReduction(comm, layout)
-chosen = plan_reduction(comm, Program(), partial(0))
+chosen = plan_reduction(comm, Program(), layout)
 chosen.free()
 assert chosen.kind == "gather", chosen.kind
 maxima = GatherReduction(comm, Layout(np.zeros(9)), np.maximum)
