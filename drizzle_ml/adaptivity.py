@@ -163,7 +163,7 @@ class Adaptivity:
         on its host), the CPU it used in the group ran in the workers' place:
         their execution was that much longer, and that is coordination too.
         """
-        stolen = metrics.driver_cpu if getattr(self.cluster, "shares_cores", False) else 0.0
+        stolen = metrics.driver_cpu if self.cluster.shares_cores else 0.0
         mine = max(metrics.execution - stolen, 0.0)
         wall, execution = metrics.wall + self.previous[0], mine + self.previous[1]
         self.previous = (metrics.wall, mine)

@@ -262,7 +262,7 @@ class Cluster:
                 blanks.append(line)
                 continue
             if is_hydra_notice(line):
-                self._notices.extend(blanks + [line])
+                self._notices.append(line)  # the blank lines framing it go
                 blanks = []
                 continue
             try:
@@ -276,11 +276,10 @@ class Cluster:
     def _show_notices(self) -> None:
         """After a failure: Hydra's notices about the worker job, on stderr, once."""
         self._join_pumps()
-        notices = [line for line in self._notices if line.strip()]
+        notices = "".join(self._notices)
         self._notices.clear()
         try:
-            for line in notices:
-                sys.stderr.write(line)
+            sys.stderr.write(notices)
             sys.stderr.flush()
         except (ValueError, OSError, AttributeError):
             pass

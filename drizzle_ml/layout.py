@@ -88,8 +88,6 @@ class Layout:
     def pack(self, value: Any, buf: np.ndarray, offset: int = 0) -> None:
         flat: list = []
         self._flatten(value, flat)
-        if len(flat) != len(self.leaves):
-            raise ValueError("value structure differs from the job's layout")
         for leaf, dest in zip(flat, self._cached(buf, offset)[1]):
             if getattr(leaf, "shape", ()) != dest.shape:
                 raise ValueError(f"shape {np.shape(leaf)} differs from the job's layout {dest.shape}")
