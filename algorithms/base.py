@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import assert_all_finite
 
-from drizzle_ml.checkpoint import CheckpointStore, job_key_for
+from drizzle_ml.checkpoint import CheckpointStore, closing_store, job_key_for, open_job_store
 from drizzle_ml.cluster import get_cluster
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 from drizzle_ml.errors import WorkerFailedError, WorkerTimeoutError
@@ -125,7 +125,7 @@ class DrizzleEstimator(BaseEstimator):
         """Run ``program`` from ``model`` on ``dataset``; set the engine attributes; return the JobResult.
 
         With ``checkpoint_dir``, committed versions are also written there
-        (``job-<k>`` for the k-th job of this fit), and a fit with
+        (``job-<k>-<hash of the job's key>`` for the k-th job of this fit), and a fit with
         ``resume=True`` continues each job from its newest valid checkpoint.
         A worker that dies in launched mode is replaced: the job continues from
         the version committed at the last group boundary (at most one group is
@@ -142,10 +142,15 @@ class DrizzleEstimator(BaseEstimator):
             )
         self.model_store_ = ModelStore()
         on_group = getattr(self, "progress_callback", None) or (self._print_progress if self.verbose else None)
-        checkpoints, checkpoint_params = self._checkpoint_store(program, dataset)
+        checkpoints, resumed, checkpoint_params = self._checkpoint_store(program, dataset)
+        with closing_store(checkpoints):  # the job's checkpoint directory is released at the end
+            return self._run_from(cluster, n_workers, program, model, dataset, max_iter, warn_not_converged,
+                                  on_group, checkpoints, resumed, checkpoint_params)
+
+    def _run_from(self, cluster, n_workers, program, model, dataset, max_iter, warn_not_converged, on_group,
+                  checkpoints, resumed, checkpoint_params):
         sizer, adaptivity = self._adaptivity()
         version, start = 0, 0
-        resumed = checkpoints.latest() if checkpoints is not None and getattr(self, "_resume", False) else None
         if resumed is not None:
             model, version, start = resumed.model, resumed.version, resumed.iteration
             sizer.restore(resumed.tuner)
@@ -243,13 +248,13 @@ class DrizzleEstimator(BaseEstimator):
             )
         return result
 
-    def _checkpoint_store(self, program: Any, dataset: Any) -> tuple[CheckpointStore | None, dict]:
-        """This job's checkpoint store, keyed by estimator, parameters, program and data; and its parameters."""
+    def _checkpoint_store(self, program: Any, dataset: Any) -> tuple[CheckpointStore | None, Any, dict]:
+        """This job's checkpoint store (keyed by estimator, parameters, program and data), where to resume, and its parameters."""
         directory = getattr(self, "checkpoint_dir", None)
         job = getattr(self, "_fit_jobs", 0)
         self._fit_jobs = job + 1
         if directory is None:
-            return None, {}
+            return None, None, {}
         if getattr(dataset, "speculative", False):
             dataset.confirm()  # checkpoints are keyed by the data's content
         engine = {"n_workers", "group_size", "scheduling", "verbose", "max_iter", "checkpoint_dir",
@@ -258,12 +263,12 @@ class DrizzleEstimator(BaseEstimator):
                   for k, v in self.get_params().items() if k not in engine}
         key = job_key_for(f"{type(self).__name__}.{type(program).__name__}.{job}",
                           {"params": params, "data": dataset.dataset_id})
-        # One write in flight at most: a group boundary waits for the previous
+        # One write in flight at most (open_job_store's): a group boundary waits for the previous
         # group's checkpoint (written while this group ran), so a failure never
         # loses more than the last group's checkpoint.
-        store = CheckpointStore(os.path.join(os.fspath(directory), f"job-{job}"), job_key=key, max_pending=1)
+        store, resumed = open_job_store(directory, job, key, resume=getattr(self, "_resume", False))
         described = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()}
-        return store, {"estimator": type(self).__name__, "program": type(program).__name__, "job": job,
+        return store, resumed, {"estimator": type(self).__name__, "program": type(program).__name__, "job": job,
                        "params": described, "data": dataset.dataset_id}
 
     @staticmethod

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from drizzle_ml.checkpoint import CheckpointStore, job_key_for
+from drizzle_ml.checkpoint import closing_store, job_key_for, open_job_store
 from drizzle_ml.cluster import get_cluster
 from drizzle_ml.scheduler import run_job
 from drizzle_ml.sources import (Batching, RecordFormat, Source, StreamSpec, peek_n_features)
@@ -92,9 +92,7 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
                   "n_features": int(n_features), "format": record_format,
                   "classes": None if fmt.classes is None else fmt.classes.tolist()}
         key = job_key_for(f"stream.{type(estimator).__name__}", params)
-        checkpoints = CheckpointStore(os.path.join(os.fspath(checkpoint_dir), "job-0"), job_key=key,
-                                      max_pending=1)
-        resumed = checkpoints.latest() if resume else None
+        checkpoints, resumed = open_job_store(checkpoint_dir, 0, key, resume=resume)
         if resumed is not None:
             model, version, start = dict(resumed.model), resumed.version, resumed.iteration
             offsets = dict(resumed.stream_offsets)
@@ -104,10 +102,11 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     elif resume:
         raise ValueError("resume=True needs checkpoint_dir")
     spec = StreamSpec(source, fmt, batching, n_partitions, offsets)
-    result = run_job(cluster, program, model, "", max_iter=max_batches or UNBOUNDED, sizer=sizer,
-                     version=version, start_iteration=start, store=store, on_group=on_group, stream=spec,
-                     checkpoints=checkpoints, checkpoint_every=checkpoint_every, checkpoint_params=params,
-                     stop=stop)
+    with closing_store(checkpoints):  # the job's checkpoint directory is released at the end
+        result = run_job(cluster, program, model, "", max_iter=max_batches or UNBOUNDED, sizer=sizer,
+                         version=version, start_iteration=start, store=store, on_group=on_group, stream=spec,
+                         checkpoints=checkpoints, checkpoint_every=checkpoint_every, checkpoint_params=params,
+                         stop=stop)
     estimator.model_store_, estimator.model_version_ = store, result.version
     estimator.n_iter_ = start + result.n_iter
     estimator.history_ = [g.as_dict() for g in result.history]

@@ -15,6 +15,7 @@ from .cluster import Cluster, get_cluster  # noqa: E402
 from .data import ArrayDataset, HDF5Dataset  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointError,
+    CheckpointInUseError,
     CheckpointMismatchError,
     CheckpointWarning,
     StragglerWarning,
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ArrayDataset",
     "CheckpointError",
+    "CheckpointInUseError",
     "CheckpointMismatchError",
     "CheckpointWarning",
     "StragglerWarning",

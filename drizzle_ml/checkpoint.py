@@ -32,11 +32,18 @@ Files of other jobs, foreign files and files that cannot be read are never
 deleted. Temporary files a killed writer left behind (``.ckpt-*.tmp``) are
 removed by a later save once they are an hour old.
 
+Under a user's checkpoint directory each job has its own directory,
+``job-<k>-<hash of its job key>`` (:func:`open_job_store`): jobs that share a
+checkpoint directory never write, rotate or resume each other's files, and
+while a job runs it holds that directory's lock, so that a second copy of the
+same job is refused up front instead of deleting the first one's checkpoints.
+
 This is an engine module: it imports nothing from ``drizzle_ml.algorithms``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,11 +53,11 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .errors import CheckpointError, CheckpointMismatchError, CheckpointWarning
+from .errors import CheckpointError, CheckpointInUseError, CheckpointMismatchError, CheckpointWarning
 from .files import fsync_dir
 from .h5files import open_hdf5, root_attributes, write_hdf5
 from .jsonable import from_json, to_json
@@ -425,6 +432,7 @@ class CheckpointStore:
         # open each kept file again (a few ms of CPU each, taken from the workers
         # on a small host). A removed file's entry goes with it.
         self._known_keys: dict[str, tuple[tuple, str | None]] = {}
+        self._directory_lock: _DirectoryLock | None = None  # open_job_store's; released by close()
 
     # -- saving ----------------------------------------------------------------------------------
 
@@ -545,7 +553,7 @@ class CheckpointStore:
             self._raise_error()
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush, then stop the writer thread. Safe to call twice."""
+        """Flush, then stop the writer thread (and release the directory's lock). Safe to call twice."""
         if self._closed:
             return
         try:
@@ -556,6 +564,9 @@ class CheckpointStore:
                 self._queue.put(None)
                 self._thread.join(timeout)
                 self._thread = None
+            if self._directory_lock is not None:
+                self._directory_lock.release()
+                self._directory_lock = None
 
     def __enter__(self) -> "CheckpointStore":
         return self
@@ -688,3 +699,140 @@ class CheckpointStore:
             out.append(CheckpointInfo(path, version, reason is None, reason, ckpt.job_key,
                                       ckpt.iteration, ckpt.created))
         return out
+
+
+# -- one job's directory under a checkpoint root -------------------------------------------------
+
+# A supervisor (``drizzle-ml train``/``stream``) names a file here; each job's
+# checkpoint directory is appended to it when opened, so that the supervisor
+# restarts from, and reports, this job's checkpoints, not those of another job
+# sharing the root.
+NOTE_ENV = "DRIZZLE_CHECKPOINT_NOTE"
+_LOCK_NAME = ".lock"
+
+
+class _DirectoryLock:
+    """An exclusive ``flock`` on ``<directory>/.lock``, held until released or the process ends.
+
+    The kernel drops the lock when its holder dies (even by SIGKILL), so a
+    crashed job never leaves its directory locked; ``flock`` works across
+    hosts on NFS (Linux maps it to POSIX locks there).
+    """
+
+    def __init__(self, directory: str):
+        import fcntl
+        import socket
+
+        self._fd: int | None = None
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, _LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise CheckpointInUseError(
+                f"checkpoint directory {directory} is in use by another running copy of this job "
+                f"({holder}); give each running job its own checkpoint directory") from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    __del__ = release  # a store dropped without close() does not keep its directory locked
+
+
+def job_directory(root: str | os.PathLike, index: int, job_key: str) -> str:
+    """``<root>/job-<index>-<hash>``: the directory of the ``index``-th job of a fit, by its key's hash."""
+    return os.path.join(os.fspath(root), f"job-{index}-{job_key.rsplit('-', 1)[-1]}")
+
+
+def _other_jobs(root: str, index: int, mine: str) -> list[str]:
+    """Directories under ``root`` of the ``index``-th job of other fits that hold a valid checkpoint."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        path = os.path.join(root, name)
+        if name.startswith(f"job-{index}-") and path != mine and os.path.isdir(path):
+            if any(c.valid for c in CheckpointStore(path).list()):
+                out.append(path)
+    return out
+
+
+def open_job_store(root: str | os.PathLike, index: int, job_key: str, *,
+                   resume: bool) -> tuple[CheckpointStore, Checkpoint | None]:
+    """The checkpoint store of one job under ``root``, locked for this process; and where to resume.
+
+    Returns ``(store, checkpoint)``: ``checkpoint`` is this job's newest valid
+    checkpoint when ``resume`` (None: start from the beginning). With
+    ``resume``, a fit whose first job (``index`` 0) has no checkpoint while
+    other fits' first jobs do is refused (:class:`CheckpointMismatchError`):
+    the parameters or the data probably changed since. Raises
+    :class:`CheckpointInUseError` when another running process holds the
+    job's directory. ``store.close()`` releases it.
+    """
+    root = os.fspath(root)
+    directory = job_directory(root, index, job_key)
+    lock = _DirectoryLock(directory)
+    store = CheckpointStore(directory, job_key=job_key, max_pending=1)
+    store._directory_lock = lock
+    try:
+        note = os.environ.get(NOTE_ENV)
+        if note:
+            with open(note, "a") as f:
+                f.write(directory + "\n")
+        resumed = store.latest() if resume else None
+        if resume and resumed is None and index == 0:
+            others = _other_jobs(root, index, directory)
+            if others:
+                raise CheckpointMismatchError(
+                    f"cannot resume: {root} holds no checkpoint of this job ({job_key}), only of other jobs "
+                    f"({', '.join(os.path.basename(o) for o in others)}: another algorithm, other parameters "
+                    "or other data). Use another checkpoint directory, or start without resuming")
+    except BaseException:
+        store.close()
+        raise
+    return store, resumed
+
+
+@contextlib.contextmanager
+def closing_store(store: CheckpointStore | None) -> Iterator[CheckpointStore | None]:
+    """Close ``store`` (releasing its job directory) when the block ends.
+
+    A failure to close (the last checkpoint could not be written) is raised
+    after a block that succeeded; after a block that failed, the block's own
+    error is the one raised.
+    """
+    if store is None:
+        yield None
+        return
+    try:
+        yield store
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.close(timeout=60.0)
+        raise
+    store.close(timeout=60.0)
+
+
+def noted_directories(note: str) -> list[str]:
+    """The job directories a supervised job noted in the file ``note`` (oldest first, no repeats)."""
+    try:
+        with open(note) as f:
+            lines = [line.strip() for line in f]
+    except OSError:
+        return []
+    return list(dict.fromkeys(line for line in lines if line))

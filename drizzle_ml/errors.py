@@ -61,6 +61,10 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint belongs to a different job (another algorithm or other parameters)."""
 
 
+class CheckpointInUseError(CheckpointError):
+    """Another running job (or another fit in this process) holds the job's checkpoint directory."""
+
+
 class CheckpointWarning(UserWarning):
     """An invalid checkpoint file was skipped (truncated, corrupted, foreign)."""
 

@@ -77,6 +77,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     import shlex
     import time
 
+    from drizzle_ml.checkpoint import NOTE_ENV, noted_directories
     from drizzle_ml.cluster import find_mpiexec
 
     from .supervisor import run_supervised
@@ -108,10 +109,14 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     done_dir = tempfile.mkdtemp(prefix="drizzle-ml-")
     atexit.register(shutil.rmtree, done_dir, True)
     done_file = os.path.join(done_dir, "done")
+    # The job notes its own checkpoint directories here: a restart resumes from (and reports) those,
+    # never from another job's checkpoints in a shared --checkpoint-dir.
+    checkpoint_note = os.path.join(done_dir, "checkpoints")
     while True:
         cmd = [mpiexec, "-n", str(workers + 1), *hosts, *shlex.split(args.mpiexec_args), sys.executable, "-m",
                "drizzle_ml", *base, "--workers", str(workers), *(["--resume"] if resume else [])]
-        env = dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0", DRIZZLE_DONE_FILE=done_file)
+        env = dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0", DRIZZLE_DONE_FILE=done_file,
+                   **{NOTE_ENV: checkpoint_note})
         # A stream stops gracefully on the first signal: SIGUSR1 goes through
         # mpiexec to every rank; workers ignore it, the driver ends the stream.
         code = run_supervised(cmd, env=env, on_stderr_line=watch if args.checkpoint_dir else None,
@@ -130,14 +135,18 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
         failures_at_size += 1
         if failures_at_size >= 2 and workers > min_workers:
             workers, failures_at_size = workers - 1, 0
-        newest = _newest_checkpoint(args.checkpoint_dir)
+        newest = _newest_checkpoint(noted_directories(checkpoint_note))
         delay = min(0.5 * 2 ** (restarts - 1), 30.0)
-        redo = (f"; redoing iterations {newest} to {reached[0]}" if reached[0] > newest else "")
+        if newest is None:
+            start = "from the beginning (the job wrote no checkpoint)"
+        else:
+            redo = f"; redoing iterations {newest} to {reached[0]}" if reached[0] > newest else ""
+            start = f"from the checkpoint at iteration {newest}{redo}"
         print(f"drizzle-ml: the MPI job failed (exit code {code}); restart {restarts} of {args.max_restarts} "
-              f"in {delay:.1f} s with {workers} workers from the checkpoint at iteration {newest}{redo}",
-              file=sys.stderr, flush=True)
+              f"in {delay:.1f} s with {workers} workers {start}", file=sys.stderr, flush=True)
         time.sleep(delay)
-        resume, reached[0] = True, 0
+        # Resume only from the job's own checkpoints (or when the user asked to).
+        resume, reached[0] = resume or newest is not None, 0
 
 
 def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:
@@ -155,17 +164,15 @@ def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:
     return out
 
 
-def _newest_checkpoint(directory: str) -> int:
-    """The iteration of the newest valid checkpoint of the last job in ``directory`` (0 if none)."""
+def _newest_checkpoint(job_directories: list[str]) -> int | None:
+    """The iteration of the newest valid checkpoint of the last job that has one (None: none has)."""
     from drizzle_ml.checkpoint import CheckpointStore
 
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    jobs = sorted((d for d in names if re.fullmatch(r"job-\d+", d)), key=lambda d: int(d[4:]))
-    for job in reversed(jobs):
-        valid = [c for c in CheckpointStore(os.path.join(directory, job)).list() if c.valid]
+    for directory in reversed(job_directories):
+        valid = [c for c in CheckpointStore(directory).list() if c.valid]
         if valid:
             return max(c.iteration for c in valid)
-    return 0
+    return None
 
 
 def _check_plot(args: argparse.Namespace) -> None:

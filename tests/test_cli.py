@@ -297,16 +297,15 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
     assert quiet.getvalue() == "" and progress.trace[0]["iteration"] == 25
 
 
-def test_launcher_options_are_not_abbreviated_and_stray_job_directories_are_ignored(tmp_path):
+def test_launcher_options_are_not_abbreviated_and_empty_job_directories_hold_no_checkpoint(tmp_path):
     # The launcher strips --hosts/--hostfile/--workers from the ranks' argv by full name,
     # so an abbreviation would reach the ranks; argparse must refuse it instead.
     proc = run_cli("train", "--hostf", str(tmp_path / "hosts"))
     assert proc.returncode == 2 and "unrecognized arguments: --hostf" in proc.stderr
     from drizzle_ml.launch.cli import _newest_checkpoint
 
-    (tmp_path / "ck" / "job-x").mkdir(parents=True)
-    (tmp_path / "ck" / "job-0").mkdir()
-    assert _newest_checkpoint(str(tmp_path / "ck")) == 0
+    (tmp_path / "ck" / "job-0-abc").mkdir(parents=True)
+    assert _newest_checkpoint([str(tmp_path / "ck" / "job-0-abc"), str(tmp_path / "missing")]) is None
 
 
 def test_bench_scale_sizes_must_be_positive():

@@ -1,5 +1,6 @@
 """Checkpoints, resume and recovery of estimator fits, with real processes and real kills."""
 
+import glob
 import os
 import shutil
 import signal
@@ -26,8 +27,15 @@ def reference():
     return {n: gd(n).fit(X, Y).coef_ for n in (120, 240)}
 
 
+def job_dir(directory, job=0):
+    """The one directory of the ``job``-th job of a fit under ``directory`` (job-<k>-<hash of its key>)."""
+    found = glob.glob(os.path.join(directory, f"job-{job}-*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def checkpoints(directory, job=0):
-    return sorted(os.listdir(os.path.join(directory, f"job-{job}")))
+    return sorted(n for n in os.listdir(job_dir(directory, job)) if n.startswith("ckpt-"))
 
 
 @pytest.mark.parametrize("worker,at", [(1, 40), (0, 150)])
@@ -71,7 +79,7 @@ def test_resume_continues_bit_identically(tmp_path, reference):
 
 def test_damaged_newest_checkpoint_is_skipped(tmp_path, reference):
     gd(120, checkpoint_dir=tmp_path).fit(X, Y)
-    newest = os.path.join(tmp_path, "job-0", "ckpt-000000000120.h5")
+    newest = os.path.join(job_dir(tmp_path), "ckpt-000000000120.h5")
     with open(newest, "r+b") as f:
         f.truncate(os.path.getsize(newest) // 2)
     with pytest.warns(CheckpointWarning, match="ckpt-000000000120.h5"):
@@ -83,7 +91,8 @@ def test_damaged_newest_checkpoint_is_skipped(tmp_path, reference):
 def test_empty_directory_starts_fresh_and_foreign_jobs_are_refused(tmp_path, reference):
     est = gd(checkpoint_dir=tmp_path / "new").fit(X, Y, resume=True)
     assert np.array_equal(est.coef_, reference[120]) and est.history_[0]["start_iteration"] == 0
-    with pytest.raises(CheckpointMismatchError, match="belongs to job"):
+    with pytest.raises(CheckpointMismatchError, match=r"cannot resume: .* holds no checkpoint of this job "
+                       r"\(LogisticRegression\.Minimize\.0-\w+\), only of other jobs \(job-0-\w+: another"):
         gd(C=0.5, checkpoint_dir=tmp_path / "new").fit(X, Y, resume=True)
     with pytest.raises(ValueError, match="needs checkpoint_dir"):
         gd().fit(X, Y, resume=True)
@@ -98,8 +107,8 @@ def test_elastic_resume_with_another_worker_count(tmp_path, reference, workers):
 
 def test_multi_job_fit_resumes_every_job(tmp_path):
     km = dm.KMeans(n_clusters=4, random_state=0, n_workers=2, checkpoint_dir=tmp_path).fit(X)
-    assert sorted(os.listdir(tmp_path)) == ["job-0", "job-1"]  # k-means++, then Lloyd
-    shutil.rmtree(tmp_path / "job-1")  # as if the fit died during Lloyd
+    assert [n[:6] for n in sorted(os.listdir(tmp_path))] == ["job-0-", "job-1-"]  # k-means++, then Lloyd
+    shutil.rmtree(job_dir(tmp_path, 1))  # as if the fit died during Lloyd
     again = dm.KMeans(n_clusters=4, random_state=0, n_workers=2, checkpoint_dir=tmp_path).fit(X, resume=True)
     assert np.array_equal(again.cluster_centers_, km.cluster_centers_) and again.inertia_ == km.inertia_
 
@@ -107,6 +116,7 @@ def test_multi_job_fit_resumes_every_job(tmp_path):
 # -- the command line: the supervisor restarts a failed MPI job from its checkpoints ---------------
 import json  # noqa: E402
 import random  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -239,7 +249,7 @@ def test_cli_checkpoint_errors(data_file, tmp_path):
                      "--C", "0.5")
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
-    assert len(errors) == 1 and "belongs to job" in errors[0]
+    assert len(errors) == 1 and "holds no checkpoint of this job" in errors[0]
 
 
 def test_bench_recovery_reports_and_recovers(tmp_path):
@@ -265,7 +275,7 @@ def test_checkpoint_interval_in_groups_or_seconds_and_the_job_parameters(tmp_pat
                                                 "ckpt-000000000120.h5"]
     gd(120, checkpoint_every="3600s", checkpoint_dir=tmp_path / "seconds").fit(X, Y)
     assert checkpoints(tmp_path / "seconds") == ["ckpt-000000000120.h5"]  # only the last within an hour
-    ck = CheckpointStore(tmp_path / "groups" / "job-0").latest()
+    ck = CheckpointStore(job_dir(tmp_path / "groups")).latest()
     assert ck.params["estimator"] == "LogisticRegression" and ck.params["program"] == "Minimize"
     assert ck.params["params"]["solver"] == "gd" and ck.params["params"]["learning_rate"] == 0.5
     assert set(ck.model) == {"w", "x", "g", "p", "S", "Y", "state"} and ck.tuner == {"size": 10}
@@ -301,3 +311,81 @@ def test_cli_shrinks_after_repeated_failures_at_one_size(data_file, tmp_path):
     assert len(restarts) == 2
     assert "with 2 workers" in restarts[0] and "with 1 workers" in restarts[1], stderr
     assert load_model(model).n_iter_ == 300
+
+
+def test_cli_jobs_sharing_a_checkpoint_dir_restart_from_their_own_checkpoints(data_file, undisturbed, tmp_path):
+    ck = tmp_path / "shared"
+    other = train_cli(data_file, "--workers", "2", "--max-iter", "400", "--C", "0.5", "--checkpoint-dir", str(ck))
+    assert other.returncode == 0, other.stderr
+    (other_dir,) = ck.iterdir()
+    other_files = sorted(p.name for p in other_dir.glob("ckpt-*.h5"))
+    assert other_files[-1] == "ckpt-000000000400.h5"
+    # A second job in the same directory: its worker is killed early; the restart must come from its own
+    # checkpoint, not from the other job's newer one at iteration 400.
+    model = tmp_path / "m.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "drizzle_ml", "train", "--data", data_file, "--workers", "2",
+                             "--max-iter", "400", *TRAIN, "--checkpoint-dir", str(ck), "-o", str(model)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = kill_at_iteration(proc, 60, lambda: ranks(data_file)[2])
+    stderr = "".join(lines)
+    assert proc.returncode == 0, stderr
+    (restart,) = [ln for ln in lines if "the MPI job failed" in ln]
+    resumed_at = int(restart.split("from the checkpoint at iteration ")[1].split(";")[0].split()[0])
+    assert 60 <= resumed_at < 400, restart
+    assert np.array_equal(load_model(model).coef_, undisturbed[2, 400])
+    # Each job kept its own directory; the first job's checkpoints are untouched.
+    assert len(list(ck.iterdir())) == 2
+    assert sorted(p.name for p in other_dir.glob("ckpt-*.h5")) == other_files
+
+
+def test_cli_second_running_copy_of_a_job_is_refused_up_front(data_file, undisturbed, tmp_path):
+    ck, model = tmp_path / "ck", tmp_path / "m.h5"
+    first = subprocess.Popen([sys.executable, "-m", "drizzle_ml", "train", "--data", data_file, "--workers", "2",
+                              "--max-iter", "400", *TRAIN, "--checkpoint-dir", str(ck), "-o", str(model)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = None
+    try:
+        for line in first.stderr:  # the first progress line: its checkpoint directory is open (and locked)
+            if line.startswith("iter "):
+                driver = ranks(data_file)[0]
+                os.kill(driver, signal.SIGSTOP)  # hold it there while the copy starts
+                break
+        assert driver is not None
+        copy = train_cli(data_file, "--workers", "2", "--max-iter", "400", "--checkpoint-dir", str(ck))
+    finally:
+        if driver is not None:
+            os.kill(driver, signal.SIGCONT)
+    assert copy.returncode == 2
+    errors = [ln for ln in copy.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"drizzle-ml: error: checkpoint directory {re.escape(str(ck))}/job-0-\w+ is in use by another running "
+        rf"copy of this job \(pid {driver} on \S+\); give each running job its own checkpoint directory",
+        errors[0]), copy.stderr
+    first.stderr.read()
+    assert first.wait(timeout=120) == 0
+    assert np.array_equal(load_model(model).coef_, undisturbed[2, 400])
+
+
+def test_job_directory_lock_is_dropped_when_its_holder_is_killed(tmp_path):
+    from drizzle_ml.checkpoint import open_job_store
+    from drizzle_ml.errors import CheckpointInUseError
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from drizzle_ml.checkpoint import open_job_store\n"
+        f"store, _ = open_job_store({str(tmp_path)!r}, 0, 'job-abc', resume=False)\n"
+        "print('held', flush=True); time.sleep(300)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(CheckpointInUseError, match=rf"in use by another running copy of this job "
+                                                       rf"\(pid {holder.pid} on "):
+            open_job_store(tmp_path, 0, "job-abc", resume=False)
+        other, _ = open_job_store(tmp_path, 0, "job-def", resume=False)  # another job: its own directory
+        other.close()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    store, resumed = open_job_store(tmp_path, 0, "job-abc", resume=True)  # the kernel dropped the lock
+    assert resumed is None and store.directory == str(tmp_path / "job-0-abc")
+    store.close()
+    store, _ = open_job_store(tmp_path, 0, "job-abc", resume=False)  # close() released it
+    store.close()
