@@ -70,6 +70,8 @@ class TrainingReport:
     groups: int
     model_version: int
     converged: bool
+    # Why it did not converge, when the fit said (the L-BFGS/GD line search found no lower loss):
+    stopped_because: str | None
     final_loss: float | None
     wall_seconds: float
     time_split: dict[str, float]
@@ -79,7 +81,7 @@ class TrainingReport:
 
     @classmethod
     def build(cls, args: Any, estimator: Any, data: str, workers: int, startup: float, fit_wall: float,
-              converged: bool) -> "TrainingReport":
+              converged: bool, stopped_because: str | None = None) -> "TrainingReport":
         history = list(estimator.history_)
         # The parts add up to the wall time: each group's wall is its coordination
         # plus the slowest worker's compute plus the rest (tree reduce, broadcast,
@@ -99,6 +101,7 @@ class TrainingReport:
             algorithm=args.algorithm, data=data, workers=workers, group_size=args.group_size,
             scheduling=args.scheduling, iterations=int(estimator.n_iter_), groups=len(history),
             model_version=int(estimator.model_version_), converged=converged,
+            stopped_because=None if converged else stopped_because,
             final_loss=None if loss is None else float(loss), wall_seconds=startup + fit_wall,
             time_split=split, history=history,
         )
@@ -139,7 +142,8 @@ class TrainingReport:
         lines = [
             f"done: {self.iterations} iterations in {self.groups} groups, {self.wall_seconds:.3f} s "
             f"({it_s:,.0f} it/s), model version {self.model_version}"
-            + ("" if self.converged else " (did not converge: raise --max-iter or --tol)"),
+            + ("" if self.converged else f" (did not converge: {self.stopped_because})" if self.stopped_because
+               else " (did not converge: raise --max-iter or --tol)"),
         ]
         figures = ([f"loss {self.final_loss:.6g}"] if self.final_loss is not None else []) + [
             f"{k.replace('_', ' ')} {v:.4f}" for k, v in self.metrics.items()

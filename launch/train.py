@@ -267,8 +267,10 @@ def train(args: argparse.Namespace) -> int:
         if not issubclass(warning.category, ConvergenceWarning):
             print(f"drizzle-ml: warning: {warning.category.__name__}: {warning.message}", file=sys.stderr,
                   flush=True)
+    not_converged = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+    stopped = next((m.split("; ")[0].split(": ", 1)[-1] for m in not_converged if "line search" in m), None)
     report = TrainingReport.build(args, estimator, description, cluster.n_workers, t_start, fit_wall,
-                                  converged=not any(issubclass(w.category, ConvergenceWarning) for w in caught))
+                                  converged=not not_converged, stopped_because=stopped)
     report.add_score(estimator, X, y)
     from drizzle_ml.algorithms.persist import save_model
 

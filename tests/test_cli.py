@@ -54,6 +54,17 @@ def test_train_bundled_dataset_one_worker_quiet_and_gd():
     assert "iter " not in proc.stderr  # --quiet: no progress lines
 
 
+def test_a_fit_stopped_by_the_line_search_says_so_not_to_raise_max_iter(tmp_path):
+    X, y = make_classification(2000, 5, n_informative=3, class_sep=3.0, flip_y=0, random_state=0)  # separable
+    path = write_h5(tmp_path / "sep.h5", X, y)
+    proc = ok(drizzle("train", "--data", path, "--workers", "1", "--solver", "gd", "--tol", "0",
+                      "--max-iter", "5000", "--quiet"))
+    done = next(ln for ln in proc.stdout.splitlines() if ln.startswith("done: "))
+    assert done.endswith("(did not converge: the line search found no step that lowers the loss (the gradient "
+                         "is at the limit of floating-point precision))"), done
+    assert "done: 5000 iterations" not in done
+
+
 def test_train_progress_lines_and_bsp():
     proc = ok(drizzle("train", "--workers", "2", "--solver", "gd", "--max-iter", "20", "--scheduling", "bsp"))
     assert "with 2 workers" in proc.stdout and "scheduling bsp" in proc.stdout
