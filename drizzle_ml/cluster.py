@@ -148,6 +148,7 @@ class Cluster:
         self.timeout, self.fanout = float(timeout), int(fanout)
         self._closed = False
         self._broken: str | None = None
+        self._replaced_by: int | None = None  # get_cluster replaced this default cluster by one of that size
         self.doorbell = Doorbell()
         self._bells: list[tuple[str, int] | None] = []  # worker w's doorbell address, once known
         self._proc: subprocess.Popen | None = None
@@ -155,6 +156,9 @@ class Cluster:
         self._notices: deque[str] = deque(maxlen=100)  # Hydra's, held back unless a failure needs them
         self._pumps: list[threading.Thread] = []
         self._job_seq = 0
+        # One job at a time: threads that share a cluster take turns (a job's
+        # messages on the control channel are not tagged by thread).
+        self._turn = threading.RLock()
         self._loaded: OrderedDict[str, int] = OrderedDict()
         # Reports that arrived before anyone asked for them: with groups sent
         # ahead, a fast worker can finish group g+1 while group g is collected.
@@ -374,6 +378,11 @@ class Cluster:
     # -- messaging ---------------------------------------------------------------------
     def _require_open(self) -> None:
         if self._closed:
+            if self._replaced_by is not None:
+                raise ClusterClosedError(
+                    f"the default cluster of {self.n_workers} workers was closed: a fit asked for "
+                    f"n_workers={self._replaced_by} (in another thread?) and replaced it. Threads that fit "
+                    "at once must use the same n_workers (their jobs then take turns)")
             raise ClusterClosedError(
                 "the cluster is closed" + (f" after a failure: {self._broken}" if self._broken else "")
             )
@@ -524,8 +533,19 @@ class Cluster:
         return key
 
     # -- jobs ---------------------------------------------------------------------------
+    def one_job_at_a_time(self) -> threading.RLock:
+        """The lock a job holds from loading its data to its end: other threads' jobs wait their turn."""
+        return self._turn
+
     def run(self, program: Any, model: dict, dataset: Any, *, allow_empty: bool = False, **kwargs: Any):
-        """Run ``program`` on ``dataset`` from ``model``; see :func:`drizzle_ml.scheduler.run_job`."""
+        """Run ``program`` on ``dataset`` from ``model``; see :func:`drizzle_ml.scheduler.run_job`.
+
+        Thread-safe: jobs of several threads run one after the other.
+        """
+        with self._turn:
+            return self._run(program, model, dataset, allow_empty, **kwargs)
+
+    def _run(self, program: Any, model: dict, dataset: Any, allow_empty: bool, **kwargs: Any):
         from .data import ContentChanged
         from .scheduler import run_job
 
@@ -549,7 +569,14 @@ class Cluster:
         return self._closed
 
     def close(self) -> None:
-        """Shut the workers down and wait for them (bounded); idempotent."""
+        """Shut the workers down and wait for them (bounded); idempotent.
+
+        A job running in another thread is waited for first.
+        """
+        with self._turn:
+            self._close()
+
+    def _close(self) -> None:
         if self._closed:
             return
         try:
@@ -654,6 +681,7 @@ def _abort_world() -> None:
 
 
 _default: Cluster | None = None
+_default_lock = threading.Lock()  # threads asking for the default cluster at once get one cluster
 
 
 def get_cluster(n_workers: int | None = None) -> Cluster:
@@ -673,19 +701,29 @@ def get_cluster(n_workers: int | None = None) -> Cluster:
         if _world_cluster is not None:
             raise ClusterClosedError("the mpiexec world's cluster is closed")
         return Cluster(n_workers)
-    if _default is not None and not _default.closed:
-        if n_workers is None or n_workers == _default.n_workers:
-            return _default
-        _default.close()
-    _default = Cluster(n_workers)
-    return _default
+    with _default_lock:
+        if _default is not None and not _default.closed:
+            if n_workers is None or n_workers == _default.n_workers:
+                return _default
+            _default.close()  # after the job another thread may be running on it
+            _default._replaced_by = n_workers
+        _default = Cluster(n_workers)
+        return _default
 
 
 @atexit.register
 def _close_all() -> None:
     for cluster in list(_open_clusters):
         try:
-            cluster.close()
+            # A job still running in a (daemon) thread gets a moment to end; then the workers go anyway.
+            turn = cluster.one_job_at_a_time()
+            if turn.acquire(timeout=min(cluster.timeout, 30.0)):
+                try:
+                    cluster.close()
+                finally:
+                    turn.release()
+            else:
+                cluster._teardown()
         except Exception:
             pass
     # The driver of an mpiexec world must release its workers even if it never

@@ -142,30 +142,31 @@ def run_job(
         newest = None
     if newest is None or newest < version:
         store.commit(version, model, start_iteration)
-    job = cluster.new_job()
-    adapt = Adaptivity(cluster, job, sizer, rebalance, straggler_factor, straggler_groups)
-    model = {k: np.asarray(v) for k, v in model.items()}
-    t_job = time.perf_counter()
-    cluster.broadcast(P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version,
-                                 cluster.fanout, scheduling, cluster.timeout, stream, publish,
-                                 replicate=cluster.replicated_updates, reduction=cluster.reduction))
-    publications = Publications(cluster.ctrl, job, model, store) if publish else None
-    try:
-        if scheduling == "bsp":
-            result = _run_bsp(cluster, job, program, model, version, start_iteration, max_iter, store,
-                              on_group, durable)
-        else:
-            result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store,
-                                 on_group, pipeline, sizer, durable, adapt, publications, stop, confirm)
-            cluster.end_job(job)
-        durable.finish()
-    except BaseException as exc:
-        # Driver-side failures (update in BSP mode, a callback, Ctrl-C): stop the job everywhere.
-        cluster.abort_job(job, f"{type(exc).__name__}: {exc}")
-        durable.finish(raise_errors=False)
-        raise
-    result.wall = time.perf_counter() - t_job
-    return result
+    with cluster.one_job_at_a_time():  # threads sharing a cluster take turns, job by job
+        job = cluster.new_job()
+        adapt = Adaptivity(cluster, job, sizer, rebalance, straggler_factor, straggler_groups)
+        model = {k: np.asarray(v) for k, v in model.items()}
+        t_job = time.perf_counter()
+        cluster.broadcast(P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version,
+                                     cluster.fanout, scheduling, cluster.timeout, stream, publish,
+                                     replicate=cluster.replicated_updates, reduction=cluster.reduction))
+        publications = Publications(cluster.ctrl, job, model, store) if publish else None
+        try:
+            if scheduling == "bsp":
+                result = _run_bsp(cluster, job, program, model, version, start_iteration, max_iter, store,
+                                  on_group, durable)
+            else:
+                result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store,
+                                     on_group, pipeline, sizer, durable, adapt, publications, stop, confirm)
+                cluster.end_job(job)
+            durable.finish()
+        except BaseException as exc:
+            # Driver-side failures (update in BSP mode, a callback, Ctrl-C): stop the job everywhere.
+            cluster.abort_job(job, f"{type(exc).__name__}: {exc}")
+            durable.finish(raise_errors=False)
+            raise
+        result.wall = time.perf_counter() - t_job
+        return result
 
 
 def _confirm_data(confirm: Callable[[], bool] | None) -> None:
