@@ -34,6 +34,7 @@ from mpi4py import MPI
 from . import protocol as P
 from .doorbell import Doorbell, bell_address
 from .errors import ClusterClosedError, WorkerError, WorkerFailedError, WorkerTimeoutError
+from .hydra import OutputFilter, show_notices
 from .waiting import WaitPolicy, WaitTimeout, poll
 
 _open_clusters: "weakref.WeakSet[Cluster]" = weakref.WeakSet()
@@ -41,21 +42,6 @@ _world_cluster: "Cluster | None" = None
 
 #: Partitions kept per worker before the least recently used one is dropped.
 CACHE_DATASETS = 4
-
-
-_HYDRA_BANNER = ("=" * 20, "=   BAD TERMINATION", "=   PID ", "=   EXIT CODE", "=   CLEANING UP",
-                 "=   YOU CAN IGNORE", "YOUR APPLICATION TERMINATED",
-                 "This typically refers to a problem with your application",
-                 "Please see the FAQ page for debugging suggestions", "[mpiexec@", "[proxy:")
-
-
-def is_hydra_notice(line: str) -> bool:
-    """Whether a line of a worker job's output is MPICH Hydra's, not a worker's.
-
-    Hydra prefixes its messages with ``[mpiexec@host]`` or ``[proxy:...]``
-    and frames a dead process's report in a banner of ``=`` lines.
-    """
-    return line.strip().startswith(_HYDRA_BANNER)
 
 
 def die_with_parent() -> None:
@@ -227,8 +213,9 @@ class Cluster:
         # codes, the banner naming a dead process) are held back: kept for
         # diagnosis and shown on stderr only when the job failed.
         self._pumps = [
-            threading.Thread(target=self._pump, args=(self._proc.stdout, "stdout"), daemon=True),
-            threading.Thread(target=self._pump, args=(self._proc.stderr, "stderr"), daemon=True),
+            threading.Thread(target=OutputFilter(name, self._notices, self._output_tail).pump,
+                             args=(pipe,), daemon=True)
+            for name, pipe in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr))
         ]
         for pump in self._pumps:
             pump.start()
@@ -255,38 +242,10 @@ class Cluster:
         self._intercomm = accepted[0]
         return self._intercomm.Merge(high=False)
 
-    def _pump(self, stream: Any, name: str) -> None:
-        blanks: list[str] = []  # Hydra frames its notices with blank lines: held until the next line tells
-        for raw in iter(stream.readline, b""):
-            line = raw.decode(errors="replace")
-            self._output_tail.append(line)
-            if "UCX  WARN" in line and "mpool" in line:
-                continue  # teardown noise from the transport
-            if not line.strip():
-                blanks.append(line)
-                continue
-            if is_hydra_notice(line):
-                self._notices.append(line)  # the blank lines framing it go
-                blanks = []
-                continue
-            try:
-                target = getattr(sys, name)
-                target.write("".join(blanks) + line)
-                target.flush()
-            except (ValueError, OSError, AttributeError):
-                pass
-            blanks = []
-
     def _show_notices(self) -> None:
         """After a failure: Hydra's notices about the worker job, on stderr, once."""
         self._join_pumps()
-        notices = "".join(self._notices)
-        self._notices.clear()
-        try:
-            sys.stderr.write(notices)
-            sys.stderr.flush()
-        except (ValueError, OSError, AttributeError):
-            pass
+        show_notices(self._notices)
 
     def _join_pumps(self) -> None:
         for pump in self._pumps:

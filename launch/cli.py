@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections import deque
 
 from .hosts import add_host_arguments, host_mpiexec_args, reject_under_user_mpiexec
 from .predict import add_predict_arguments, info, predict
@@ -79,6 +80,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
 
     from drizzle_ml.checkpoint import NOTE_ENV, noted_directories
     from drizzle_ml.cluster import find_mpiexec
+    from drizzle_ml.hydra import show_notices
 
     from .supervisor import run_supervised
 
@@ -119,13 +121,19 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
                    **{NOTE_ENV: checkpoint_note})
         # A stream stops gracefully on the first signal: SIGUSR1 goes through
         # mpiexec to every rank; workers ignore it, the driver ends the stream.
+        notices: deque[str] = deque(maxlen=100)  # Hydra's: shown only when the job failed
         code = run_supervised(cmd, env=env, on_stderr_line=watch if args.checkpoint_dir else None,
-                              graceful=signal.SIGUSR1 if args.command == "stream" else None)
+                              graceful=signal.SIGUSR1 if args.command == "stream" else None, notices=notices)
         if code == 0 and not _take_done(done_file):
             raise CLIError(f"{mpiexec} exited 0, but the job never ran (its driver did not report an end): "
                            "is it an MPI launcher? (DRIZZLE_MPIEXEC, the mpich wheel's mpiexec)")
         # Done, a usage error, or stopped by a signal we forwarded: nothing to recover.
-        if code in (0, 2) or code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or args.checkpoint_dir is None:
+        if code in (0, 2) or code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            return code
+        show_notices(notices)
+        if args.checkpoint_dir is None:
+            print(f"drizzle-ml: error: the MPI job failed (exit code {code}); with --checkpoint-dir it would "
+                  "be restarted from its newest checkpoint", file=sys.stderr)
             return code
         if restarts >= args.max_restarts:
             print(f"drizzle-ml: the MPI job failed (exit code {code}); no restarts left "

@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
+from collections import deque
 from typing import Callable, Sequence
 
 from drizzle_ml.cluster import die_with_parent
+from drizzle_ml.hydra import OutputFilter
 
 
 def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace: float = 10.0,
                    on_stderr_line: Callable[[str], None] | None = None, graceful: int | None = None,
-                   graceful_wait: float = 120.0) -> int:
+                   graceful_wait: float = 120.0, notices: deque[str] | None = None) -> int:
     """Run ``cmd`` in its own process group; return its exit code.
 
     SIGINT/SIGTERM to this process are forwarded to the whole group (mpiexec
@@ -23,26 +24,18 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
     ``graceful``, the first such signal is sent as ``graceful`` to mpiexec
     alone (which passes it to the ranks) and the job may finish in its own
     time (at most ``graceful_wait`` seconds, then it is stopped as if signalled
-    again); a second one is forwarded as usual. With ``on_stderr_line``, the
-    job's stderr passes through this process and each line is shown to the
-    callback too.
+    again); a second one is forwarded as usual. The job's output passes
+    through this process; MPICH Hydra's notices (a dead rank's banner, exit
+    codes) are held back in ``notices`` for the caller to show after a
+    failure. ``on_stderr_line`` sees each line of the job's stderr.
     """
-    proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
-                            stderr=subprocess.PIPE if on_stderr_line else None,
-                            preexec_fn=die_with_parent)
-    pump = None
-    if on_stderr_line is not None:
-        def forward_stderr() -> None:
-            for raw in iter(proc.stderr.readline, b""):
-                text = raw.decode(errors="replace")
-                try:
-                    sys.stderr.write(text)
-                    sys.stderr.flush()
-                    on_stderr_line(text)
-                except Exception:  # keep draining: a full pipe would block the job's own writes
-                    pass
-
-        pump = threading.Thread(target=forward_stderr, daemon=True)
+    notices = deque(maxlen=100) if notices is None else notices
+    proc = subprocess.Popen(list(cmd), env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+    pumps = [threading.Thread(target=OutputFilter("stdout", notices).pump, args=(proc.stdout,), daemon=True),
+             threading.Thread(target=OutputFilter("stderr", notices, on_line=on_stderr_line).pump,
+                              args=(proc.stderr,), daemon=True)]
+    for pump in pumps:
         pump.start()
     received: list[int] = []
     asked: list[int] = []  # a graceful stop was asked for
@@ -88,10 +81,10 @@ def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace:
             except ProcessLookupError:
                 pass
             proc.wait()
-        if pump is not None:
+        for pump, pipe in zip(pumps, (proc.stdout, proc.stderr)):
             pump.join(timeout=5.0)
             if not pump.is_alive():
-                proc.stderr.close()
+                pipe.close()
     if received:
         return 128 + received[0]
     return code

@@ -27,6 +27,31 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def rank_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+    except OSError:
+        return None
+    return int(env[b"PMI_RANK"]) if b"PMI_RANK" in env else None
+
+
+def ranks(marker: str) -> dict[int, int]:
+    """rank -> pid of the MPI processes whose command line contains ``marker``."""
+    out = {}
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and "drizzle_ml" in cmdline:
+            rank = rank_of(pid)
+            if rank is not None:
+                out[rank] = pid
+    return out
+
+
 def wait_cluster_gone(cluster, timeout: float = 10.0) -> list[int]:
     """Wait until a launched cluster's mpiexec and workers are gone; return survivors."""
     import time

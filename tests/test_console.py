@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-from drizzle_ml.cluster import is_hydra_notice
+from drizzle_ml.hydra import is_hydra_notice
 
 
 def _run(tmp_path, code: str) -> subprocess.CompletedProcess:
@@ -86,3 +86,76 @@ def test_a_killed_driver_takes_its_launched_workers_down(tmp_path):
     while worker_processes(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert worker_processes(marker) == []
+
+
+def test_the_cli_keeps_hydra_off_stdout_and_shows_it_on_stderr_after_a_failure(tmp_path):
+    import os
+    import signal
+
+    import h5py
+    from sklearn.datasets import make_classification
+
+    from .conftest import ranks
+
+    X, y = make_classification(20_000, 20, random_state=1)
+    data = str(tmp_path / "killme.h5")
+    with h5py.File(data, "w") as f:
+        f["X"], f["y"] = X, y
+    command = [sys.executable, "-m", "drizzle_ml", "train", "--data", data, "--workers", "2", "--solver", "gd",
+               "--learning-rate", "0.1", "--tol", "0", "--group-size", "20"]
+    clean = subprocess.run([*command, "--max-iter", "40"], capture_output=True, text=True, timeout=180)
+    assert clean.returncode == 0, clean.stderr
+    assert not any(is_hydra_notice(ln) for ln in (clean.stdout + clean.stderr).splitlines())
+    assert clean.stdout.splitlines()[1].startswith("drizzle-ml: placement:")
+
+    proc = subprocess.Popen([*command, "--max-iter", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for line in proc.stderr:
+            if line.startswith("iter "):
+                os.kill(ranks(data)[2], signal.SIGKILL)
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 9
+    assert not any(is_hydra_notice(ln) for ln in out.splitlines()), out
+    notices = [ln for ln in err.splitlines() if is_hydra_notice(ln)]
+    assert any("EXIT CODE: 9" in ln for ln in notices), err
+    assert err.splitlines()[-1] == ("drizzle-ml: error: the MPI job failed (exit code 9); with --checkpoint-dir it "
+                                    "would be restarted from its newest checkpoint")
+
+
+def test_a_progress_bar_passes_through_at_once_and_hydra_lines_are_held(monkeypatch):
+    import io
+    import threading
+    from collections import deque
+
+    from drizzle_ml.hydra import OutputFilter, show_notices
+
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        w = sys.stderr.buffer
+        w.write(b"loss 1\\n\\r[#   ] iter 10"); w.flush()
+        sys.stdin.readline()  # the parent has seen the bar before anything more is written
+        w.write(b"\\r[### ] iter 30\\n\\n[mpiexec@vm] Exit codes: [vm] 0,0\\n\\ndone\\n"); w.flush()
+    """)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    shown, notices = io.StringIO(), deque()
+    monkeypatch.setattr(sys, "stderr", shown)
+    seen = []
+    pump = threading.Thread(target=OutputFilter("stderr", notices, on_line=seen.append).pump, args=(child.stderr,))
+    pump.start()
+    for _ in range(600):  # bounded: the bar arrives without a newline after it
+        if "iter 10" in shown.getvalue():
+            break
+        pump.join(timeout=0.05)
+    assert shown.getvalue() == "loss 1\n\r[#   ] iter 10"
+    child.stdin.write(b"go\n")
+    child.stdin.flush()
+    pump.join(timeout=60)
+    assert child.wait(timeout=60) == 0
+    assert shown.getvalue() == "loss 1\n\r[#   ] iter 10\r[### ] iter 30\n\ndone\n"
+    assert list(notices) == ["[mpiexec@vm] Exit codes: [vm] 0,0\n"]
+    show_notices(notices)
+    assert shown.getvalue().endswith("done\n[mpiexec@vm] Exit codes: [vm] 0,0\n") and not notices

@@ -124,6 +124,8 @@ import h5py  # noqa: E402
 
 from drizzle_ml.algorithms.persist import load_model  # noqa: E402
 
+from .conftest import ranks  # noqa: E402
+
 TRAIN = ["--solver", "gd", "--learning-rate", "0.1", "--tol", "0", "--group-size", "20"]
 
 
@@ -151,31 +153,6 @@ def undisturbed(data_file, tmp_path_factory):
         assert proc.returncode == 0, proc.stderr
         models[workers, iters] = load_model(path).coef_
     return models
-
-
-def rank_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
-    except OSError:
-        return None
-    return int(env[b"PMI_RANK"]) if b"PMI_RANK" in env else None
-
-
-def ranks(marker: str) -> dict[int, int]:
-    """rank -> pid of the MPI processes whose command line contains ``marker``."""
-    out = {}
-    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline and "drizzle_ml" in cmdline:
-            rank = rank_of(pid)
-            if rank is not None:
-                out[rank] = pid
-    return out
 
 
 def kill_at_iteration(proc: subprocess.Popen, at: int, victim) -> list[str]:
