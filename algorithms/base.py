@@ -7,12 +7,14 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
+from numbers import Integral
 from typing import Any, Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import assert_all_finite
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from drizzle_ml.checkpoint import CheckpointStore, closing_store, job_key_for, open_job_store
 from drizzle_ml.cluster import get_cluster
@@ -22,7 +24,7 @@ from drizzle_ml.metrics import JobResult
 from drizzle_ml.scheduler import SCHEDULING, parse_checkpoint_every
 from drizzle_ml.store import ModelStore, freeze
 from drizzle_ml.adaptivity import STRAGGLER_KEYS, check_straggler_options
-from drizzle_ml.tuner import SIZER_KEYS, GroupSizer, check_group_size, tuner_options
+from drizzle_ml.tuner import SIZER_KEYS, GroupSizer, tuner_options
 
 # How many times one fit replaces dead workers before it gives up.
 MAX_RECOVERIES = 3
@@ -85,18 +87,24 @@ class DrizzleEstimator(BaseEstimator):
     the final model) and ``history_`` (one dict of metrics per group).
     """
 
+    # Declared once here; each estimator adds its own (scikit-learn's parameter validation).
+    _parameter_constraints: dict = {
+        "n_workers": [None, Interval(Integral, 1, None, closed="left")],
+        "group_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "scheduling": [StrOptions(set(SCHEDULING))],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "checkpoint_dir": [None, str, os.PathLike],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), str],
+        "tuner": [None, dict],
+        "rebalance": ["boolean"],
+    }
+
     def _check_engine_params(self) -> None:
-        check_group_size(self.group_size)
-        self._adaptivity()
-        if not isinstance(getattr(self, "rebalance", False), (bool, np.bool_)):
-            raise ValueError(f"rebalance must be True or False, got {self.rebalance!r}")
-        parse_checkpoint_every(getattr(self, "checkpoint_every", 1))
-        if self.scheduling not in SCHEDULING:
-            raise ValueError(f"scheduling must be one of {SCHEDULING}, got {self.scheduling!r}")
-        if self.n_workers is not None and (
-            isinstance(self.n_workers, bool) or not isinstance(self.n_workers, (int, np.integer)) or self.n_workers < 1
-        ):
-            raise ValueError(f"n_workers must be None or a positive integer, got {self.n_workers!r}")
+        """Every parameter against its declared constraints; then what a type cannot say."""
+        self._validate_params()
+        self._adaptivity()  # the tuner's keys and bounds
+        parse_checkpoint_every(self.checkpoint_every)  # "30s"
 
     def _require_y(self, y: Any) -> None:
         if y is None:
@@ -232,7 +240,7 @@ class DrizzleEstimator(BaseEstimator):
         options = tuner_options(getattr(self, "tuner", None), SIZER_KEYS + STRAGGLER_KEYS)
         stragglers = {k: options.pop(k) for k in STRAGGLER_KEYS if k in options}
         check_straggler_options(stragglers.get("straggler_factor", 1.5), stragglers.get("straggler_groups", 3))
-        sizer = GroupSizer(self.group_size, **options)
+        sizer = GroupSizer("auto" if self.group_size == "auto" else int(self.group_size), **options)
         return sizer, {"rebalance": bool(getattr(self, "rebalance", False)), **stragglers}
 
     def _record(self, result, start: int, max_iter: int, warn_not_converged: bool):
@@ -282,13 +290,6 @@ class DrizzleEstimator(BaseEstimator):
             f"{rate:,.0f} it/s coordination {coordination:4.1f}%{g.notes()}",
             file=sys.stderr,
         )
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an int if it is an integer >= ``minimum``, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 # Ids (content fingerprints) of datasets whose X was checked free of NaN and infinity.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -14,12 +15,13 @@ import scipy.sparse as sp
 from sklearn.base import ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
 from ._random import seed_from
-from .base import DrizzleEstimator, check_positive_int, check_sample_weight, fit_dataset, resumable
+from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
 from .kmeans_programs import _CHUNK, KMeansPlusPlusInit, Lloyd, RandomInit, _assign, _row_norms_sq, _sq_dists
 from .moments import FeatureMoments
 from .online import StreamingKMeans
@@ -83,6 +85,17 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
     scikit-learn does (see :class:`Lloyd`).
     """
 
+    _parameter_constraints: dict = {
+        **DrizzleEstimator._parameter_constraints,
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "init": [StrOptions({"k-means++", "random"}), "array-like"],
+        "n_init": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "decay": [Interval(Real, 0, 1, closed="right")],
+        "half_life": [None, Interval(Real, 0, None, closed="neither")],  # in micro-batches
+    }
+
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4, decay=1.0,
                  half_life=None, n_workers=None, group_size="auto", scheduling="group", random_state=None,
                  verbose=0, checkpoint_dir=None, checkpoint_every=1, tuner=None, rebalance=False):
@@ -113,19 +126,12 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
     def _check_params(self, n_samples: int, n_features: int) -> tuple[int, np.ndarray | None]:
         """Validate the parameters against the data's shape; return (n_init, initial centers or None)."""
         self._check_engine_params()
-        k = check_positive_int("n_clusters", self.n_clusters)
-        check_positive_int("max_iter", self.max_iter)
-        tol = self.tol
-        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.number)) or not tol >= 0:
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        k = int(self.n_clusters)
         if n_samples < k:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
         init = self.init
         centers = None
-        if isinstance(init, str):
-            if init not in ("k-means++", "random"):
-                raise ValueError(f"init must be 'k-means++', 'random' or an array, got {init!r}")
-        elif hasattr(init, "__array__") or isinstance(init, (list, tuple)):
+        if not isinstance(init, str):  # an array (the declared constraints hold)
             centers = check_array(init, dtype=[np.float64, np.float32], input_name="init")
             if centers.shape != (k, n_features):
                 raise ValueError(
@@ -133,12 +139,10 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
                     f"got {centers.shape}"
                 )
             centers = np.array(centers, dtype=np.float64)
-        else:
-            raise ValueError(f"init must be 'k-means++', 'random' or an array, got {type(init).__name__}")
         if self.n_init == "auto":
             n_init = 10 if centers is None and init == "random" else 1
         else:
-            n_init = check_positive_int("n_init", self.n_init)
+            n_init = int(self.n_init)
             if centers is not None and n_init != 1:
                 warnings.warn(
                     f"Explicit initial center position passed: performing only one init in "
@@ -209,7 +213,8 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         centers are then continued. ``inertia_`` is the batch's inertia under
         the moved centers. See ``decay`` and ``half_life``.
         """
-        k = check_positive_int("n_clusters", self.n_clusters)
+        self._check_engine_params()
+        k = int(self.n_clusters)
         first = getattr(self, "_online_model_", None) is None and not hasattr(self, "cluster_centers_")
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], order="C", reset=first)
         if first and X.shape[0] < k:
@@ -230,7 +235,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         it was fitted on.
         """
         self._check_engine_params()
-        k = check_positive_int("n_clusters", self.n_clusters)
+        k = int(self.n_clusters)
         model = getattr(self, "_online_model_", None)
         if model is None:
             centers = getattr(self, "cluster_centers_", None)
@@ -248,14 +253,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
 
     def _decay_factor(self) -> float:
         if self.half_life is not None:
-            if isinstance(self.half_life, bool) or not isinstance(self.half_life, (int, float, np.number)) \
-                    or not self.half_life > 0:
-                raise ValueError(f"half_life must be None or a positive number of micro-batches, "
-                                 f"got {self.half_life!r}")
             return 0.5 ** (1.0 / float(self.half_life))
-        if isinstance(self.decay, bool) or not isinstance(self.decay, (int, float, np.number)) \
-                or not 0 < self.decay <= 1:
-            raise ValueError(f"decay must be in (0, 1], got {self.decay!r}")
         return float(self.decay)
 
     def _dataset_tolerance(self, dataset: HDF5Dataset) -> float:

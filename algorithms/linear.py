@@ -10,15 +10,17 @@ exact solve's program is in :mod:`~drizzle_ml.algorithms.normal_equations`.
 from __future__ import annotations
 
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
-from .base import DrizzleEstimator, check_positive_int, check_sample_weight, fit_dataset, resumable
+from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
 from .losses import LinearLoss
 from .normal_equations import NormalEquations
 from .online import OnlineLinear
@@ -30,17 +32,19 @@ EXACT_MAX_COLUMNS = 2000
 class LinearModelBase(DrizzleEstimator):
     """Fitting shared by the linear models: validation, solver choice, coefficients back."""
 
-    def _check_solver_params(self, solvers: tuple[str, ...]) -> None:
+    _parameter_constraints: dict = {
+        **DrizzleEstimator._parameter_constraints,
+        "fit_intercept": ["boolean"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [None, Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [None, Interval(Real, 0, None, closed="neither")],
+        "eta0": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def _check_solver_params(self) -> None:
         self._check_engine_params()
-        if self.solver not in solvers:
-            raise ValueError(f"solver must be one of {solvers}, got {self.solver!r}")
-        if self.max_iter is not None:
-            check_positive_int("max_iter", self.max_iter)
-        if not (isinstance(self.tol, (int, float, np.number)) and self.tol >= 0):
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
         lr = getattr(self, "learning_rate", None)
-        if lr is not None and not (isinstance(lr, (int, float, np.number)) and np.isfinite(lr) and lr > 0):
-            raise ValueError(f"learning_rate must be None (line search) or a positive number, got {lr!r}")
         if lr is not None and self.solver != "gd":
             raise ValueError(f"learning_rate is a step of solver='gd'; solver={self.solver!r} chooses its own steps")
 
@@ -65,14 +69,6 @@ class LinearModelBase(DrizzleEstimator):
         coef, intercept = loss.split(np.array(result.model["x"]))
         return coef.copy(), (np.zeros(n_outputs) if intercept is None else intercept.copy())
 
-    def _check_online_params(self) -> None:
-        self._check_engine_params()
-        for name, value, ok in (("eta0", self.eta0, "> 0"), ("power_t", self.power_t, ">= 0")):
-            if not (isinstance(value, (int, float, np.number)) and np.isfinite(value)
-                    and (value > 0 if ok == "> 0" else value >= 0)):
-                raise ValueError(f"{name} must be a finite number {ok}, got {value!r}")
-        if hasattr(self, "C") and not (isinstance(self.C, (int, float, np.number)) and self.C > 0):
-            raise ValueError(f"C must be a positive number (np.inf for no penalty), got {self.C!r}")
 
     def _online_model_start(self, n_features: int, n_outputs: int) -> dict[str, np.ndarray]:
         """The online model to step from: the last partial_fit's, else fit's coefficients, else zeros."""
@@ -91,6 +87,10 @@ class LinearModelBase(DrizzleEstimator):
 
 
 class _LeastSquares(RegressorMixin, LinearModelBase):
+    _parameter_constraints: dict = {
+        **LinearModelBase._parameter_constraints,
+        "solver": [StrOptions({"auto", "exact", *SOLVERS})],
+    }
     _alpha = 0.0
 
     @resumable
@@ -100,7 +100,7 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
         X may also be an :class:`~drizzle_ml.HDF5Dataset` (y=None: the targets
         are its ``y_key``); each worker then reads its own rows.
         """
-        self._check_solver_params(("auto", "exact") + SOLVERS)
+        self._check_solver_params()
         alpha = self._alpha
         if isinstance(X, HDF5Dataset):  # rows stay on disk; each worker reads its own
             dataset = self._check_hdf5(X, y, sample_weight, needs_targets=True)
@@ -143,7 +143,7 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
         A model fitted by :meth:`fit` is continued from its coefficients. Each
         call makes one new model version; see ``eta0`` and ``power_t``.
         """
-        self._check_online_params()
+        self._check_engine_params()
         first = getattr(self, "_online_model_", None) is None and not hasattr(self, "coef_")
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
                              y_numeric=True, reset=first)
@@ -160,7 +160,7 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
 
     def _online_setup(self, n_features: int, classes=None):
         """The online program (an SGD step per micro-batch) and the model it steps from."""
-        self._check_online_params()
+        self._check_engine_params()
         program = OnlineLinear("squared", penalty=self._alpha, fit_intercept=self.fit_intercept,
                                eta0=self.eta0, power_t=self.power_t)
         return program, self._online_model_start(n_features, 1)
@@ -259,6 +259,11 @@ class Ridge(_LeastSquares):
 {_ATTRIBUTES_DOC}
     """
 
+    _parameter_constraints: dict = {
+        **_LeastSquares._parameter_constraints,
+        "alpha": [Interval(Real, 0, None, closed="left")],
+    }
+
     def __init__(self, alpha=1.0, *, fit_intercept=True, solver="auto", tol=1e-4, max_iter=None,
                  learning_rate=None, eta0=1.0, power_t=0.25, n_workers=None, group_size="auto",
                  scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1,
@@ -283,6 +288,4 @@ class Ridge(_LeastSquares):
 
     @property
     def _alpha(self) -> float:
-        if not (isinstance(self.alpha, (int, float, np.number)) and np.isfinite(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"alpha must be a non-negative number, got {self.alpha!r}")
         return float(self.alpha)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 from scipy.special import expit, softmax
 from sklearn.base import ClassifierMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
-from .base import check_positive_int, check_sample_weight, fit_dataset, resumable
+from .base import check_sample_weight, fit_dataset, resumable
 from .linear import LinearModelBase
 from .online import OnlineLinear
 from .optim import SOLVERS
@@ -60,6 +63,13 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
     n_iter_, model_version_, history_
     """
 
+    _parameter_constraints: dict = {
+        **LinearModelBase._parameter_constraints,
+        "solver": [StrOptions(set(SOLVERS))],
+        "C": [Interval(Real, 0, None, closed="right")],  # np.inf: no penalty
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+    }
+
     def __init__(self, solver="lbfgs", *, C=1.0, tol=1e-4, max_iter=100, fit_intercept=True,
                  learning_rate=None, eta0=1.0, power_t=0.25, n_workers=None, group_size="auto",
                  scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1,
@@ -89,10 +99,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         X may also be an :class:`~drizzle_ml.HDF5Dataset` (y=None: the labels
         are its ``y_key``); each worker then reads and encodes its own rows.
         """
-        self._check_solver_params(SOLVERS)
-        if not (isinstance(self.C, (int, float, np.number)) and self.C > 0):
-            raise ValueError(f"C must be a positive number (np.inf for no penalty), got {self.C!r}")
-        check_positive_int("max_iter", self.max_iter)
+        self._check_solver_params()
         alpha = 0.0 if np.isinf(self.C) else 1.0 / float(self.C)
         if isinstance(X, HDF5Dataset):  # rows stay on disk; workers read and encode their own labels
             dataset = self._check_hdf5(X, y, sample_weight, needs_targets=True)
@@ -128,7 +135,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         first call, as in scikit-learn. A model fitted by :meth:`fit` is
         continued from its coefficients. Each call makes one new model version.
         """
-        self._check_online_params()
+        self._check_engine_params()
         first = getattr(self, "_online_model_", None) is None and not hasattr(self, "coef_")
         if first or classes is not None:
             if classes is None:
@@ -161,7 +168,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         With ``classes`` (a stream) the workers encode raw labels; without,
         the targets come encoded (partial_fit) by ``classes_``.
         """
-        self._check_online_params()
+        self._check_engine_params()
         if classes is not None:
             self.classes_ = self._check_classes(np.unique(np.asarray(classes, dtype=np.float64)))
         binary = len(self.classes_) == 2

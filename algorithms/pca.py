@@ -5,16 +5,17 @@ The programs it runs are in :mod:`~drizzle_ml.algorithms.pca_programs`.
 
 from __future__ import annotations
 
-import numbers
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from drizzle_ml.data import ArrayDataset, HDF5Dataset
 
-from .base import DrizzleEstimator, check_positive_int, check_sample_weight, fit_dataset, resumable
+from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
 from .online import OnlineMoments
 from .pca_programs import SVD_SOLVERS, CovariancePCA, SubspacePCA
 
@@ -95,20 +96,19 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         self.tuner = tuner
         self.rebalance = rebalance
 
+    _parameter_constraints: dict = {
+        **DrizzleEstimator._parameter_constraints,
+        # Fractions of the variance and "mle" are not supported.
+        "n_components": [None, Interval(Integral, 1, None, closed="left")],
+        "svd_solver": [StrOptions(set(SVD_SOLVERS))],
+        "whiten": ["boolean"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "n_oversamples": [Interval(Integral, 0, None, closed="left")],
+    }
+
     def _check_params(self) -> None:
         self._check_engine_params()
-        if self.svd_solver not in SVD_SOLVERS:
-            raise ValueError(f"svd_solver must be one of {SVD_SOLVERS}, got {self.svd_solver!r}")
-        k = self.n_components
-        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral)):
-            raise ValueError(
-                f"n_components must be None or an integer, got {k!r} (fractions of the variance "
-                "and 'mle' are not supported)"
-            )
-        check_positive_int("max_iter", self.max_iter)
-        check_positive_int("n_oversamples", self.n_oversamples, minimum=0)
-        if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
 
     def _resolve_n_components(self, n_samples: int, n_features: int) -> int:
         limit = min(n_samples, n_features)

@@ -22,7 +22,6 @@ from drizzle_ml.scheduler import run_job
 from drizzle_ml.sources import (Batching, RecordFormat, Source, StreamSpec, peek_n_features)
 from drizzle_ml.store import ModelStore
 from drizzle_ml.streaming import latency_percentiles
-from drizzle_ml.tuner import GroupSizer
 
 # Stream jobs run until the source ends; this only keeps the iteration count finite.
 UNBOUNDED = 1 << 40
@@ -86,7 +85,7 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     version = start = int(getattr(estimator, "model_version_", 0))
     n_partitions, offsets = cluster.n_workers, {}
     checkpoints = params = None
-    sizer = GroupSizer(estimator.group_size)
+    sizer, _ = estimator._adaptivity()  # the estimator's group size and tuner options
     if checkpoint_dir is not None:
         params = {"estimator": type(estimator).__name__, "source": source.describe(),
                   "n_features": int(n_features), "format": record_format,

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .train import (ALGORITHMS, CLIError, _checkpoint_every, add_recovery_arguments, check_output_paths,
-                    check_recovery_arguments, estimator_params, make_estimator, save_result)
+from .train import (ALGORITHMS, CLIError, _checkpoint_every, add_recovery_arguments, check_estimator_params,
+                    check_output_paths, check_recovery_arguments, estimator_params, make_estimator, save_result)
 
 # Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.
 STREAM_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -112,7 +112,9 @@ def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError("--classes applies to --algorithm logistic only")
     if args.serve is not None:
         _host_port(args.serve)
-    return estimator_params(args, STREAM_OPTIONS)
+    params = estimator_params(args, STREAM_OPTIONS)
+    check_estimator_params(args.algorithm, params)
+    return params
 
 
 def _host_port(text: str) -> tuple[str, int]:

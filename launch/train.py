@@ -117,6 +117,7 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     params = estimator_params(args, ALGORITHM_OPTIONS)
     if params.get("learning_rate") is not None and params.get("solver") != "gd":
         raise CLIError("--learning-rate is the step of --solver gd; other solvers choose their own steps")
+    check_estimator_params(args.algorithm, params)
     check_output_paths({"-o/--output": args.output, "--report": args.report, "--plot": args.plot},
                    {"--data": args.data})
     if args.data is not None:
@@ -188,6 +189,16 @@ def make_estimator(algorithm: str, params: dict[str, Any], engine: dict[str, Any
     cls = {"logistic": drizzle_ml.LogisticRegression, "linear": drizzle_ml.LinearRegression,
            "ridge": drizzle_ml.Ridge, "pca": drizzle_ml.PCA, "kmeans": drizzle_ml.KMeans}[algorithm]
     return cls(**params, **engine)
+
+
+def check_estimator_params(algorithm: str, params: dict[str, Any]) -> None:
+    """The estimator's declared parameter constraints, checked before any process starts."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    try:
+        make_estimator(algorithm, params, {})._validate_params()
+    except InvalidParameterError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def check_data_file(path: str) -> None:

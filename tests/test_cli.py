@@ -192,6 +192,10 @@ def bad_files(tmp_path):
         ("tiny", ["--workers", "3"], "{tiny} has 2 rows, fewer than the 3 workers; every worker needs at least one row"),
         ("ok", ["--alpha", "1"], "--alpha does not apply to --algorithm logistic (it applies to ridge)"),
         ("ok", ["--workers", "0"], "--workers must be at least 1, got 0"),
+        ("ok", ["--C", "-1"], "The 'C' parameter of LogisticRegression must be a float in the range (0.0, inf]. "
+                              "Got -1.0 instead."),
+        ("ok", ["--algorithm", "kmeans", "--n-clusters", "0"],
+         "The 'n_clusters' parameter of KMeans must be an int in the range [1, inf). Got 0 instead."),
     ],
 )
 def test_train_errors_are_one_line(tmp_path, case, extra, message):
@@ -201,6 +205,8 @@ def test_train_errors_are_one_line(tmp_path, case, extra, message):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
     assert len(errors) == 1 and message.format(**files) in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr and "BAD TERMINATION" not in proc.stdout + proc.stderr
+    if case == "ok":  # refused before any process started: no "with 2 workers" line
+        assert "drizzle-ml: logistic on" not in proc.stdout and "placement" not in proc.stdout
 
 
 def test_other_command_errors(tmp_path):

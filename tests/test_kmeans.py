@@ -239,12 +239,15 @@ def test_random_init_and_auto_n_init():
         ({"n_clusters": 5}, X[:4], "n_samples=4 should be >= n_clusters=5"),
         ({"init": np.zeros((2, X.shape[1]))}, X, r"init array must have shape .*\(3, 13\).*\(2, 13\)"),
         ({"init": np.zeros((3, 2))}, X, "init array must have shape"),
-        ({"init": "kmeans"}, X, "init must be"),
-        ({"n_init": 0}, X, "n_init must be"),
-        ({"n_init": "many"}, X, "n_init must be"),
-        ({"n_clusters": 0}, X, "n_clusters must be"),
-        ({"max_iter": 0}, X, "max_iter must be"),
-        ({"tol": -1.0}, X, "tol must be"),
+        ({"init": "kmeans"}, X, r"The 'init' parameter of KMeans must be a str among \{.*\} or an array-like\. "
+                                r"Got 'kmeans' instead\."),
+        ({"n_init": 0}, X, r"The 'n_init' parameter of KMeans must be a str among \{'auto'\} or an int in the "
+                           r"range \[1, inf\)\. Got 0 instead\."),
+        ({"n_init": "many"}, X, r"The 'n_init' parameter of KMeans .* Got 'many' instead\."),
+        ({"n_clusters": 0}, X, r"The 'n_clusters' parameter of KMeans must be an int in the range \[1, inf\)\. "
+                               r"Got 0 instead\."),
+        ({"max_iter": 0}, X, r"The 'max_iter' parameter of KMeans must be an int in the range \[1, inf\)\."),
+        ({"tol": -1.0}, X, r"The 'tol' parameter of KMeans must be a float in the range \[0\.0, inf\)\."),
         ({"n_workers": 0}, X, "n_workers"),
         ({}, np.full((10, 3), np.nan), "NaN"),
         ({}, np.ones(10), "Expected 2D array"),

@@ -108,11 +108,15 @@ def test_convergence_warning():
 @pytest.mark.parametrize(
     "estimator,match",
     [
-        (Ridge(alpha=-1.0), "alpha must be a non-negative number"),
-        (Ridge(solver="cholesky"), "solver must be one of"),
+        (Ridge(alpha=-1.0), r"^The 'alpha' parameter of Ridge must be a float in the range \[0\.0, inf\)\. "
+                            r"Got -1\.0 instead\.$"),
+        (Ridge(solver="cholesky"), r"^The 'solver' parameter of Ridge must be a str among \{.*'exact'.*\}\. "
+                                   r"Got 'cholesky' instead\.$"),
         (LinearRegression(solver="exact", learning_rate=0.1), "learning_rate is a step of solver='gd'"),
-        (LinearRegression(tol=-1), "tol must be a non-negative number"),
-        (LinearRegression(max_iter=0), "max_iter must be an integer >= 1"),
+        (LinearRegression(tol=-1), r"The 'tol' parameter of LinearRegression must be a float in the range "
+                                   r"\[0\.0, inf\)\. Got -1 instead\."),
+        (LinearRegression(max_iter=0), r"The 'max_iter' parameter of LinearRegression must be None or an int in "
+                                       r"the range \[1, inf\)\. Got 0 instead\."),
     ],
 )
 def test_bad_parameters(estimator, match):

@@ -209,11 +209,14 @@ def test_bad_sample_weight():
         ({"group_size": 0}, "group_size"),
         ({"scheduling": "spark"}, "scheduling"),
         ({"n_workers": 0}, "n_workers"),
-        ({"C": -1}, "C must be a positive number"),
-        ({"solver": "gd", "learning_rate": 0}, "learning_rate must be None"),
+        ({"C": -1}, r"The 'C' parameter of LogisticRegression must be a float in the range \(0\.0, inf\]\. "
+                    r"Got -1 instead\."),
+        ({"solver": "gd", "learning_rate": 0}, r"The 'learning_rate' parameter of LogisticRegression must be None "
+                                               r"or a float in the range \(0\.0, inf\)\. Got 0 instead\."),
         ({"learning_rate": 0.1}, "learning_rate is a step of solver='gd'"),
         ({"max_iter": 0}, "max_iter"),
-        ({"solver": "newton"}, "solver must be one of"),
+        ({"solver": "newton"}, r"The 'solver' parameter of LogisticRegression must be a str among \{.*\}\. "
+                               r"Got 'newton' instead\."),
     ],
 )
 def test_bad_parameters(params, match):

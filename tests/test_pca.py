@@ -173,10 +173,13 @@ def test_convergence_warning_and_metrics():
     "params,X,match",
     [
         ({"n_components": 14}, WINE, r"n_components=14 must be between 1 and min\(n_samples, n_features\)=13"),
-        ({"n_components": 0}, WINE, r"n_components=0 must be between 1 and"),
-        ({"n_components": 0.9}, WINE, "n_components must be None or an integer"),
-        ({"n_components": "mle"}, WINE, "n_components must be None or an integer"),
-        ({"svd_solver": "arpack"}, WINE, "svd_solver must be one of"),
+        ({"n_components": 0}, WINE, r"The 'n_components' parameter of PCA must be None or an int in the range "
+                                    r"\[1, inf\)\. Got 0 instead\."),
+        ({"n_components": 0.9}, WINE, r"The 'n_components' parameter of PCA must be None or an int in the range "
+                                      r"\[1, inf\)\. Got 0\.9 instead\."),
+        ({"n_components": "mle"}, WINE, r"The 'n_components' .* Got 'mle' instead\."),
+        ({"svd_solver": "arpack"}, WINE, r"The 'svd_solver' parameter of PCA must be a str among \{.*\}\. "
+                                         r"Got 'arpack' instead\."),
         ({"tol": -1.0}, WINE, "tol"),
         ({"max_iter": 0}, WINE, "max_iter"),
         ({"n_oversamples": -1}, WINE, "n_oversamples"),

@@ -461,10 +461,14 @@ def test_cli_stream_exactly_once_with_repeated_worker_kills(tmp_path):
 
 def test_online_parameters_are_checked_and_partial_fit_continues_a_fit():
     X, y = make_regression(200, 3, random_state=0)
-    for est, message in [(dm.Ridge(eta0=0, n_workers=2), "eta0 must be a finite number > 0"),
-                         (dm.LinearRegression(power_t=-1, n_workers=2), "power_t must be a finite number >= 0"),
-                         (dm.KMeans(2, decay=1.5, n_workers=2), r"decay must be in \(0, 1\]"),
-                         (dm.KMeans(2, half_life=0, n_workers=2), "half_life must be None or a positive")]:
+    for est, message in [(dm.Ridge(eta0=0, n_workers=2),
+                          r"The 'eta0' parameter of Ridge must be a float in the range \(0\.0, inf\)\. Got 0"),
+                         (dm.LinearRegression(power_t=-1, n_workers=2),
+                          r"The 'power_t' parameter of LinearRegression must be a float in the range \[0\.0, inf\)"),
+                         (dm.KMeans(2, decay=1.5, n_workers=2),
+                          r"The 'decay' parameter of KMeans must be a float in the range \(0\.0, 1\.0\]\. Got 1\.5"),
+                         (dm.KMeans(2, half_life=0, n_workers=2),
+                          r"The 'half_life' parameter of KMeans must be None or a float in the range \(0\.0, inf\)")]:
         with pytest.raises(ValueError, match=message):
             est.partial_fit(X, y)
     with pytest.raises(ValueError, match="a streaming LogisticRegression needs classes"):
