@@ -12,7 +12,7 @@ import os as _os
 _os.environ.setdefault("UCX_LOG_LEVEL", "error")
 
 from .cluster import Cluster, get_cluster  # noqa: E402
-from .data import ArrayDataset, HDF5Dataset  # noqa: E402
+from .data import ArrayDataset, FileDataset, HDF5Dataset  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointError,
     CheckpointMismatchError,
@@ -26,6 +26,7 @@ from .errors import (  # noqa: E402
     WorkerTimeoutError,
 )
 from .metrics import GroupMetrics, JobResult  # noqa: E402
+from .parquet import ParquetDataset  # noqa: E402  (pyarrow is imported only when a file is read)
 from .program import Partition, Program  # noqa: E402
 from .sources import (  # noqa: E402
     DirectorySource,
@@ -50,6 +51,7 @@ __all__ = [
     "ClusterClosedError",
     "DirectorySource",
     "DrizzleError",
+    "FileDataset",
     "FileSource",
     "HDF5Source",
     "IterableSource",
@@ -57,6 +59,7 @@ __all__ = [
     "HDF5Dataset",
     "JobResult",
     "KMeans",
+    "ParquetDataset",
     "LinearRegression",
     "LogisticRegression",
     "ModelStore",
