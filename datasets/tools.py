@@ -1101,6 +1101,22 @@ def _describe_y(dset: Any, key: str) -> dict[str, Any]:
     info: dict[str, Any] = {"key": key, "dtype": str(dset.dtype), "rows": int(dset.shape[0])}
     n = dset.shape[0]
     step = 1 << 20
+    import h5py
+
+    if h5py.check_string_dtype(dset.dtype) is not None or dset.dtype.kind == "S":  # text labels (from Parquet)
+        from drizzle_ml.data import read_targets
+
+        found: dict[str, int] = {}
+        for lo in range(0, n, step):
+            values, cnt = np.unique(read_targets(dset, lo, lo + step), return_counts=True)
+            for v, c in zip(values.tolist(), cnt.tolist()):
+                found[v] = found.get(v, 0) + c
+        if len(found) <= 1000:
+            info["classes"] = sorted(found)
+            info["counts"] = [found[k] for k in info["classes"]]
+        else:
+            info["n_distinct"], info["min"], info["max"] = "more than 1000", min(found), max(found)
+        return info
     if dset.dtype.kind in "biu":
         counts: dict[int, int] = {}
         lo_v = hi_v = None
