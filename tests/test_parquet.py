@@ -15,7 +15,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 import drizzle_ml as dm  # noqa: E402
-from drizzle_ml.datasets.tools import convert  # noqa: E402
+from drizzle_ml.algorithms.persist import model_info, save_model  # noqa: E402
 from drizzle_ml.sources import Batching, RecordFormat, StreamReader  # noqa: E402
 
 from .conftest import run_cli  # noqa: E402
@@ -90,7 +90,7 @@ def test_train_predict_linear_matches_sklearn(regression, tmp_path):
     ok(run_cli("predict", "--model", str(model), "--data", path, "-o", str(out)))
     ref = sk.LinearRegression().fit(X, y)
     np.testing.assert_allclose(np.load(out), ref.predict(X), rtol=1e-8, atol=1e-8)
-    info = dm.algorithms.persist.model_info(model)["extra"]
+    info = model_info(model)["extra"]
     assert info["features"] == ["x0", "x1", "x2", "x3", "code", "flag"] and info["target"] == "y"
 
 
@@ -226,7 +226,7 @@ def test_missing_pyarrow_is_a_one_line_error_and_the_first_command_still_works(r
     model = dm.LinearRegression()  # a saved model, made without a cluster
     model.coef_, model.intercept_, model.n_features_in_ = np.ones(6), 0.0, 6
     model.model_version_, model.n_iter_, model.history_ = 1, 1, []
-    dm.algorithms.persist.save_model(model, tmp_path / "m.h5")
+    save_model(model, tmp_path / "m.h5")
     for command in (["train", "--data", path], ["stream", "--algorithm", "linear", "--source", f"parquet:{tmp_path}"],
                     ["predict", "--model", str(tmp_path / "m.h5"), "--data", path, "-o", str(tmp_path / "p.npy")]):
         proc = drizzle(*command, env=env)
@@ -295,7 +295,7 @@ def test_stream_command_from_a_parquet_directory_resumes_exactly_once(several_fi
     first = ok(drizzle(*common, "--max-batches", "2"))
     assert "160 records in 2 micro-batches" in first.stdout
     ok(drizzle(*common, "--resume", "-o", str(model)))
-    extra = dm.algorithms.persist.model_info(model)["extra"]
+    extra = model_info(model)["extra"]
     assert extra["records"] == len(y) and extra["source"] == f"parquet:{path}"
 
 
