@@ -917,6 +917,28 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
             "row_groups": groups}
 
 
+def _is_parquet(path: str) -> bool:
+    from drizzle_ml.parquet import is_parquet_path
+
+    return is_parquet_path(path)
+
+
+def parquet_info_lines(path: str) -> list[str]:
+    """``datasets info`` of Parquet data: rows, row groups, files, columns, and the default features and target."""
+    from drizzle_ml.parquet import ParquetDataset
+
+    dataset = ParquetDataset(path)
+    files = f" in {len(dataset.files)} files" if len(dataset.files) > 1 else ""
+    groups = len(dataset.row_groups)
+    return [
+        f"{dataset.path}: {dataset.n_rows} rows x {len(dataset.schema)} columns, Parquet, "
+        f"{groups} row group{'s' if groups != 1 else ''}{files}",
+        "  columns: " + ", ".join(f"{f.name} ({f.type})" for f in dataset.schema),
+        "  default features: " + ", ".join(dataset.features),
+        f"  default target: {dataset.target or 'none (no column y)'}",
+    ]
+
+
 def parquet_summary_line(info: dict[str, Any]) -> str:
     """One line about a Parquet file written by :func:`convert`."""
     target = f"target column {info['target']!r}" if info["target"] else "no target column"
@@ -1253,7 +1275,7 @@ def add_datasets_parser(subparsers: Any) -> argparse.ArgumentParser:
     conv.add_argument("--chunk-rows", type=int, default=None, help="rows read at a time")
     conv.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
-    info = sub.add_parser("info", help="describe an HDF5 dataset")
+    info = sub.add_parser("info", help="describe an HDF5 dataset, or Parquet data")
     info.add_argument("path")
     info.add_argument("--x-key", default="X")
     info.add_argument("--y-key", type=_key_arg, default="y")
@@ -1314,6 +1336,11 @@ def run_datasets(args: argparse.Namespace) -> int:
         except ImportError as exc:  # pyarrow missing: the install hint, in one line
             raise ValueError(str(exc)) from None
         print(parquet_summary_line(info) if "row_groups" in info else summary_line(info))
+    elif args.datasets_command == "info" and os.path.exists(args.path) and _is_parquet(args.path):
+        try:
+            print("\n".join(parquet_info_lines(args.path)))
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
     elif args.datasets_command == "info":
         try:
             info = describe(args.path, x_key=args.x_key, y_key=args.y_key)

@@ -192,39 +192,36 @@ class ParquetDataset(FileDataset):
         self.path = os.path.abspath(os.fspath(path))
         self.files = parquet_files(self.path)
         self.row_groups: list[tuple[str, int, int]] = []  # (file, row group, rows)
-        schema = first = None
+        self.schema = first = None
         stamps = []
-        handles = []
-        for file in self.files:
+        for file in self.files:  # one footer open at a time: a directory may hold thousands of files
             pf = open_file(file)
             file_schema = pf.schema_arrow
-            if schema is None:
-                schema, first = file_schema, file
-            elif not file_schema.equals(schema, check_metadata=False):
+            if self.schema is None:
+                self.schema, first = file_schema, file
+                self.features, self.target = resolve_columns(file_schema, self.path, features, target)
+                columns = self.features + ([self.target] if self.target else [])
+            elif not file_schema.equals(self.schema, check_metadata=False):
                 raise ValueError(f"{file} has another schema than {os.path.basename(first)} in the same "
-                                 f"directory: {_schema_difference(schema, file_schema)}")
-            md = pf.metadata
-            self.row_groups.extend((file, g, md.row_group(g).num_rows) for g in range(md.num_row_groups))
-            handles.append(pf)
-            stat = os.stat(file)
-            stamps.append(f"{file}:{stat.st_mtime_ns}:{stat.st_size}")
-        self.schema = schema
-        self.features, self.target = resolve_columns(schema, self.path, features, target)
-        self.n_rows = sum(n for _, _, n in self.row_groups)
-        if self.n_rows == 0:
-            raise ValueError(f"{self.path} has no rows")
-        columns = self.features + ([self.target] if self.target else [])
-        for file, pf in zip(self.files, handles):
+                                 f"directory: {_schema_difference(self.schema, file_schema)}")
             for column, count in _null_counts(pf, columns).items():
                 if count:
                     raise null_error(file, column, count)
+            md = pf.metadata
+            self.row_groups.extend((file, g, md.row_group(g).num_rows) for g in range(md.num_row_groups))
+            stat = os.stat(file)
+            stamps.append(f"{file}:{stat.st_mtime_ns}:{stat.st_size}")
+            del pf
+        self.n_rows = sum(n for _, _, n in self.row_groups)
+        if self.n_rows == 0:
+            raise ValueError(f"{self.path} has no rows")
         self.n_features = len(self.features)
         # The names the estimators' checks and messages use for HDF5 files.
         self.x_key, self.y_key = ",".join(self.features), self.target
         self.y_shape: tuple[int, ...] | None = None
         self.y_dtype: np.dtype | None = None
         if self.target is not None:
-            self.y_shape, self.y_dtype = (self.n_rows,), _numpy_dtype(schema.field(self.target).type)
+            self.y_shape, self.y_dtype = (self.n_rows,), _numpy_dtype(self.schema.field(self.target).type)
         digest = hashlib.sha1("\n".join(stamps + columns).encode(), usedforsecurity=False).hexdigest()
         self.dataset_id = f"parquet:{self.path}:{self.target}:{digest}"
 
@@ -338,7 +335,9 @@ def read_parquet_partition(spec: dict[str, Any]) -> Partition:
     filled, opened = 0, {}
     for file, group, skip, take in spec["pieces"]:
         try:
-            pf = opened.get(file) or opened.setdefault(file, pq.ParquetFile(file))
+            pf = opened.get(file)
+            if pf is None:
+                pf = opened[file] = pq.ParquetFile(file)
             table = pf.read_row_group(group, columns=columns).slice(skip, take)
         except (pa.ArrowException, OSError, KeyError) as exc:
             raise OSError(f"cannot read row group {group} of {file}: {_reason(exc)}") from None

@@ -12,8 +12,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .train import (CLIError, add_column_arguments, check_hdf5_columns, check_output_paths, is_parquet_data,
-                    open_hdf5, open_parquet)
+from .train import (CLIError, add_column_arguments, check_hdf5_columns, check_output_paths, check_parquet_columns,
+                    is_parquet_data, open_hdf5, open_parquet)
 
 CHUNK_ROWS = 65_536
 
@@ -59,6 +59,7 @@ def predict(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as exc:
         raise CLIError(str(exc)) from None
     if parquet:
+        check_parquet_columns(args)
         # The model's own columns when it was trained on Parquet; otherwise every numeric column but 'y'.
         trained_on = (extra or {}).get("features")
         features = args.features or (list(trained_on) if isinstance(trained_on, list) else None)
@@ -67,7 +68,7 @@ def predict(args: argparse.Namespace) -> int:
             source = open_parquet(args.data, source.features, None)
     else:
         check_hdf5_columns(args)
-        source = open_hdf5(args.data, args.x_key, None)
+        source = open_hdf5(args.data, args.x_key or "X", None)
     expected = getattr(estimator, "n_features_in_", source.n_features)
     if source.n_features != expected:
         chosen = f" ({', '.join(source.features)})" if parquet else ""
@@ -127,7 +128,8 @@ def add_predict_arguments(predict_parser: argparse.ArgumentParser, info_parser: 
     predict_parser.add_argument("--model", required=True, help="a model saved by 'drizzle-ml train --output'")
     predict_parser.add_argument("--data", required=True,
                                 help="HDF5 file, Parquet file or directory of Parquet files with the rows to predict")
-    predict_parser.add_argument("--x-key", default="X", help="HDF5 dataset (or CSR group) of the features")
+    predict_parser.add_argument("--x-key", default=None,
+                                help="HDF5 dataset (or CSR group) of the features (default X)")
     add_column_arguments(predict_parser)
     predict_parser.add_argument("--output", "-o", required=True, help="where to write: .h5, .npy or .csv")
     info_parser.add_argument("model", help="a model saved by 'drizzle-ml train --output'")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .train import (ALGORITHMS, CLIError, _checkpoint_every, add_column_arguments, add_recovery_arguments,
+from .train import (ALGORITHMS, SUPERVISED, CLIError, _checkpoint_every, add_column_arguments, add_recovery_arguments,
                     check_output_paths, check_recovery_arguments, estimator_params, make_estimator, save_result)
 
 # Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.
@@ -226,12 +226,16 @@ def run_stream(args: argparse.Namespace) -> int:
     import drizzle_ml
     from drizzle_ml.algorithms.stream import stream_fit
     from drizzle_ml.errors import DrizzleError
-    from drizzle_ml.sources import StreamError, parse_source
+    from drizzle_ml.sources import ParquetSource, StreamError, parse_source
 
     params = check_stream_arguments(args)
     source = parse_source(args.source, follow=not args.no_follow)
-    if args.features is not None or args.target is not None:  # a parquet: source (checked above)
+    if isinstance(source, ParquetSource):  # columns fixed here, so that the saved model can name them
         source.features, source.target = args.features, args.target
+        try:
+            source = source.resolved(args.algorithm in SUPERVISED)
+        except StreamError as exc:
+            raise CLIError(str(exc)) from None
     cluster = drizzle_ml.get_cluster()
     estimator = make_estimator(args.algorithm, params, {"group_size": args.group_size})
     # Estimator state for a server that starts before the first version.
@@ -303,6 +307,8 @@ def run_stream(args: argparse.Namespace) -> int:
 
         extra = {"source": source.describe(), "offsets": estimator.stream_offsets_,
                  "records": estimator.records_seen_}
+        if isinstance(source, ParquetSource):  # predict picks the same columns by default
+            extra.update(features=list(source.features), target=source.target)
         problems: list[str] = []
         saved = save_result("the model", args.output, lambda path: save_model(estimator, path, extra=extra),
                             problems)

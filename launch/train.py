@@ -47,8 +47,8 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     train.add_argument("--data", default=None,
                        help="HDF5 file, Parquet file or directory of Parquet files (each worker reads its own "
                             "rows); default: a bundled dataset")
-    train.add_argument("--x-key", default="X", help="HDF5 dataset (or CSR group) of the features")
-    train.add_argument("--y-key", default="y", help="HDF5 dataset of the targets (supervised algorithms)")
+    train.add_argument("--x-key", default=None, help="HDF5 dataset (or CSR group) of the features (default X)")
+    train.add_argument("--y-key", default=None, help="HDF5 dataset of the targets (supervised algorithms; default y)")
     add_column_arguments(train)
     train.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     train.add_argument("--group-size", type=group_size_type, default="auto",
@@ -140,6 +140,7 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
                        {"--data": args.data}, {"--data": args.data if parquet else None})
     if args.data is not None:
         if parquet:
+            check_parquet_columns(args)
             n_rows = open_data(args).n_rows
         else:
             check_data_file(args.data)
@@ -149,7 +150,7 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
                                f"of .parquet files); convert it first with "
                                f"'drizzle-ml datasets convert {args.data} -o DATA.h5'")
             # Before any process starts: a thousand workers for three rows would start them all first.
-            n_rows = open_hdf5(args.data, args.x_key, None).n_rows
+            n_rows = open_hdf5(args.data, args.x_key or "X", None).n_rows
         workers = getattr(args, "workers", None)
         if workers is not None and n_rows < workers:
             raise CLIError(f"{args.data} has {n_rows} row{'s' if n_rows != 1 else ''}, fewer than the "
@@ -244,6 +245,12 @@ def is_parquet_data(path: str) -> bool:
     return is_parquet_path(path)
 
 
+def check_parquet_columns(args: argparse.Namespace) -> None:
+    if getattr(args, "x_key", None) is not None or getattr(args, "y_key", None) is not None:
+        raise CLIError(f"--x-key and --y-key name HDF5 datasets; {args.data} is Parquet "
+                       "(choose its columns with --features and --target)")
+
+
 def check_hdf5_columns(args: argparse.Namespace) -> None:
     if getattr(args, "features", None) is not None or getattr(args, "target", None) is not None:
         raise CLIError(f"--features and --target choose Parquet columns; {args.data} is read as HDF5 "
@@ -287,7 +294,7 @@ def load_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
     if is_parquet_data(args.data):
         dataset = open_data(args)
         return dataset, None, dataset.describe()
-    dataset = open_hdf5(args.data, args.x_key, args.y_key if args.algorithm in SUPERVISED else None)
+    dataset = open_hdf5(args.data, args.x_key or "X", (args.y_key or "y") if args.algorithm in SUPERVISED else None)
     kind = "sparse" if dataset.sparse else "dense"
     return dataset, None, f"{args.data} ({dataset.n_rows} x {dataset.n_features}, {kind})"
 

@@ -190,6 +190,8 @@ def bad_files(tmp_path):
     ("mixed", [], "{d}/mixed/b.parquet has another schema than a.parquet in the same directory: "
                   "column 'x0' is float here, double there"),
     ("nothing", [], "{d}/nothing holds no Parquet files (names ending in .parquet or .pq)"),
+    ("str.parquet", ["--x-key", "X"], "--x-key and --y-key name HDF5 datasets; {d}/str.parquet is Parquet "
+                                      "(choose its columns with --features and --target)"),
 ])
 def test_bad_parquet_is_a_one_line_error(tmp_path, data, extra, message):
     d = bad_files(tmp_path)
@@ -297,6 +299,9 @@ def test_stream_command_from_a_parquet_directory_resumes_exactly_once(several_fi
     ok(drizzle(*common, "--resume", "-o", str(model)))
     extra = model_info(model)["extra"]
     assert extra["records"] == len(y) and extra["source"] == f"parquet:{path}"
+    assert extra["features"] == [f"x{j}" for j in range(5)] and extra["target"] == "y"
+    ok(run_cli("predict", "--model", str(model), "--data", path, "-o", str(tmp_path / "p.npy")))
+    assert np.load(tmp_path / "p.npy").shape == (len(y),)
 
 
 # -- convert -----------------------------------------------------------------------------------
@@ -313,6 +318,9 @@ def test_convert_round_trips(several_files, tmp_path):
     assert again.schema.names == [f"x{j}" for j in range(5)] + ["y"]  # the Parquet names survive HDF5
     assert np.array_equal(np.column_stack([again[c].to_numpy() for c in again.schema.names[:5]]), X)
     assert pq.ParquetFile(back).metadata.num_row_groups == 4
+    info = ok(run_cli("datasets", "info", path)).stdout.splitlines()
+    assert info[0] == f"{path}: 301 rows x 6 columns, Parquet, 13 row groups in 3 files"
+    assert info[2:] == ["  default features: x0, x1, x2, x3, x4", "  default target: y"]
     csv = tmp_path / "t.csv"
     csv.write_text("height,weight,label\n1.5,60,0\n1.8,80,1\n")
     ok(run_cli("datasets", "convert", str(csv), "-o", str(tmp_path / "t.parquet")))
