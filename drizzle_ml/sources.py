@@ -469,8 +469,14 @@ class _ParquetFileReader(PartitionReader):
     def read(self, max_records: int) -> Chunk | None:
         total = int(self.starts[-1])
         if self.problem is not None:
+            # The whole file is one malformed record; its offset then passes its end, so a
+            # reader resumed there (a restart) does not count it again.
+            done = max(total, 1)
+            if self.pos >= done:
+                self.ended = True
+                return None
             self.fmt.fail(self.path, self.problem)  # raises under on_error="fail"
-            self.problem, self.pos, self.ended = None, max(total, 1), True
+            self.pos = done
             return Chunk(np.empty((0, len(self.columns))), 1, self.arrived, self.arrived)
         if self.pos >= total:
             self.ended = True

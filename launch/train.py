@@ -263,9 +263,7 @@ def open_parquet(path: str, features: list[str] | None, target: str | None):
 
     try:
         return ParquetDataset(path, features=features, target=target)
-    except ImportError as exc:
-        raise CLIError(str(exc)) from None
-    except (OSError, ValueError) as exc:
+    except (ImportError, OSError, ValueError) as exc:
         raise CLIError(str(exc)) from None
 
 

@@ -282,6 +282,9 @@ def test_parquet_source_skips_or_fails_bad_files_and_rows(tmp_path):
     source = dm.ParquetSource(str(d), follow=False, features=["x0", "x1"])
     rows, bad, _ = stream_rows(source.resolved(True), RecordFormat(n_features=2, has_target=True), [0], 1)
     assert rows.tolist() == [[1, 1, 1], [3, 3, 3]] and bad == 2  # one null row, one file of strings
+    _, bad, _ = stream_rows(source.resolved(True), RecordFormat(n_features=2, has_target=True), [0], 1,
+                            offsets={"p0": {"file": "b.parquet", "pos": 1}})
+    assert bad == 0  # resumed past the bad file: not counted twice
     with pytest.raises(dm.StreamError, match=r"malformed record at .*b\.parquet: column 'x0' has type string, "
                                              r"not a number \(on_error='fail'\)"):
         stream_rows(source.resolved(True), RecordFormat(n_features=2, has_target=True, on_error="fail"), [0], 1,
