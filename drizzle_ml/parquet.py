@@ -8,7 +8,8 @@ there). The files' rows, in that order, are the rows of the dataset: worker
 and reads only the row groups that overlap them, only the chosen columns.
 
 Columns: ``features`` (default: every numeric column, i.e. integer, float
-or boolean, except the target) and ``target`` (default ``"auto"``: the
+or boolean, except the target and the index columns pandas' ``to_parquet``
+may add) and ``target`` (default ``"auto"``: the
 column ``y`` when there is one). Features are read as float64. Nulls and
 non-numeric feature columns are one-line errors naming the file and column.
 
@@ -19,6 +20,7 @@ nothing imports it until a Parquet file is read.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any, Iterator, Sequence
 
@@ -111,7 +113,7 @@ def resolve_columns(schema: Any, where: str, features: Sequence[str] | None,
     """The feature columns and the target column (or None), checked against ``schema``.
 
     ``target="auto"``: the column ``y`` if the schema has one, else none.
-    ``features=None``: every numeric column but the target. Errors are
+    ``features=None``: every numeric column but the target and a pandas index. Errors are
     one-line ValueErrors naming ``where`` and, for a missing column, the columns there are.
     """
     names = list(schema.names)
@@ -124,7 +126,8 @@ def resolve_columns(schema: Any, where: str, features: Sequence[str] | None,
             raise ValueError(f"{where}: target column {target!r} has type {schema.field(target).type}; "
                              "a target must be numbers or text labels")
     if features is None:
-        features = [f.name for f in schema if f.name != target and is_numeric(f.type)]
+        index = _pandas_index(schema)
+        features = [f.name for f in schema if f.name != target and f.name not in index and is_numeric(f.type)]
         if not features:
             raise ValueError(f"{where} has no numeric column to use as a feature (columns: {_columns_text(schema)})")
     else:
@@ -145,6 +148,19 @@ def resolve_columns(schema: Any, where: str, features: Sequence[str] | None,
                 raise ValueError(f"{where}: feature column {name!r} has type {field_type}, not a number "
                                  "(int, float or bool); leave it out of the features")
     return features, target
+
+
+def _pandas_index(schema: Any) -> set[str]:
+    """The columns pandas' ``to_parquet`` stored a DataFrame's index in (row labels, not features)."""
+    raw = (schema.metadata or {}).get(b"pandas")
+    if not raw:
+        return set()
+    try:
+        described = json.loads(raw)
+    except ValueError:
+        return set()
+    index = described.get("index_columns", []) if isinstance(described, dict) else []
+    return {name for name in index if isinstance(name, str)}
 
 
 def _null_counts(pf: Any, columns: Sequence[str]) -> dict[str, int | None]:

@@ -133,6 +133,22 @@ def test_read_plan_covers_every_row_once(several_files):
         assert taken < len(ds.row_groups) + workers  # only overlapping row groups: a group split at most once
 
 
+def test_default_columns(tmp_path):
+    import json
+
+    t = pa.table({"a": [1.0, 2.0], "n": [1, 2], "b": [True, False], "s": ["u", "v"], "__index_level_0__": [5, 7],
+                  "y": [0, 1]})
+    t = t.replace_schema_metadata({b"pandas": json.dumps({"index_columns": ["__index_level_0__"]}).encode()})
+    pq.write_table(t, tmp_path / "d.parquet")
+    ds = dm.ParquetDataset(tmp_path / "d.parquet")  # numbers and booleans; not text, pandas' index, the target
+    assert ds.features == ["a", "n", "b"] and ds.target == "y" and ds.y_dtype == np.int64
+    assert dm.ParquetDataset(tmp_path / "d.parquet", target="n").features == ["a", "b", "y"]
+    assert dm.ParquetDataset(tmp_path / "d.parquet", target=None).features == ["a", "n", "b", "y"]
+    assert dm.ParquetDataset(tmp_path / "d.parquet", features=["y", "a"], target=None).features == ["y", "a"]
+    pq.write_table(t.drop_columns(["y"]), tmp_path / "noy.parquet")
+    assert dm.ParquetDataset(tmp_path / "noy.parquet").target is None  # auto: no column y, no target
+
+
 @pytest.mark.parametrize("workers", [2, 3])
 def test_directory_fit_equals_array_fit(several_files, workers):
     path, X, y = several_files
