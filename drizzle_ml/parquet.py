@@ -283,7 +283,7 @@ class ParquetDataset(FileDataset):
 
 def _schema_difference(a: Any, b: Any) -> str:
     if a.names != b.names:
-        return f"columns {', '.join(b.names)} where it has {', '.join(a.names)}"
+        return f"columns {', '.join(b.names)} here, {', '.join(a.names)} there"
     for fa, fb in zip(a, b):
         if not fa.type.equals(fb.type) or fa.nullable != fb.nullable:
             return f"column {fb.name!r} is {fb.type} here, {fa.type} there"
