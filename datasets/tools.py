@@ -841,7 +841,8 @@ def _convert_parquet(src, f, x_key, y_key, label_column, features, chunk_rows):
         text = dataset.y_dtype.kind == "U"
         ydset = f.create_dataset(y_key, shape=(0,), maxshape=(None,), chunks=(65536,),
                                  dtype=h5py.string_dtype() if text else dataset.y_dtype)
-    for block in dataset.iter_rows(with_targets=write_y, chunk_rows=chunk_rows or _work_chunk_rows(dataset.n_features)):
+    step = chunk_rows or _work_chunk_rows(dataset.n_features)
+    for block in dataset.iter_rows(with_targets=write_y, chunk_rows=step):
         X, y = block if write_y else (block, None)
         writer.append(X)
         if ydset is not None:
@@ -913,8 +914,8 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
             finally:
                 if writer is not None:
                     writer.close()
-    return {"path": dst, "rows": n, "features": d, "columns": names, "target": y_key if ynode is not None else None,
-            "row_groups": groups}
+    return {"path": dst, "rows": n, "features": d, "columns": names,
+            "target": y_key if ynode is not None else None, "row_groups": groups}
 
 
 def _is_parquet(path: str) -> bool:

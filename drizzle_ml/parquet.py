@@ -129,7 +129,8 @@ def resolve_columns(schema: Any, where: str, features: Sequence[str] | None,
         index = _pandas_index(schema)
         features = [f.name for f in schema if f.name != target and f.name not in index and is_numeric(f.type)]
         if not features:
-            raise ValueError(f"{where} has no numeric column to use as a feature (columns: {_columns_text(schema)})")
+            raise ValueError(f"{where} has no numeric column to use as a feature "
+                             f"(columns: {_columns_text(schema)})")
     else:
         features = list(features)
         if not features:

@@ -2,8 +2,8 @@
 
 A source is a small picklable description (:class:`FileSource`,
 :class:`DirectorySource`, :class:`ParquetSource`, :class:`TCPSource`,
-:class:`HDF5Source`, :class:`IterableSource`) that the driver ships to the workers; each worker
-opens only its own partitions and reads them itself, so no record passes
+:class:`HDF5Source`, :class:`IterableSource`) that the driver ships to the
+workers; each worker opens only its own partitions and reads them itself, so no record passes
 through the driver. Every partition has an *offset*: a small JSON value that
 says how far the partition has been consumed (a byte position, a record
 count, a file name and position). Offsets are taken only at micro-batch cuts
@@ -19,8 +19,9 @@ behind.
 Records are lines of CSV (numbers separated by commas; for supervised
 learners the last field is the target) or JSON (``{"x": [...], "y": v}`` or
 a list of numbers, target last), rows of a 2-D HDF5 dataset (target in
-the last column), or rows of Parquet files (columns chosen by name). A malformed record (wrong field count, not a number, NaN
-or infinity, a label outside the known classes) is skipped and counted
+the last column), or rows of Parquet files (columns chosen by name). A
+malformed record (wrong field count, not a number, NaN or infinity, a null,
+a label outside the known classes) is skipped and counted
 (``on_error="skip"``, the default) or stops the job with an error naming the
 source and offset (``on_error="fail"``).
 """
