@@ -18,7 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from drizzle_ml.checkpoint import CheckpointStore, closing_store, job_key_for, open_job_store
 from drizzle_ml.cluster import get_cluster
-from drizzle_ml.data import ArrayDataset, HDF5Dataset
+from drizzle_ml.data import ArrayDataset, FileDataset
 from drizzle_ml.errors import WorkerFailedError, WorkerTimeoutError
 from drizzle_ml.metrics import JobResult
 from drizzle_ml.scheduler import SCHEDULING, parse_checkpoint_every
@@ -110,25 +110,30 @@ class DrizzleEstimator(BaseEstimator):
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
 
-    def _check_hdf5(self, dataset: HDF5Dataset, y: Any, sample_weight: Any, needs_targets: bool) -> HDF5Dataset:
-        """Checks for a fit on an :class:`HDF5Dataset`, whose rows only the workers read.
+    def _check_file_dataset(self, dataset: FileDataset, y: Any, sample_weight: Any,
+                            needs_targets: bool) -> FileDataset:
+        """Checks for a fit on an :class:`HDF5Dataset` or a :class:`ParquetDataset`, whose rows only
+        the workers read.
 
-        The targets come from the file (``y_key``), so ``y`` must be None;
-        per-row weights are not read from files yet.
+        The targets come from the file (HDF5 ``y_key``, Parquet ``target``), so ``y``
+        must be None; per-row weights are not read from files yet.
         """
         name = type(self).__name__
+        hdf5 = dataset.kind == "hdf5"
         if y is not None:
-            raise ValueError(f"{name}.fit: y comes from the HDF5 dataset's y_key; pass y=None")
+            source = "the HDF5 dataset's y_key" if hdf5 else "the Parquet dataset's target column"
+            raise ValueError(f"{name}.fit: y comes from {source}; pass y=None")
         if sample_weight is not None:
-            raise ValueError(f"{name}.fit: sample_weight is not supported with an HDF5Dataset")
+            raise ValueError(f"{name}.fit: sample_weight is not supported with an {type(dataset).__name__}")
         if needs_targets and dataset.y_key is None:
-            raise ValueError(f"{name} needs targets: {dataset.path} was opened with y_key=None")
+            opened = "with y_key=None" if hdf5 else "without a target column (target=None, or no column 'y')"
+            raise ValueError(f"{name} needs targets: {dataset.path} was opened {opened}")
         if dataset.n_rows < 1:
             raise ValueError(f"{dataset.path}: {dataset.x_key!r} has 0 samples; at least 1 is required")
         self.n_features_in_ = dataset.n_features
         return dataset
 
-    def _run(self, program: Any, model: dict, dataset: ArrayDataset | HDF5Dataset, max_iter: int,
+    def _run(self, program: Any, model: dict, dataset: ArrayDataset | FileDataset, max_iter: int,
              warn_not_converged: bool = True):
         """Run ``program`` from ``model`` on ``dataset``; set the engine attributes; return the JobResult.
 

@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from drizzle_ml.data import ArrayDataset, HDF5Dataset
+from drizzle_ml.data import ArrayDataset, FileDataset
 
 from ._random import seed_from
 from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
@@ -158,11 +158,12 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
         """Cluster X (n_samples, n_features), dense or CSR; ``sample_weight`` (n_samples,) optional.
 
-        X may also be an :class:`~drizzle_ml.HDF5Dataset`: the workers read
-        their rows, and ``labels_`` is not set (use :meth:`predict`).
+        X may also be an :class:`~drizzle_ml.HDF5Dataset` or a
+        :class:`~drizzle_ml.ParquetDataset`: the workers read their rows,
+        and ``labels_`` is not set (use :meth:`predict`).
         """
-        if isinstance(X, HDF5Dataset):  # rows stay on disk; each worker reads its own
-            dataset = self._check_hdf5(X, y, sample_weight, needs_targets=False)
+        if isinstance(X, FileDataset):  # rows stay on disk; each worker reads its own
+            dataset = self._check_file_dataset(X, y, sample_weight, needs_targets=False)
             n_samples, n_features = dataset.n_rows, dataset.n_features
             dtype = dataset.dtype if dataset.dtype == np.float32 else np.dtype(np.float64)
             n_init, init_centers = self._check_params(n_samples, n_features)
@@ -201,7 +202,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         centers, self.inertia_, self.n_iter_, engine = best
         self.model_version_, self.history_, self.model_store_ = engine
         self.cluster_centers_ = centers.astype(dtype, copy=False)
-        if not isinstance(dataset, HDF5Dataset):
+        if not isinstance(dataset, FileDataset):
             self.labels_ = _assign(X, self.cluster_centers_)[0]
         return self
 
@@ -256,13 +257,13 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
             return 0.5 ** (1.0 / float(self.half_life))
         return float(self.decay)
 
-    def _dataset_tolerance(self, dataset: HDF5Dataset) -> float:
+    def _dataset_tolerance(self, dataset: FileDataset) -> float:
         """scikit-learn's absolute tolerance for data only the workers hold: one moments pass."""
         n_features = dataset.n_features
         result = self._run(FeatureMoments(), FeatureMoments.initial_model(n_features), dataset, 1)
         return float(np.mean(result.model["variance"]) * self.tol)
 
-    def _init_centers(self, dataset: ArrayDataset | HDF5Dataset, n_features: int, k: int,
+    def _init_centers(self, dataset: ArrayDataset | FileDataset, n_features: int, k: int,
                       seed: int) -> np.ndarray:
         """Initial centers (k, d) float64 from an engine job."""
         if self.init == "random":

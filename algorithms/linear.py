@@ -18,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from drizzle_ml.data import ArrayDataset, HDF5Dataset
+from drizzle_ml.data import ArrayDataset, FileDataset
 
 from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
 from .losses import LinearLoss
@@ -48,7 +48,7 @@ class LinearModelBase(DrizzleEstimator):
         if lr is not None and self.solver != "gd":
             raise ValueError(f"learning_rate is a step of solver='gd'; solver={self.solver!r} chooses its own steps")
 
-    def _minimize(self, kind: str, dataset: ArrayDataset | HDF5Dataset, n_features: int, n_outputs: int,
+    def _minimize(self, kind: str, dataset: ArrayDataset | FileDataset, n_features: int, n_outputs: int,
                   alpha: float, solver: str, max_iter: int,
                   classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run :class:`Minimize`; return ``coef`` (n_outputs, n_features) and ``intercept`` (n_outputs,).
@@ -97,13 +97,14 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
     def fit(self, X, y=None, sample_weight=None):
         """Fit on X (n_samples, n_features), dense or CSR, and y (n_samples,) or (n_samples, n_targets).
 
-        X may also be an :class:`~drizzle_ml.HDF5Dataset` (y=None: the targets
-        are its ``y_key``); each worker then reads its own rows.
+        X may also be an :class:`~drizzle_ml.HDF5Dataset` or a
+        :class:`~drizzle_ml.ParquetDataset` (y=None: the targets are its
+        ``y_key`` or ``target``); each worker then reads its own rows.
         """
         self._check_solver_params()
         alpha = self._alpha
-        if isinstance(X, HDF5Dataset):  # rows stay on disk; each worker reads its own
-            dataset = self._check_hdf5(X, y, sample_weight, needs_targets=True)
+        if isinstance(X, FileDataset):  # rows stay on disk; each worker reads its own
+            dataset = self._check_file_dataset(X, y, sample_weight, needs_targets=True)
             if dataset.y_dtype.kind not in "biuf":
                 raise ValueError(f"{dataset.path}: targets {dataset.y_key!r} must be numeric, "
                                  f"got dtype {dataset.y_dtype}")

@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
-from drizzle_ml.data import ArrayDataset, HDF5Dataset
+from drizzle_ml.data import ArrayDataset, FileDataset
 
 from .base import check_sample_weight, fit_dataset, resumable
 from .linear import LinearModelBase
@@ -96,13 +96,14 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
     def fit(self, X, y=None, sample_weight=None):
         """Fit on X (n_samples, n_features), dense or CSR, and labels y (n_samples,).
 
-        X may also be an :class:`~drizzle_ml.HDF5Dataset` (y=None: the labels
-        are its ``y_key``); each worker then reads and encodes its own rows.
+        X may also be an :class:`~drizzle_ml.HDF5Dataset` or a
+        :class:`~drizzle_ml.ParquetDataset` (y=None: the labels are its
+        ``y_key`` or ``target``); each worker then reads and encodes its own rows.
         """
         self._check_solver_params()
         alpha = 0.0 if np.isinf(self.C) else 1.0 / float(self.C)
-        if isinstance(X, HDF5Dataset):  # rows stay on disk; workers read and encode their own labels
-            dataset = self._check_hdf5(X, y, sample_weight, needs_targets=True)
+        if isinstance(X, FileDataset):  # rows stay on disk; workers read and encode their own labels
+            dataset = self._check_file_dataset(X, y, sample_weight, needs_targets=True)
             if len(dataset.y_shape) != 1:
                 raise ValueError(f"{dataset.path}: labels {dataset.y_key!r} must be 1-D, "
                                  f"got shape {dataset.y_shape}")

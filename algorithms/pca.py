@@ -13,7 +13,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from drizzle_ml.data import ArrayDataset, HDF5Dataset
+from drizzle_ml.data import ArrayDataset, FileDataset
 
 from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
 from .online import OnlineMoments
@@ -131,8 +131,8 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         ``sum(sample_weight) - 1``). ``y`` is ignored.
         """
         self._check_params()
-        if isinstance(X, HDF5Dataset):  # rows stay on disk; each worker reads its own
-            dataset = self._check_hdf5(X, y, sample_weight, needs_targets=False)
+        if isinstance(X, FileDataset):  # rows stay on disk; each worker reads its own
+            dataset = self._check_file_dataset(X, y, sample_weight, needs_targets=False)
             n_samples, n_features, sw = dataset.n_rows, dataset.n_features, None
             dtype = dataset.dtype if dataset.dtype == np.float32 else np.dtype(np.float64)
         else:

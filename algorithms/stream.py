@@ -19,7 +19,7 @@ import numpy as np
 from drizzle_ml.checkpoint import closing_store, job_key_for, open_job_store
 from drizzle_ml.cluster import get_cluster
 from drizzle_ml.scheduler import run_job
-from drizzle_ml.sources import (Batching, RecordFormat, Source, StreamSpec, peek_n_features)
+from drizzle_ml.sources import (Batching, ParquetSource, RecordFormat, Source, StreamSpec, peek_n_features)
 from drizzle_ml.store import ModelStore
 from drizzle_ml.streaming import latency_percentiles
 
@@ -41,11 +41,12 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
         Its engine parameters apply (``n_workers``, ``group_size``); it
         continues from a previous ``partial_fit``/stream, or a ``fit``.
     source : a :class:`~drizzle_ml.sources.Source`
-        ``FileSource``, ``DirectorySource``, ``TCPSource``, ``HDF5Source``,
+        ``FileSource``, ``DirectorySource``, ``ParquetSource``, ``TCPSource``, ``HDF5Source``,
         ``IterableSource`` (see :func:`~drizzle_ml.sources.parse_source`).
     n_features : int or None
         Features per record (the target comes after them); None reads the
-        first record (not possible for TCP).
+        first record (not possible for TCP). A ``ParquetSource`` counts its
+        feature columns.
     classes : array-like
         LogisticRegression: every label the stream will have; others are
         malformed records.
@@ -69,6 +70,12 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     if batch_interval is None and idle_timeout is None and getattr(source, "follow", False):
         raise ValueError("a followed source cut by size only (batch_interval=None) needs idle_timeout: "
                          "otherwise a quiet source would leave a micro-batch waiting forever")
+    if isinstance(source, ParquetSource):  # its columns are fixed here, once, for every worker
+        source = source.resolved(has_target)
+        if n_features is not None and n_features != len(source.features):
+            raise ValueError(f"n_features={n_features}, but {len(source.features)} feature columns are chosen "
+                             f"({', '.join(source.features)})")
+        n_features = len(source.features)
     if n_features is None:
         n_features = peek_n_features(source, fmt)
     fmt.n_features = int(n_features)
@@ -90,6 +97,8 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
         params = {"estimator": type(estimator).__name__, "source": source.describe(),
                   "n_features": int(n_features), "format": record_format,
                   "classes": None if fmt.classes is None else fmt.classes.tolist()}
+        if isinstance(source, ParquetSource):  # other columns are another stream
+            params["columns"] = [*source.features, source.target]
         key = job_key_for(f"stream.{type(estimator).__name__}", params)
         checkpoints, resumed = open_job_store(checkpoint_dir, 0, key, resume=resume)
         if resumed is not None:

@@ -1,4 +1,5 @@
-"""Make, convert and inspect the HDF5 files the engine reads (:class:`drizzle_ml.data.HDF5Dataset`).
+"""Make, convert and inspect the HDF5 files the engine reads (:class:`drizzle_ml.data.HDF5Dataset`);
+convert Parquet to HDF5 and back (pyarrow, imported only then).
 
 Layout written by every function here:
 
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 KINDS = ("classification", "regression", "lowrank", "blobs")
-FORMATS = ("csv", "npy", "npz", "libsvm")
+FORMATS = ("csv", "npy", "npz", "libsvm", "parquet", "hdf5")
 
 _EXTENSIONS = {
     ".csv": "csv",
@@ -58,6 +59,11 @@ _EXTENSIONS = {
     ".libsvm": "libsvm",
     ".svmlight": "libsvm",
     ".txt": "libsvm",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".hdf": "hdf5",
 }
 
 # Rows of one random stream in make_dataset. Fixed: each block of this many
@@ -456,6 +462,8 @@ def make_dataset(
 
 
 def _infer_format(src: str, fmt: str | None) -> str:
+    if fmt is None and os.path.isdir(src):
+        return "parquet"  # a directory of Parquet files is the only directory a dataset can be
     if fmt is not None:
         fmt = {"svm": "libsvm", "svmlight": "libsvm"}.get(fmt.lower(), fmt.lower())
         if fmt not in FORMATS:
@@ -557,8 +565,11 @@ def _convert_csv(src, f, x_key, y_key, label_column, delimiter, has_header, chun
         finally:
             if sink is not None:
                 sink.close()
-    return {"label_column": "none" if label is None else (header[label] if header else int(label)),
+    info = {"label_column": "none" if label is None else (header[label] if header else int(label)),
             "header": header is not None}
+    if header is not None:  # kept for a Parquet copy's column names
+        info["feature_names"] = [name for i, name in enumerate(header) if i != label]
+    return info
 
 
 def _resolve_label(src, label_column, ncols, header, default_last):
@@ -810,6 +821,132 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
     return {"zero_based": not shift, "n_features": n_features}
 
 
+def _convert_parquet(src, f, x_key, y_key, label_column, features, chunk_rows):
+    """Parquet (a file or a directory of them) to HDF5, a batch of rows at a time."""
+    import h5py
+
+    from drizzle_ml.parquet import ParquetDataset
+
+    if label_column == "auto":
+        target = "auto"
+    elif label_column is None or isinstance(label_column, str):
+        target = label_column
+    else:
+        raise ValueError(f"{src}: give the Parquet label column by name, not by index ({label_column!r})")
+    dataset = ParquetDataset(src, features=features, target=target)
+    write_y = y_key is not None and dataset.target is not None
+    writer = _RowWriter(f, x_key, dataset.n_features, np.float64)
+    ydset = None
+    if write_y:
+        text = dataset.y_dtype.kind == "U"
+        ydset = f.create_dataset(y_key, shape=(0,), maxshape=(None,), chunks=(65536,),
+                                 dtype=h5py.string_dtype() if text else dataset.y_dtype)
+    step = chunk_rows or _work_chunk_rows(dataset.n_features)
+    for block in dataset.iter_rows(with_targets=write_y, chunk_rows=step):
+        X, y = block if write_y else (block, None)
+        writer.append(X)
+        if ydset is not None:
+            ydset.resize(writer.n, axis=0)
+            ydset[writer.n - len(y):] = y.astype(object) if y.dtype.kind == "U" else y
+    return {"feature_names": list(dataset.features), "label_column": dataset.target if write_y else "none",
+            "files": len(dataset.files)}
+
+
+def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_rows: int | None,
+                   overwrite: bool) -> dict[str, Any]:
+    """An HDF5 dataset (dense X, optional y) to the Parquet file ``dst``: one row group per chunk of rows.
+
+    Columns: the features by name (the CSV header's names when the HDF5 file
+    came from a CSV with one, else ``x0``, ``x1``, ...), then the target as
+    ``y_key`` (``y``), which is the Parquet commands' default target.
+    """
+    import h5py
+
+    from drizzle_ml.data import read_targets
+    from drizzle_ml.parquet import pyarrow_parquet
+
+    pq = pyarrow_parquet()
+    import pyarrow as pa
+
+    with h5py.File(h5_path, "r") as f:
+        if x_key not in f:
+            raise ValueError(f"{h5_path} has no {x_key!r} (keys: {', '.join(sorted(f.keys())) or 'none'})")
+        node = f[x_key]
+        if not isinstance(node, h5py.Dataset):
+            raise ValueError(f"{h5_path}: {x_key!r} is a sparse (CSR) matrix; Parquet columns would store every "
+                             "zero: keep it in HDF5")
+        if node.ndim != 2:
+            raise ValueError(f"{h5_path}: {x_key!r} must be 2-D (rows, features), got shape {node.shape}")
+        n, d = (int(v) for v in node.shape)
+        names = None
+        stored = f.attrs.get("feature_names")
+        if stored is not None:
+            try:
+                names = json.loads(stored)
+            except (TypeError, ValueError):
+                names = None
+        if not (isinstance(names, list) and len(names) == d and all(isinstance(v, str) and v for v in names)
+                and len(set(names)) == d):
+            names = [f"x{j}" for j in range(d)]
+        ynode = f[y_key] if y_key is not None and y_key in f else None
+        if ynode is not None and (not isinstance(ynode, h5py.Dataset) or ynode.shape != (n,)):
+            raise ValueError(f"{h5_path}: {y_key!r} must have shape ({n},) like {x_key!r} rows")
+        if ynode is not None and y_key in names:
+            raise ValueError(f"{h5_path}: a feature column is named {y_key!r} like the target; give another y_key")
+        step = chunk_rows or _work_chunk_rows(d)
+        groups = 0
+        with atomic_output(dst, overwrite=overwrite) as tmp:
+            writer = None
+            try:
+                for lo in range(0, n, step):
+                    hi = min(n, lo + step)
+                    block = node[lo:hi]
+                    columns = {name: block[:, j] for j, name in enumerate(names)}
+                    if ynode is not None:
+                        columns[y_key] = read_targets(ynode, lo, hi)
+                    table = pa.table(columns)
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table, row_group_size=hi - lo)
+                    groups += 1
+                if writer is None:
+                    raise ValueError(f"{h5_path}: no data rows")
+            finally:
+                if writer is not None:
+                    writer.close()
+    return {"path": dst, "rows": n, "features": d, "columns": names,
+            "target": y_key if ynode is not None else None, "row_groups": groups}
+
+
+def _is_parquet(path: str) -> bool:
+    from drizzle_ml.parquet import is_parquet_path
+
+    return is_parquet_path(path)
+
+
+def parquet_info_lines(path: str) -> list[str]:
+    """``datasets info`` of Parquet data: rows, row groups, files, columns, and the default features and target."""
+    from drizzle_ml.parquet import ParquetDataset
+
+    dataset = ParquetDataset(path)
+    files = f" in {len(dataset.files)} files" if len(dataset.files) > 1 else ""
+    groups = len(dataset.row_groups)
+    return [
+        f"{dataset.path}: {dataset.n_rows} rows x {len(dataset.schema)} columns, Parquet, "
+        f"{groups} row group{'s' if groups != 1 else ''}{files}",
+        "  columns: " + ", ".join(f"{f.name} ({f.type})" for f in dataset.schema),
+        "  default features: " + ", ".join(dataset.features),
+        f"  default target: {dataset.target or 'none (no column y)'}",
+    ]
+
+
+def parquet_summary_line(info: dict[str, Any]) -> str:
+    """One line about a Parquet file written by :func:`convert`."""
+    target = f"target column {info['target']!r}" if info["target"] else "no target column"
+    return (f"wrote {info['path']}: {info['rows']} rows x {info['features']} features "
+            f"(Parquet, {info['row_groups']} row group{'s' if info['row_groups'] != 1 else ''}), {target}")
+
+
 def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -824,8 +961,21 @@ def convert(
     n_features: int | None = None,
     zero_based: bool | str = "auto",
     overwrite: bool = False,
+    features: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Convert ``src`` (CSV, NPY, NPZ or LIBSVM) to the HDF5 file ``dst``; return :func:`describe` of it.
+    """Convert ``src`` (CSV, NPY, NPZ, LIBSVM or Parquet) to the HDF5 file ``dst``; return :func:`describe` of it.
+
+    With ``dst`` ending in ``.parquet`` (or ``.pq``), ``src`` (CSV, NPY, NPZ,
+    LIBSVM with dense rows, or HDF5) becomes a Parquet file instead, one row
+    group per ``chunk_rows`` rows, with feature columns ``x0``, ``x1``, ...
+    (a CSV header's names when it has one) and the target column ``y_key``;
+    the result is then a dict with ``path``, ``rows``, ``features``,
+    ``columns``, ``target``, ``row_groups``. Text and array input goes
+    through a temporary HDF5 file beside ``dst``, so memory stays bounded.
+
+    Parquet input (a file or a directory of them, needs pyarrow): the
+    columns ``features`` (default: every numeric column but the target) and
+    the target ``label_column`` by name (``"auto"``: the column ``y`` if there is one).
 
     fmt : ``"csv"``, ``"npy"``, ``"npz"`` or ``"libsvm"`` (also ``"svm"``,
         ``"svmlight"``); by default inferred from the extension: ``.csv``,
@@ -860,11 +1010,18 @@ def convert(
     import h5py
 
     src_s = os.fspath(src)
-    fmt = _infer_format(src_s, fmt)
     if not os.path.exists(src_s):
         raise FileNotFoundError(f"{src_s}: no such file")
-    if os.path.isdir(src_s):
+    fmt = _infer_format(src_s, fmt)
+    if os.path.isdir(src_s) and fmt != "parquet":
         raise IsADirectoryError(f"{src_s} is a directory, not an input file")
+    if features is not None and fmt != "parquet":
+        raise ValueError(f"features choose Parquet columns; {src_s} is {fmt}")
+    if os.fspath(dst).lower().endswith((".parquet", ".pq")):
+        return _convert_to_parquet(src_s, os.fspath(dst), fmt, x_key, y_key, label_column, delimiter,
+                                   has_header, chunk_rows, n_features, zero_based, overwrite)
+    if fmt == "hdf5":
+        raise ValueError(f"{src_s} is HDF5 already: convert writes HDF5, or Parquet when -o ends in .parquet")
     if not x_key or (y_key is not None and (not y_key or y_key == x_key)):
         raise ValueError(f"x_key and y_key must be distinct non-empty names, got {x_key!r} and {y_key!r}")
     if n_features is not None and fmt != "libsvm":
@@ -878,6 +1035,8 @@ def convert(
                                     chunk_rows, directory)
             elif fmt in ("npy", "npz"):
                 info = _convert_arrays(src_s, fmt, f, x_key, y_key, label_column, chunk_rows, directory)
+            elif fmt == "parquet":
+                info = _convert_parquet(src_s, f, x_key, y_key, label_column, features, chunk_rows)
             else:
                 info = _convert_libsvm(src_s, f, x_key, y_key, chunk_rows, n_features, zero_based, directory)
             f.attrs["converted_by"] = "drizzle_ml.datasets.tools.convert"
@@ -886,6 +1045,28 @@ def convert(
             for name, value in info.items():
                 f.attrs[name] = _json_attr(value)
     return describe(dst, x_key=x_key, y_key=y_key if y_key is not None else None)
+
+
+def _convert_to_parquet(src, dst, fmt, x_key, y_key, label_column, delimiter, has_header, chunk_rows,
+                        n_features, zero_based, overwrite) -> dict[str, Any]:
+    if fmt == "parquet":
+        raise ValueError(f"{src} is Parquet already: convert writes Parquet from CSV, NPY, NPZ, LIBSVM or HDF5")
+    if os.path.lexists(dst) and not overwrite:  # before any work
+        raise FileExistsError(f"{dst} exists: pass overwrite=True (--overwrite) to replace it")
+    if fmt == "hdf5":
+        return _write_parquet(src, dst, x_key, y_key, chunk_rows, overwrite)
+    # Through a hidden HDF5 file beside dst: every text and array reader streams into HDF5 already.
+    directory = os.path.dirname(os.path.abspath(dst))
+    fd, scratch = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".h5", dir=directory)
+    os.close(fd)
+    try:
+        convert(src, scratch, fmt=fmt, x_key=x_key, y_key=y_key, label_column=label_column, delimiter=delimiter,
+                has_header=has_header, chunk_rows=chunk_rows, n_features=n_features, zero_based=zero_based,
+                overwrite=True)
+        return _write_parquet(scratch, dst, x_key, y_key, chunk_rows, overwrite)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
 
 
 # --------------------------------------------------------------------------- describe
@@ -943,6 +1124,22 @@ def _describe_y(dset: Any, key: str) -> dict[str, Any]:
     info: dict[str, Any] = {"key": key, "dtype": str(dset.dtype), "rows": int(dset.shape[0])}
     n = dset.shape[0]
     step = 1 << 20
+    import h5py
+
+    if h5py.check_string_dtype(dset.dtype) is not None or dset.dtype.kind == "S":  # text labels (from Parquet)
+        from drizzle_ml.data import read_targets
+
+        found: dict[str, int] = {}
+        for lo in range(0, n, step):
+            values, cnt = np.unique(read_targets(dset, lo, lo + step), return_counts=True)
+            for v, c in zip(values.tolist(), cnt.tolist()):
+                found[v] = found.get(v, 0) + c
+        if len(found) <= 1000:
+            info["classes"] = sorted(found)
+            info["counts"] = [found[k] for k in info["classes"]]
+        else:
+            info["n_distinct"], info["min"], info["max"] = "more than 1000", min(found), max(found)
+        return info
     if dset.dtype.kind in "biu":
         counts: dict[int, int] = {}
         lo_v = hi_v = None
@@ -1004,6 +1201,13 @@ def _label_column_arg(text: str) -> int | str | None:
         return text
 
 
+def _columns_arg(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be column names separated by commas, got {text!r}")
+    return names
+
+
 def _key_arg(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
@@ -1047,13 +1251,17 @@ def add_datasets_parser(subparsers: Any) -> argparse.ArgumentParser:
     make.add_argument("--chunk-rows", type=int, default=None, help="rows generated at a time")
     make.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
-    conv = sub.add_parser("convert", help="convert CSV, NPY, NPZ or LIBSVM to HDF5")
-    conv.add_argument("src", help="input file (.csv, .npy, .npz, .svm/.libsvm/.svmlight/.txt)")
-    conv.add_argument("-o", "--output", required=True, help="HDF5 file to write")
+    conv = sub.add_parser("convert", help="convert CSV, NPY, NPZ, LIBSVM or Parquet to HDF5, or to Parquet")
+    conv.add_argument("src", help="input file (.csv, .npy, .npz, .svm/.libsvm/.svmlight/.txt, .parquet or a "
+                                  "directory of them; .h5 when the output is Parquet)")
+    conv.add_argument("-o", "--output", required=True, help="HDF5 file to write, or a .parquet file")
     conv.add_argument("--format", choices=FORMATS, default=None, help="input format (default: from the extension)")
     conv.add_argument("--label-column", type=_label_column_arg, default="auto",
                       help="CSV/NPY label column: index, header name or 'none' "
-                           "(default: last column for CSV, none for NPY)")
+                           "(default: last column for CSV, none for NPY); Parquet: the target column's name "
+                           "(default: y if there is one)")
+    conv.add_argument("--features", type=_columns_arg, default=None, metavar="COL,...",
+                      help="Parquet input: the feature columns (default: every numeric column but the target)")
     header = conv.add_mutually_exclusive_group()
     header.add_argument("--header", dest="has_header", action="store_const", const=True, default=None,
                         help="the CSV's first line is a header")
@@ -1068,7 +1276,7 @@ def add_datasets_parser(subparsers: Any) -> argparse.ArgumentParser:
     conv.add_argument("--chunk-rows", type=int, default=None, help="rows read at a time")
     conv.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
-    info = sub.add_parser("info", help="describe an HDF5 dataset")
+    info = sub.add_parser("info", help="describe an HDF5 dataset, or Parquet data")
     info.add_argument("path")
     info.add_argument("--x-key", default="X")
     info.add_argument("--y-key", type=_key_arg, default="y")
@@ -1119,12 +1327,21 @@ def run_datasets(args: argparse.Namespace) -> int:
     elif args.datasets_command == "convert":
         from drizzle_ml.files import check_outputs
 
-        check_outputs({"-o/--output": args.output}, {"file": args.src})
-        info = convert(args.src, args.output, fmt=args.format, x_key=args.x_key, y_key=args.y_key,
-                       label_column=args.label_column, delimiter=args.delimiter, has_header=args.has_header,
-                       chunk_rows=args.chunk_rows, n_features=args.n_features, zero_based=args.zero_based,
-                       overwrite=args.overwrite)
-        print(summary_line(info))
+        check_outputs({"-o/--output": args.output}, {"file": args.src},
+                      {"directory": args.src if os.path.isdir(args.src) else None})
+        try:
+            info = convert(args.src, args.output, fmt=args.format, x_key=args.x_key, y_key=args.y_key,
+                           label_column=args.label_column, delimiter=args.delimiter, has_header=args.has_header,
+                           chunk_rows=args.chunk_rows, n_features=args.n_features, zero_based=args.zero_based,
+                           overwrite=args.overwrite, features=args.features)
+        except ImportError as exc:  # pyarrow missing: the install hint, in one line
+            raise ValueError(str(exc)) from None
+        print(parquet_summary_line(info) if "row_groups" in info else summary_line(info))
+    elif args.datasets_command == "info" and os.path.exists(args.path) and _is_parquet(args.path):
+        try:
+            print("\n".join(parquet_info_lines(args.path)))
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
     elif args.datasets_command == "info":
         try:
             info = describe(args.path, x_key=args.x_key, y_key=args.y_key)

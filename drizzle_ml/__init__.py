@@ -12,7 +12,7 @@ import os as _os
 _os.environ.setdefault("UCX_LOG_LEVEL", "error")
 
 from .cluster import Cluster, get_cluster  # noqa: E402
-from .data import ArrayDataset, HDF5Dataset  # noqa: E402
+from .data import ArrayDataset, FileDataset, HDF5Dataset  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointError,
     CheckpointInUseError,
@@ -27,12 +27,14 @@ from .errors import (  # noqa: E402
     WorkerTimeoutError,
 )
 from .metrics import GroupMetrics, JobResult  # noqa: E402
+from .parquet import ParquetDataset  # noqa: E402  (pyarrow is imported only when a file is read)
 from .program import Partition, Program  # noqa: E402
 from .sources import (  # noqa: E402
     DirectorySource,
     FileSource,
     HDF5Source,
     IterableSource,
+    ParquetSource,
     StreamError,
     TCPSource,
     parse_source,
@@ -52,6 +54,7 @@ __all__ = [
     "ClusterClosedError",
     "DirectorySource",
     "DrizzleError",
+    "FileDataset",
     "FileSource",
     "HDF5Source",
     "IterableSource",
@@ -59,6 +62,8 @@ __all__ = [
     "HDF5Dataset",
     "JobResult",
     "KMeans",
+    "ParquetDataset",
+    "ParquetSource",
     "LinearRegression",
     "LogisticRegression",
     "ModelStore",

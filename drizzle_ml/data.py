@@ -230,7 +230,20 @@ class ArrayDataset:
         return {"kind": "arrays", "fields": fields, "row_offset": lo, "n_total": self.n_rows}, buffers
 
 
-class HDF5Dataset:
+class FileDataset:
+    """A dataset on disk whose rows each worker reads itself; the driver knows only its shape.
+
+    Subclasses (:class:`HDF5Dataset`, :class:`~drizzle_ml.parquet.ParquetDataset`)
+    give ``path``, ``n_rows``, ``n_features``, ``sparse``, ``dtype``, ``x_key``,
+    ``y_key``, ``y_shape``, ``y_dtype``, ``dataset_id``, ``targets()`` (the
+    targets in chunks, for the driver's label checks) and ``slices(lo, hi)``
+    (the spec a worker reads its rows from).
+    """
+
+    kind = "file"
+
+
+class HDF5Dataset(FileDataset):
     """A dataset in an HDF5 file; each worker reads only its own row range.
 
     path : the file (must be readable at the same path on every worker's host)

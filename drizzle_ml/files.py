@@ -78,7 +78,8 @@ def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None],
 
     ``outputs`` and ``inputs`` map an option's name (``"-o"``) to its path
     (None: not given). ``watched`` are input directories whose new files are
-    read as input: an output inside one would be read back.
+    read as input (a stream's directory, a directory of Parquet files): an
+    output inside one would be read back.
     """
     given = [(name, path) for name, path in outputs.items() if path]
     for name, path in given:
@@ -88,7 +89,7 @@ def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None],
                                  "write the output elsewhere")
         for source, directory in (watched or {}).items():
             if directory and is_inside(path, directory):
-                raise ValueError(f"{name} {path} is inside {source} {directory}, whose new files are read as "
+                raise ValueError(f"{name} {path} is inside {source} {directory}, whose files are read as "
                                  "input; write the output elsewhere")
     for i, (name, path) in enumerate(given):
         for other, other_path in given[i + 1:]:

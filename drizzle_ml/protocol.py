@@ -35,7 +35,7 @@ FLAG_STOP = 1.0
 @dataclass
 class LoadData:
     dataset_id: str
-    spec: dict[str, Any]  # {"kind": "arrays", "fields": [...]} or {"kind": "hdf5", ...}
+    spec: dict[str, Any]  # {"kind": "arrays", "fields": [...]} or {"kind": "hdf5" or "parquet", ...}
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Stream sources: partitioned record streams with offsets, read by the workers.
 
 A source is a small picklable description (:class:`FileSource`,
-:class:`DirectorySource`, :class:`TCPSource`, :class:`HDF5Source`,
-:class:`IterableSource`) that the driver ships to the workers; each worker
-opens only its own partitions and reads them itself, so no record passes
+:class:`DirectorySource`, :class:`ParquetSource`, :class:`TCPSource`,
+:class:`HDF5Source`, :class:`IterableSource`) that the driver ships to the
+workers; each worker opens only its own partitions and reads them itself, so no record passes
 through the driver. Every partition has an *offset*: a small JSON value that
 says how far the partition has been consumed (a byte position, a record
 count, a file name and position). Offsets are taken only at micro-batch cuts
@@ -18,9 +18,10 @@ behind.
 
 Records are lines of CSV (numbers separated by commas; for supervised
 learners the last field is the target) or JSON (``{"x": [...], "y": v}`` or
-a list of numbers, target last), or rows of a 2-D HDF5 dataset (target in
-the last column). A malformed record (wrong field count, not a number, NaN
-or infinity, a label outside the known classes) is skipped and counted
+a list of numbers, target last), rows of a 2-D HDF5 dataset (target in
+the last column), or rows of Parquet files (columns chosen by name). A
+malformed record (wrong field count, not a number, NaN or infinity, a null,
+a label outside the known classes) is skipped and counted
 (``on_error="skip"``, the default) or stops the job with an error naming the
 source and offset (``on_error="fail"``).
 """
@@ -344,10 +345,13 @@ class _DirectoryReader(PartitionReader):
     """This partition's files of a directory, in name order; a file is complete when it appears.
 
     Files are owned by ``crc32(name) % n_partitions``; a quiet directory is
-    listed again every ``LISTING_INTERVAL`` seconds. Names starting with
-    ``.`` or ending in ``.tmp`` are ignored (write there, then rename in).
-    The offset is ``{"file": name, "pos": bytes}``: every earlier file of
-    this partition is done, ``name`` is consumed up to ``pos``.
+    listed again every ``LISTING_INTERVAL`` seconds. The source says which
+    names are its files (``wanted``: names starting with ``.`` or ending in
+    ``.tmp`` never are: write there, then rename in) and how one is read
+    (``open_file``: lines of text, or a Parquet file's rows).
+    The offset is ``{"file": name, "pos": position}``: every earlier file of
+    this partition is done, ``name`` is consumed up to ``pos`` (bytes of
+    text, rows of Parquet).
     """
 
     LISTING_INTERVAL = 0.005
@@ -372,7 +376,7 @@ class _DirectoryReader(PartitionReader):
             names = os.listdir(self.source.path)
         except FileNotFoundError:
             raise StreamError(f"stream directory {self.source.path} does not exist") from None
-        return sorted(n for n in names if not n.startswith(".") and not n.endswith(".tmp")
+        return sorted(n for n in names if self.source.wanted(n)
                       and zlib.crc32(n.encode()) % self.n_partitions == self.partition)
 
     def _advance(self) -> bool:
@@ -399,8 +403,8 @@ class _DirectoryReader(PartitionReader):
                 if not (self.name and os.path.exists(os.path.join(self.source.path, self.name))) \
                         and not self._advance():
                     return None
-                self.current = _TextFileReader(os.path.join(self.source.path, self.name), self.fmt,
-                                               self.start, follow=False)
+                self.current = self.source.open_file(os.path.join(self.source.path, self.name), self.fmt,
+                                                     self.start)
             chunk = self.current.read(max_records)
             if chunk is not None:
                 return chunk
@@ -411,6 +415,83 @@ class _DirectoryReader(PartitionReader):
     def close(self) -> None:
         if self.current is not None:
             self.current.close()
+
+
+class _ParquetFileReader(PartitionReader):
+    """Rows of one complete Parquet file from row ``pos`` on, row group by row group.
+
+    The chosen feature columns come first, the target last (when the
+    learner has one), as float64; a null is NaN and so a malformed record.
+    A file that is not Parquet or lacks a chosen column is malformed as a
+    whole (``on_error``): skipped and counted as one record, or an error.
+    """
+
+    def __init__(self, path: str, fmt: RecordFormat, pos: int, source: "ParquetSource"):
+        from .parquet import is_numeric, open_file
+
+        self.path, self.fmt, self.pos = path, fmt, int(pos)
+        self.columns = list(source.features or []) + ([source.target] if fmt.has_target else [])
+        self.arrived = time.time()  # the file is complete when it appears: every row arrives with it
+        self.block: tuple[int, int, np.ndarray] | None = None  # (first row, end row, rows) of one row group
+        self.problem: str | None = None
+        self.ended = False
+        self.starts = np.zeros(1, dtype=np.int64)
+        try:
+            self.pf = open_file(path)
+        except ValueError as exc:
+            self.pf, self.problem = None, str(exc).removeprefix(f"{path}: ")
+            return
+        md = self.pf.metadata
+        self.starts = np.concatenate([[0], np.cumsum([md.row_group(g).num_rows for g in range(md.num_row_groups)])])
+        schema = self.pf.schema_arrow
+        for name in self.columns:
+            if name not in schema.names:
+                self.problem = f"no column {name!r} (columns: {', '.join(schema.names)})"
+            elif not is_numeric(schema.field(name).type):
+                self.problem = f"column {name!r} has type {schema.field(name).type}, not a number"
+            if self.problem:
+                break
+
+    @property
+    def offset(self) -> int:
+        return self.pos
+
+    def _rows(self, group: int) -> np.ndarray:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = self.pf.read_row_group(group, columns=self.columns)
+        rows = np.empty((table.num_rows, len(self.columns)), dtype=np.float64)
+        for j, name in enumerate(self.columns):
+            column = pc.cast(table.column(name), pa.float64()).fill_null(float("nan"))
+            rows[:, j] = column.to_numpy()
+        return rows
+
+    def read(self, max_records: int) -> Chunk | None:
+        total = int(self.starts[-1])
+        if self.problem is not None:
+            # The whole file is one malformed record; its offset then passes its end, so a
+            # reader resumed there (a restart) does not count it again.
+            done = max(total, 1)
+            if self.pos >= done:
+                self.ended = True
+                return None
+            self.fmt.fail(self.path, self.problem)  # raises under on_error="fail"
+            self.pos = done
+            return Chunk(np.empty((0, len(self.columns))), 1, self.arrived, self.arrived)
+        if self.pos >= total:
+            self.ended = True
+            return None
+        if self.block is None or not self.block[0] <= self.pos < self.block[1]:
+            group = int(np.searchsorted(self.starts, self.pos, side="right")) - 1
+            self.block = (int(self.starts[group]), int(self.starts[group + 1]), self._rows(group))
+        first, end, block = self.block
+        take = min(end - self.pos, max_records or end)
+        start = self.pos
+        rows, n_bad = self.fmt.check_rows(block[start - first: start - first + take],
+                                          lambda i: f"{self.path} row {start + i}")
+        self.pos = start + take
+        return Chunk(rows, n_bad, self.arrived, self.arrived)
 
 
 class _TCPReader(PartitionReader):
@@ -662,8 +743,70 @@ class DirectorySource(Source):
             raise StreamError(f"stream directory {self.path} does not exist")
         return _DirectoryReader(self, fmt, partition, n_partitions, offset)
 
+    def wanted(self, name: str) -> bool:
+        """Whether a directory entry is one of the stream's files."""
+        return not name.startswith(".") and not name.endswith(".tmp")
+
+    def open_file(self, path: str, fmt: RecordFormat, pos: int) -> PartitionReader:
+        """A reader of one complete file from position ``pos`` on."""
+        return _TextFileReader(path, fmt, pos, follow=False)
+
     def describe(self) -> str:
         return f"dir:{self.path}"
+
+
+@dataclass
+class ParquetSource(DirectorySource):
+    """A directory that receives new Parquet files (``.parquet``/``.pq``, each complete when it appears).
+
+    Read like a ``dir:`` source: whole files owned by partitions, in name
+    order; the offset's position counts rows. ``features``: the feature
+    columns (None: every numeric column of the first file but the target);
+    ``target``: the target column for supervised learners (None: ``y``).
+    :meth:`resolved` fixes both on the driver before the workers open files.
+    Needs pyarrow.
+    """
+
+    features: list[str] | None = None
+    target: str | None = None
+
+    def wanted(self, name: str) -> bool:
+        from .parquet import wanted_name
+
+        return wanted_name(name) and not name.endswith(".tmp")
+
+    def open_file(self, path: str, fmt: RecordFormat, pos: int) -> PartitionReader:
+        return _ParquetFileReader(path, fmt, pos, self)
+
+    def open(self, fmt, partition, n_partitions, offset):
+        from .parquet import pyarrow_parquet
+
+        pyarrow_parquet()
+        return super().open(fmt, partition, n_partitions, offset)
+
+    def resolved(self, has_target: bool) -> "ParquetSource":
+        """This source with its columns fixed: explicit ones kept, the rest read from the first file's schema."""
+        from .parquet import AUTO, DEFAULT_TARGET, open_file, pyarrow_parquet, resolve_columns
+
+        pyarrow_parquet()
+        target = (self.target or DEFAULT_TARGET) if has_target else None
+        if self.features is not None:
+            return ParquetSource(self.path, self.follow, list(self.features), target)
+        names = sorted(n for n in os.listdir(self.path) if self.wanted(n)) if os.path.isdir(self.path) else []
+        if not names:
+            raise StreamError(f"{self.describe()} has no Parquet file yet to tell the feature columns; "
+                              "name them (features)")
+        first = os.path.join(self.path, names[0])
+        try:
+            schema = open_file(first).schema_arrow
+            # Without a target to learn, a column 'y' (or the named target) is still no default feature.
+            features, _ = resolve_columns(schema, first, None, target if has_target else (self.target or AUTO))
+        except ValueError as exc:
+            raise StreamError(str(exc)) from None
+        return ParquetSource(self.path, self.follow, features, target)
+
+    def describe(self) -> str:
+        return f"parquet:{self.path}"
 
 
 @dataclass
@@ -729,14 +872,17 @@ class IterableSource(Source):
 
 
 def parse_source(text: str, *, follow: bool = True) -> Source:
-    """``file:PATH``, ``dir:PATH``, ``tcp:HOST:PORT`` or ``h5:PATH#KEY`` as a :class:`Source`."""
+    """``file:PATH``, ``dir:PATH``, ``parquet:DIR``, ``tcp:HOST:PORT`` or ``h5:PATH#KEY`` as a :class:`Source`."""
     kind, sep, rest = text.partition(":")
     if not sep or not rest:
-        raise ValueError(f"source must look like file:PATH, dir:PATH, tcp:HOST:PORT or h5:PATH#KEY, got {text!r}")
+        raise ValueError(f"source must look like file:PATH, dir:PATH, parquet:DIR, tcp:HOST:PORT or h5:PATH#KEY, "
+                         f"got {text!r}")
     if kind == "file":
         return FileSource(rest, follow=follow)
     if kind == "dir":
         return DirectorySource(rest, follow=follow)
+    if kind == "parquet":
+        return ParquetSource(rest, follow=follow)
     if kind == "tcp":
         host, _, port = rest.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -745,7 +891,7 @@ def parse_source(text: str, *, follow: bool = True) -> Source:
     if kind == "h5":
         path, _, key = rest.partition("#")
         return HDF5Source(path, key or "X", follow=follow)
-    raise ValueError(f"unknown source kind {kind!r} in {text!r}: use file:, dir:, tcp: or h5:")
+    raise ValueError(f"unknown source kind {kind!r} in {text!r}: use file:, dir:, parquet:, tcp: or h5:")
 
 
 # -- micro-batches --------------------------------------------------------------------------------
@@ -898,6 +1044,8 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lin
     consuming it (TCP) or has no good record yet.
     """
     probe = RecordFormat(fmt.kind, None, fmt.has_target, None, "skip")
+    if isinstance(source, ParquetSource):
+        return len(source.resolved(fmt.has_target).features)
     if isinstance(source, HDF5Source):
         reader = source.open(probe, 0, 1, 0)
         reader.close()

@@ -232,7 +232,10 @@ class WorkerRuntime:
         spec = msg.spec
         if spec["kind"] == "hdf5":
             partition = read_hdf5_partition(spec)
-            partition.worker = self.index
+        elif spec["kind"] == "parquet":
+            from .parquet import read_parquet_partition  # pyarrow only where Parquet is read
+
+            partition = read_parquet_partition(spec)
         else:
             buffers, requests = [], []
             for _, _, _, parts in spec["fields"]:

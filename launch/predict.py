@@ -12,14 +12,20 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .train import CLIError, check_output_paths, open_hdf5
+from .train import (CLIError, add_column_arguments, check_hdf5_columns, check_output_paths, check_parquet_columns,
+                    is_parquet_data, open_hdf5, open_parquet)
 
 CHUNK_ROWS = 65_536
 
 
 def iter_rows(source: Any, with_targets: bool = False, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
-    """Rows of an :class:`~drizzle_ml.HDF5Dataset` in chunks: ``X`` (dense or CSR), or ``(X, y)``."""
+    """Rows of an :class:`~drizzle_ml.HDF5Dataset` or a :class:`~drizzle_ml.ParquetDataset` in chunks:
+    ``X`` (dense or CSR), or ``(X, y)``."""
     import h5py
+
+    if source.kind == "parquet":
+        yield from source.iter_rows(with_targets, chunk_rows)
+        return
 
     from drizzle_ml.data import read_csr_rows, read_targets
 
@@ -42,17 +48,32 @@ def _output_of(estimator: Any) -> tuple[str, Any]:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from drizzle_ml.algorithms.persist import load_model
+    from drizzle_ml.algorithms.persist import load_model, model_info
 
-    check_output_paths({"-o/--output": args.output}, {"--model": args.model, "--data": args.data})
+    parquet = is_parquet_data(args.data)
+    check_output_paths({"-o/--output": args.output}, {"--model": args.model, "--data": args.data},
+                       {"--data": args.data if parquet else None})
     try:
         estimator = load_model(args.model)
+        extra = model_info(args.model)["extra"] if parquet else None
     except (OSError, ValueError, KeyError) as exc:
         raise CLIError(str(exc)) from None
-    source = open_hdf5(args.data, args.x_key, None)
+    if parquet:
+        check_parquet_columns(args)
+        # The model's own columns when it was trained on Parquet; otherwise every numeric column but 'y'.
+        trained_on = (extra or {}).get("features")
+        features = args.features or (list(trained_on) if isinstance(trained_on, list) else None)
+        source = open_parquet(args.data, features, None if features else args.target or "auto")
+        if source.target is not None:  # it only kept the target out of the features; predict needs none
+            source = open_parquet(args.data, source.features, None)
+    else:
+        check_hdf5_columns(args)
+        source = open_hdf5(args.data, args.x_key or "X", None)
     expected = getattr(estimator, "n_features_in_", source.n_features)
     if source.n_features != expected:
-        raise CLIError(f"{args.data} has {source.n_features} features, but the model was trained on {expected}")
+        chosen = f" ({', '.join(source.features)})" if parquet else ""
+        raise CLIError(f"{args.data} has {source.n_features} features{chosen}, but the model was trained on "
+                       f"{expected}" + (" (choose them with --features)" if parquet else ""))
     name, method = _output_of(estimator)
     out = args.output
     ext = os.path.splitext(out)[1].lower()
@@ -63,6 +84,8 @@ def predict(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CLIError(message if message.startswith(source.path) else f"{args.data}: {message}") from None
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
     result = np.concatenate(parts) if parts else np.empty(0)
     from drizzle_ml.files import atomic_output
     from drizzle_ml.h5files import write_hdf5
@@ -103,7 +126,10 @@ def info(args: argparse.Namespace) -> int:
 
 def add_predict_arguments(predict_parser: argparse.ArgumentParser, info_parser: argparse.ArgumentParser) -> None:
     predict_parser.add_argument("--model", required=True, help="a model saved by 'drizzle-ml train --output'")
-    predict_parser.add_argument("--data", required=True, help="HDF5 file with the rows to predict")
-    predict_parser.add_argument("--x-key", default="X", help="HDF5 dataset (or CSR group) of the features")
+    predict_parser.add_argument("--data", required=True,
+                                help="HDF5 file, Parquet file or directory of Parquet files with the rows to predict")
+    predict_parser.add_argument("--x-key", default=None,
+                                help="HDF5 dataset (or CSR group) of the features (default X)")
+    add_column_arguments(predict_parser)
     predict_parser.add_argument("--output", "-o", required=True, help="where to write: .h5, .npy or .csv")
     info_parser.add_argument("model", help="a model saved by 'drizzle-ml train --output'")

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .train import (ALGORITHMS, CLIError, _checkpoint_every, add_recovery_arguments, check_estimator_params,
-                    check_output_paths, check_recovery_arguments, estimator_params, make_estimator, save_result)
+from .train import (ALGORITHMS, SUPERVISED, CLIError, _checkpoint_every, add_column_arguments,
+                    add_recovery_arguments, check_estimator_params, check_output_paths, check_recovery_arguments,
+                    estimator_params, make_estimator, save_result)
 
 # Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.
 STREAM_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -53,10 +54,12 @@ def add_stream_arguments(stream: argparse.ArgumentParser, group_size_type: Any) 
     stream.add_argument("--algorithm", choices=ALGORITHMS, default="logistic")
     stream.add_argument("--source", required=True,
                         help="file:PATH (tail a CSV/JSON-lines file), dir:PATH (new files), "
-                             "tcp:HOST:PORT (lines), h5:PATH#KEY (a growing 2-D dataset)")
+                             "parquet:DIR (new Parquet files), tcp:HOST:PORT (lines), "
+                             "h5:PATH#KEY (a growing 2-D dataset)")
     stream.add_argument("--format", choices=("csv", "json"), default="csv", help="text record format")
     stream.add_argument("--n-features", type=int, default=None,
                         help="features per record (default: read from the first record; required for tcp)")
+    add_column_arguments(stream)
     stream.add_argument("--classes", default=None, help="logistic: every label, comma-separated (e.g. 0,1)")
     stream.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     stream.add_argument("--group-size", type=group_size_type, default="auto")
@@ -103,9 +106,19 @@ def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(str(exc)) from None
     path = getattr(source, "path", None)
     kind = args.source.partition(":")[0]
+    watched = kind in ("dir", "parquet")
     check_output_paths({"-o/--output": args.output},
-                   {"--source": path if kind != "dir" else None},
-                   {"--source": path if kind == "dir" else None})
+                       {"--source": path if not watched else None},
+                       {"--source": path if watched else None})
+    if kind == "parquet":
+        from drizzle_ml.parquet import pyarrow_parquet
+
+        try:
+            pyarrow_parquet()
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
+    elif args.features is not None or args.target is not None:
+        raise CLIError("--features and --target choose the columns of a parquet: source")
     if args.algorithm == "logistic" and not args.classes:
         raise CLIError("--algorithm logistic needs --classes (every label the stream will have, e.g. 0,1)")
     if args.classes and args.algorithm != "logistic":
@@ -216,10 +229,16 @@ def run_stream(args: argparse.Namespace) -> int:
     import drizzle_ml
     from drizzle_ml.algorithms.stream import stream_fit
     from drizzle_ml.errors import DrizzleError
-    from drizzle_ml.sources import StreamError, parse_source
+    from drizzle_ml.sources import ParquetSource, StreamError, parse_source
 
     params = check_stream_arguments(args)
     source = parse_source(args.source, follow=not args.no_follow)
+    if isinstance(source, ParquetSource):  # columns fixed here, so that the saved model can name them
+        source.features, source.target = args.features, args.target
+        try:
+            source = source.resolved(args.algorithm in SUPERVISED)
+        except StreamError as exc:
+            raise CLIError(str(exc)) from None
     cluster = drizzle_ml.get_cluster()
     estimator = make_estimator(args.algorithm, params, {"group_size": args.group_size})
     # Estimator state for a server that starts before the first version.
@@ -272,7 +291,7 @@ def run_stream(args: argparse.Namespace) -> int:
                    idle_timeout=args.idle_timeout, on_error=args.on_error, max_batches=args.max_batches,
                    checkpoint_dir=args.checkpoint_dir, checkpoint_every=_checkpoint_every(args.checkpoint_every),
                    resume=args.resume, stop=stopping.is_set, on_group=on_group)
-    except (ValueError, TypeError, KeyError, OSError, StreamError, DrizzleError) as exc:
+    except (ValueError, TypeError, KeyError, OSError, ImportError, StreamError, DrizzleError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise CLIError(message.splitlines()[0] if message else type(exc).__name__) from None
     finally:
@@ -291,6 +310,8 @@ def run_stream(args: argparse.Namespace) -> int:
 
         extra = {"source": source.describe(), "offsets": estimator.stream_offsets_,
                  "records": estimator.records_seen_}
+        if isinstance(source, ParquetSource):  # predict picks the same columns by default
+            extra.update(features=list(source.features), target=source.target)
         problems: list[str] = []
         saved = save_result("the model", args.output, lambda path: save_model(estimator, path, extra=extra),
                             problems)

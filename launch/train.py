@@ -45,9 +45,11 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     train.add_argument("--algorithm", choices=ALGORITHMS, default="logistic",
                        help="what to train (default logistic)")
     train.add_argument("--data", default=None,
-                       help="HDF5 file (each worker reads its own rows); default: a bundled dataset")
-    train.add_argument("--x-key", default="X", help="HDF5 dataset (or CSR group) of the features")
-    train.add_argument("--y-key", default="y", help="HDF5 dataset of the targets (supervised algorithms)")
+                       help="HDF5 file, Parquet file or directory of Parquet files (each worker reads its own "
+                            "rows); default: a bundled dataset")
+    train.add_argument("--x-key", default=None, help="HDF5 dataset (or CSR group) of the features (default X)")
+    train.add_argument("--y-key", default=None, help="HDF5 dataset of the targets (supervised algorithms; default y)")
+    add_column_arguments(train)
     train.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     train.add_argument("--group-size", type=group_size_type, default="auto",
                        help="'auto' or iterations per group")
@@ -75,6 +77,22 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     opts.add_argument("--init", default=None, help="kmeans: k-means++|random")
     opts.add_argument("--n-init", type=int, default=None, help="kmeans: initialisations")
     opts.add_argument("--seed", type=int, default=None, help="pca (subspace), kmeans: random seed")
+
+
+def add_column_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--features`` and ``--target``: the columns of Parquet data (train, predict, stream)."""
+    parser.add_argument("--features", type=column_list, default=None, metavar="COL,...",
+                        help="Parquet: the feature columns (default: every numeric column but the target)")
+    parser.add_argument("--target", default=None, metavar="COL",
+                        help="Parquet: the target column (default: the column 'y'); never a default feature")
+
+
+def column_list(text: str) -> list[str]:
+    """An argparse type: comma-separated column names."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be column names separated by commas, got {text!r}")
+    return names
 
 
 def add_recovery_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
@@ -118,19 +136,28 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     if params.get("learning_rate") is not None and params.get("solver") != "gd":
         raise CLIError("--learning-rate is the step of --solver gd; other solvers choose their own steps")
     check_estimator_params(args.algorithm, params)
+    parquet = args.data is not None and is_parquet_data(args.data)
     check_output_paths({"-o/--output": args.output, "--report": args.report, "--plot": args.plot},
-                   {"--data": args.data})
+                       {"--data": args.data}, {"--data": args.data if parquet else None})
     if args.data is not None:
-        check_data_file(args.data)
-        if not args.data.endswith((".h5", ".hdf5", ".hdf")):
-            raise CLIError(f"{args.data}: train reads HDF5 files; convert it first with "
-                           f"'drizzle-ml datasets convert {args.data} -o DATA.h5'")
-        # Before any process starts: a thousand workers for three rows would start them all first.
-        n_rows = open_hdf5(args.data, args.x_key, None).n_rows
+        if parquet:
+            check_parquet_columns(args)
+            n_rows = open_data(args).n_rows
+        else:
+            check_data_file(args.data)
+            check_hdf5_columns(args)
+            if not args.data.endswith((".h5", ".hdf5", ".hdf")):
+                raise CLIError(f"{args.data}: train reads HDF5 or Parquet files (.h5, .parquet, or a directory "
+                               f"of .parquet files); convert it first with "
+                               f"'drizzle-ml datasets convert {args.data} -o DATA.h5'")
+            # Before any process starts: a thousand workers for three rows would start them all first.
+            n_rows = open_hdf5(args.data, args.x_key or "X", None).n_rows
         workers = getattr(args, "workers", None)
         if workers is not None and n_rows < workers:
             raise CLIError(f"{args.data} has {n_rows} row{'s' if n_rows != 1 else ''}, fewer than the "
                            f"{workers} workers; every worker needs at least one row (--workers)")
+    elif args.features is not None or args.target is not None:
+        raise CLIError("--features and --target choose columns of Parquet --data")
     return params
 
 
@@ -222,14 +249,61 @@ def open_hdf5(path: str, x_key: str, y_key: str | None):
         raise CLIError(str(exc)) from None
 
 
+def is_parquet_data(path: str) -> bool:
+    """Whether ``--data`` names Parquet data (a .parquet/.pq file or a directory); pyarrow is not needed to tell."""
+    from drizzle_ml.parquet import is_parquet_path
+
+    return is_parquet_path(path)
+
+
+def check_parquet_columns(args: argparse.Namespace) -> None:
+    if getattr(args, "x_key", None) is not None or getattr(args, "y_key", None) is not None:
+        raise CLIError(f"--x-key and --y-key name HDF5 datasets; {args.data} is Parquet "
+                       "(choose its columns with --features and --target)")
+
+
+def check_hdf5_columns(args: argparse.Namespace) -> None:
+    if getattr(args, "features", None) is not None or getattr(args, "target", None) is not None:
+        raise CLIError(f"--features and --target choose Parquet columns; {args.data} is read as HDF5 "
+                       "(use --x-key and --y-key)")
+
+
+def open_parquet(path: str, features: list[str] | None, target: str | None):
+    """A :class:`~drizzle_ml.ParquetDataset`, or a one-line CLIError (pyarrow missing, a bad file or column)."""
+    from drizzle_ml.parquet import ParquetDataset
+
+    try:
+        return ParquetDataset(path, features=features, target=target)
+    except (ImportError, OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def open_data(args: argparse.Namespace):
+    """The Parquet ``--data`` with the columns the algorithm reads.
+
+    Supervised algorithms need their target (``--target``, default ``y``);
+    the others read no target, but a column named ``y`` (or ``--target``)
+    is still left out of the default features, so that every command
+    picks the same features from the same file.
+    """
+    supervised = args.algorithm in SUPERVISED
+    dataset = open_parquet(args.data, args.features, args.target or ("y" if supervised else "auto"))
+    if not supervised and dataset.target is not None:
+        dataset = open_parquet(args.data, dataset.features, None)
+    return dataset
+
+
 def load_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    """``(X_or_dataset, y_or_None, description)``: the HDF5 file, or the bundled default."""
+    """``(X_or_dataset, y_or_None, description)``: the HDF5 or Parquet data, or the bundled default."""
     from drizzle_ml.datasets import load_default
 
     if args.data is None:
         X, y, name = load_default("regression" if args.algorithm in ("linear", "ridge") else "classification")
         return X, (y if args.algorithm in SUPERVISED else None), name
-    dataset = open_hdf5(args.data, args.x_key, args.y_key if args.algorithm in SUPERVISED else None)
+    if is_parquet_data(args.data):
+        dataset = open_data(args)
+        return dataset, None, dataset.describe()
+    dataset = open_hdf5(args.data, args.x_key or "X", (args.y_key or "y") if args.algorithm in SUPERVISED else None)
     kind = "sparse" if dataset.sparse else "dense"
     return dataset, None, f"{args.data} ({dataset.n_rows} x {dataset.n_features}, {kind})"
 
@@ -287,8 +361,10 @@ def train(args: argparse.Namespace) -> int:
 
     # Every output is attempted: a full disk under the model must not cost the report, or the reverse.
     problems: list[str] = []
-    saved = save_result("the model", args.output,
-                        lambda path: save_model(estimator, path, extra={"report": report.as_dict()}), problems)
+    extra: dict[str, Any] = {"report": report.as_dict()}
+    if getattr(X, "kind", None) == "parquet":  # predict picks the same columns by default
+        extra.update(features=list(X.features), target=X.target)
+    saved = save_result("the model", args.output, lambda path: save_model(estimator, path, extra=extra), problems)
     report.model_path = os.path.abspath(saved) if saved else None
     print(report.text(), flush=True)
     save_result("the report", args.report, report.write_json, problems)

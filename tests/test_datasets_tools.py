@@ -220,8 +220,8 @@ def test_common_errors(tmp_path):
     (tmp_path / "data.dat").write_text("1,2\n")
     with pytest.raises(ValueError, match=r"cannot infer the format of .*data.dat from its extension '.dat'"):
         convert(tmp_path / "data.dat", tmp_path / "o.h5")
-    with pytest.raises(ValueError, match="unknown format 'parquet'"):
-        convert(tmp_path / "data.dat", tmp_path / "o.h5", fmt="parquet")
+    with pytest.raises(ValueError, match="unknown format 'orc'"):
+        convert(tmp_path / "data.dat", tmp_path / "o.h5", fmt="orc")
     convert(tmp_path / "data.dat", tmp_path / "o.h5", fmt="csv")  # explicit format
     with pytest.raises(FileExistsError, match="o.h5 exists: pass overwrite=True"):
         convert(tmp_path / "data.dat", tmp_path / "o.h5", fmt="csv")
