@@ -13,19 +13,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .registry import ENTRIES
+
 _MODULE_OF = {
     "CovariancePCA": "pca_programs",
-    "KMeans": "kmeans",
     "KMeansPlusPlusInit": "kmeans_programs",
-    "LinearRegression": "linear",
-    "LogisticRegression": "logistic",
     "Lloyd": "kmeans_programs",
     "Minimize": "optim",
     "NormalEquations": "normal_equations",
-    "PCA": "pca",
     "RandomInit": "kmeans_programs",
-    "Ridge": "linear",
     "SubspacePCA": "pca_programs",
+    **{entry.class_name: entry.module for entry in ENTRIES},
 }
 
 __all__ = sorted(_MODULE_OF)

@@ -31,10 +31,7 @@ import numpy as np
 from drizzle_ml.h5files import open_hdf5, root_attributes, write_hdf5
 from drizzle_ml.jsonable import from_json, to_json
 
-from .kmeans import KMeans
-from .linear import LinearRegression, Ridge
-from .logistic import LogisticRegression
-from .pca import PCA
+from .registry import ENTRIES
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ESTIMATORS", "save_model", "load_model", "model_info",
            "format_info"]
@@ -43,18 +40,10 @@ FORMAT = "drizzle-ml-model"
 FORMAT_VERSION = 1
 
 #: The estimator classes a model file may name, by class name.
-ESTIMATORS: dict[str, type] = {
-    cls.__name__: cls for cls in (LogisticRegression, LinearRegression, Ridge, PCA, KMeans)
-}
+ESTIMATORS: dict[str, type] = {entry.class_name: entry.load() for entry in ENTRIES}
 
 #: Fitted attributes a file must hold for its estimator to predict.
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "LogisticRegression": ("classes_", "coef_", "intercept_", "n_features_in_"),
-    "LinearRegression": ("coef_", "intercept_", "n_features_in_"),
-    "Ridge": ("coef_", "intercept_", "n_features_in_"),
-    "PCA": ("components_", "explained_variance_", "mean_", "n_components_", "n_features_in_"),
-    "KMeans": ("cluster_centers_", "n_features_in_"),
-}
+REQUIRED: dict[str, tuple[str, ...]] = {entry.class_name: entry.saved for entry in ENTRIES}
 
 # Engine attributes kept in root attributes (history_, model_version_, n_iter_) or not saved.
 _NOT_SAVED = ("model_store_", "stream_offsets_", "stream_stats_")  # live state; a stream's offsets go in extra

@@ -41,6 +41,8 @@ from .sources import (  # noqa: E402
 )
 from .store import ModelStore, ModelVersion  # noqa: E402
 
+from .algorithms.registry import BY_CLASS as _ESTIMATORS  # noqa: E402  (names only: no estimator is imported)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -61,17 +63,12 @@ __all__ = [
     "GroupMetrics",
     "HDF5Dataset",
     "JobResult",
-    "KMeans",
     "ParquetDataset",
     "ParquetSource",
-    "LinearRegression",
-    "LogisticRegression",
     "ModelStore",
     "ModelVersion",
-    "PCA",
     "Partition",
     "Program",
-    "Ridge",
     "StreamError",
     "TCPSource",
     "VersionMismatchError",
@@ -81,19 +78,15 @@ __all__ = [
     "get_cluster",
     "parse_source",
     "stream_fit",
+    *_ESTIMATORS,
 ]
-
-
-_ESTIMATORS = {"KMeans", "LinearRegression", "LogisticRegression", "PCA", "Ridge"}
 
 
 def __getattr__(name: str):
     # Estimators live in drizzle_ml.algorithms; import them lazily so the
     # engine itself never imports an algorithm.
     if name in _ESTIMATORS:
-        from . import algorithms
-
-        return getattr(algorithms, name)
+        return _ESTIMATORS[name].load()
     if name == "stream_fit":
         from .algorithms.stream import stream_fit
 

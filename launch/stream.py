@@ -19,23 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from drizzle_ml.algorithms.registry import option_table
+
 from .train import (ALGORITHMS, SUPERVISED, CLIError, _checkpoint_every, add_column_arguments,
                     add_recovery_arguments, check_estimator_params, check_output_paths, check_recovery_arguments,
                     estimator_params, make_estimator, save_result)
 
 # Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.
-STREAM_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "C": ("C", ("logistic",)),
-    "alpha": ("alpha", ("ridge",)),
-    "eta0": ("eta0", ("logistic", "linear", "ridge")),
-    "power_t": ("power_t", ("logistic", "linear", "ridge")),
-    "no_intercept": ("fit_intercept", ("logistic", "linear", "ridge")),
-    "n_components": ("n_components", ("pca",)),
-    "n_clusters": ("n_clusters", ("kmeans",)),
-    "decay": ("decay", ("kmeans",)),
-    "half_life": ("half_life", ("kmeans",)),
-    "seed": ("random_state", ("kmeans",)),
-}
+STREAM_OPTIONS = option_table("stream")
 
 
 def _seconds_or_none(text: str) -> float | None:

@@ -13,28 +13,15 @@ import time
 import warnings
 from typing import Any, Callable
 
+from drizzle_ml.algorithms.registry import BY_CLI, ENTRIES, option_table
+
 from .report import Progress, TrainingReport
 
-ALGORITHMS = ("logistic", "linear", "ridge", "pca", "kmeans")
-SUPERVISED = {"logistic", "linear", "ridge"}
+ALGORITHMS = tuple(BY_CLI)
+SUPERVISED = {entry.cli_name for entry in ENTRIES if entry.supervised}
 
 # Option -> (estimator parameter, algorithms it applies to).
-ALGORITHM_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "solver": ("solver", ("logistic", "linear", "ridge")),
-    "C": ("C", ("logistic",)),
-    "alpha": ("alpha", ("ridge",)),
-    "learning_rate": ("learning_rate", ("logistic", "linear", "ridge")),
-    "n_components": ("n_components", ("pca",)),
-    "svd_solver": ("svd_solver", ("pca",)),
-    "whiten": ("whiten", ("pca",)),
-    "n_clusters": ("n_clusters", ("kmeans",)),
-    "init": ("init", ("kmeans",)),
-    "n_init": ("n_init", ("kmeans",)),
-    "seed": ("random_state", ("pca", "kmeans")),
-    "no_intercept": ("fit_intercept", ("logistic", "linear", "ridge")),
-    "max_iter": ("max_iter", ALGORITHMS),
-    "tol": ("tol", ALGORITHMS),
-}
+ALGORITHM_OPTIONS = option_table("train")
 
 
 class CLIError(Exception):
@@ -210,12 +197,9 @@ def _checkpoint_every(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-def make_estimator(algorithm: str, params: dict[str, Any], engine: dict[str, Any]):
-    import drizzle_ml
-
-    cls = {"logistic": drizzle_ml.LogisticRegression, "linear": drizzle_ml.LinearRegression,
-           "ridge": drizzle_ml.Ridge, "pca": drizzle_ml.PCA, "kmeans": drizzle_ml.KMeans}[algorithm]
-    return cls(**params, **engine)
+def make_estimator(algorithm: str, params: dict[str, Any], engine: dict[str, Any]) -> Any:
+    """The estimator of ``--algorithm`` with its parameters."""
+    return BY_CLI[algorithm].load()(**params, **engine)
 
 
 def check_estimator_params(algorithm: str, params: dict[str, Any]) -> None:
