@@ -21,6 +21,7 @@ _MODULE_OF = {
     "Lloyd": "kmeans_programs",
     "Minimize": "optim",
     "NormalEquations": "normal_equations",
+    "OnlineLearner": "online_learning",
     "RandomInit": "kmeans_programs",
     "SubspacePCA": "pca_programs",
     **{entry.class_name: entry.module for entry in ENTRIES},

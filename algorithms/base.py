@@ -195,51 +195,6 @@ class DrizzleEstimator(BaseEstimator):
                 model, version, start = dict(committed.model), committed.version, committed.iteration
         return self._record(result, start, max_iter, warn_not_converged)
 
-    def _online_step(self, program: Any, model: dict, dataset: ArrayDataset) -> dict[str, np.ndarray]:
-        """One micro-batch: run ``program`` for one iteration from ``model`` on ``dataset``.
-
-        The versions continue those of the estimator's store (a partial_fit
-        after fit is the next version of that model). Returns the new model,
-        also kept as ``_online_model_`` for the next call.
-        """
-        self._check_engine_params()
-        cluster = get_cluster(None if self.n_workers is None else int(self.n_workers))
-        store = getattr(self, "model_store_", None)
-        store = ModelStore() if store is None else store  # (an empty store is falsy)
-        version = int(getattr(self, "model_version_", 0))
-        result = cluster.run(program, model, dataset, max_iter=1, version=version, start_iteration=version,
-                             group_size=1, scheduling="group", store=store, allow_empty=True)
-        continuing = getattr(self, "_online_model_", None) is not None
-        self.model_store_, self.model_version_ = store, result.version
-        self.n_iter_ = self.n_iter_ + 1 if continuing else 1  # micro-batches since the online run began
-        self.history_ = getattr(self, "history_", [])
-        self._online_model_ = {k: np.array(v) for k, v in result.model.items()}
-        return self._online_model_
-
-    def at_version(self, version: int | None = None, durable: bool = False):
-        """A copy of this estimator holding model ``version`` of ``model_store_``.
-
-        Default: the newest visible version (``durable=True``: the newest one
-        committed at a group boundary). Reading never blocks training: while
-        a stream trains in another thread, ``est.at_version().predict(X)``
-        answers from the newest version. The copy's ``model_version_`` says
-        which version it is. Works for versions made by ``partial_fit`` and
-        streams (their models hold the online state).
-        """
-        import copy
-
-        store = getattr(self, "model_store_", None)
-        if store is None:
-            raise ValueError(f"this {type(self).__name__} has no model versions yet")
-        entry = store.latest(durable) if version is None else store.get(version)
-        clone = copy.copy(self)
-        try:
-            clone._stream_finish(dict(entry.model))
-        except KeyError:
-            raise ValueError(f"model version {entry.version} was made by fit, not by partial_fit or a "
-                             "stream; use the estimator itself") from None
-        clone.model_version_ = entry.version
-        return clone
     def _adaptivity(self) -> tuple[GroupSizer, dict[str, Any]]:
         """The group sizer and the run_job keywords of the ``tuner`` and ``rebalance`` parameters (checked)."""
         options = tuner_options(getattr(self, "tuner", None), SIZER_KEYS + STRAGGLER_KEYS)

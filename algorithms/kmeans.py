@@ -22,6 +22,7 @@ from drizzle_ml.data import ArrayDataset, FileDataset
 
 from ._random import seed_from
 from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
+from .online_learning import OnlineLearner
 from .kmeans_programs import _CHUNK, KMeansPlusPlusInit, Lloyd, RandomInit, _assign, _row_norms_sq, _sq_dists
 from .moments import FeatureMoments
 from .online import StreamingKMeans
@@ -39,7 +40,7 @@ def _tolerance(X: Any, tol: float) -> float:
     return float(np.mean(variances) * tol)
 
 
-class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
+class KMeans(ClusterMixin, TransformerMixin, OnlineLearner):
     """k-means clustering on a drizzle-ml cluster (k-means++ seeding, then Lloyd).
 
     Parameters
@@ -222,14 +223,14 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
             raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={k} on the first call "
                              "to partial_fit (the centers are seeded from it)")
         sw = check_sample_weight(sample_weight, X.shape[0])
-        program, model = self._online_setup(X.shape[1])
+        program, model = self.online_setup(X.shape[1])
         fitted = self._online_step(program, model, ArrayDataset(X, None, sw))
         self.cluster_centers_ = np.array(fitted["centers"], dtype=X.dtype)
         d2 = _assign(X, self.cluster_centers_)[1]
         self.inertia_ = float(d2.sum() if sw is None else sw @ d2)
         return self
 
-    def _online_setup(self, n_features: int, classes=None):
+    def online_setup(self, n_features: int, classes: np.ndarray | None = None) -> tuple[Any, dict]:
         """The online program (mini-batch k-means) and the model it steps from.
 
         After :meth:`fit`, its centers are continued, each weighted by the rows
@@ -246,7 +247,7 @@ class KMeans(ClusterMixin, TransformerMixin, DrizzleEstimator):
         program = StreamingKMeans(k, self._decay_factor(), seed_from(check_random_state(self.random_state)))
         return program, model
 
-    def _stream_finish(self, model: dict) -> None:
+    def online_finish(self, model: dict) -> None:
         if not model["ready"][0]:
             raise ValueError(f"KMeans has no centers yet: the stream brought fewer than "
                              f"n_clusters={self.n_clusters} rows")

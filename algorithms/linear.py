@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from drizzle_ml.data import ArrayDataset, FileDataset
 
 from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
+from .online_learning import OnlineLearner
 from .losses import LinearLoss
 from .normal_equations import NormalEquations
 from .online import OnlineLinear
@@ -29,7 +30,7 @@ from .optim import SOLVERS, Minimize, initial_model, line_search_failed
 EXACT_MAX_COLUMNS = 2000
 
 
-class LinearModelBase(DrizzleEstimator):
+class LinearModelBase(OnlineLearner):
     """Fitting shared by the linear models: validation, solver choice, coefficients back."""
 
     _parameter_constraints: dict = {
@@ -152,21 +153,21 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
             raise ValueError("partial_fit learns a single target; this model was fitted with "
                              f"{np.shape(self.coef_)[0]} targets")
         sw = check_sample_weight(sample_weight, X.shape[0])
-        program, model = self._online_setup(X.shape[1])
+        program, model = self.online_setup(X.shape[1])
         fitted = self._online_step(program, model, ArrayDataset(X, np.asarray(y, np.float64), sw))
         self.coef_, self.intercept_ = fitted["coef"][0].astype(X.dtype), float(fitted["intercept"][0])
         return self
 
-    _online_targets = True
+    learns_from_targets = True
 
-    def _online_setup(self, n_features: int, classes=None):
+    def online_setup(self, n_features: int, classes: np.ndarray | None = None) -> tuple[OnlineLinear, dict]:
         """The online program (an SGD step per micro-batch) and the model it steps from."""
         self._check_engine_params()
         program = OnlineLinear("squared", penalty=self._alpha, fit_intercept=self.fit_intercept,
                                eta0=self.eta0, power_t=self.power_t)
         return program, self._online_model_start(n_features, 1)
 
-    def _stream_finish(self, model: dict) -> None:
+    def online_finish(self, model: dict) -> None:
         self.coef_, self.intercept_ = np.array(model["coef"][0]), float(model["intercept"][0])
 
     def predict(self, X):

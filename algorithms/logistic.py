@@ -155,15 +155,15 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         codes = np.searchsorted(self.classes_, y)
         target = (codes == 1).astype(np.float64) if binary else codes.astype(np.float64)
         sw = check_sample_weight(sample_weight, X.shape[0])
-        program, model = self._online_setup(X.shape[1])
+        program, model = self.online_setup(X.shape[1])
         fitted = self._online_step(program, model, ArrayDataset(X, target, sw))
         self.coef_ = fitted["coef"].astype(X.dtype)
         self.intercept_ = fitted["intercept"].astype(X.dtype)
         return self
 
-    _online_targets, _online_needs_classes = True, True
+    learns_from_targets, needs_classes = True, True
 
-    def _online_setup(self, n_features: int, classes=None):
+    def online_setup(self, n_features: int, classes: np.ndarray | None = None) -> tuple[OnlineLinear, dict]:
         """The online program and the model it steps from.
 
         With ``classes`` (a stream) the workers encode raw labels; without,
@@ -178,7 +178,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
                                classes=None if classes is None else self.classes_)
         return program, self._online_model_start(n_features, 1 if binary else len(self.classes_))
 
-    def _stream_finish(self, model: dict) -> None:
+    def online_finish(self, model: dict) -> None:
         self.coef_, self.intercept_ = np.array(model["coef"]), np.array(model["intercept"])
 
     def _penalty(self) -> float:

@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from drizzle_ml.data import ArrayDataset, FileDataset
 
 from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
+from .online_learning import OnlineLearner
 from .online import OnlineMoments
 from .pca_programs import SVD_SOLVERS, CovariancePCA, SubspacePCA
 
@@ -27,7 +28,7 @@ def _flip_signs(components: np.ndarray) -> np.ndarray:
     return components * signs[:, None]
 
 
-class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
+class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, OnlineLearner):
     """Principal component analysis on a drizzle-ml cluster, with scikit-learn's PCA attributes.
 
     Parameters
@@ -201,22 +202,22 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DrizzleEstimator):
         X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32], reset=first)
         sw = check_sample_weight(sample_weight, X.shape[0])
         n_features = X.shape[1]
-        program, model = self._online_setup(n_features)
+        program, model = self.online_setup(n_features)
         seen = float(model["n"][0]) + (X.shape[0] if sw is None else float(sw.sum()))
         if seen < 2:
             raise ValueError(f"PCA.partial_fit needs at least 2 samples in all, got {seen:g} so far")
         self._resolve_n_components(int(seen), n_features)
         fitted = self._online_step(program, model, ArrayDataset(X, None, sw))  # CSC becomes CSR there
-        self._stream_finish(fitted, X.dtype)
+        self.online_finish(fitted, X.dtype)
         return self
 
-    def _online_setup(self, n_features: int, classes=None):
+    def online_setup(self, n_features: int, classes: np.ndarray | None = None) -> tuple[OnlineMoments, dict]:
         """The online program (exact streaming moments) and the moments so far."""
         self._check_params()
         model = getattr(self, "_online_model_", None)
         return OnlineMoments(), OnlineMoments.initial_model(n_features) if model is None else model
 
-    def _stream_finish(self, model: dict, dtype=np.float64) -> None:
+    def online_finish(self, model: dict, dtype=np.float64) -> None:
         """The components of every row the streaming moments have seen."""
         n, n_features = float(model["n"][0]), model["mean"].shape[0]
         if n < 2:

@@ -23,6 +23,8 @@ from drizzle_ml.sources import (Batching, ParquetSource, RecordFormat, Source, S
 from drizzle_ml.store import ModelStore
 from drizzle_ml.streaming import latency_percentiles
 
+from .online_learning import OnlineLearner
+
 # Stream jobs run until the source ends; this only keeps the iteration count finite.
 UNBOUNDED = 1 << 40
 
@@ -79,7 +81,7 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     if n_features is None:
         n_features = peek_n_features(source, fmt)
     fmt.n_features = int(n_features)
-    program, model = estimator._online_setup(int(n_features), fmt.classes)
+    program, model = estimator.online_setup(int(n_features), fmt.classes)
     estimator.n_features_in_ = int(n_features)  # readers predict from versions while it trains
     cluster = get_cluster(None if estimator.n_workers is None else int(estimator.n_workers))
     if batch_interval is None and idle_timeout is not None and idle_timeout >= cluster.timeout:
@@ -125,15 +127,15 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     estimator.stream_stats_ = {"records": int(sum(result.iteration_metrics.get("records", ()))), "wall": wall,
                                "latencies": result.latencies, **latency_percentiles(result.latencies)}
     estimator._online_model_ = {k: np.array(v) for k, v in result.model.items()}
-    estimator._stream_finish(estimator._online_model_)
+    estimator.online_finish(estimator._online_model_)
     return estimator
 
 
 def _has_target(estimator: Any, classes: Any) -> bool:
     """Whether records end with a target for ``estimator`` (TypeError if it cannot learn online)."""
     name = type(estimator).__name__
-    if not hasattr(estimator, "_online_setup"):
-        raise TypeError(f"{name} cannot learn from a stream")
-    if getattr(estimator, "_online_needs_classes", False) and classes is None:
+    if not isinstance(estimator, OnlineLearner):
+        raise TypeError(f"{name} cannot learn from a stream (it is no drizzle_ml.algorithms.OnlineLearner)")
+    if estimator.needs_classes and classes is None:
         raise ValueError(f"a streaming {name} needs classes: every label the stream will have")
-    return getattr(estimator, "_online_targets", False)
+    return estimator.learns_from_targets

@@ -569,3 +569,26 @@ def test_a_quiet_directory_is_listed_every_few_milliseconds_not_every_poll(tmp_p
     time.sleep(reader.LISTING_INTERVAL)
     assert reader.read(10).rows.tolist() == [[1.0, 2.0]]
     reader.close()
+
+
+def test_the_online_learning_contract_is_declared():
+    from sklearn.linear_model import SGDRegressor
+
+    from drizzle_ml.algorithms import OnlineLearner
+    from drizzle_ml.algorithms.registry import ENTRIES
+
+    for entry in ENTRIES:
+        cls = entry.load()
+        assert issubclass(cls, OnlineLearner), cls
+        assert cls.learns_from_targets == entry.supervised
+        assert cls.needs_classes == (entry.class_name == "LogisticRegression")
+    with pytest.raises(TypeError, match=r"^SGDRegressor cannot learn from a stream \(it is no "
+                                        r"drizzle_ml\.algorithms\.OnlineLearner\)$"):
+        dm.stream_fit(SGDRegressor(), dm.IterableSource([[1.0, 0.0]]))
+
+    class Incomplete(OnlineLearner):  # an online learner must say how a model becomes its attributes
+        def online_setup(self, n_features, classes=None):
+            raise AssertionError("not reached")
+
+    with pytest.raises(TypeError, match="abstract method"):
+        Incomplete()
