@@ -56,7 +56,7 @@ BACKLOG = 128  # the kernel's queue of connections not yet accepted (capped by n
 MAX_DEPTH = 32  # JSON nesting: a request is {"X": [[...]]}, 3 levels
 MAX_HEADER = 16 << 10  # bytes of request line and headers
 MAX_HEADERS = 100
-QUEUE_PER_THREAD = 16
+QUEUE_PER_THREAD = 32  # requests admitted per prediction thread (bodies are bounded by BODY_BUDGET too)
 BODY_BUDGET = 4  # bodies admitted at once hold at most this many max_body
 LINGER = 2.0  # seconds to drain an unread body before closing, so the client reads our answer, not a reset
 _FRAME = struct.Struct("<Q")
@@ -382,8 +382,13 @@ class _Server:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.open >= self.limits.max_connections:
-            await self._send(reader, writer, 503, {"error": "too many connections; retry later"}, keep_alive=False,
-                             extra=("Retry-After: 1",), linger=self.lingering < self.limits.max_connections)
+            try:
+                await self._send(reader, writer, 503, {"error": "too many connections; retry later"},
+                                 keep_alive=False, extra=("Retry-After: 1",),
+                                 linger=self.lingering < self.limits.max_connections)
+            except ConnectionError:
+                pass
+            self._close(writer)
             return
         self.open += 1
         try:
@@ -592,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):  # the driver decides when serving ends
         signal.signal(sig, signal.SIG_IGN)
     try:
-        os.nice(10)  # when cores are short, training goes first
+        os.nice(19)  # when cores are short, training goes first
     except OSError:
         pass
     limits = ServeLimits(args.max_body, args.threads, args.timeout, args.max_connections)
