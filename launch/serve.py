@@ -70,7 +70,7 @@ class ServeLimits:
     max_body: int = 8 << 20
     threads: int = 4
     timeout: float = 10.0
-    max_connections: int = 256
+    max_connections: int = 1024
 
     def argv(self) -> list[str]:
         return ["--max-body", str(self.max_body), "--threads", str(self.threads), "--timeout",
@@ -354,6 +354,7 @@ class _Server:
         self.pool = ThreadPoolExecutor(limits.threads, thread_name_prefix="drizzle-predict")
         self.open = self.lingering = self.admitted = self.admitted_bytes = 0
         self.last_complaint = 0.0
+        self.closing = False
 
     async def run(self, feed: BinaryIO) -> None:
         loop = asyncio.get_running_loop()
@@ -369,13 +370,14 @@ class _Server:
         threading.Thread(target=read_feed, name="drizzle-serve-feed", daemon=True).start()
         server = await asyncio.start_server(self._connection, sock=self.sock, backlog=BACKLOG, limit=MAX_HEADER)
         await stopped.wait()  # the driver closed the pipe, or died
+        self.closing = True  # connections cancelled from here on are no news
         server.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         # asyncio would log a traceback (accept() out of descriptors, ...): one line, at most every 10 s.
         now = time.monotonic()
-        if now - self.last_complaint >= 10.0:
+        if not self.closing and now - self.last_complaint >= 10.0:
             self.last_complaint = now
             exc = context.get("exception")
             _complain(context.get("message", "error") + (f": {type(exc).__name__}: {exc}" if exc else ""))
@@ -582,6 +584,25 @@ def _die_with(parent: int) -> None:
         sys.exit(0)
 
 
+def _descriptors_for(connections: int) -> int:
+    """Raise the open-file limit to hold ``connections`` (and a margin); the connections it allows."""
+    import resource
+
+    margin = 64  # the socket, the pipe, imported libraries, a connection being refused
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if connections + margin > soft:
+        wanted = connections + margin if hard == resource.RLIM_INFINITY else min(hard, connections + margin)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if connections + margin > soft:
+        _complain(f"at most {soft - margin} connections (the open-file limit is {soft}), not {connections}")
+        connections = max(1, soft - margin)
+    return connections
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drizzle_ml.launch.serve",
                                      description="the prediction server process of drizzle-ml stream --serve")
@@ -600,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(19)  # when cores are short, training goes first
     except OSError:
         pass
-    limits = ServeLimits(args.max_body, args.threads, args.timeout, args.max_connections)
+    limits = ServeLimits(args.max_body, args.threads, args.timeout, _descriptors_for(args.max_connections))
     sock = socket.socket(fileno=args.fd)
     asyncio.run(_Server(sock, Models(), limits).run(sys.stdin.buffer))
     return 0
