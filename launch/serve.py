@@ -48,7 +48,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -97,7 +97,7 @@ class PredictionServer:
     visible and durable version to the child; it never blocks training: it
     waits on the store, sends the newest version only (a slow child makes it
     skip versions, never queue them), and rests four times as long as each
-    push took. The child dies with this process (parent-death signal, and the
+    push took (at least 5 ms). The child dies with this process (parent-death signal, and the
     pipe's end); :meth:`close` stops it.
     """
 
@@ -132,7 +132,7 @@ class PredictionServer:
         template_sent = False
         try:
             while not self._stop.is_set():
-                now = store.wait_changed(known, 0.5)
+                now = store.wait_changed(known, 0.2)
                 if now == known:
                     continue
                 started = time.perf_counter()

@@ -9,7 +9,6 @@ model with the stream's offsets, and saves the final model.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -152,7 +151,7 @@ def _byte_size(text: str) -> int:
     unit = number[-1:] if number[-1:] in _SIZE_UNITS else ""
     try:
         value = int(float(number[:len(number) - len(unit)]) * _SIZE_UNITS[unit])
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"must be bytes like 8388608, 512k or 8M, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")

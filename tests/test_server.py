@@ -25,7 +25,7 @@ import pytest
 from sklearn.datasets import make_regression
 
 import drizzle_ml as dm
-from drizzle_ml.launch.serve import Models, PredictionServer, answer_predict, json_depth_exceeds
+from drizzle_ml.launch.serve import Models, answer_predict, json_depth_exceeds
 
 TIMEOUT = 1.5  # --serve-timeout of the stream under test
 
@@ -130,9 +130,12 @@ class Stream:
 def stream(tmp_path_factory):
     s = Stream(tmp_path_factory.mktemp("serve"), "--serve-timeout", str(TIMEOUT), "--serve-max-body", "1M",
                "--serve-threads", "2", "--serve-max-connections", "400")
+    server = s.server_pid()
     yield s
     code = s.close()
     assert code == 0, "".join(s.err)
+    assert _state(server) in ("gone", "Z")  # stopped with the stream
+    assert not any("Traceback" in line for line in s.err), "".join(s.err)
 
 
 def thread_count(pid: int) -> int:
