@@ -429,3 +429,41 @@ def test_json_depth_check():
     assert not json_depth_exceeds(b'{"X": "[[[[[[", "y": "\\"[[[["}', 1)  # brackets in strings do not count
     assert json_depth_exceeds(b"[" * 100_000 + b"]" * 100_000, 32)
     assert json_depth_exceeds(b"{[{[{[]}]}]}", 5) and not json_depth_exceeds(b"{[{[{[]}]}]}", 6)
+
+
+def test_connections_beyond_the_limit_are_answered_503():
+    # The server loop alone (in a thread of the test), with room for 4 connections.
+    import asyncio
+
+    from drizzle_ml.launch.serve import ServeLimits, _Server
+
+    sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+    port = sock.getsockname()[1]
+    feed_read, feed_write = os.pipe()
+    feed = os.fdopen(feed_read, "rb")
+    limits = ServeLimits(max_body=1 << 16, threads=1, timeout=5.0, max_connections=4)
+    loop = threading.Thread(target=lambda: asyncio.run(_Server(sock, Models(), limits).run(feed)), daemon=True)
+    loop.start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        for sock_ in idle:  # each is accepted and held (a request begun)
+            sock_.sendall(b"GET /model HTTP/1.1\r\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as extra:
+            extra.sendall(b"GET /model HTTP/1.1\r\n\r\n")
+            status, answer, closed = read_answer(extra)
+        assert (status, closed) == (503, True) and answer == {"error": "too many connections; retry later"}
+        for sock_ in idle:
+            sock_.close()
+        deadline = time.time() + 30
+        while True:  # once the server has seen them go, a new client is served
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as again:
+                again.sendall(b"GET /model HTTP/1.1\r\n\r\n")
+                if read_answer(again)[:2] == (200, {"version": None, "durable_version": None}):
+                    break
+            assert time.time() < deadline
+            time.sleep(0.05)
+    finally:
+        os.close(feed_write)  # the pipe's end stops the server
+        loop.join(timeout=30)
+        feed.close()
+    assert not loop.is_alive()
