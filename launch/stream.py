@@ -83,13 +83,13 @@ def add_stream_arguments(stream: argparse.ArgumentParser, group_size_type: Any) 
                             "process of its own (HOST default 127.0.0.1; another host is warned about)")
     serve.add_argument("--serve-max-body", type=_byte_size, default=None, metavar="BYTES",
                        help="largest request body, e.g. 8M (default 8M): larger ones get 413")
-    serve.add_argument("--serve-threads", type=int, default=None,
+    serve.add_argument("--serve-threads", type=int, default=None, metavar="N",
                        help=f"threads that compute predictions (default {ServeLimits.threads}); "
                             f"{QUEUE_PER_THREAD}x as many requests may wait, more get 503")
     serve.add_argument("--serve-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
                        help=f"for a request's headers, and for its body (default {ServeLimits.timeout:g}): "
                             "a slower client gets 408 and is disconnected")
-    serve.add_argument("--serve-max-connections", type=int, default=None,
+    serve.add_argument("--serve-max-connections", type=int, default=None, metavar="N",
                        help=f"open connections at most (default {ServeLimits.max_connections}); more get 503")
     stream.add_argument("--quiet", action="store_true", help="no progress lines")
     add_recovery_arguments(stream, "checkpoint the model with every partition's offset at group boundaries")
