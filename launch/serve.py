@@ -584,6 +584,25 @@ def _die_with(parent: int) -> None:
         sys.exit(0)
 
 
+def _lowest_priority() -> None:
+    """When cores are short, training goes first: nice 19, for this process and for its session.
+
+    With the kernel's autogroups (``sched_autogroup_enabled``), CPU time is
+    shared between sessions first, and a process's nice only counts within
+    its session: a niced process in a session of its own would still take a
+    full session's share from the training.
+    """
+    try:
+        os.nice(19 - os.nice(0))
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write("19")
+    except OSError:  # no autogroups (or not Linux): the process's nice is what counts
+        pass
+
+
 def _descriptors_for(connections: int) -> int:
     """Raise the open-file limit to hold ``connections`` (and a margin); the connections it allows."""
     import resource
@@ -617,10 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with(args.parent)
     for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):  # the driver decides when serving ends
         signal.signal(sig, signal.SIG_IGN)
-    try:
-        os.nice(19)  # when cores are short, training goes first
-    except OSError:
-        pass
+    _lowest_priority()
     limits = ServeLimits(args.max_body, args.threads, args.timeout, _descriptors_for(args.max_connections))
     sock = socket.socket(fileno=args.fd)
     asyncio.run(_Server(sock, Models(), limits).run(sys.stdin.buffer))
