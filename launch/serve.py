@@ -638,8 +638,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     _lowest_priority()
     limits = ServeLimits(args.max_body, args.threads, args.timeout, _descriptors_for(args.max_connections))
-    sock = socket.socket(fileno=args.fd)
-    asyncio.run(_Server(sock, Models(), limits).run(sys.stdin.buffer))
+    try:
+        sock = socket.socket(fileno=args.fd)
+        asyncio.run(_Server(sock, Models(), limits).run(sys.stdin.buffer))
+    except Exception as exc:  # one line in the training's log, not a traceback
+        _complain(f"stopped: {type(exc).__name__}: {exc}")
+        return 1
     return 0
 
 
