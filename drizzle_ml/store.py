@@ -138,6 +138,16 @@ class ModelStore:
                                    f"within {timeout:g} s")
             return self._versions[self._durable if durable else self._newest]
 
+    def wait_changed(self, known: tuple[int | None, int | None], timeout: float) -> tuple[int | None, int | None]:
+        """Wait at most ``timeout`` s until (newest visible, newest durable) differs from ``known``; return it.
+
+        For a reader that forwards every change (the prediction server's
+        feed) without polling the store.
+        """
+        with self._changed:
+            self._changed.wait_for(lambda: (self._newest, self._durable) != tuple(known), timeout)
+            return self._newest, self._durable
+
     def __getstate__(self) -> dict:
         # Locks do not pickle; a fitted estimator (and its store) must.
         with self._lock:

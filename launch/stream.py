@@ -9,18 +9,17 @@ model with the stream's offsets, and saves the final model.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
 from drizzle_ml.algorithms.registry import option_table
 
+from .serve import QUEUE_PER_THREAD, PredictionServer, ServeLimits
 from .train import (ALGORITHMS, SUPERVISED, CLIError, _checkpoint_every, add_column_arguments,
                     add_recovery_arguments, check_estimator_params, check_output_paths, check_recovery_arguments,
                     estimator_params, make_estimator, save_result)
@@ -38,6 +37,13 @@ def _seconds_or_none(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"must be seconds (e.g. 0.01) or 'none', got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive seconds or 'none', got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds_or_none(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"must be positive seconds, got {text!r}")
     return value
 
 
@@ -67,8 +73,20 @@ def add_stream_arguments(stream: argparse.ArgumentParser, group_size_type: Any) 
                         help="malformed records: count and skip (default) or stop with an error")
     stream.add_argument("--max-batches", type=int, default=None, help="stop after this many micro-batches")
     stream.add_argument("--output", "-o", default=None, help="save the final model to this HDF5 file")
-    stream.add_argument("--serve", default=None, metavar="HOST:PORT",
-                        help="answer predictions over HTTP from the newest version while training")
+    serve = stream.add_argument_group("the prediction server (see docs/operating-safely.md)")
+    serve.add_argument("--serve", default=None, metavar="[HOST:]PORT",
+                       help="answer predictions over HTTP from the newest version while training, from a "
+                            "process of its own (HOST default 127.0.0.1; another host is warned about)")
+    serve.add_argument("--serve-max-body", type=_byte_size, default=None, metavar="BYTES",
+                       help="largest request body, e.g. 8M (default 8M): larger ones get 413")
+    serve.add_argument("--serve-threads", type=int, default=None, metavar="N",
+                       help=f"threads that compute predictions (default {ServeLimits.threads}); "
+                            f"{QUEUE_PER_THREAD}x as many requests may wait, more get 503")
+    serve.add_argument("--serve-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                       help=f"for a request's headers, and for its body (default {ServeLimits.timeout:g}): "
+                            "a slower client gets 408 and is disconnected")
+    serve.add_argument("--serve-max-connections", type=int, default=None, metavar="N",
+                       help=f"open connections at most (default {ServeLimits.max_connections}); more get 503")
     stream.add_argument("--quiet", action="store_true", help="no progress lines")
     add_recovery_arguments(stream, "checkpoint the model with every partition's offset at group boundaries")
     opts = stream.add_argument_group("learner options (each applies to the algorithms named)")
@@ -116,16 +134,49 @@ def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError("--classes applies to --algorithm logistic only")
     if args.serve is not None:
         _host_port(args.serve)
+    serve_limits(args)
     params = estimator_params(args, STREAM_OPTIONS)
     check_estimator_params(args.algorithm, params)
     return params
 
 
 def _host_port(text: str) -> tuple[str, int]:
+    """``--serve``: ``PORT`` (on 127.0.0.1), ``HOST:PORT``, ``[IPv6]:PORT`` or ``IPv6:PORT``."""
     host, _, port = text.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise CLIError(f"--serve must look like HOST:PORT (e.g. 127.0.0.1:8000), got {text!r}")
+        raise CLIError(f"--serve must look like HOST:PORT or PORT (e.g. 127.0.0.1:8000), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     return host or "127.0.0.1", int(port)
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _byte_size(text: str) -> int:
+    """``8388608``, ``512k``, ``8M``, ``8MiB``, ``1g``: bytes (binary multiples)."""
+    number = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = number[-1:] if number[-1:] in _SIZE_UNITS else ""
+    try:
+        value = int(float(number[:len(number) - len(unit)]) * _SIZE_UNITS[unit])
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"must be bytes like 8388608, 512k or 8M, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
+def serve_limits(args: argparse.Namespace) -> ServeLimits:
+    """The prediction server's limits from ``--serve-*`` (checked; they need ``--serve``)."""
+    given = {name: getattr(args, "serve_" + name, None) for name in ("max_body", "threads", "timeout",
+                                                                      "max_connections")}
+    for name, value in given.items():
+        if value is not None and args.serve is None:
+            raise CLIError(f"--serve-{name.replace('_', '-')} needs --serve")
+    for name in ("threads", "max_connections"):
+        if given[name] is not None and not 1 <= given[name] <= 100_000:
+            raise CLIError(f"--serve-{name.replace('_', '-')} must be between 1 and 100000, got {given[name]}")
+    return ServeLimits(**{name: value for name, value in given.items() if value is not None})
 
 
 def _classes(text: str | None) -> list[float] | None:
@@ -135,84 +186,6 @@ def _classes(text: str | None) -> list[float] | None:
         return [float(c) for c in text.split(",") if c.strip()]
     except ValueError:
         raise CLIError(f"--classes must be numbers separated by commas, got {text!r}") from None
-
-
-class PredictionServer:
-    """HTTP answers from the newest model version, on a thread of the driver; never blocks training.
-
-    ``GET /model``: the newest visible and durable versions. ``POST /predict``
-    with ``{"X": [[...], ...], "durable": false}``: predictions (``transform``
-    for PCA) and the version that answered.
-    """
-
-    def __init__(self, estimator: Any, host: str, port: int):
-        self.estimator = estimator
-        # durable -> the estimator at the newest version: rebuilt only when the version changes
-        # (finishing a version can be costly, e.g. PCA's eigendecomposition), not per request.
-        self.finished: dict[bool, Any] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # quiet: the progress lines are the log
-                pass
-
-            def _answer(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self.path.rstrip("/") != "/model":
-                    return self._answer(404, {"error": "use GET /model or POST /predict"})
-                self._answer(200, server.describe())
-
-            def do_POST(self) -> None:
-                if self.path.rstrip("/") != "/predict":
-                    return self._answer(404, {"error": "use GET /model or POST /predict"})
-                try:
-                    length = int(self.headers.get("Content-Length", 0))
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                    if not isinstance(body, dict):
-                        raise TypeError("the request body must be a JSON object")
-                    durable = body.get("durable", False)
-                    if not isinstance(durable, bool):  # "false" is a string, and truthy
-                        raise TypeError(f"'durable' must be true or false, got {durable!r}")
-                    self._answer(200, server.predict(np.asarray(body["X"], dtype=np.float64), durable))
-                except (KeyError, ValueError, TypeError, LookupError) as exc:
-                    self._answer(400, {"error": f"{type(exc).__name__}: {exc}"})
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.address = "%s:%d" % self.httpd.server_address[:2]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                       daemon=True)
-        self.thread.start()
-
-    def describe(self) -> dict:
-        store = self.estimator.model_store_
-        out = {}
-        for name, durable in (("version", False), ("durable_version", True)):
-            try:
-                out[name] = store.latest(durable).version
-            except LookupError:
-                out[name] = None
-        return out
-
-    def predict(self, X: np.ndarray, durable: bool) -> dict:
-        newest = self.estimator.model_store_.latest(durable).version
-        model = self.finished.get(durable)
-        if model is None or model.model_version_ != newest:
-            model = self.finished[durable] = self.estimator.at_version(durable=durable)
-        if X.ndim != 2:
-            raise ValueError(f"X must be a list of rows, got shape {X.shape}")
-        out = model.predict(X) if hasattr(model, "predict") else model.transform(X)
-        return {"version": int(model.model_version_), "predictions": np.asarray(out).tolist()}
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def run_stream(args: argparse.Namespace) -> int:
@@ -249,11 +222,14 @@ def run_stream(args: argparse.Namespace) -> int:
     if args.serve:
         host, port = _host_port(args.serve)
         try:
-            server = PredictionServer(estimator, host, port)
+            server = PredictionServer(estimator, host, port, serve_limits(args))
         except OSError as exc:
             raise CLIError(f"--serve {args.serve}: {exc}") from None
         print(f"drizzle-ml: serving predictions on http://{server.address} (POST /predict, GET /model)",
               flush=True)
+        if not server.local_only:
+            print(f"drizzle-ml: warning: the prediction server on {server.address} is reachable from other "
+                  "hosts and has no authentication", file=sys.stderr, flush=True)
     print(f"drizzle-ml: streaming {args.algorithm} from {source.describe()} with {cluster.n_workers} workers "
           f"(max batch {args.max_batch}, interval {args.batch_interval or 'none'}, group size {args.group_size})",
           flush=True)

@@ -493,26 +493,6 @@ def test_checkpoints_keep_structured_stream_offsets(tmp_path):
                               stream_offsets={"p0": {"pos": 1.5}}))
 
 
-def test_prediction_server_finishes_each_version_once():
-    from drizzle_ml.launch.stream import PredictionServer
-
-    X, y = make_regression(60, 3, random_state=0)
-    est = dm.LinearRegression(n_workers=2).partial_fit(X[:30], y[:30])
-    built = []
-    real = est.at_version
-    est.at_version = lambda *a, **k: built.append(1) or real(*a, **k)
-    server = PredictionServer(est, "127.0.0.1", 0)
-    try:
-        first = server.predict(X[:2], durable=False)
-        assert server.predict(X[:2], durable=False) == first and len(built) == 1  # same version: reused
-        est.partial_fit(X[30:], y[30:])
-        second = server.predict(X[:2], durable=False)
-        assert second["version"] > first["version"] and len(built) == 2
-        np.testing.assert_allclose(second["predictions"], real().predict(X[:2]))
-    finally:
-        server.close()
-
-
 def test_stream_checks_its_recovery_options_like_train(tmp_path):
     from .conftest import run_cli
 
