@@ -16,22 +16,15 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import assert_all_finite
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from drizzle_ml.checkpoint import CheckpointStore, closing_store, job_key_for, open_job_store
+from drizzle_ml.adaptivity import STRAGGLER_KEYS, check_straggler_options
+from drizzle_ml.checkpoint import job_key_for
 from drizzle_ml.cluster import get_cluster
 from drizzle_ml.data import ArrayDataset, FileDataset
-from drizzle_ml.errors import WorkerFailedError, WorkerTimeoutError
-from drizzle_ml.metrics import JobResult
+from drizzle_ml.durable import DurableJob, JobState, run_durable
+from drizzle_ml.errors import WorkerRecoveredWarning  # noqa: F401  (here before it moved to the engine)
 from drizzle_ml.scheduler import SCHEDULING, parse_checkpoint_every
-from drizzle_ml.store import ModelStore, freeze
-from drizzle_ml.adaptivity import STRAGGLER_KEYS, check_straggler_options
+from drizzle_ml.store import ModelStore
 from drizzle_ml.tuner import SIZER_KEYS, GroupSizer, tuner_options
-
-# How many times one fit replaces dead workers before it gives up.
-MAX_RECOVERIES = 3
-
-
-class WorkerRecoveredWarning(RuntimeWarning):
-    """A worker died during a fit; the workers were restarted and the job resumed."""
 
 
 def resumable(fit: Callable) -> Callable:
@@ -137,7 +130,8 @@ class DrizzleEstimator(BaseEstimator):
              warn_not_converged: bool = True):
         """Run ``program`` from ``model`` on ``dataset``; set the engine attributes; return the JobResult.
 
-        With ``checkpoint_dir``, committed versions are also written there
+        The job runs durably (:func:`~drizzle_ml.durable.run_durable`): with
+        ``checkpoint_dir``, committed versions are also written there
         (``job-<k>-<hash of the job's key>`` for the k-th job of this fit), and a fit with
         ``resume=True`` continues each job from its newest valid checkpoint.
         A worker that dies in launched mode is replaced: the job continues from
@@ -155,44 +149,12 @@ class DrizzleEstimator(BaseEstimator):
             )
         self.model_store_ = ModelStore()
         on_group = getattr(self, "progress_callback", None) or (self._print_progress if self.verbose else None)
-        checkpoints, resumed, checkpoint_params = self._checkpoint_store(program, dataset)
-        with closing_store(checkpoints):  # the job's checkpoint directory is released at the end
-            return self._run_from(cluster, n_workers, program, model, dataset, max_iter, warn_not_converged,
-                                  on_group, checkpoints, resumed, checkpoint_params)
-
-    def _run_from(self, cluster, n_workers, program, model, dataset, max_iter, warn_not_converged, on_group,
-                  checkpoints, resumed, checkpoint_params):
         sizer, adaptivity = self._adaptivity()
-        version, start = 0, 0
-        if resumed is not None:
-            model, version, start = resumed.model, resumed.version, resumed.iteration
-            sizer.restore(resumed.tuner)
-            if resumed.metrics.get("converged") or start >= max_iter:  # finished: the checkpoint is the result
-                result = JobResult(freeze(model), version, 0, bool(resumed.metrics.get("converged")), [], {})
-                return self._record(result, start, max_iter, warn_not_converged)
-        end = max_iter  # an estimator's job counts its iterations from 0, across resumes
-        recoveries = 0
-        while True:
-            try:
-                result = cluster.run(program, model, dataset, max_iter=end - start, version=version,
-                                     start_iteration=start, scheduling=self.scheduling, store=self.model_store_,
-                                     on_group=on_group, sizer=sizer, checkpoints=checkpoints,
-                                     checkpoint_every=getattr(self, "checkpoint_every", 1),
-                                     checkpoint_params=checkpoint_params, **adaptivity)
-                break
-            except (WorkerFailedError, WorkerTimeoutError) as exc:
-                if cluster.mode != "launched" or recoveries >= MAX_RECOVERIES:
-                    raise
-                recoveries += 1
-                committed = self.model_store_.latest()
-                warnings.warn(
-                    f"{type(self).__name__}: {exc}. Restarting the workers and resuming at iteration "
-                    f"{committed.iteration} (model version {committed.version}); recovery "
-                    f"{recoveries} of at most {MAX_RECOVERIES}",
-                    WorkerRecoveredWarning,
-                )
-                cluster = get_cluster(n_workers)
-                model, version, start = dict(committed.model), committed.version, committed.iteration
+        job = DurableJob(type(self).__name__, program, JobState(model), max_iter, n_workers=n_workers,
+                         dataset=dataset, sizer=sizer, store=self.model_store_,
+                         run_options={"scheduling": self.scheduling, "on_group": on_group, **adaptivity})
+        self._make_durable(job, program, dataset)
+        result, start = run_durable(job)
         return self._record(result, start, max_iter, warn_not_converged)
 
     def _adaptivity(self) -> tuple[GroupSizer, dict[str, Any]]:
@@ -216,28 +178,26 @@ class DrizzleEstimator(BaseEstimator):
             )
         return result
 
-    def _checkpoint_store(self, program: Any, dataset: Any) -> tuple[CheckpointStore | None, Any, dict]:
-        """This job's checkpoint store (keyed by estimator, parameters, program and data), where to resume, and its parameters."""
+    def _make_durable(self, job: DurableJob, program: Any, dataset: Any) -> None:
+        """With ``checkpoint_dir``: the job's checkpoints, keyed by estimator, parameters, program and data."""
+        index = getattr(self, "_fit_jobs", 0)
+        self._fit_jobs = index + 1
         directory = getattr(self, "checkpoint_dir", None)
-        job = getattr(self, "_fit_jobs", 0)
-        self._fit_jobs = job + 1
         if directory is None:
-            return None, None, {}
+            return
         if getattr(dataset, "speculative", False):
             dataset.confirm()  # checkpoints are keyed by the data's content
         engine = {"n_workers", "group_size", "scheduling", "verbose", "max_iter", "checkpoint_dir",
                   "checkpoint_every", "tuner", "rebalance"}
         params = {k: (v if isinstance(v, (int, float, str, bool, type(None), np.ndarray)) else repr(v))
                   for k, v in self.get_params().items() if k not in engine}
-        key = job_key_for(f"{type(self).__name__}.{type(program).__name__}.{job}",
-                          {"params": params, "data": dataset.dataset_id})
-        # One write in flight at most (open_job_store's): a group boundary waits for the previous
-        # group's checkpoint (written while this group ran), so a failure never
-        # loses more than the last group's checkpoint.
-        store, resumed = open_job_store(directory, job, key, resume=getattr(self, "_resume", False))
+        job.job_key = job_key_for(f"{type(self).__name__}.{type(program).__name__}.{index}",
+                                  {"params": params, "data": dataset.dataset_id})
         described = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()}
-        return store, resumed, {"estimator": type(self).__name__, "program": type(program).__name__, "job": job,
-                       "params": described, "data": dataset.dataset_id}
+        job.checkpoint_dir, job.index, job.resume = directory, index, getattr(self, "_resume", False)
+        job.checkpoint_every = getattr(self, "checkpoint_every", 1)
+        job.checkpoint_params = {"estimator": type(self).__name__, "program": type(program).__name__,
+                                 "job": index, "params": described, "data": dataset.dataset_id}
 
     @staticmethod
     def _print_progress(g) -> None:

@@ -16,17 +16,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from drizzle_ml.checkpoint import closing_store, job_key_for, open_job_store
+from drizzle_ml.checkpoint import job_key_for
 from drizzle_ml.cluster import get_cluster
-from drizzle_ml.scheduler import run_job
-from drizzle_ml.sources import (Batching, ParquetSource, RecordFormat, Source, StreamSpec, peek_n_features)
+from drizzle_ml.durable import UNBOUNDED, DurableJob, JobState, run_durable
+from drizzle_ml.sources import Batching, ParquetSource, RecordFormat, Source, peek_n_features
 from drizzle_ml.store import ModelStore
 from drizzle_ml.streaming import latency_percentiles
 
 from .online_learning import OnlineLearner
-
-# Stream jobs run until the source ends; this only keeps the iteration count finite.
-UNBOUNDED = 1 << 40
 
 
 def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None, classes: Any = None,
@@ -91,32 +88,26 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
                          f"the cluster's timeout ({cluster.timeout:g} s, DRIZZLE_TIMEOUT)")
     store = getattr(estimator, "model_store_", None)
     store = ModelStore() if store is None else store  # (an empty store is falsy)
-    version = start = int(getattr(estimator, "model_version_", 0))
-    n_partitions, offsets = cluster.n_workers, {}
-    checkpoints = params = None
+    version = int(getattr(estimator, "model_version_", 0))
     sizer, _ = estimator._adaptivity()  # the estimator's group size and tuner options
+    job = DurableJob(type(estimator).__name__, program, JobState(model, version, version), UNBOUNDED,
+                     n_workers=cluster.n_workers, stream=(source, fmt, batching), sizer=sizer, store=store,
+                     run_options={"on_group": on_group, "stop": stop})
+    if max_batches:  # counted from where the stream starts (or resumes)
+        job.end = version + max_batches
+        job.on_resumed = lambda state: setattr(job, "end", state.iteration + max_batches)
     if checkpoint_dir is not None:
         params = {"estimator": type(estimator).__name__, "source": source.describe(),
                   "n_features": int(n_features), "format": record_format,
                   "classes": None if fmt.classes is None else fmt.classes.tolist()}
         if isinstance(source, ParquetSource):  # other columns are another stream
             params["columns"] = [*source.features, source.target]
-        key = job_key_for(f"stream.{type(estimator).__name__}", params)
-        checkpoints, resumed = open_job_store(checkpoint_dir, 0, key, resume=resume)
-        if resumed is not None:
-            model, version, start = dict(resumed.model), resumed.version, resumed.iteration
-            offsets = dict(resumed.stream_offsets)
-            n_partitions = int(resumed.params.get("n_partitions", n_partitions))
-            sizer.restore(resumed.tuner)
-        params = {**params, "n_partitions": n_partitions}
+        job.job_key = job_key_for(f"stream.{type(estimator).__name__}", params)
+        job.checkpoint_dir, job.checkpoint_every, job.checkpoint_params, job.resume = (
+            checkpoint_dir, checkpoint_every, params, resume)
     elif resume:
         raise ValueError("resume=True needs checkpoint_dir")
-    spec = StreamSpec(source, fmt, batching, n_partitions, offsets)
-    with closing_store(checkpoints):  # the job's checkpoint directory is released at the end
-        result = run_job(cluster, program, model, "", max_iter=max_batches or UNBOUNDED, sizer=sizer,
-                         version=version, start_iteration=start, store=store, on_group=on_group, stream=spec,
-                         checkpoints=checkpoints, checkpoint_every=checkpoint_every, checkpoint_params=params,
-                         stop=stop)
+    result, start = run_durable(job)
     estimator.model_store_, estimator.model_version_ = store, result.version
     estimator.n_iter_ = start + result.n_iter
     estimator.history_ = [g.as_dict() for g in result.history]

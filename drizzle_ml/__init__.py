@@ -24,6 +24,7 @@ from .errors import (  # noqa: E402
     VersionMismatchError,
     WorkerError,
     WorkerFailedError,
+    WorkerRecoveredWarning,
     WorkerTimeoutError,
 )
 from .metrics import GroupMetrics, JobResult  # noqa: E402
@@ -74,6 +75,7 @@ __all__ = [
     "VersionMismatchError",
     "WorkerError",
     "WorkerFailedError",
+    "WorkerRecoveredWarning",
     "WorkerTimeoutError",
     "get_cluster",
     "parse_source",

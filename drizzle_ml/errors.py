@@ -65,6 +65,10 @@ class CheckpointInUseError(CheckpointError):
     """Another running job (or another fit in this process) holds the job's checkpoint directory."""
 
 
+class WorkerRecoveredWarning(RuntimeWarning):
+    """A worker died during a job; the workers were restarted and the job resumed from its last commit."""
+
+
 class CheckpointWarning(UserWarning):
     """An invalid checkpoint file was skipped (truncated, corrupted, foreign)."""
 

@@ -34,6 +34,7 @@ from .tuner import GroupSizer
 
 if TYPE_CHECKING:
     from .cluster import Cluster
+    from .durable import JobState
 
 SCHEDULING = ("group", "bsp")
 STREAM_GROUP_SECONDS = 1.0
@@ -80,6 +81,7 @@ def run_job(
     straggler_factor: float = 1.5,
     straggler_groups: int = 3,
     confirm: Callable[[], bool] | None = None,
+    state: JobState | None = None,
 ) -> JobResult:
     """Run ``program`` for at most ``max_iter`` iterations from ``model`` (at ``version``).
 
@@ -108,6 +110,8 @@ def run_job(
     :class:`~drizzle_ml.data.ArrayDataset`) before the first group's results
     count (in BSP mode, before the job starts); when it answers False the job
     is aborted and :class:`~drizzle_ml.data.ContentChanged` raised.
+    ``state`` (a :class:`~drizzle_ml.durable.JobState`) is committed at every
+    group boundary: what a recovery continues from.
     Raises :class:`~drizzle_ml.errors.WorkerError` when program code fails on
     a worker, :class:`~drizzle_ml.errors.WorkerFailedError` when a worker dies
     or hangs.
@@ -133,7 +137,7 @@ def run_job(
         react_within = STREAM_GROUP_SECONDS if react_within is None else min(react_within, STREAM_GROUP_SECONDS)
         if sizer.min_group_seconds is None:
             sizer.min_group_seconds = STREAM_MIN_GROUP_SECONDS
-    durable = _Durable(checkpoints, checkpoint_every, sizer, checkpoint_params)
+    durable = _Durable(checkpoints, checkpoint_every, sizer, checkpoint_params, state)
     reactions = [t for t in (react_within, durable.seconds) if t is not None]  # issue 7: the tuner's time cap
     sizer.react_within = min(reactions) if reactions else sizer.react_within
     try:
@@ -204,14 +208,17 @@ class _Durable:
     interval of seconds), and always the last one."""
 
     def __init__(self, checkpoints: CheckpointStore | None, every: int | str, sizer: GroupSizer,
-                 params: dict | None = None):
+                 params: dict | None = None, state: JobState | None = None):
         self.every, self.seconds = parse_checkpoint_every(every)
-        self.checkpoints, self.sizer, self.params = checkpoints, sizer, params or {}
+        self.checkpoints, self.sizer, self.params, self.state = checkpoints, sizer, params or {}, state
         self.commits = 0
         self.written_at = time.monotonic()
 
     def commit(self, version: int, model: dict, iteration: int, metrics: dict, last: bool,
                offsets: dict | None = None) -> None:
+        if self.state is not None:  # what a recovery continues from
+            self.state.commit(version, model, iteration, self.sizer.state(), offsets,
+                              bool(metrics.get("converged")))
         if self.checkpoints is None:
             return
         self.commits += 1

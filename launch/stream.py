@@ -15,8 +15,6 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
-
 from drizzle_ml.algorithms.registry import option_table
 
 from .serve import QUEUE_PER_THREAD, PredictionServer, ServeLimits

@@ -256,8 +256,13 @@ def test_checkpoint_interval_in_groups_or_seconds_and_the_job_parameters(tmp_pat
     assert ck.params["estimator"] == "LogisticRegression" and ck.params["program"] == "Minimize"
     assert ck.params["params"]["solver"] == "gd" and ck.params["params"]["learning_rate"] == 0.5
     assert set(ck.model) == {"w", "x", "g", "p", "S", "Y", "state"} and ck.tuner == {"size": 10}
-    for bad in (0, "soon", "-1s", 2.5):
-        with pytest.raises(ValueError, match="checkpoint_every must be"):
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match=r"The 'checkpoint_every' parameter of LogisticRegression must be an "
+                                             r"int in the range \[1, inf\) or an instance of 'str'"):
+            gd(checkpoint_every=bad).fit(X, Y)
+    for bad in ("soon", "-1s"):
+        with pytest.raises(ValueError, match=r"^checkpoint_every must be an integer >= 1 \(groups\) or seconds "
+                                             r"like '30s', got '"):
             gd(checkpoint_every=bad).fit(X, Y)
 
 

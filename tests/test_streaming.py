@@ -441,13 +441,16 @@ def test_cli_stream_exactly_once_with_repeated_worker_kills(tmp_path):
                             text=True)
     kills = 0
     try:
-        for when in (1.5, 4.0):
-            time.sleep(when - (0 if kills == 0 else 1.5))
-            found = ranks(str(live))
-            victim = found.get(1 + kills % 2)
-            if victim is not None:
-                os.kill(victim, signal.SIGKILL)
-                kills += 1
+        for pause in (1.5, 2.5):
+            time.sleep(pause)
+            deadline = time.monotonic() + 60  # a restarted job's ranks take a moment (more on a busy host)
+            while time.monotonic() < deadline:
+                victim = ranks(str(live)).get(1 + kills % 2)
+                if victim is not None:
+                    os.kill(victim, signal.SIGKILL)
+                    kills += 1
+                    break
+                time.sleep(0.1)
         out, err = proc.communicate(timeout=240)
     finally:
         producer.join()
@@ -572,3 +575,32 @@ def test_the_online_learning_contract_is_declared():
 
     with pytest.raises(TypeError, match="abstract method"):
         Incomplete()
+
+
+def test_a_launched_stream_replaces_a_dead_worker_and_counts_every_record_once(tmp_path):
+    from drizzle_ml.errors import WorkerRecoveredWarning
+
+    X, y = make_regression(3000, 4, noise=0.5, random_state=1)
+    path = tmp_path / "s.csv"
+    path.write_text("".join(",".join(repr(float(v)) for v in (*row, t)) + "\n" for row, t in zip(X, y)))
+    options = dict(batch_interval=None, max_batch=50, idle_timeout=1.0)
+
+    def stream(on_group=None):
+        est = dm.LinearRegression(n_workers=2, group_size=3)
+        return dm.stream_fit(est, dm.FileSource(str(path), follow=False, block_size=4096), on_group=on_group,
+                             **options)
+
+    reference = stream()
+    victim = dm.get_cluster(2).workers[1].pid
+    killed = []
+
+    def kill_once(group):  # at a group boundary, while the next group runs
+        if group.start_iteration >= 6 and not killed:
+            killed.append(group.start_iteration + group.n_iterations)
+            os.kill(victim, signal.SIGKILL)
+
+    with pytest.warns(WorkerRecoveredWarning, match=r"LinearRegression: worker 1 .* died .*Restarting the workers "
+                                                    r"and resuming at iteration \d+"):
+        recovered = stream(kill_once)
+    assert killed and recovered.records_seen_ == reference.records_seen_ == 3000
+    assert np.array_equal(recovered.coef_, reference.coef_) and recovered.intercept_ == reference.intercept_
