@@ -19,9 +19,9 @@ import numpy as np
 from drizzle_ml.checkpoint import job_key_for
 from drizzle_ml.cluster import get_cluster
 from drizzle_ml.durable import UNBOUNDED, DurableJob, JobState, run_durable
-from drizzle_ml.sources import Batching, ParquetSource, RecordFormat, Source, peek_n_features
+from drizzle_ml.streams import Batching, ParquetSource, RecordFormat, Source, peek_n_features
 from drizzle_ml.store import ModelStore
-from drizzle_ml.streaming import latency_percentiles
+from drizzle_ml.streams.job import latency_percentiles
 
 from .online_learning import OnlineLearner
 
@@ -39,9 +39,9 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     estimator : LogisticRegression, LinearRegression, Ridge, PCA or KMeans
         Its engine parameters apply (``n_workers``, ``group_size``); it
         continues from a previous ``partial_fit``/stream, or a ``fit``.
-    source : a :class:`~drizzle_ml.sources.Source`
+    source : a :class:`~drizzle_ml.streams.Source`
         ``FileSource``, ``DirectorySource``, ``ParquetSource``, ``TCPSource``, ``HDF5Source``,
-        ``IterableSource`` (see :func:`~drizzle_ml.sources.parse_source`).
+        ``IterableSource`` (see :func:`~drizzle_ml.streams.parse_source`).
     n_features : int or None
         Features per record (the target comes after them); None reads the
         first record (not possible for TCP). A ``ParquetSource`` counts its
@@ -51,7 +51,7 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
         malformed records.
     record_format : "csv" or "json"
     max_batch, batch_interval, idle_timeout : micro-batch cutting, see
-        :class:`~drizzle_ml.sources.Batching`. ``batch_interval=None`` cuts
+        :class:`~drizzle_ml.streams.Batching`. ``batch_interval=None`` cuts
         by size only, which makes the model independent of timing.
     on_error : "skip" (count malformed records) or "fail" (stop with an error naming the offset)
     checkpoint_dir, checkpoint_every, resume : checkpoints with the stream's offsets.

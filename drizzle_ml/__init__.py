@@ -30,7 +30,7 @@ from .errors import (  # noqa: E402
 from .metrics import GroupMetrics, JobResult  # noqa: E402
 from .parquet import ParquetDataset  # noqa: E402  (pyarrow is imported only when a file is read)
 from .program import Partition, Program  # noqa: E402
-from .sources import (  # noqa: E402
+from .streams import (  # noqa: E402
     DirectorySource,
     FileSource,
     HDF5Source,

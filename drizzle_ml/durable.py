@@ -137,7 +137,7 @@ def _run_recovering(job: DurableJob, checkpoints: Any) -> tuple[JobResult, int]:
         start = state.iteration
         options = dict(job.run_options)
         if job.stream is not None:
-            from .sources import StreamSpec
+            from .streams import StreamSpec
 
             source, record_format, batching = job.stream
             state.n_partitions = state.n_partitions or cluster.n_workers

@@ -31,8 +31,8 @@ from .collectives import ModelBroadcast, Reduction, plan_reduction
 from .errors import VersionMismatchError
 from .layout import Layout
 from .program import Partition
-from .sources import StreamReader, worker_partitions
-from .streaming import Publisher
+from .streams import StreamReader, worker_partitions
+from .streams.job import Publisher
 from .tree import ReduceTree
 from .waiting import SPIN_ON_OWN_CORE
 

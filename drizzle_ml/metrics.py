@@ -86,7 +86,7 @@ class JobResult:
         which may import its module), excluded from the first group's wall.
     offsets : stream jobs: every partition's offset after the last micro-batch.
     latencies : stream jobs: per published version ``(records, latency of its
-        oldest record, of its newest)`` in seconds (see :mod:`drizzle_ml.streaming`).
+        oldest record, of its newest)`` in seconds (see :mod:`drizzle_ml.streams.job`).
     reduction : how the partials were combined: ``"gather"`` or ``"allreduce"``
         (MPI collectives, see :mod:`drizzle_ml.collectives`), ``"tree"``, or
         ``"bsp"`` (the driver); with ``"+replicated"`` when every worker

@@ -29,7 +29,7 @@ from .errors import ReplicaMismatchError
 from .layout import Layout
 from .metrics import GroupMetrics, JobResult
 from .store import ModelStore, freeze
-from .streaming import RECORDS_KEY, Publications, StreamStep, latency_percentiles
+from .streams.job import RECORDS_KEY, Publications, StreamStep, latency_percentiles
 from .tuner import GroupSizer
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def run_job(
     tuner's state and ``checkpoint_params`` (the job's parameters, JSON).
     ``checkpoint_every`` may also be an interval in seconds (``"30s"``). ``on_group`` is called with each group's metrics.
 
-    With ``stream`` (a :class:`~drizzle_ml.sources.StreamSpec`) every
+    With ``stream`` (a :class:`~drizzle_ml.streams.StreamSpec`) every
     iteration is a micro-batch the workers cut from their partitions of the
     source (``dataset_id`` is unused); checkpoints then hold every
     partition's offset with the model, and the job ends when the source is

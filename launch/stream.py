@@ -102,7 +102,7 @@ def add_stream_arguments(stream: argparse.ArgumentParser, group_size_type: Any) 
 
 def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """Validate; return the estimator's parameters."""
-    from drizzle_ml.sources import parse_source
+    from drizzle_ml.streams import parse_source
 
     check_recovery_arguments(args)
     if args.max_batch < 1:
@@ -191,7 +191,7 @@ def run_stream(args: argparse.Namespace) -> int:
     import drizzle_ml
     from drizzle_ml.algorithms.stream import stream_fit
     from drizzle_ml.errors import DrizzleError
-    from drizzle_ml.sources import ParquetSource, StreamError, parse_source
+    from drizzle_ml.streams import ParquetSource, StreamError, parse_source
 
     params = check_stream_arguments(args)
     source = parse_source(args.source, follow=not args.no_follow)

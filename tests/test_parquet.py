@@ -16,7 +16,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 import drizzle_ml as dm  # noqa: E402
 from drizzle_ml.algorithms.persist import model_info, save_model  # noqa: E402
-from drizzle_ml.sources import Batching, RecordFormat, StreamReader  # noqa: E402
+from drizzle_ml.streams import Batching, RecordFormat, StreamReader  # noqa: E402
 
 from .conftest import run_cli  # noqa: E402
 

@@ -27,9 +27,9 @@ from drizzle_ml.algorithms.online import OnlineLinear, OnlineMoments, StreamingK
 from drizzle_ml.algorithms.persist import load_model, model_info
 from drizzle_ml.program import Partition
 from drizzle_ml.scheduler import STREAM_MIN_GROUP_SECONDS, run_job
-from drizzle_ml.sources import (Batching, RecordFormat, StreamError, StreamReader, StreamSpec, _TCPReader,
-                                _TextFileReader,
-                                peek_n_features)
+from drizzle_ml.streams import Batching, RecordFormat, StreamError, StreamReader, StreamSpec, peek_n_features
+from drizzle_ml.streams.file import _TextFileReader
+from drizzle_ml.streams.tcp import _TCPReader
 from drizzle_ml.testing import StreamSum
 from drizzle_ml.tuner import GroupSizer
 
@@ -340,7 +340,7 @@ def test_one_odd_first_line_does_not_fix_the_record_format(tmp_path):
     with open(path, "a") as f:
         for row, label in zip(X, y):
             f.write(",".join(repr(float(v)) for v in row) + f",{int(label)}\n")
-    assert peek_n_features(dm.sources.FileSource(str(path)), RecordFormat("csv", None, True)) == 3
+    assert peek_n_features(dm.FileSource(str(path)), RecordFormat("csv", None, True)) == 3
     proc = drizzle("stream", "--algorithm", "logistic", "--classes", "0,1", "--source", f"file:{path}",
                    "--no-follow", "--workers", "1", "-o", str(tmp_path / "m.h5"))
     assert proc.returncode == 0, proc.stderr
@@ -509,7 +509,7 @@ def test_stream_checks_its_recovery_options_like_train(tmp_path):
 
 
 def test_csv_lines_with_wrong_field_counts_never_shift_into_rows():
-    from drizzle_ml.sources import RecordFormat
+    from drizzle_ml.streams import RecordFormat
 
     # 3 fields + 1 field = two lines of 2: the counts must be checked per line, not in total.
     fmt = RecordFormat("csv", n_features=1, has_target=True)
@@ -522,7 +522,7 @@ def test_csv_lines_with_wrong_field_counts_never_shift_into_rows():
 
 
 def test_hdf5_source_errors_close_the_file(tmp_path):
-    from drizzle_ml.sources import RecordFormat
+    from drizzle_ml.streams import RecordFormat
 
     path = tmp_path / "grow.h5"
     with h5py.File(path, "w") as f:
@@ -536,12 +536,12 @@ def test_hdf5_source_errors_close_the_file(tmp_path):
 
 
 def test_a_quiet_directory_is_listed_every_few_milliseconds_not_every_poll(tmp_path, monkeypatch):
-    import drizzle_ml.sources as S
+    import drizzle_ml.streams.directory as S
 
     listings = []
     real = os.listdir
     monkeypatch.setattr(S.os, "listdir", lambda p: listings.append(p) or real(p))
-    reader = dm.DirectorySource(str(tmp_path)).open(S.RecordFormat(n_features=1, has_target=True), 0, 1, None)
+    reader = dm.DirectorySource(str(tmp_path)).open(RecordFormat(n_features=1, has_target=True), 0, 1, None)
     end = time.monotonic() + 0.05
     polls = 0
     while time.monotonic() < end:

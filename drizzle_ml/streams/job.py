@@ -2,7 +2,7 @@
 
 A stream job is an ordinary group-scheduled job whose partition changes every
 iteration: each worker cuts its next micro-batch from its own partitions of
-the source (:mod:`drizzle_ml.sources`) and runs the program's ``local`` on it.
+the source (:mod:`drizzle_ml.streams`) and runs the program's ``local`` on it.
 Two things are added around the user's program, here rather than in every
 algorithm:
 
@@ -24,10 +24,10 @@ from typing import Any, Callable
 import numpy as np
 from mpi4py import MPI
 
-from . import protocol as P
-from .layout import Layout
-from .program import Program
-from .store import ModelStore
+from .. import protocol as P
+from ..layout import Layout
+from ..program import Program
+from ..store import ModelStore
 
 # Stream statistics carried with every partial: sums, then a min and a max.
 _RECORDS, _BAD, _IDLE, _OLDEST, _NEWEST = range(5)
