@@ -33,7 +33,7 @@ from mpi4py import MPI
 
 from . import protocol as P
 from .doorbell import Doorbell, bell_address
-from .errors import ClusterClosedError, WorkerError, WorkerFailedError, WorkerTimeoutError
+from .errors import ClusterClosedError, LaunchError, WorkerError, WorkerFailedError, WorkerTimeoutError
 from .waiting import WaitPolicy, WaitTimeout, poll
 
 _open_clusters: "weakref.WeakSet[Cluster]" = weakref.WeakSet()
@@ -89,6 +89,40 @@ def launched_by_mpiexec() -> bool:
     return False
 
 
+def slurm_allocation_tasks() -> int | None:
+    """``SLURM_NTASKS`` where this process runs in a Slurm allocation but in no step; else None.
+
+    That is an ``sbatch`` script or an ``salloc`` shell: the allocation's
+    tasks are ours to use, and MPICH's Hydra (``mpiexec``) places its ranks
+    on them through ``srun``. Inside a step (``srun``, or the ranks Hydra
+    starts that way) Slurm sets ``SLURM_STEP_NUM_TASKS``, and the step's
+    tasks are already in use.
+    """
+    if "SLURM_JOB_ID" not in os.environ or "SLURM_STEP_NUM_TASKS" in os.environ:
+        return None
+    try:
+        return int(os.environ["SLURM_NTASKS"])
+    except (KeyError, ValueError):  # an allocation asked for by nodes or CPUs, not tasks
+        return None
+
+
+def slurm_world_mismatch() -> str | None:
+    """Why this process must not go on: ``srun`` started several tasks, but each is an MPI world of 1.
+
+    That happens under ``srun --mpi=none`` (or a PMI the MPI library does not
+    speak). Each task would then start a worker job of its own, whose
+    ``srun`` waits for CPUs the step already holds: a hang, not a run.
+    """
+    try:
+        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    except ValueError:
+        return None
+    if tasks <= 1 or MPI.COMM_WORLD.Get_size() > 1:
+        return None
+    return (f"srun started {tasks} tasks but each is an MPI world of 1: launch with srun --mpi=pmi2 "
+            "(see docs/cluster.md)")
+
+
 def find_mpiexec() -> str:
     """``$DRIZZLE_MPIEXEC`` if set, else ``mpiexec`` next to this interpreter (the ``mpich`` wheel), else on PATH."""
     chosen = os.environ.get("DRIZZLE_MPIEXEC")
@@ -113,8 +147,9 @@ class Cluster:
     Parameters
     ----------
     n_workers : int or None
-        Workers to launch. ``None``: in world mode all ranks but 0, otherwise
-        the machine's core count.
+        Workers to launch. ``None``: in world mode all ranks but 0; in a
+        Slurm allocation (an ``sbatch`` script) its tasks minus one, the
+        driver's; otherwise the machine's core count.
     timeout : float
         Seconds any single wait may last without progress before a worker is
         declared failed (a group's wait adds its expected duration).
@@ -145,6 +180,9 @@ class Cluster:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if fanout < 1:
             raise ValueError(f"fanout must be >= 1, got {fanout!r}")
+        problem = slurm_world_mismatch()  # before anything is started: a worker job here would hang
+        if problem:
+            raise LaunchError(problem)
         self.timeout, self.fanout = float(timeout), int(fanout)
         self._closed = False
         self._broken: str | None = None
@@ -178,7 +216,9 @@ class Cluster:
             _world_cluster = self
         else:
             self.mode = "launched"
-            self.n_workers = n_workers or (os.cpu_count() or 1)
+            tasks = slurm_allocation_tasks()
+            # In an allocation, Hydra places the worker job on its tasks; the driver holds one of them.
+            self.n_workers = n_workers or (tasks - 1 if tasks and tasks > 1 else os.cpu_count() or 1)
             self.ctrl = self._launch(list(mpiexec_args), start_timeout)
         ranks_here = self.n_workers + 1 if self.mode == "launched" else int(
             os.environ.get("MPI_LOCALNRANKS", self.n_workers + 1)

@@ -140,6 +140,22 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
         resume, reached[0] = True, 0
 
 
+def _default_workers(args: argparse.Namespace) -> None:
+    """``--workers`` not given: the Slurm allocation's tasks less the driver's, outside Slurm 2."""
+    if args.workers is not None:
+        return
+    from drizzle_ml.cluster import slurm_allocation_tasks
+
+    tasks = slurm_allocation_tasks()
+    if tasks is None:
+        args.workers = 2
+    elif tasks < 2:
+        raise CLIError(f"the Slurm allocation has {tasks} task, none left for a worker beside the driver: "
+                       "ask for WORKERS+1 tasks (sbatch -n 3) or give --workers")
+    else:
+        args.workers = tasks - 1
+
+
 def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:
     """``argv`` without the given options (name -> how many values follow it)."""
     out, skip = [], 0
@@ -233,8 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             code = info(args)
             sys.stdout.flush()  # here, where a reader that left is caught, not at exit
             return code
-        from drizzle_ml.cluster import launched_by_mpiexec
+        from drizzle_ml.cluster import launched_by_mpiexec, slurm_world_mismatch
 
+        problem = slurm_world_mismatch()  # srun --mpi=none: every task would start a worker job and hang
+        if problem:
+            raise CLIError(problem)
+        _default_workers(args)
         if not launched_by_mpiexec():
             return _launch(args, argv)
         reject_under_user_mpiexec(args)

@@ -48,7 +48,8 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
                        help="HDF5 file (each worker reads its own rows); default: a bundled dataset")
     train.add_argument("--x-key", default="X", help="HDF5 dataset (or CSR group) of the features")
     train.add_argument("--y-key", default="y", help="HDF5 dataset of the targets (supervised algorithms)")
-    train.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    train.add_argument("--workers", type=int, default=None,
+                       help="worker processes (default 2; in a Slurm allocation its tasks minus one)")
     train.add_argument("--group-size", type=group_size_type, default="auto",
                        help="'auto' or iterations per group")
     train.add_argument("--scheduling", choices=("group", "bsp"), default="group")

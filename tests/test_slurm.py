@@ -1,0 +1,156 @@
+"""Slurm: ``drizzle-ml train`` in an ``sbatch`` job, ``srun --mpi=pmi2`` direct launch, and ``srun`` without a PMI.
+
+Against a real single-node Slurm started for this module (:mod:`tests.slurm`:
+Debian's ``slurmctld``, ``slurmd`` and ``munge`` in a temporary directory);
+skipped, with the reason, where those are not installed or we are not root.
+The models trained under Slurm must equal, bit for bit, the one a plain
+``mpiexec -n 3`` run saves.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from drizzle_ml.cluster import find_mpiexec
+
+from . import slurm as harness
+from .conftest import run_cli
+from .test_multihost import assert_same_arrays, saved_arrays
+
+REASON = harness.unavailable()
+needs_slurm = pytest.mark.skipif(REASON is not None, reason=f"no private Slurm: {REASON}")
+PYTHON = [sys.executable, "-m", "drizzle_ml"]
+TRAIN = ["train", "--quiet"]  # the bundled dataset, logistic regression
+MESSAGE = ("drizzle-ml: error: srun started 3 tasks but each is an MPI world of 1: launch with srun --mpi=pmi2 "
+           "(see docs/cluster.md)")
+
+#: Run inside the sbatch job: the CLI without --workers, and an estimator with n_workers=None.
+ESTIMATOR = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import drizzle_ml
+    from drizzle_ml.datasets import load_default
+
+    X, y, _ = load_default("classification")
+    clf = drizzle_ml.LogisticRegression(n_workers=None if sys.argv[1] == "none" else int(sys.argv[1])).fit(X, y)
+    print("workers", drizzle_ml.get_cluster().n_workers, flush=True)
+    np.save(sys.argv[2], np.concatenate([clf.coef_.ravel(), clf.intercept_]))
+""")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if REASON is not None:
+        pytest.skip(f"no private Slurm: {REASON}")
+    with harness.Slurm() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The model and the estimator's arrays from a plain run, 2 workers, outside Slurm."""
+    where = tmp_path_factory.mktemp("reference")
+    env = dict(harness.outside_slurm(), OMP_NUM_THREADS="1")
+    proc = subprocess.run([find_mpiexec(), "-n", "3", *PYTHON, *TRAIN, "-o", str(where / "model.h5")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (where / "fit.py").write_text(ESTIMATOR)
+    proc = subprocess.run([sys.executable, str(where / "fit.py"), "2", str(where / "coef.npy")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return where
+
+
+@pytest.fixture(scope="module")
+def batch_job(slurm, tmp_path_factory):
+    """One ``sbatch -n 3`` job: ``drizzle-ml train`` without --workers, then an estimator with n_workers=None."""
+    where = tmp_path_factory.mktemp("sbatch")
+    (where / "fit.py").write_text(ESTIMATOR)
+    script = where / "job.sh"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        set -e
+        export OMP_NUM_THREADS=1
+        {sys.executable} -m drizzle_ml train --quiet -o {where / "model.h5"} --report {where / "report.json"}
+        {sys.executable} {where / "fit.py"} none {where / "coef.npy"}
+    """))
+    job, proc = slurm.sbatch(script, "-n", "3", "-o", str(where / "job.out"), cwd=where)
+    output = (where / "job.out").read_text()
+    assert proc.returncode == 0, f"job {job}: {proc.stderr}\n{output}"
+    return job, where, output
+
+
+@needs_slurm
+def test_sbatch_train_uses_the_allocation_and_saves_the_mpiexec_model(slurm, batch_job, reference):
+    job, where, output = batch_job
+    # --workers defaulted to the allocation's 3 tasks less the driver's.
+    assert "with 2 workers" in output
+    assert json.loads((where / "report.json").read_text())["workers"] == 2
+    # mpiexec (Hydra) started its ranks through srun: the job's steps, one per mpiexec.
+    assert slurm.steps_launched(job) == [f"{job}.0", f"{job}.1"]
+    assert_same_arrays(saved_arrays(where / "model.h5"), saved_arrays(reference / "model.h5"))
+
+
+@needs_slurm
+def test_estimator_in_sbatch_launches_workers_on_the_allocation(batch_job, reference):
+    import numpy as np
+
+    _, where, output = batch_job
+    assert "workers 2" in output.splitlines()
+    assert np.array_equal(np.load(where / "coef.npy"), np.load(reference / "coef.npy"))
+
+
+@needs_slurm
+def test_srun_pmi2_direct_launch_saves_the_mpiexec_model(slurm, reference, tmp_path):
+    proc = slurm.run(["srun", "--mpi=pmi2", "-n", "3", *PYTHON, *TRAIN, "-o", str(tmp_path / "model.h5")],
+                     env={"OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "with 2 workers" in proc.stdout
+    assert_same_arrays(saved_arrays(tmp_path / "model.h5"), saved_arrays(reference / "model.h5"))
+
+
+@needs_slurm
+def test_srun_without_pmi_is_a_one_line_error_not_a_hang(slurm, tmp_path):
+    # Each task is an MPI world of 1; before this check each started a worker job that waited forever.
+    proc = slurm.run(["srun", "--mpi=none", "-n", "3", *PYTHON, *TRAIN, "-o", str(tmp_path / "model.h5")],
+                     timeout=60, cwd=tmp_path)
+    assert proc.returncode != 0
+    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml")]
+    assert ours == [MESSAGE] * 3, proc.stderr  # one line from each task
+    assert proc.stdout == "" and not (tmp_path / "model.h5").exists()
+
+
+@needs_slurm
+def test_srun_without_pmi_is_an_exception_in_python(slurm, tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(textwrap.dedent("""
+        import drizzle_ml
+        try:
+            drizzle_ml.LogisticRegression(n_workers=2).fit([[0.0], [1.0], [2.0]], [0, 1, 0])
+        except drizzle_ml.LaunchError as exc:
+            print("LaunchError:", exc)
+    """))
+    proc = slurm.run(["srun", "--mpi=none", "-n", "2", sys.executable, str(script)], timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    expected = ("LaunchError: srun started 2 tasks but each is an MPI world of 1: launch with srun --mpi=pmi2 "
+                "(see docs/cluster.md)")
+    assert proc.stdout.splitlines() == [expected] * 2
+
+
+def test_workers_default_outside_and_inside_an_allocation(monkeypatch):
+    # Outside Slurm (or inside a step) --workers is 2; in an allocation, its tasks less the driver's.
+    for name in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    proc = run_cli("train", "--quiet")
+    assert proc.returncode == 2
+    assert proc.stderr == ("drizzle-ml: error: the Slurm allocation has 1 task, none left for a worker beside the "
+                           "driver: ask for WORKERS+1 tasks (sbatch -n 3) or give --workers\n")
+    # An explicit --workers is taken as given (checked, and refused here before any process starts).
+    proc = run_cli("train", "--workers", "0")
+    assert proc.stderr == "drizzle-ml: error: --workers must be at least 1, got 0\n"
