@@ -124,7 +124,8 @@ class Slurm:
             f"SlurmdPort={slurmd_port}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            f"AuthInfo=socket={munge_socket}",
+            # A requeued job may start again cred_expire seconds after (default 120).
+            f"AuthInfo=socket={munge_socket},cred_expire=5",
             "SlurmUser=root",
             "SlurmdUser=root",
             f"StateSaveLocation={d / 'state'}",
@@ -139,6 +140,7 @@ class Slurm:
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_CPU",
             "SchedulerType=sched/builtin",
+            "SchedulerParameters=sched_interval=1",  # a requeued job starts when eligible, not a minute on
             "MpiDefault=none",
             "ReturnToService=2",
             # The node declares more CPUs than a small machine has: a driver and 2 workers fit on 2 cores.
@@ -197,6 +199,24 @@ class Slurm:
         if not found:
             raise RuntimeError(f"sbatch failed ({proc.returncode}): {proc.stderr.strip()}")
         return int(found.group(1)), proc
+
+    def submit(self, script: str | Path, *options: str, cwd: str | Path | None = None) -> int:
+        """Submit ``script`` without waiting; the job id."""
+        proc = self.run(["sbatch", "--parsable", *options, str(script)], timeout=TIMEOUT, cwd=cwd)
+        if proc.returncode:
+            raise RuntimeError(f"sbatch failed ({proc.returncode}): {proc.stderr.strip()}")
+        return int(proc.stdout.strip().split(";")[0])
+
+    def job(self, job: int) -> dict[str, str]:
+        """``scontrol show job``'s fields (JobState, Restarts, ExitCode, ...)."""
+        out = self._client(["scontrol", "show", "job", "--oneliner", str(job)]).stdout
+        return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+    def wait_job(self, job: int, timeout: float = 120.0) -> dict[str, str]:
+        """Wait until ``job`` has ended (a requeued job runs again first); its fields then."""
+        ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL")
+        self._wait(lambda: self.job(job).get("JobState") in ended, f"job {job} to end", timeout)
+        return self.job(job)
 
     def steps_launched(self, job: int) -> list[str]:
         """Step ids ``slurmd`` launched for ``job`` (from its log), e.g. ``['7.0']``."""

@@ -154,3 +154,44 @@ def test_workers_default_outside_and_inside_an_allocation(monkeypatch):
     # An explicit --workers is taken as given (checked, and refused here before any process starts).
     proc = run_cli("train", "--workers", "0")
     assert proc.stderr == "drizzle-ml: error: --workers must be at least 1, got 0\n"
+
+
+GD = ["--solver", "gd", "--learning-rate", "0.5", "--tol", "0", "--max-iter", "1000", "--group-size", "10"]
+
+
+@needs_slurm
+def test_requeued_job_resumes_from_its_checkpoints_and_saves_the_uninterrupted_model(slurm, tmp_path):
+    import time
+
+    assert run_cli("datasets", "make", "classification", "--rows", "10000", "--features", "10",
+                   "-o", str(tmp_path / "data.h5")).returncode == 0
+    env = dict(harness.outside_slurm(), OMP_NUM_THREADS="1")
+    proc = subprocess.run([find_mpiexec(), "-n", "3", *PYTHON, *TRAIN, "--data", str(tmp_path / "data.h5"), *GD,
+                           "-o", str(tmp_path / "uninterrupted.h5")], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    script = tmp_path / "train.sbatch"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        #SBATCH --ntasks=3
+        #SBATCH --requeue
+        #SBATCH --open-mode=append
+        echo "restart ${{SLURM_RESTART_COUNT:-0}}"
+        export OMP_NUM_THREADS=1
+        {sys.executable} -m drizzle_ml train --quiet --data data.h5 {' '.join(GD)} \\
+            --checkpoint-dir ckpt --resume -o model.h5
+    """))
+    job = slurm.submit(script, "-o", str(tmp_path / "job.out"), cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("ckpt/*/ckpt-*.h5")):  # a checkpoint: the job is past loading
+        assert time.monotonic() < deadline and slurm.job(job).get("JobState") in ("PENDING", "RUNNING"), \
+            slurm.job(job)
+        time.sleep(0.1)
+    requeue = slurm.run(["scontrol", "requeue", str(job)], timeout=30)
+    assert requeue.returncode == 0, requeue.stderr
+    fields = slurm.wait_job(job)
+    output = (tmp_path / "job.out").read_text()
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", output
+    assert [ln for ln in output.splitlines() if ln.startswith("restart")] == ["restart 0", "restart 1"]
+    assert "drizzle-ml: resumed from the checkpoint at iteration" in output
+    assert_same_arrays(saved_arrays(tmp_path / "model.h5"), saved_arrays(tmp_path / "uninterrupted.h5"))
