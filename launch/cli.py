@@ -77,7 +77,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     import shlex
     import time
 
-    from drizzle_ml.cluster import find_mpiexec
+    from drizzle_ml.cluster import find_mpiexec, hydra_environment
 
     from .supervisor import run_supervised
 
@@ -111,7 +111,8 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     while True:
         cmd = [mpiexec, "-n", str(workers + 1), *hosts, *shlex.split(args.mpiexec_args), sys.executable, "-m",
                "drizzle_ml", *base, "--workers", str(workers), *(["--resume"] if resume else [])]
-        env = dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0", DRIZZLE_DONE_FILE=done_file)
+        env = hydra_environment(dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0",
+                                     DRIZZLE_DONE_FILE=done_file))
         # A stream stops gracefully on the first signal: SIGUSR1 goes through
         # mpiexec to every rank; workers ignore it, the driver ends the stream.
         code = run_supervised(cmd, env=env, on_stderr_line=watch if args.checkpoint_dir else None,

@@ -67,7 +67,8 @@ def reference(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch_job(slurm, tmp_path_factory):
-    """One ``sbatch -n 3`` job: ``drizzle-ml train`` without --workers, then an estimator with n_workers=None."""
+    """One ``sbatch -n 3`` job: ``drizzle-ml train`` without --workers, an estimator with n_workers=None,
+    and ``drizzle-ml train`` in a one-task step (its mpiexec's own srun step must overlap that one)."""
     where = tmp_path_factory.mktemp("sbatch")
     (where / "fit.py").write_text(ESTIMATOR)
     script = where / "job.sh"
@@ -77,6 +78,7 @@ def batch_job(slurm, tmp_path_factory):
         export OMP_NUM_THREADS=1
         {sys.executable} -m drizzle_ml train --quiet -o {where / "model.h5"} --report {where / "report.json"}
         {sys.executable} {where / "fit.py"} none {where / "coef.npy"}
+        srun -n 1 {sys.executable} -m drizzle_ml train --quiet -o {where / "step.h5"}
     """))
     job, proc = slurm.sbatch(script, "-n", "3", "-o", str(where / "job.out"), cwd=where)
     output = (where / "job.out").read_text()
@@ -90,9 +92,16 @@ def test_sbatch_train_uses_the_allocation_and_saves_the_mpiexec_model(slurm, bat
     # --workers defaulted to the allocation's 3 tasks less the driver's.
     assert "with 2 workers" in output
     assert json.loads((where / "report.json").read_text())["workers"] == 2
-    # mpiexec (Hydra) started its ranks through srun: the job's steps, one per mpiexec.
-    assert slurm.steps_launched(job) == [f"{job}.0", f"{job}.1"]
+    # mpiexec (Hydra) started its ranks through srun: a step per mpiexec, and the srun -n 1 and the one in it.
+    assert slurm.steps_launched(job) == [f"{job}.{step}" for step in range(4)]
     assert_same_arrays(saved_arrays(where / "model.h5"), saved_arrays(reference / "model.h5"))
+
+
+@needs_slurm
+def test_train_in_a_one_task_srun_step_launches_its_workers(batch_job, reference):
+    # Its mpiexec's srun needs the CPUs the step holds: without --overlap it waited for them forever.
+    _, where, _ = batch_job
+    assert_same_arrays(saved_arrays(where / "step.h5"), saved_arrays(reference / "model.h5"))
 
 
 @needs_slurm
