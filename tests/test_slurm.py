@@ -160,6 +160,8 @@ def test_workers_default_outside_and_inside_an_allocation(monkeypatch):
     assert proc.returncode == 2
     assert proc.stderr == ("drizzle-ml: error: the Slurm allocation has 1 task, none left for a worker beside the "
                            "driver: ask for WORKERS+1 tasks (sbatch -n 3) or give --workers\n")
+    proc = run_cli("stream", "--source", "file:events.csv", "--classes", "0,1", "--quiet")
+    assert proc.returncode == 2 and "the Slurm allocation has 1 task" in proc.stderr
     # An explicit --workers is taken as given (checked, and refused here before any process starts).
     proc = run_cli("train", "--workers", "0")
     assert proc.stderr == "drizzle-ml: error: --workers must be at least 1, got 0\n"
