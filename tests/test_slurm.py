@@ -36,9 +36,9 @@ ESTIMATOR = textwrap.dedent("""
     from drizzle_ml.datasets import load_default
 
     X, y, _ = load_default("classification")
-    clf = drizzle_ml.LogisticRegression(n_workers=None if sys.argv[1] == "none" else int(sys.argv[1])).fit(X, y)
+    clf = drizzle_ml.LogisticRegression().fit(X, y)  # the CLI's estimator on the CLI's default data
     print("workers", drizzle_ml.get_cluster().n_workers, flush=True)
-    np.save(sys.argv[2], np.concatenate([clf.coef_.ravel(), clf.intercept_]))
+    np.save(sys.argv[1], np.concatenate([clf.coef_.ravel(), clf.intercept_]))
 """)
 
 
@@ -52,14 +52,10 @@ def slurm():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The model and the estimator's arrays from a plain run, 2 workers, outside Slurm."""
+    """The model of a plain ``mpiexec -n 3`` run (2 workers) outside Slurm."""
     where = tmp_path_factory.mktemp("reference")
     env = dict(harness.outside_slurm(), OMP_NUM_THREADS="1")
     proc = subprocess.run([find_mpiexec(), "-n", "3", *PYTHON, *TRAIN, "-o", str(where / "model.h5")],
-                          capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (where / "fit.py").write_text(ESTIMATOR)
-    proc = subprocess.run([sys.executable, str(where / "fit.py"), "2", str(where / "coef.npy")],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return where
@@ -77,7 +73,7 @@ def batch_job(slurm, tmp_path_factory):
         set -e
         export OMP_NUM_THREADS=1
         {sys.executable} -m drizzle_ml train --quiet -o {where / "model.h5"} --report {where / "report.json"}
-        {sys.executable} {where / "fit.py"} none {where / "coef.npy"}
+        {sys.executable} {where / "fit.py"} {where / "coef.npy"}
         srun -n 1 {sys.executable} -m drizzle_ml train --quiet -o {where / "step.h5"}
     """))
     job, proc = slurm.sbatch(script, "-n", "3", "-o", str(where / "job.out"), cwd=where)
@@ -110,7 +106,8 @@ def test_estimator_in_sbatch_launches_workers_on_the_allocation(batch_job, refer
 
     _, where, output = batch_job
     assert "workers 2" in output.splitlines()
-    assert np.array_equal(np.load(where / "coef.npy"), np.load(reference / "coef.npy"))
+    model = saved_arrays(reference / "model.h5")
+    assert np.array_equal(np.load(where / "coef.npy"), np.concatenate([model["coef_"].ravel(), model["intercept_"]]))
 
 
 @needs_slurm
@@ -167,7 +164,7 @@ def test_workers_default_outside_and_inside_an_allocation(monkeypatch):
     assert proc.stderr == "drizzle-ml: error: --workers must be at least 1, got 0\n"
 
 
-GD = ["--solver", "gd", "--learning-rate", "0.5", "--tol", "0", "--max-iter", "1000", "--group-size", "10"]
+GD = ["--solver", "gd", "--learning-rate", "0.5", "--tol", "0", "--group-size", "10"]
 
 
 @needs_slurm
@@ -178,9 +175,12 @@ def test_requeued_job_resumes_from_its_checkpoints_and_saves_the_uninterrupted_m
                    "-o", str(tmp_path / "data.h5")).returncode == 0
     env = dict(harness.outside_slurm(), OMP_NUM_THREADS="1")
     proc = subprocess.run([find_mpiexec(), "-n", "3", *PYTHON, *TRAIN, "--data", str(tmp_path / "data.h5"), *GD,
-                           "-o", str(tmp_path / "uninterrupted.h5")], capture_output=True, text=True, timeout=120,
-                          env=env)
+                           "--max-iter", "600", "-o", str(tmp_path / "uninterrupted.h5")],
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The first run trains 200 iterations and then waits to be requeued, so that the requeue cannot
+    # come too late on a fast machine; the rerun asks for all 600 (max_iter is not part of a
+    # checkpoint's identity), from the checkpoints of the first run.
     script = tmp_path / "train.sbatch"
     script.write_text(textwrap.dedent(f"""\
         #!/bin/bash
@@ -189,20 +189,23 @@ def test_requeued_job_resumes_from_its_checkpoints_and_saves_the_uninterrupted_m
         #SBATCH --open-mode=append
         echo "restart ${{SLURM_RESTART_COUNT:-0}}"
         export OMP_NUM_THREADS=1
-        {sys.executable} -m drizzle_ml train --quiet --data data.h5 {' '.join(GD)} \\
+        iterations=$([ -z "$SLURM_RESTART_COUNT" ] && echo 200 || echo 600)
+        {sys.executable} -m drizzle_ml train --quiet --data data.h5 {' '.join(GD)} --max-iter $iterations \\
             --checkpoint-dir ckpt --resume -o model.h5
+        [ -n "$SLURM_RESTART_COUNT" ] || {{ echo "waiting to be requeued"; sleep 300; }}
     """))
-    job = slurm.submit(script, "-o", str(tmp_path / "job.out"), cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("ckpt/*/ckpt-*.h5")):  # a checkpoint: the job is past loading
+    out = tmp_path / "job.out"
+    job = slurm.submit(script, "-o", str(out), cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not out.exists() or "waiting to be requeued" not in out.read_text():
         assert time.monotonic() < deadline and slurm.job(job).get("JobState") in ("PENDING", "RUNNING"), \
             slurm.job(job)
         time.sleep(0.1)
     requeue = slurm.run(["scontrol", "requeue", str(job)], timeout=30)
     assert requeue.returncode == 0, requeue.stderr
     fields = slurm.wait_job(job)
-    output = (tmp_path / "job.out").read_text()
+    output = out.read_text()
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", output
     assert [ln for ln in output.splitlines() if ln.startswith("restart")] == ["restart 0", "restart 1"]
-    assert "drizzle-ml: resumed from the checkpoint at iteration" in output
+    assert "drizzle-ml: resumed from the checkpoint at iteration 200 in ckpt" in output
     assert_same_arrays(saved_arrays(tmp_path / "model.h5"), saved_arrays(tmp_path / "uninterrupted.h5"))
