@@ -123,18 +123,21 @@ def slurm_world_mismatch() -> str | None:
             "(see docs/cluster.md)")
 
 
-def hydra_environment(env: dict[str, str]) -> dict[str, str]:
+def hydra_environment(env: dict[str, str], mpiexec_args: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     """``env`` for an ``mpiexec`` started inside a Slurm step: Hydra's ``srun`` may share the step's CPUs.
 
     A step (``srun -n 1 drizzle-ml train``, a script under ``srun``, a rank
     of Hydra's own job) holds its nodes' CPUs, Slurm's default; the ``srun``
     that Hydra runs to start its proxies would wait for them forever.
     ``--overlap`` lets that nested step share them. Not added where another
-    launcher than Slurm's was chosen (``HYDRA_LAUNCHER``).
+    launcher than Slurm's was chosen (``HYDRA_LAUNCHER``, ``-launcher`` or
+    ``-bootstrap`` in ``mpiexec_args``): ssh would not understand it.
     """
     if "SLURM_JOB_ID" not in env or "SLURM_STEP_NUM_TASKS" not in env:
         return env
-    if env.get("HYDRA_LAUNCHER", "slurm") != "slurm":
+    args = list(mpiexec_args)
+    chosen = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-launcher", "-bootstrap")]
+    if any(launcher != "slurm" for launcher in [env.get("HYDRA_LAUNCHER", "slurm"), *chosen]):
         return env
     extra = env.get("HYDRA_LAUNCHER_EXTRA_ARGS", "")
     if "--overlap" not in extra.split():
@@ -275,8 +278,8 @@ class Cluster:
         cmd = [mpiexec, "-print-all-exitcodes", "-n", str(self.n_workers), *mpiexec_args, sys.executable, "-m",
                "drizzle_ml.worker", "--connect", port, "--driver-pid", str(os.getpid())]
         self._proc = subprocess.Popen(
-            cmd, env=hydra_environment(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=die_with_parent,
+            cmd, env=hydra_environment(env, mpiexec_args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_parent,
         )
         # Workers' output passes through here to ours; Hydra's notices (exit
         # codes, the banner naming a dead process) are held back: kept for

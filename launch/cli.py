@@ -112,7 +112,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
         cmd = [mpiexec, "-n", str(workers + 1), *hosts, *shlex.split(args.mpiexec_args), sys.executable, "-m",
                "drizzle_ml", *base, "--workers", str(workers), *(["--resume"] if resume else [])]
         env = hydra_environment(dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0",
-                                     DRIZZLE_DONE_FILE=done_file))
+                                     DRIZZLE_DONE_FILE=done_file), shlex.split(args.mpiexec_args))
         # A stream stops gracefully on the first signal: SIGUSR1 goes through
         # mpiexec to every rank; workers ignore it, the driver ends the stream.
         code = run_supervised(cmd, env=env, on_stderr_line=watch if args.checkpoint_dir else None,

@@ -164,6 +164,20 @@ def test_workers_default_outside_and_inside_an_allocation(monkeypatch):
     assert proc.stderr == "drizzle-ml: error: --workers must be at least 1, got 0\n"
 
 
+
+def test_mpiexec_in_a_step_overlaps_it_only_with_slurms_launcher():
+    from drizzle_ml.cluster import hydra_environment
+
+    step = {"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "1"}
+    assert hydra_environment(dict(step))["HYDRA_LAUNCHER_EXTRA_ARGS"] == "--overlap"
+    mine = dict(step, HYDRA_LAUNCHER_EXTRA_ARGS="--cpu-bind=none")
+    assert hydra_environment(mine)["HYDRA_LAUNCHER_EXTRA_ARGS"] == "--cpu-bind=none --overlap"
+    # Not in a step (a batch script), or another launcher: nothing added; ssh would not know --overlap.
+    for env, args in (({"SLURM_JOB_ID": "7"}, []), (dict(step, HYDRA_LAUNCHER="ssh"), []),
+                      (dict(step), ["-launcher", "ssh"]), (dict(step), ["-bootstrap", "rsh"])):
+        assert "HYDRA_LAUNCHER_EXTRA_ARGS" not in hydra_environment(env, args)
+
+
 GD = ["--solver", "gd", "--learning-rate", "0.5", "--tol", "0", "--group-size", "10"]
 
 
