@@ -190,16 +190,6 @@ class Slurm:
         return subprocess.run(cmd, env=dict(self.env, **(env or {})), capture_output=True, text=True,
                               timeout=timeout, cwd=cwd)
 
-    def sbatch(self, script: str | Path, *options: str, timeout: float = 120.0, cwd: str | Path | None = None,
-               env: dict[str, str] | None = None) -> tuple[int, subprocess.CompletedProcess]:
-        """Submit ``script`` and wait for the job to end (``sbatch --wait``); (job id, sbatch's result)."""
-        proc = self.run(["sbatch", "--wait", "--parsable", *options, str(script)], timeout=timeout, env=env,
-                        cwd=cwd)
-        found = re.match(r"(\d+)", proc.stdout.strip())
-        if not found:
-            raise RuntimeError(f"sbatch failed ({proc.returncode}): {proc.stderr.strip()}")
-        return int(found.group(1)), proc
-
     def submit(self, script: str | Path, *options: str, cwd: str | Path | None = None) -> int:
         """Submit ``script`` without waiting; the job id."""
         proc = self.run(["sbatch", "--parsable", *options, str(script)], timeout=TIMEOUT, cwd=cwd)

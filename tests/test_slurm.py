@@ -76,9 +76,10 @@ def batch_job(slurm, tmp_path_factory):
         {sys.executable} {where / "fit.py"} {where / "coef.npy"}
         srun -n 1 {sys.executable} -m drizzle_ml train --quiet -o {where / "step.h5"}
     """))
-    job, proc = slurm.sbatch(script, "-n", "3", "-o", str(where / "job.out"), cwd=where)
+    job = slurm.submit(script, "-n", "3", "-o", str(where / "job.out"), cwd=where)
+    fields = slurm.wait_job(job)  # not sbatch --wait: it looks at the job every few seconds only
     output = (where / "job.out").read_text()
-    assert proc.returncode == 0, f"job {job}: {proc.stderr}\n{output}"
+    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), f"job {job}: {fields}\n{output}"
     return job, where, output
 
 
