@@ -291,7 +291,14 @@ class Cluster:
         for pump in self._pumps:
             pump.start()
         accepted: list[MPI.Intercomm] = []
-        acceptor = threading.Thread(target=lambda: accepted.append(MPI.COMM_SELF.Accept(port)), daemon=True)
+
+        def accept() -> None:
+            try:
+                accepted.append(MPI.COMM_SELF.Accept(port))
+            except MPI.Exception:  # the connection made below only to end the wait may be refused
+                pass
+
+        acceptor = threading.Thread(target=accept, daemon=True)
         acceptor.start()
         try:
             poll(lambda: accepted or self._proc.poll() is not None,
@@ -299,10 +306,12 @@ class Cluster:
         except WaitTimeout:
             pass
         if not accepted:
-            # Unblock the pending Accept by connecting to ourselves, then give up.
-            MPI.COMM_SELF.Connect(port).Disconnect()
+            # Unblock the pending Accept, then give up. The connection comes from another process:
+            # connecting to ourselves from this thread waits forever for the lock the Accept holds.
+            _connect_and_leave(port)
             acceptor.join()
-            accepted[0].Disconnect()
+            if accepted:
+                accepted[0].Disconnect()
             MPI.Close_port(port)
             self._kill_job()
             diagnosis = self._job_diagnosis()
@@ -685,6 +694,14 @@ class Cluster:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Cluster(n_workers={self.n_workers}, mode={self.mode!r}, {state})"
+
+
+def _connect_and_leave(port: str) -> None:
+    """Connect to ``port`` from a new process and disconnect at once: an ``Accept`` there returns."""
+    code = "import sys\nfrom mpi4py import MPI\nMPI.COMM_WORLD.Connect(sys.argv[1]).Disconnect()\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "DRIZZLE_"))}
+    subprocess.run([sys.executable, "-c", code, port], env=env, stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, preexec_fn=die_with_parent)
 
 
 def _replicate_updates(workers: list[P.Hello]) -> bool:

@@ -224,3 +224,26 @@ def test_requeued_job_resumes_from_its_checkpoints_and_saves_the_uninterrupted_m
     assert [ln for ln in output.splitlines() if ln.startswith("restart")] == ["restart 0", "restart 1"]
     assert "drizzle-ml: resumed from the checkpoint at iteration 200 in ckpt" in output
     assert_same_arrays(saved_arrays(tmp_path / "model.h5"), saved_arrays(tmp_path / "uninterrupted.h5"))
+
+
+def test_a_worker_job_that_never_connects_is_an_error_not_a_hang(tmp_path):
+    # Found under Slurm (a worker job across two nodes failing in MPI_Init), but not Slurm's: the
+    # driver ended its pending Accept by connecting to itself, which waited forever for MPICH's lock.
+    sleeper = tmp_path / "sleeper"
+    sleeper.write_text("#!/bin/sh\nsleep 60\n")
+    sleeper.chmod(0o755)
+    script = textwrap.dedent("""
+        import os, sys
+        import drizzle_ml
+        for launcher, wait in (("/bin/false", 20), (sys.argv[1], 2)):  # exits at once; never connects
+            os.environ["DRIZZLE_MPIEXEC"] = launcher
+            try:
+                drizzle_ml.Cluster(2, start_timeout=wait)
+            except drizzle_ml.WorkerFailedError as exc:
+                print(exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(sleeper)], capture_output=True, text=True, timeout=60,
+                          env=harness.outside_slurm())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["the worker job did not connect within 20 s (worker job exit code 1)",
+                                        "the worker job did not connect within 2 s (worker job exit code -15)"]
