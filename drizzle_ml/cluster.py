@@ -313,10 +313,12 @@ class Cluster:
             if accepted:
                 accepted[0].Disconnect()
             MPI.Close_port(port)
+            exited = self._proc.poll() is not None
             self._kill_job()
             diagnosis = self._job_diagnosis()
             self._show_notices()
-            raise WorkerFailedError(f"the worker job did not connect within {start_timeout:g} s" + diagnosis)
+            what = "exited before it connected" if exited else f"did not connect within {start_timeout:g} s"
+            raise WorkerFailedError(f"the worker job {what}" + diagnosis)
         acceptor.join()
         MPI.Close_port(port)
         self._intercomm = accepted[0]

@@ -245,5 +245,5 @@ def test_a_worker_job_that_never_connects_is_an_error_not_a_hang(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script, str(sleeper)], capture_output=True, text=True, timeout=60,
                           env=harness.outside_slurm())
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["the worker job did not connect within 20 s (worker job exit code 1)",
+    assert proc.stdout.splitlines() == ["the worker job exited before it connected (worker job exit code 1)",
                                         "the worker job did not connect within 2 s (worker job exit code -15)"]
