@@ -309,10 +309,11 @@ class Cluster:
             # Unblock the pending Accept, then give up. The connection comes from another process:
             # connecting to ourselves from this thread waits forever for the lock the Accept holds.
             _connect_and_leave(port)
-            acceptor.join()
-            if accepted:
-                accepted[0].Disconnect()
-            MPI.Close_port(port)
+            acceptor.join(timeout=30.0)
+            if not acceptor.is_alive():  # else MPI is busy in that thread: leave the port as it is
+                if accepted:
+                    accepted[0].Disconnect()
+                MPI.Close_port(port)
             exited = self._proc.poll() is not None
             self._kill_job()
             diagnosis = self._job_diagnosis()
@@ -702,8 +703,11 @@ def _connect_and_leave(port: str) -> None:
     """Connect to ``port`` from a new process and disconnect at once: an ``Accept`` there returns."""
     code = "import sys\nfrom mpi4py import MPI\nMPI.COMM_WORLD.Connect(sys.argv[1]).Disconnect()\n"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "DRIZZLE_"))}
-    subprocess.run([sys.executable, "-c", code, port], env=env, stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, preexec_fn=die_with_parent)
+    try:
+        subprocess.run([sys.executable, "-c", code, port], env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, preexec_fn=die_with_parent)
+    except subprocess.TimeoutExpired:  # the caller waits on the Accept a bounded time and gives up
+        pass
 
 
 def _replicate_updates(workers: list[P.Hello]) -> bool:
