@@ -49,8 +49,9 @@ class DrizzleEstimator(BaseEstimator):
     Engine parameters shared by every estimator:
 
     n_workers : int or None
-        Worker processes. None: all ranks of an ``mpiexec`` world, otherwise
-        one per core.
+        Worker processes. None: all ranks of an ``mpiexec`` world; in a
+        Slurm allocation (an ``sbatch`` script) its tasks minus one;
+        otherwise one per core.
     group_size : "auto" or int >= 1
         Iterations scheduled per coordination round.
     scheduling : {"group", "bsp"}

@@ -33,7 +33,7 @@ from mpi4py import MPI
 
 from . import protocol as P
 from .doorbell import Doorbell, bell_address
-from .errors import ClusterClosedError, WorkerError, WorkerFailedError, WorkerTimeoutError
+from .errors import ClusterClosedError, LaunchError, WorkerError, WorkerFailedError, WorkerTimeoutError
 from .hydra import OutputFilter, show_notices
 from .waiting import WaitPolicy, WaitTimeout, poll
 
@@ -75,6 +75,62 @@ def launched_by_mpiexec() -> bool:
     return False
 
 
+def slurm_allocation_tasks() -> int | None:
+    """``SLURM_NTASKS`` where this process runs in a Slurm allocation but in no step; else None.
+
+    That is an ``sbatch`` script or an ``salloc`` shell: the allocation's
+    tasks are ours to use, and MPICH's Hydra (``mpiexec``) places its ranks
+    on them through ``srun``. Inside a step (``srun``, or the ranks Hydra
+    starts that way) Slurm sets ``SLURM_STEP_NUM_TASKS``, and the step's
+    tasks are already in use.
+    """
+    if "SLURM_JOB_ID" not in os.environ or "SLURM_STEP_NUM_TASKS" in os.environ:
+        return None
+    try:
+        return int(os.environ["SLURM_NTASKS"])
+    except (KeyError, ValueError):  # an allocation asked for by nodes or CPUs, not tasks
+        return None
+
+
+def slurm_world_mismatch() -> str | None:
+    """Why this process must not go on: ``srun`` started several tasks, but each is an MPI world of 1.
+
+    That happens under ``srun --mpi=none`` (or a PMI the MPI library does not
+    speak). Each task would then start a worker job of its own, whose
+    ``srun`` waits for CPUs the step already holds: a hang, not a run.
+    """
+    try:
+        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    except ValueError:
+        return None
+    if tasks <= 1 or MPI.COMM_WORLD.Get_size() > 1:
+        return None
+    return (f"srun started {tasks} tasks but each is an MPI world of 1: launch with srun --mpi=pmi2 "
+            "(see docs/cluster.md)")
+
+
+def hydra_environment(env: dict[str, str], mpiexec_args: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """``env`` for an ``mpiexec`` started inside a Slurm step: Hydra's ``srun`` may share the step's CPUs.
+
+    A step (``srun -n 1 drizzle-ml train``, a script under ``srun``, a rank
+    of Hydra's own job) holds its nodes' CPUs, Slurm's default; the ``srun``
+    that Hydra runs to start its proxies would wait for them forever.
+    ``--overlap`` lets that nested step share them. Not added where another
+    launcher than Slurm's was chosen (``HYDRA_LAUNCHER``, ``-launcher`` or
+    ``-bootstrap`` in ``mpiexec_args``): ssh would not understand it.
+    """
+    if "SLURM_JOB_ID" not in env or "SLURM_STEP_NUM_TASKS" not in env:
+        return env
+    args = list(mpiexec_args)
+    chosen = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-launcher", "-bootstrap")]
+    if any(launcher != "slurm" for launcher in [env.get("HYDRA_LAUNCHER", "slurm"), *chosen]):
+        return env
+    extra = env.get("HYDRA_LAUNCHER_EXTRA_ARGS", "")
+    if "--overlap" not in extra.split():
+        env["HYDRA_LAUNCHER_EXTRA_ARGS"] = f"{extra} --overlap".strip()
+    return env
+
+
 def find_mpiexec() -> str:
     """``$DRIZZLE_MPIEXEC`` if set, else ``mpiexec`` next to this interpreter (the ``mpich`` wheel), else on PATH."""
     chosen = os.environ.get("DRIZZLE_MPIEXEC")
@@ -99,8 +155,9 @@ class Cluster:
     Parameters
     ----------
     n_workers : int or None
-        Workers to launch. ``None``: in world mode all ranks but 0, otherwise
-        the machine's core count.
+        Workers to launch. ``None``: in world mode all ranks but 0; in a
+        Slurm allocation (an ``sbatch`` script) its tasks minus one, the
+        driver's; otherwise the machine's core count.
     timeout : float
         Seconds any single wait may last without progress before a worker is
         declared failed (a group's wait adds its expected duration).
@@ -131,6 +188,9 @@ class Cluster:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if fanout < 1:
             raise ValueError(f"fanout must be >= 1, got {fanout!r}")
+        problem = slurm_world_mismatch()  # before anything is started: a worker job here would hang
+        if problem:
+            raise LaunchError(problem)
         self.timeout, self.fanout = float(timeout), int(fanout)
         self._closed = False
         self._broken: str | None = None
@@ -168,7 +228,9 @@ class Cluster:
             _world_cluster = self
         else:
             self.mode = "launched"
-            self.n_workers = n_workers or (os.cpu_count() or 1)
+            tasks = slurm_allocation_tasks()
+            # In an allocation, Hydra places the worker job on its tasks; the driver holds one of them.
+            self.n_workers = n_workers or (tasks - 1 if tasks and tasks > 1 else os.cpu_count() or 1)
             self.ctrl = self._launch(list(mpiexec_args), start_timeout)
         ranks_here = self.n_workers + 1 if self.mode == "launched" else int(
             os.environ.get("MPI_LOCALNRANKS", self.n_workers + 1)
@@ -206,8 +268,8 @@ class Cluster:
         cmd = [mpiexec, "-print-all-exitcodes", "-n", str(self.n_workers), *mpiexec_args, sys.executable, "-m",
                "drizzle_ml.worker", "--connect", port, "--driver-pid", str(os.getpid())]
         self._proc = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=die_with_parent,
+            cmd, env=hydra_environment(env, mpiexec_args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_parent,
         )
         # Workers' output passes through here to ours; Hydra's notices (exit
         # codes, the banner naming a dead process) are held back: kept for
@@ -220,7 +282,14 @@ class Cluster:
         for pump in self._pumps:
             pump.start()
         accepted: list[MPI.Intercomm] = []
-        acceptor = threading.Thread(target=lambda: accepted.append(MPI.COMM_SELF.Accept(port)), daemon=True)
+
+        def accept() -> None:
+            try:
+                accepted.append(MPI.COMM_SELF.Accept(port))
+            except MPI.Exception:  # the connection made below only to end the wait may be refused
+                pass
+
+        acceptor = threading.Thread(target=accept, daemon=True)
         acceptor.start()
         try:
             poll(lambda: accepted or self._proc.poll() is not None,
@@ -228,15 +297,20 @@ class Cluster:
         except WaitTimeout:
             pass
         if not accepted:
-            # Unblock the pending Accept by connecting to ourselves, then give up.
-            MPI.COMM_SELF.Connect(port).Disconnect()
-            acceptor.join()
-            accepted[0].Disconnect()
-            MPI.Close_port(port)
+            # Unblock the pending Accept, then give up. The connection comes from another process:
+            # connecting to ourselves from this thread waits forever for the lock the Accept holds.
+            _connect_and_leave(port)
+            acceptor.join(timeout=30.0)
+            if not acceptor.is_alive():  # else MPI is busy in that thread: leave the port as it is
+                if accepted:
+                    accepted[0].Disconnect()
+                MPI.Close_port(port)
+            exited = self._proc.poll() is not None
             self._kill_job()
             diagnosis = self._job_diagnosis()
             self._show_notices()
-            raise WorkerFailedError(f"the worker job did not connect within {start_timeout:g} s" + diagnosis)
+            what = "exited before it connected" if exited else f"did not connect within {start_timeout:g} s"
+            raise WorkerFailedError(f"the worker job {what}" + diagnosis)
         acceptor.join()
         MPI.Close_port(port)
         self._intercomm = accepted[0]
@@ -609,6 +683,17 @@ class Cluster:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Cluster(n_workers={self.n_workers}, mode={self.mode!r}, {state})"
+
+
+def _connect_and_leave(port: str) -> None:
+    """Connect to ``port`` from a new process and disconnect at once: an ``Accept`` there returns."""
+    code = "import sys\nfrom mpi4py import MPI\nMPI.COMM_WORLD.Connect(sys.argv[1]).Disconnect()\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "DRIZZLE_"))}
+    try:
+        subprocess.run([sys.executable, "-c", code, port], env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, preexec_fn=die_with_parent)
+    except subprocess.TimeoutExpired:  # the caller waits on the Accept a bounded time and gives up
+        pass
 
 
 def _replicate_updates(workers: list[P.Hello]) -> bool:

@@ -49,6 +49,10 @@ class ReplicaMismatchError(DrizzleError):
         self.worker = worker
 
 
+class LaunchError(DrizzleError):
+    """The processes were not started as one MPI world (``srun`` without a PMI that MPICH speaks)."""
+
+
 class ClusterClosedError(DrizzleError):
     """The cluster was used after it was closed or torn down."""
 

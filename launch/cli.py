@@ -79,7 +79,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     import time
 
     from drizzle_ml.checkpoint import NOTE_ENV, noted_directories
-    from drizzle_ml.cluster import find_mpiexec
+    from drizzle_ml.cluster import find_mpiexec, hydra_environment
     from drizzle_ml.hydra import show_notices
 
     from .supervisor import run_supervised
@@ -117,8 +117,9 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     while True:
         cmd = [mpiexec, "-n", str(workers + 1), *hosts, *shlex.split(args.mpiexec_args), sys.executable, "-m",
                "drizzle_ml", *base, "--workers", str(workers), *(["--resume"] if resume else [])]
-        env = dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0", DRIZZLE_DONE_FILE=done_file,
-                   **{NOTE_ENV: checkpoint_note})
+        env = hydra_environment(dict(os.environ, DRIZZLE_TTY="1" if sys.stderr.isatty() else "0",
+                                     DRIZZLE_DONE_FILE=done_file, **{NOTE_ENV: checkpoint_note}),
+                                shlex.split(args.mpiexec_args))
         # A stream stops gracefully on the first signal: SIGUSR1 goes through
         # mpiexec to every rank; workers ignore it, the driver ends the stream.
         notices: deque[str] = deque(maxlen=100)  # Hydra's: shown only when the job failed
@@ -155,6 +156,22 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
         time.sleep(delay)
         # Resume only from the job's own checkpoints (or when the user asked to).
         resume, reached[0] = resume or newest is not None, 0
+
+
+def _default_workers(args: argparse.Namespace) -> None:
+    """``--workers`` not given: the Slurm allocation's tasks less the driver's, outside Slurm 2."""
+    if args.workers is not None:
+        return
+    from drizzle_ml.cluster import slurm_allocation_tasks
+
+    tasks = slurm_allocation_tasks()
+    if tasks is None:
+        args.workers = 2
+    elif tasks < 2:
+        raise CLIError(f"the Slurm allocation has {tasks} task, none left for a worker beside the driver: "
+                       "ask for WORKERS+1 tasks (sbatch -n 3) or give --workers")
+    else:
+        args.workers = tasks - 1
 
 
 def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:
@@ -248,8 +265,12 @@ def main(argv: list[str] | None = None) -> int:
             code = info(args)
             sys.stdout.flush()  # here, where a reader that left is caught, not at exit
             return code
-        from drizzle_ml.cluster import launched_by_mpiexec
+        from drizzle_ml.cluster import launched_by_mpiexec, slurm_world_mismatch
 
+        problem = slurm_world_mismatch()  # srun --mpi=none: every task would start a worker job and hang
+        if problem:
+            raise CLIError(problem)
+        _default_workers(args)
         if not launched_by_mpiexec():
             return _launch(args, argv)
         reject_under_user_mpiexec(args)

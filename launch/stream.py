@@ -56,7 +56,8 @@ def add_stream_arguments(stream: argparse.ArgumentParser, group_size_type: Any) 
                         help="features per record (default: read from the first record; required for tcp)")
     add_column_arguments(stream)
     stream.add_argument("--classes", default=None, help="logistic: every label, comma-separated (e.g. 0,1)")
-    stream.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    stream.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default 2; in a Slurm allocation its tasks minus one)")
     stream.add_argument("--group-size", type=group_size_type, default="auto")
     stream.add_argument("--max-batch", type=int, default=10_000,
                         help="records per worker per micro-batch (default 10000)")

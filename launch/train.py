@@ -37,7 +37,8 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     train.add_argument("--x-key", default=None, help="HDF5 dataset (or CSR group) of the features (default X)")
     train.add_argument("--y-key", default=None, help="HDF5 dataset of the targets (supervised algorithms; default y)")
     add_column_arguments(train)
-    train.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    train.add_argument("--workers", type=int, default=None,
+                       help="worker processes (default 2; in a Slurm allocation its tasks minus one)")
     train.add_argument("--group-size", type=group_size_type, default="auto",
                        help="'auto' or iterations per group")
     train.add_argument("--scheduling", choices=("group", "bsp"), default="group")
