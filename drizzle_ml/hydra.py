@@ -10,6 +10,7 @@ for the caller to show on stderr only when the job failed.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import deque
 from typing import IO, Callable, Iterator
@@ -18,6 +19,10 @@ _HYDRA_BANNER = ("=" * 20, "=   BAD TERMINATION", "=   PID ", "=   EXIT CODE", "
                  "=   YOU CAN IGNORE", "YOUR APPLICATION TERMINATED",
                  "This typically refers to a problem with your application",
                  "Please see the FAQ page for debugging suggestions", "[mpiexec@", "[proxy:")
+
+
+# The exit codes of a job over several hosts go on, one host a line: "[node2] 0,0".
+_EXIT_CODES_GO_ON = re.compile(r"^\[[\w.-]+\] -?\d+(,-?\d+)*$")
 
 
 def is_hydra_notice(line: str) -> bool:
@@ -45,6 +50,7 @@ class OutputFilter:
     def pump(self, stream: IO[bytes]) -> None:
         """Read ``stream`` to its end (call on a thread of its own: a full pipe would block the job)."""
         blanks: list[str] = []  # held until the next line tells whether they frame a notice
+        exit_codes = False  # in Hydra's list of exit codes, which goes on one host a line
         for raw in _lines(stream):
             line = raw.decode(errors="replace")
             if self.tail is not None:
@@ -54,10 +60,12 @@ class OutputFilter:
             if not line.strip():
                 blanks.append(line)
                 continue
-            if is_hydra_notice(line):
+            if is_hydra_notice(line) or (exit_codes and _EXIT_CODES_GO_ON.match(line.strip())):
                 self.notices.append(line)
+                exit_codes = exit_codes or "Exit codes:" in line
                 blanks = []
                 continue
+            exit_codes = False
             try:
                 target = getattr(sys, self.stream_name)  # looked up each time: it may be replaced
                 target.write("".join(blanks) + line)

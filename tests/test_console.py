@@ -53,7 +53,7 @@ def test_hydra_notices_are_told_from_workers_output():
                  "YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)\n",
                  "[proxy:0@node7] HYD_pmcd_pmip_control_cmd_cb: assert failed\n"):
         assert is_hydra_notice(line), line
-    for line in ("loss 0.25\n", "== results ==\n", "= total: 3\n", "mpiexec says hello\n"):
+    for line in ("loss 0.25\n", "== results ==\n", "= total: 3\n", "mpiexec says hello\n", "[1] 2\n"):
         assert not is_hydra_notice(line), line
 
 
@@ -139,7 +139,7 @@ def test_a_progress_bar_passes_through_at_once_and_hydra_lines_are_held(monkeypa
         w = sys.stderr.buffer
         w.write(b"loss 1\\n\\r[#   ] iter 10"); w.flush()
         sys.stdin.readline()  # the parent has seen the bar before anything more is written
-        w.write(b"\\r[### ] iter 30\\n\\n[mpiexec@vm] Exit codes: [vm] 0,0\\n\\ndone\\n"); w.flush()
+        w.write(b"\\r[### ] iter 30\\n\\n[mpiexec@vm] Exit codes: [vm] 0,0\\n[vm2] 0\\n\\ndone\\n[1] 2\\n"); w.flush()
     """)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     shown, notices = io.StringIO(), deque()
     monkeypatch.setattr(sys, "stderr", shown)
@@ -155,7 +155,8 @@ def test_a_progress_bar_passes_through_at_once_and_hydra_lines_are_held(monkeypa
     child.stdin.flush()
     pump.join(timeout=60)
     assert child.wait(timeout=60) == 0
-    assert shown.getvalue() == "loss 1\n\r[#   ] iter 10\r[### ] iter 30\n\ndone\n"
-    assert list(notices) == ["[mpiexec@vm] Exit codes: [vm] 0,0\n"]
+    # The exit codes of a second host go on a line of their own; a rank's "[1] 2" is the rank's.
+    assert shown.getvalue() == "loss 1\n\r[#   ] iter 10\r[### ] iter 30\n\ndone\n[1] 2\n"
+    assert list(notices) == ["[mpiexec@vm] Exit codes: [vm] 0,0\n", "[vm2] 0\n"]
     show_notices(notices)
-    assert shown.getvalue().endswith("done\n[mpiexec@vm] Exit codes: [vm] 0,0\n") and not notices
+    assert shown.getvalue().endswith("[1] 2\n[mpiexec@vm] Exit codes: [vm] 0,0\n[vm2] 0\n") and not notices
