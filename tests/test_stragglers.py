@@ -155,7 +155,9 @@ def test_estimator_with_rebalance_matches_scikit_learn(slow_worker_1):
 
 def test_estimator_tuner_parameter_is_checked():
     for bad, match in [({"upper": 2.0}, "lower <= upper"), ({"straggler_factor": 1.0}, "straggler_factor"),
-                       ({"bogus": 1}, "unknown tuner option"), ("fast", "must be None or a dict")]:
+                       ({"bogus": 1}, "unknown tuner option"),
+                       ("fast", r"The 'tuner' parameter of LinearRegression must be None or an instance of 'dict'\. "
+                                r"Got 'fast' instead\.")]:
         with pytest.raises(ValueError, match=match):
             drizzle_ml.LinearRegression(tuner=bad, n_workers=1).fit(X[:20], Y[:20])
     with pytest.raises(ValueError, match="rebalance"):
