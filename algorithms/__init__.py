@@ -27,7 +27,7 @@ _MODULE_OF = {
     **{entry.class_name: entry.module for entry in ENTRIES},
 }
 
-__all__ = sorted(_MODULE_OF)
+__all__ = sorted(_MODULE_OF)  # noqa: PLE0605  (the lazy names are the public ones)
 
 
 def __getattr__(name: str) -> Any:

@@ -7,8 +7,9 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from numbers import Integral
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -175,7 +176,7 @@ class DrizzleEstimator(BaseEstimator):
             warnings.warn(
                 f"{type(self).__name__} did not converge in max_iter={max_iter} iterations; "
                 "increase max_iter or relax tol",
-                ConvergenceWarning,
+                ConvergenceWarning, stacklevel=2,
             )
         return result
 

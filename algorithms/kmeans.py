@@ -22,10 +22,11 @@ from drizzle_ml.data import ArrayDataset, FileDataset
 
 from ._random import seed_from
 from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
-from .online_learning import OnlineLearner
 from .kmeans_programs import _CHUNK, KMeansPlusPlusInit, Lloyd, RandomInit, _assign, _row_norms_sq, _sq_dists
 from .moments import FeatureMoments
 from .online import StreamingKMeans
+from .online_learning import OnlineLearner
+
 
 def _tolerance(X: Any, tol: float) -> float:
     """scikit-learn's absolute tolerance: ``tol`` times the mean feature variance of X."""
@@ -156,7 +157,7 @@ class KMeans(ClusterMixin, TransformerMixin, OnlineLearner):
 
     # -- fitting -----------------------------------------------------------------------------
     @resumable
-    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
         """Cluster X (n_samples, n_features), dense or CSR; ``sample_weight`` (n_samples,) optional.
 
         X may also be an :class:`~drizzle_ml.HDF5Dataset` or a
@@ -207,7 +208,7 @@ class KMeans(ClusterMixin, TransformerMixin, OnlineLearner):
             self.labels_ = _assign(X, self.cluster_centers_)[0]
         return self
 
-    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
         """One mini-batch step on X (n_samples, n_features): assign, then move the centers.
 
         The first call seeds the centers by k-means++ on its rows (it needs at

@@ -21,10 +21,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from drizzle_ml.data import ArrayDataset, FileDataset
 
 from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
-from .online_learning import OnlineLearner
 from .losses import LinearLoss
 from .normal_equations import NormalEquations
 from .online import OnlineLinear
+from .online_learning import OnlineLearner
 from .optim import SOLVERS, Minimize, initial_model, line_search_failed
 
 EXACT_MAX_COLUMNS = 2000
@@ -65,7 +65,7 @@ class LinearModelBase(OnlineLearner):
             warnings.warn(
                 f"{type(self).__name__}: the line search found no step that lowers the loss "
                 "(the gradient is at the limit of floating-point precision); stopped early",
-                ConvergenceWarning,
+                ConvergenceWarning, stacklevel=2,
             )
         coef, intercept = loss.split(np.array(result.model["x"]))
         return coef.copy(), (np.zeros(n_outputs) if intercept is None else intercept.copy())

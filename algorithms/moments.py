@@ -16,7 +16,6 @@ import scipy.sparse as sp
 
 from drizzle_ml.program import Partition, Program
 
-
 # Dense rows are centered in blocks of about this many entries (8 MB of float64),
 # so that no centered copy of a whole partition is ever made.
 _BLOCK_ENTRIES = 1 << 20

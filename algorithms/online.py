@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from drizzle_ml.program import Partition, Program
 
 from .kmeans_programs import _assign, _rows, _weights

@@ -16,8 +16,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from drizzle_ml.data import ArrayDataset, FileDataset
 
 from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
-from .online_learning import OnlineLearner
 from .online import OnlineMoments
+from .online_learning import OnlineLearner
 from .pca_programs import SVD_SOLVERS, CovariancePCA, SubspacePCA
 
 
@@ -124,7 +124,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, OnlineLearner):
         return k
 
     @resumable
-    def fit(self, X, y=None, sample_weight=None) -> "PCA":
+    def fit(self, X, y=None, sample_weight=None) -> PCA:
         """Fit on X of shape (n_samples, n_features), dense or sparse.
 
         ``sample_weight`` (n_samples,), optional, are frequency weights: an
@@ -188,7 +188,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, OnlineLearner):
         self._set_components(fitted["mean"], components, variances, total_var, noise, n, k, n_samples, dtype)
         return self
 
-    def partial_fit(self, X, y=None, sample_weight=None) -> "PCA":
+    def partial_fit(self, X, y=None, sample_weight=None) -> PCA:
         """Add the rows of X (n_samples, n_features) to the model: exact streaming moments.
 
         The model keeps the weight, mean and scatter matrix of every row seen

@@ -12,15 +12,16 @@ model exactly once.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from drizzle_ml.checkpoint import job_key_for
 from drizzle_ml.cluster import get_cluster
 from drizzle_ml.durable import UNBOUNDED, DurableJob, JobState, run_durable
-from drizzle_ml.streams import Batching, ParquetSource, RecordFormat, Source, peek_n_features
 from drizzle_ml.store import ModelStore
+from drizzle_ml.streams import Batching, ParquetSource, RecordFormat, Source, peek_n_features
 from drizzle_ml.streams.job import latency_percentiles
 
 from .online_learning import OnlineLearner

@@ -1,6 +1,7 @@
 """Algorithms against scikit-learn and plain mpi4py loops, measured side by side in one run.
 
-    python bench/algorithms.py [--rows 200000] [--features 100] [--workers 2] [--iterations 100] [--repeats 5] [--json OUT]
+    python bench/algorithms.py [--rows 200000] [--features 100] [--workers 2] [--iterations 100] [--repeats 5]
+                               [--json OUT]
 
 On ``make_classification(rows, features, random_state=0)`` with BLAS pinned
 to one thread per process, it prints:

@@ -31,7 +31,8 @@ import math
 import os
 import tempfile
 import zipfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

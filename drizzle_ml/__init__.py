@@ -11,6 +11,7 @@ import os as _os
 
 _os.environ.setdefault("UCX_LOG_LEVEL", "error")
 
+from .algorithms.registry import BY_CLASS as _ESTIMATORS  # noqa: E402  (names only: no estimator is imported)
 from .cluster import Cluster, get_cluster  # noqa: E402
 from .data import ArrayDataset, FileDataset, HDF5Dataset  # noqa: E402
 from .errors import (  # noqa: E402
@@ -18,10 +19,10 @@ from .errors import (  # noqa: E402
     CheckpointInUseError,
     CheckpointMismatchError,
     CheckpointWarning,
-    StragglerWarning,
     ClusterClosedError,
     DrizzleError,
     LaunchError,
+    StragglerWarning,
     VersionMismatchError,
     WorkerError,
     WorkerFailedError,
@@ -31,6 +32,7 @@ from .errors import (  # noqa: E402
 from .metrics import GroupMetrics, JobResult  # noqa: E402
 from .parquet import ParquetDataset  # noqa: E402  (pyarrow is imported only when a file is read)
 from .program import Partition, Program  # noqa: E402
+from .store import ModelStore, ModelVersion  # noqa: E402
 from .streams import (  # noqa: E402
     DirectorySource,
     FileSource,
@@ -41,13 +43,10 @@ from .streams import (  # noqa: E402
     TCPSource,
     parse_source,
 )
-from .store import ModelStore, ModelVersion  # noqa: E402
-
-from .algorithms.registry import BY_CLASS as _ESTIMATORS  # noqa: E402  (names only: no estimator is imported)
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: PLE0604  (*_ESTIMATORS: the registry's class names, strings)
     "ArrayDataset",
     "CheckpointError",
     "CheckpointInUseError",

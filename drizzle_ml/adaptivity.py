@@ -107,7 +107,7 @@ def plan_rebalance(rows: list[int], compute: list[float], slow: int) -> list[tup
 class Adaptivity:
     """The scheduler's per-group adaptation: tuner decision, stragglers, rebalancing."""
 
-    def __init__(self, cluster: Any, job: int, sizer: "GroupSizer", rebalance: bool = False,
+    def __init__(self, cluster: Any, job: int, sizer: GroupSizer, rebalance: bool = False,
                  straggler_factor: float = 1.5, straggler_groups: int = 3):
         self.cluster, self.job, self.sizer = cluster, job, sizer
         self.rebalance = bool(rebalance)
@@ -120,7 +120,7 @@ class Adaptivity:
         hosts = {h.worker: h.host for h in getattr(self.cluster, "workers", [])}
         return hosts.get(worker, "?")
 
-    def after_group(self, metrics: "GroupMetrics", reports: list, per_iteration: float, remaining: int,
+    def after_group(self, metrics: GroupMetrics, reports: list, per_iteration: float, remaining: int,
                     finishing: bool) -> int:
         """Record the group's adaptation in ``metrics``; return the next group's size."""
         by_worker = sorted(reports, key=lambda r: r.worker)
@@ -151,7 +151,7 @@ class Adaptivity:
         return size
 
 
-    def overhead(self, metrics: "GroupMetrics") -> float:
+    def overhead(self, metrics: GroupMetrics) -> float:
         """The coordination share over this group and the one before, as the tuner sees it.
 
         With send-ahead a group starts on the workers before the driver has the
@@ -187,7 +187,7 @@ def _stack(pieces: list[tuple]) -> tuple:
     return (X, *rest)
 
 
-def apply_rebalance(rt: Any, msg: "P.Rebalance") -> None:
+def apply_rebalance(rt: Any, msg: P.Rebalance) -> None:
     """Move rows among the workers as ``msg`` says; the job continues on the new partitions."""
     executor = rt.jobs.get(msg.job)
     if executor is None or msg.job in rt.finished:
@@ -205,7 +205,7 @@ def apply_rebalance(rt: Any, msg: "P.Rebalance") -> None:
                 sends.append(rt.peers.isend(_take(part, hi - n, hi), dest=dst, tag=tag))
                 hi -= n
     before, after = [], []
-    for src, dst, n in msg.moves:
+    for src, dst, _ in msg.moves:
         if dst == me:
             rt.wait(lambda s=src: rt.peers.iprobe(source=s, tag=tag), f"rows from worker {src}")
             (before if src < me else after).append(rt.peers.recv(source=src, tag=tag))

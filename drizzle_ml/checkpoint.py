@@ -52,8 +52,9 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -157,7 +158,7 @@ def job_key_for(name: str, params: dict, *, exclude: Iterable[str] = ()) -> str:
     skip = set(exclude)
     kept = {k: v for k, v in params.items() if k not in skip}
     text = _canonical(kept, "params")
-    digest = hashlib.sha256(f"{name}\n{text}".encode("utf-8")).hexdigest()[:20]
+    digest = hashlib.sha256(f"{name}\n{text}".encode()).hexdigest()[:20]
     return f"{name}-{digest}"
 
 
@@ -568,7 +569,7 @@ class CheckpointStore:
                 self._directory_lock.release()
                 self._directory_lock = None
 
-    def __enter__(self) -> "CheckpointStore":
+    def __enter__(self) -> CheckpointStore:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -27,7 +27,8 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mpi4py import MPI
 
@@ -37,8 +38,8 @@ from .errors import ClusterClosedError, LaunchError, WorkerError, WorkerFailedEr
 from .hydra import OutputFilter, show_notices
 from .waiting import WaitPolicy, WaitTimeout, poll
 
-_open_clusters: "weakref.WeakSet[Cluster]" = weakref.WeakSet()
-_world_cluster: "Cluster | None" = None
+_open_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
+_world_cluster: Cluster | None = None
 
 #: Partitions kept per worker before the least recently used one is dropped.
 CACHE_DATASETS = 4
@@ -674,7 +675,7 @@ class Cluster:
             out.setdefault(hello.host, []).append(hello.worker + 1)
         return out
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -32,7 +32,8 @@ classes start a nonblocking collective each iteration instead.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI

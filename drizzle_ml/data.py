@@ -12,8 +12,9 @@ import hashlib
 import os
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -198,7 +199,7 @@ class ArrayDataset:
             check(self)
         return False
 
-    def add_check(self, check: Callable[["ArrayDataset"], None]) -> None:
+    def add_check(self, check: Callable[[ArrayDataset], None]) -> None:
         """Run ``check(self)`` now, and again if :meth:`confirm` finds new content."""
         self._checks.append(check)
         check(self)

@@ -21,8 +21,9 @@ This is an engine module: it imports nothing from ``drizzle_ml.algorithms``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class JobState:
         self.converged = converged
 
     @classmethod
-    def restore(cls, checkpoint: Checkpoint) -> "JobState":
+    def restore(cls, checkpoint: Checkpoint) -> JobState:
         """The state a checkpoint holds."""
         n_partitions = checkpoint.params.get("n_partitions")
         return cls(dict(checkpoint.model), checkpoint.version, checkpoint.iteration, checkpoint.tuner,
@@ -161,5 +162,5 @@ def _run_recovering(job: DurableJob, checkpoints: Any) -> tuple[JobResult, int]:
             warnings.warn(
                 f"{job.name}: {exc}. Restarting the workers and resuming at iteration {state.iteration} "
                 f"(model version {state.version}); recovery {recoveries} of at most {MAX_RECOVERIES}",
-                WorkerRecoveredWarning,
+                WorkerRecoveredWarning, stacklevel=2,
             )

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mpi4py import MPI
@@ -171,7 +172,7 @@ class JobExecutor:
     the replicas agree); otherwise the root updates and broadcasts.
     """
 
-    def __init__(self, rt: "WorkerRuntime", spec: P.StartJob, partition: Partition, comm: MPI.Intracomm):
+    def __init__(self, rt: WorkerRuntime, spec: P.StartJob, partition: Partition, comm: MPI.Intracomm):
         self.rt, self.job, self.partition = rt, spec.job, partition
         self.program = inject_delay(spec.program, rt.index)  # testing aid, see drizzle_ml.adaptivity
         self.tree = ReduceTree(rt.n_workers, spec.fanout)
@@ -389,7 +390,7 @@ class JobExecutor:
             return "tree+broadcast"
         return self.reduction.kind + ("+replicated" if self.replicated else "+broadcast")
 
-    def _collective_iteration(self, it: int, partial: Any, times: "_Times", metrics: dict) -> bool:
+    def _collective_iteration(self, it: int, partial: Any, times: _Times, metrics: dict) -> bool:
         """One iteration over the job's collective; True when the job stops after it."""
         perf = time.perf_counter
         t1 = perf()
@@ -432,7 +433,7 @@ class JobExecutor:
                 metrics.setdefault(key, []).append(float(value))
         return stop
 
-    def _tree_iteration(self, it: int, acc: Any, times: "_Times", metrics: dict) -> bool:
+    def _tree_iteration(self, it: int, acc: Any, times: _Times, metrics: dict) -> bool:
         """One iteration over the point-to-point reduce tree; True when the job stops after it."""
         perf = time.perf_counter
         t1 = perf()

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 import sys
 from collections import deque
-from typing import IO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import IO
 
 _HYDRA_BANNER = ("=" * 20, "=   BAD TERMINATION", "=   PID ", "=   EXIT CODE", "=   CLEANING UP",
                  "=   YOU CAN IGNORE", "YOUR APPLICATION TERMINATED",

@@ -62,7 +62,7 @@ class GroupMetrics:
             parts.append(f"straggler worker {self.straggler}")
         return "".join(f"  {p}" for p in parts + self.events)
 
-    def finish(self) -> "GroupMetrics":
+    def finish(self) -> GroupMetrics:
         self.coordination = max(self.wall - self.execution, 0.0)
         self.overhead = 1.0 - self.compute / self.wall if self.wall > 0 else 0.0
         return self

@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -242,7 +243,7 @@ class ParquetDataset(FileDataset):
         digest = hashlib.sha1("\n".join(stamps + columns).encode(), usedforsecurity=False).hexdigest()
         self.dataset_id = f"parquet:{self.path}:{self.target}:{digest}"
 
-    def with_target(self, target: str | None) -> "ParquetDataset":
+    def with_target(self, target: str | None) -> ParquetDataset:
         """The same files and features with another target (None: read no target)."""
         return ParquetDataset(self.path, self.features, target)
 

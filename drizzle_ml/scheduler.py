@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mpi4py import MPI
@@ -56,7 +57,7 @@ class _Sent:
 
 
 def run_job(
-    cluster: "Cluster",
+    cluster: Cluster,
     program: Any,
     model: dict,
     dataset_id: str,
@@ -90,7 +91,8 @@ def run_job(
     commit (and the last) is also written there, in the background while the
     next group runs: the full model with optimizer state, the iteration, the
     tuner's state and ``checkpoint_params`` (the job's parameters, JSON).
-    ``checkpoint_every`` may also be an interval in seconds (``"30s"``). ``on_group`` is called with each group's metrics.
+    ``checkpoint_every`` may also be an interval in seconds (``"30s"``).
+    ``on_group`` is called with each group's metrics.
 
     With ``stream`` (a :class:`~drizzle_ml.streams.StreamSpec`) every
     iteration is a micro-batch the workers cut from their partitions of the

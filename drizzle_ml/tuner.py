@@ -110,7 +110,7 @@ class GroupSizer:
         return {"size": int(self.size), "good": self.good, "floor": self.floor, "holding": self.holding,
                 "failures": self.failures}
 
-    def restore(self, state: dict) -> "GroupSizer":
+    def restore(self, state: dict) -> GroupSizer:
         """Continue from :meth:`state` (a tuned size is kept within the bounds)."""
         if self.auto and "size" in state:
             self.size = self._bounded(int(state["size"]))

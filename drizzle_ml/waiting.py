@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -43,7 +44,7 @@ class WaitPolicy:
     check_every: float = 0.02
 
     @classmethod
-    def for_ranks(cls, ranks_on_host: int, timeout: float = 60.0) -> "WaitPolicy":
+    def for_ranks(cls, ranks_on_host: int, timeout: float = 60.0) -> WaitPolicy:
         """Spin only when every rank on this host has a core of its own.
 
         ``DRIZZLE_SPIN_US`` (microseconds) overrides the spin budget.

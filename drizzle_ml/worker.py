@@ -20,7 +20,8 @@ import sys
 import time
 import traceback
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -115,7 +116,8 @@ class WorkerRuntime:
             try:
                 os.kill(self.driver_pid, 0)
             except ProcessLookupError:
-                raise SystemExit(f"drizzle-ml worker {self.index}: the driver (pid {self.driver_pid}) is gone")
+                raise SystemExit(f"drizzle-ml worker {self.index}: the driver (pid {self.driver_pid}) "
+                                 "is gone") from None
 
     def next_message(self) -> Any:
         def ready():

@@ -107,7 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--iterations", type=int, default=300,
-                        help="per fit (the kill needs a group of 100 after the one in flight: more than 200; default 300)")
+                        help="per fit (the kill needs a group of 100 after the one in flight: more than 200; "
+                             "default 300)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)

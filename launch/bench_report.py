@@ -195,11 +195,12 @@ def tuner_section(out_dir: str, mode: dict) -> str:
 
 # -- 3. estimators against scikit-learn --------------------------------------------------------------
 def _estimators(rows: int):
-    import drizzle_ml as dm
     from sklearn.cluster import KMeans as SkKMeans
     from sklearn.datasets import make_classification
     from sklearn.linear_model import LogisticRegression as SkLogistic
     from sklearn.linear_model import Ridge as SkRidge
+
+    import drizzle_ml as dm
 
     X, y = make_classification(n_samples=rows, n_features=20, random_state=0)
     yr = X @ np.random.default_rng(1).standard_normal(20)
@@ -229,7 +230,8 @@ def estimators_section(out_dir: str, mode: dict) -> str:
     for name, ours, theirs, data, sk_loss in _estimators(mode["est_rows"]):
         trace: list[tuple[float, float]] = []
         t0 = time.perf_counter()
-        ours.progress_callback = lambda g, t0=t0: trace.append((time.perf_counter() - t0, g.metrics.get("loss", np.nan)))
+        ours.progress_callback = lambda g, t0=t0: trace.append((time.perf_counter() - t0,
+                                                                g.metrics.get("loss", np.nan)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ours.fit(*data)

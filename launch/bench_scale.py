@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows", type=positive_int, default=2000, help="rows per worker (default 2000)")
     parser.add_argument("--features", type=positive_int, default=10)
     parser.add_argument("--iterations", type=positive_int, default=None, help="per engine configuration (default 1000)")
-    parser.add_argument("--pingpongs", type=positive_int, default=None, help="round trips per small-message batch (1000)")
+    parser.add_argument("--pingpongs", type=positive_int, default=None,
+                        help="round trips per small-message batch (1000)")
     parser.add_argument("--quick", action="store_true",
                         help="a fast, rough run; defaults become workers 1,2, 100 iterations, 200 round trips")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")

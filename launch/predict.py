@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from .train import (CLIError, add_column_arguments, check_hdf5_columns, check_output_paths, check_parquet_columns,
-                    is_parquet_data, open_hdf5, open_parquet)
+from .train import (
+    CLIError,
+    add_column_arguments,
+    check_hdf5_columns,
+    check_output_paths,
+    check_parquet_columns,
+    is_parquet_data,
+    open_hdf5,
+    open_parquet,
+)
 
 CHUNK_ROWS = 65_536
 

@@ -81,7 +81,7 @@ class TrainingReport:
 
     @classmethod
     def build(cls, args: Any, estimator: Any, data: str, workers: int, startup: float, fit_wall: float,
-              converged: bool, stopped_because: str | None = None) -> "TrainingReport":
+              converged: bool, stopped_because: str | None = None) -> TrainingReport:
         history = list(estimator.history_)
         # The parts add up to the wall time: each group's wall is its coordination
         # plus the slowest worker's compute plus the rest (tree reduce, broadcast,

@@ -18,9 +18,20 @@ from typing import Any
 from drizzle_ml.algorithms.registry import option_table
 
 from .serve import QUEUE_PER_THREAD, PredictionServer, ServeLimits
-from .train import (ALGORITHMS, SUPERVISED, CLIError, _checkpoint_every, add_column_arguments,
-                    add_recovery_arguments, check_estimator_params, check_output_paths, check_recovery_arguments,
-                    estimator_params, make_estimator, save_result)
+from .train import (
+    ALGORITHMS,
+    SUPERVISED,
+    CLIError,
+    _checkpoint_every,
+    add_column_arguments,
+    add_recovery_arguments,
+    check_estimator_params,
+    check_output_paths,
+    check_recovery_arguments,
+    estimator_params,
+    make_estimator,
+    save_result,
+)
 
 # Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.
 STREAM_OPTIONS = option_table("stream")

@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from drizzle_ml.cluster import die_with_parent
 from drizzle_ml.hydra import OutputFilter

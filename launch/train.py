@@ -11,7 +11,8 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from drizzle_ml.algorithms.registry import BY_CLI, ENTRIES, option_table
 

@@ -105,3 +105,19 @@ def cluster2():
 
     with drizzle_ml.Cluster(2, timeout=30) as cluster:
         yield cluster
+
+
+# Test modules whose tests start no MPI process, and those with the slowest tests.
+PURE_MODULES = {"test_architecture", "test_bench_scale", "test_checkpoint", "test_datasets_tools", "test_tuner",
+                "test_units"}
+SLOW_MODULES = {"test_bench_report", "test_multihost", "test_recovery", "test_slurm"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark by module: ``mpi`` unless the module is pure, ``slow`` for the slowest ones."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module not in PURE_MODULES:
+            item.add_marker(pytest.mark.mpi)
+        if module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -255,7 +255,7 @@ class Slurm:
                 continue
         return found
 
-    def __enter__(self) -> "Slurm":
+    def __enter__(self) -> Slurm:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,7 +1,7 @@
 """The drizzle-ml command: train (both launch paths), predict, info, datasets, errors, signals."""
 
-import importlib.util
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -10,9 +10,9 @@ import sys
 import time
 
 import h5py
-import scipy.sparse as sp
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from sklearn import linear_model as sk
 from sklearn.datasets import dump_svmlight_file, load_svmlight_file, make_classification
 
@@ -189,7 +189,8 @@ def bad_files(tmp_path):
         ("short_y", [], "'y' has 19 rows but 'X' has 20"),
         ("nan", [], "'X' rows 10:20 contain NaN or infinity"),
         ("continuous", [], "Unknown label type"),
-        ("tiny", ["--workers", "3"], "{tiny} has 2 rows, fewer than the 3 workers; every worker needs at least one row"),
+        ("tiny", ["--workers", "3"],
+         "{tiny} has 2 rows, fewer than the 3 workers; every worker needs at least one row"),
         ("ok", ["--alpha", "1"], "--alpha does not apply to --algorithm logistic (it applies to ridge)"),
         ("ok", ["--workers", "0"], "--workers must be at least 1, got 0"),
         ("ok", ["--C", "-1"], "The 'C' parameter of LogisticRegression must be a float in the range (0.0, inf]. "
@@ -258,7 +259,8 @@ def test_bench_coordination_prints_ratios(tmp_path):
     out = tmp_path / "bench.json"
     proc = ok(drizzle("bench", "coordination", "--rows", "50", "--features", "3", "--iterations", "40",
                       "--repeats", "2", "--workers", "3", "--json", str(out)))
-    assert "coordination benchmark: logistic GD, 50 rows x 3 features per worker, 40 iterations, 3 workers" in proc.stdout
+    assert ("coordination benchmark: logistic GD, 50 rows x 3 features per worker, 40 iterations, 3 workers"
+            in proc.stdout)
     assert "hand-written mpi4py loop (the limit)" in proc.stdout
     assert "program loop (Program + Layout, Allreduce)" in proc.stdout
     assert "cost model (extrapolated" in proc.stdout
@@ -375,7 +377,8 @@ def test_predict_stream_and_convert_refuse_to_overwrite_their_inputs(linked_data
     _refused(drizzle("stream", "--algorithm", "logistic", "--classes", "0,1", "--source", f"dir:{d / 'watched'}",
                      "--workers", "1", "-o", str(d / "watched" / "model.h5")),
              "is inside --source")
-    _refused(run_cli("datasets", "convert", csv, "-o", csv, "--overwrite"), f"-o/--output {csv} is the input file {csv}")
+    _refused(run_cli("datasets", "convert", csv, "-o", csv, "--overwrite"),
+             f"-o/--output {csv} is the input file {csv}")
     _refused(drizzle("train", "--data", str(d / "d.h5"), "--workers", "1", "-o", str(d / "x.h5"),
                      "--report", str(d / "x.h5")),
              "-o/--output and --report are the same file")

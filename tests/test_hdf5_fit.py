@@ -6,7 +6,7 @@ import pytest
 from sklearn import datasets
 from sklearn.preprocessing import StandardScaler
 
-from drizzle_ml import HDF5Dataset, KMeans, LinearRegression, LogisticRegression, PCA, Ridge, WorkerError
+from drizzle_ml import PCA, HDF5Dataset, KMeans, LinearRegression, LogisticRegression, Ridge, WorkerError
 
 
 def write(path, X, y=None, **extra):

@@ -30,7 +30,7 @@ def reference_lloyd(X, centers, w, tol, max_iter):
     """Plain numpy Lloyd with scikit-learn's stopping rule and empty-cluster relocation."""
     tol_abs = np.var(X, axis=0).mean() * tol
     centers = centers.astype(float).copy()
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007  (the iterations run are returned)
         d2 = sq_dists(X, centers)
         labels = d2.argmin(axis=1)
         dist = d2[np.arange(len(X)), labels]

@@ -10,7 +10,7 @@ import pytest
 from sklearn import datasets
 from sklearn.preprocessing import StandardScaler
 
-from drizzle_ml import KMeans, LinearRegression, LogisticRegression, PCA, Ridge
+from drizzle_ml import PCA, KMeans, LinearRegression, LogisticRegression, Ridge
 from drizzle_ml.algorithms import persist
 from drizzle_ml.algorithms.persist import format_info, load_model, model_info, save_model
 
@@ -419,7 +419,8 @@ def test_cli_info(saved, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     proc = drizzle("info", str(tmp_path / "notes.txt"))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"drizzle-ml: error: {tmp_path / 'notes.txt'} is not an HDF5 file (no HDF5 signature), so not a drizzle-ml model"
+    assert proc.stderr.strip() == (f"drizzle-ml: error: {tmp_path / 'notes.txt'} is not an HDF5 file (no HDF5 "
+                                   "signature), so not a drizzle-ml model")
     proc = drizzle("info", str(tmp_path / "missing.h5"))
     assert proc.returncode == 2 and "model file not found" in proc.stderr
 

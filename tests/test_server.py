@@ -89,7 +89,8 @@ class Stream:
             conn.close()
 
     def predict(self, X=((1.0, 1.0),), **fields) -> tuple[int, dict]:
-        return self.request("POST", "/predict", json.dumps({"X": [list(r) for r in X] if isinstance(X, tuple) else X, **fields}).encode())
+        rows = [list(r) for r in X] if isinstance(X, tuple) else X
+        return self.request("POST", "/predict", json.dumps({"X": rows, **fields}).encode())
 
     def model(self) -> dict:
         return self.request("GET", "/model")[1]

@@ -528,7 +528,8 @@ def test_hdf5_source_errors_close_the_file(tmp_path):
     with h5py.File(path, "w") as f:
         f["X"] = np.zeros((4, 3))
         f["flat"] = np.zeros(4)
-    for key, message in [("nope", "has no dataset 'nope'"), ("flat", "must be 2-D"), ("X", "has 3 columns, expected 5")]:
+    for key, message in [("nope", "has no dataset 'nope'"), ("flat", "must be 2-D"),
+                         ("X", "has 3 columns, expected 5")]:
         with pytest.raises(dm.StreamError, match=message) as raised:
             dm.HDF5Source(str(path), key).open(RecordFormat(n_features=4, has_target=True), 0, 1, None)
         # The traceback still holds the half-made reader: its file must be closed all the same.

@@ -238,7 +238,8 @@ def test_program_modules_do_not_import_scikit_learn():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-    out = subprocess.run([sys.executable, "-c", "import sys, drizzle_ml.algorithms.kmeans; print('sklearn' in sys.modules)"],
+    code = "import sys, drizzle_ml.algorithms.kmeans; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True"  # the check above can see scikit-learn when it is imported
 

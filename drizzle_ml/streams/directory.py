@@ -28,7 +28,7 @@ class _DirectoryReader(PartitionReader):
 
     LISTING_INTERVAL = 0.005
 
-    def __init__(self, source: "DirectorySource", fmt: RecordFormat, partition: int, n_partitions: int,
+    def __init__(self, source: DirectorySource, fmt: RecordFormat, partition: int, n_partitions: int,
                  offset: Any):
         self.source, self.fmt = source, fmt
         self.partition, self.n_partitions = partition, n_partitions

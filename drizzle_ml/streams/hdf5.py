@@ -20,7 +20,7 @@ class _HDF5Reader(PartitionReader):
     ``swmr=True`` when it can and refreshes the dataset's shape.
     """
 
-    def __init__(self, source: "HDF5Source", fmt: RecordFormat, partition: int, n_partitions: int,
+    def __init__(self, source: HDF5Source, fmt: RecordFormat, partition: int, n_partitions: int,
                  offset: Any):
         import h5py
 
@@ -42,7 +42,7 @@ class _HDF5Reader(PartitionReader):
         self.arrivals = _Arrivals()
         self.ended = False
 
-    def _check_dataset(self, source: "HDF5Source", fmt: RecordFormat) -> Any:
+    def _check_dataset(self, source: HDF5Source, fmt: RecordFormat) -> Any:
         if source.key not in self.file:
             raise StreamError(f"{source.path} has no dataset {source.key!r}")
         dset = self.file[source.key]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from .records import RecordFormat
 class _IterableReader(PartitionReader):
     """Items ``i`` with ``i % n_partitions == partition`` of a sequence shipped to the worker."""
 
-    def __init__(self, source: "IterableSource", fmt: RecordFormat, partition: int, n_partitions: int,
+    def __init__(self, source: IterableSource, fmt: RecordFormat, partition: int, n_partitions: int,
                  offset: Any):
         self.items, self.fmt = source.items, fmt
         self.partition, self.n_partitions = partition, n_partitions

@@ -19,7 +19,8 @@ algorithm:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -96,10 +97,8 @@ class Publisher:
         self.skipped = 0
 
     def publish(self, version: int, iteration: int, model: dict, metrics: dict) -> None:
-        for slot, req in enumerate(self.requests):
-            if req is None or req.Test():
-                break
-        else:
+        slot = next((i for i, req in enumerate(self.requests) if req is None or req.Test()), None)
+        if slot is None:  # every buffer still in flight: this version is skipped, the root never waits
             self.skipped += 1
             return
         buf = self.buffers[slot]

@@ -22,7 +22,7 @@ class _ParquetFileReader(PartitionReader):
     whole (``on_error``): skipped and counted as one record, or an error.
     """
 
-    def __init__(self, path: str, fmt: RecordFormat, pos: int, source: "ParquetSource"):
+    def __init__(self, path: str, fmt: RecordFormat, pos: int, source: ParquetSource):
         from ..parquet import is_numeric, open_file
 
         self.path, self.fmt, self.pos = path, fmt, int(pos)
@@ -119,7 +119,7 @@ class ParquetSource(DirectorySource):
         pyarrow_parquet()
         return super().open(fmt, partition, n_partitions, offset)
 
-    def resolved(self, has_target: bool) -> "ParquetSource":
+    def resolved(self, has_target: bool) -> ParquetSource:
         """This source with its columns fixed: explicit ones kept, the rest read from the first file's schema."""
         from ..parquet import (
             AUTO,

@@ -20,7 +20,7 @@ class _TCPReader(PartitionReader):
     the line makes a restart resume wherever the producer is.
     """
 
-    def __init__(self, source: "TCPSource", fmt: RecordFormat, partition: int, n_partitions: int,
+    def __init__(self, source: TCPSource, fmt: RecordFormat, partition: int, n_partitions: int,
                  offset: Any, connect_timeout: float = 10.0):
         self.source, self.fmt, self.partition = source, fmt, partition
         self.count = int(offset or 0)
