@@ -17,15 +17,17 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import assert_all_finite
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from drizzle_ml.adaptivity import STRAGGLER_KEYS, check_straggler_options
-from drizzle_ml.checkpoint import job_key_for
-from drizzle_ml.cluster import get_cluster
 from drizzle_ml.data import ArrayDataset, FileDataset
-from drizzle_ml.durable import DurableJob, JobState, run_durable
+from drizzle_ml.durable import (
+    SCHEDULING,
+    DurableJob,
+    JobState,
+    group_sizer,
+    job_key_for,
+    parse_checkpoint_every,
+    run_durable,
+)
 from drizzle_ml.errors import WorkerRecoveredWarning  # noqa: F401  (here before it moved to the engine)
-from drizzle_ml.scheduler import SCHEDULING, parse_checkpoint_every
-from drizzle_ml.store import ModelStore
-from drizzle_ml.tuner import SIZER_KEYS, GroupSizer, tuner_options
 
 
 def resumable(fit: Callable) -> Callable:
@@ -141,31 +143,20 @@ class DrizzleEstimator(BaseEstimator):
         redone, and the result is the same bit for bit).
         """
         n_workers = None if self.n_workers is None else int(self.n_workers)
-        cluster = get_cluster(n_workers)
         self.__dict__.pop("_online_model_", None)  # a fit starts over; partial_fit then continues from it
-        if dataset.n_rows < cluster.n_workers:
-            n = dataset.n_rows
-            raise ValueError(
-                f"{type(self).__name__} got {n} sample{'s' if n != 1 else ''}, fewer than the "
-                f"{cluster.n_workers} workers; every worker needs at least one row (n_workers)"
-            )
-        self.model_store_ = ModelStore()
         on_group = getattr(self, "progress_callback", None) or (self._print_progress if self.verbose else None)
         sizer, adaptivity = self._adaptivity()
         job = DurableJob(type(self).__name__, program, JobState(model), max_iter, n_workers=n_workers,
-                         dataset=dataset, sizer=sizer, store=self.model_store_,
+                         dataset=dataset, sizer=sizer,
                          run_options={"scheduling": self.scheduling, "on_group": on_group, **adaptivity})
+        self.model_store_ = job.store
         self._make_durable(job, program, dataset)
         result, start = run_durable(job)
         return self._record(result, start, max_iter, warn_not_converged)
 
-    def _adaptivity(self) -> tuple[GroupSizer, dict[str, Any]]:
-        """The group sizer and the run_job keywords of the ``tuner`` and ``rebalance`` parameters (checked)."""
-        options = tuner_options(getattr(self, "tuner", None), SIZER_KEYS + STRAGGLER_KEYS)
-        stragglers = {k: options.pop(k) for k in STRAGGLER_KEYS if k in options}
-        check_straggler_options(stragglers.get("straggler_factor", 1.5), stragglers.get("straggler_groups", 3))
-        sizer = GroupSizer("auto" if self.group_size == "auto" else int(self.group_size), **options)
-        return sizer, {"rebalance": bool(getattr(self, "rebalance", False)), **stragglers}
+    def _adaptivity(self) -> tuple[Any, dict[str, Any]]:
+        """The group sizer and the run options of the ``tuner`` and ``rebalance`` parameters (checked)."""
+        return group_sizer(self.group_size, getattr(self, "tuner", None), getattr(self, "rebalance", False))
 
     def _record(self, result, start: int, max_iter: int, warn_not_converged: bool):
         # The job's iterations: those before a resume or a recovery count too.

@@ -27,12 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import Checkpoint, closing_store, open_job_store
+from .adaptivity import STRAGGLER_KEYS, check_straggler_options
+from .checkpoint import Checkpoint, closing_store, job_key_for, open_job_store
 from .cluster import get_cluster
 from .errors import WorkerFailedError, WorkerRecoveredWarning
 from .metrics import JobResult
+from .scheduler import SCHEDULING, parse_checkpoint_every
 from .store import ModelStore, freeze
-from .tuner import GroupSizer
+from .tuner import SIZER_KEYS, GroupSizer, tuner_options
+
+# What an estimator needs besides run_durable, so that it imports this module (and data) only.
+__all__ = ["MAX_RECOVERIES", "SCHEDULING", "UNBOUNDED", "DurableJob", "JobState", "group_sizer", "job_key_for",
+           "parse_checkpoint_every", "run_durable"]
 
 MAX_RECOVERIES = 3  # worker replacements per job, in launched mode
 UNBOUNDED = 1 << 40  # a stream's iteration budget when it runs until its source ends
@@ -105,6 +111,15 @@ class DurableJob:
     on_resumed: Callable[[JobState], None] | None = None
 
 
+def group_sizer(group_size: int | str, tuner: dict | None, rebalance: bool) -> tuple[GroupSizer, dict[str, Any]]:
+    """The group sizer, and the run options, of an estimator's ``group_size``, ``tuner`` and ``rebalance`` (checked)."""
+    options = tuner_options(tuner, SIZER_KEYS + STRAGGLER_KEYS)
+    stragglers = {k: options.pop(k) for k in STRAGGLER_KEYS if k in options}
+    check_straggler_options(stragglers.get("straggler_factor", 1.5), stragglers.get("straggler_groups", 3))
+    sizer = GroupSizer("auto" if group_size == "auto" else int(group_size), **options)
+    return sizer, {"rebalance": bool(rebalance), **stragglers}
+
+
 def run_durable(job: DurableJob) -> tuple[JobResult, int]:
     """Run ``job`` to its end; return its result and the iteration its last run started at.
 
@@ -135,6 +150,11 @@ def _run_recovering(job: DurableJob, checkpoints: Any) -> tuple[JobResult, int]:
     recoveries = 0
     while True:
         cluster = get_cluster(job.n_workers)
+        rows = getattr(job.dataset, "n_rows", None)
+        if rows is not None and rows < cluster.n_workers:
+            raise ValueError(
+                f"{job.name} got {rows} sample{'s' if rows != 1 else ''}, fewer than the {cluster.n_workers} "
+                "workers; every worker needs at least one row (n_workers)")
         start = state.iteration
         options = dict(job.run_options)
         if job.stream is not None:
