@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli import positive_int
+from .common import positive_int
 
 
 def _make_data(rows_per_worker: int, features: int, n_workers: int, seed: int = 0):

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .bench_coordination import _mpirun, run_json
-from .cli import positive_int
+from .common import positive_int
 
 #: Worker counts of the prediction table; group sizes it shows.
 TABLE_WORKERS = (4, 16, 64, 256, 1024)

@@ -18,20 +18,10 @@ import sys
 import tempfile
 from collections import deque
 
+from .common import CLIError, positive_int
 from .hosts import add_host_arguments, host_mpiexec_args, reject_under_user_mpiexec
 from .predict import add_predict_arguments, info, predict
-from .train import CLIError, add_train_arguments, check_arguments, train
-
-
-def positive_int(text: str, what: str = "a positive integer") -> int:
-    """An argparse type: ``text`` as an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
+from .train import add_train_arguments, check_arguments, train
 
 
 def _group_size(text: str):

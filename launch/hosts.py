@@ -11,7 +11,7 @@ import argparse
 import os
 import shlex
 
-from .train import CLIError
+from .common import CLIError
 
 #: mpiexec options that also choose hosts; giving them in --mpiexec-args as well is ambiguous.
 _MPIEXEC_HOST_OPTIONS = ("-hosts", "-host", "-f", "-hostfile", "-machinefile")

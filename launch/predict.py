@@ -8,45 +8,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from .train import (
-    CLIError,
+from .common import CLIError, check_output_paths
+from .data_files import (
     add_column_arguments,
     check_hdf5_columns,
-    check_output_paths,
     check_parquet_columns,
     is_parquet_data,
+    iter_rows,
     open_hdf5,
     open_parquet,
 )
-
-CHUNK_ROWS = 65_536
-
-
-def iter_rows(source: Any, with_targets: bool = False, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
-    """Rows of an :class:`~drizzle_ml.HDF5Dataset` or a :class:`~drizzle_ml.ParquetDataset` in chunks:
-    ``X`` (dense or CSR), or ``(X, y)``."""
-    import h5py
-
-    if source.kind == "parquet":
-        yield from source.iter_rows(with_targets, chunk_rows)
-        return
-
-    from drizzle_ml.data import read_csr_rows, read_targets
-
-    with h5py.File(source.path, "r") as f:
-        node = f[source.x_key]
-        for lo in range(0, source.n_rows, chunk_rows):
-            hi = min(lo + chunk_rows, source.n_rows)
-            if source.sparse:
-                X = read_csr_rows(node, lo, hi, source.path, source.x_key)
-            else:
-                X = node[lo:hi]
-            yield (X, read_targets(f[source.y_key], lo, hi)) if with_targets else X
 
 
 def _output_of(estimator: Any) -> tuple[str, Any]:

@@ -118,7 +118,7 @@ class TrainingReport:
         if y is not None:
             self.metrics[f"training_{name}"] = float(estimator.score(X, y))
             return
-        from .predict import iter_rows
+        from .data_files import iter_rows
 
         if name == "accuracy":
             right = count = 0

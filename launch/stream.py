@@ -17,20 +17,17 @@ from typing import Any
 
 from drizzle_ml.algorithms.registry import option_table
 
+from .common import CLIError, check_output_paths, save_result
+from .data_files import SUPERVISED, add_column_arguments
 from .serve import QUEUE_PER_THREAD, PredictionServer, ServeLimits
 from .train import (
     ALGORITHMS,
-    SUPERVISED,
-    CLIError,
     _checkpoint_every,
-    add_column_arguments,
     add_recovery_arguments,
     check_estimator_params,
-    check_output_paths,
     check_recovery_arguments,
     estimator_params,
     make_estimator,
-    save_result,
 )
 
 # Option -> (estimator parameter, algorithms it applies to): the online learners' knobs.

@@ -11,22 +11,27 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
-from drizzle_ml.algorithms.registry import BY_CLI, ENTRIES, option_table
+from drizzle_ml.algorithms.registry import BY_CLI, option_table
 
+from .common import CLIError, check_output_paths, save_result
+from .data_files import (
+    SUPERVISED,
+    add_column_arguments,
+    check_data_file,
+    check_hdf5_columns,
+    check_parquet_columns,
+    is_parquet_data,
+    open_data,
+    open_hdf5,
+)
 from .report import Progress, TrainingReport
 
 ALGORITHMS = tuple(BY_CLI)
-SUPERVISED = {entry.cli_name for entry in ENTRIES if entry.supervised}
 
 # Option -> (estimator parameter, algorithms it applies to).
 ALGORITHM_OPTIONS = option_table("train")
-
-
-class CLIError(Exception):
-    """A one-line error for the user; the command exits with status 2."""
 
 
 def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) -> None:
@@ -66,22 +71,6 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     opts.add_argument("--init", default=None, help="kmeans: k-means++|random")
     opts.add_argument("--n-init", type=int, default=None, help="kmeans: initialisations")
     opts.add_argument("--seed", type=int, default=None, help="pca (subspace), kmeans: random seed")
-
-
-def add_column_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--features`` and ``--target``: the columns of Parquet data (train, predict, stream)."""
-    parser.add_argument("--features", type=column_list, default=None, metavar="COL,...",
-                        help="Parquet: the feature columns (default: every numeric column but the target)")
-    parser.add_argument("--target", default=None, metavar="COL",
-                        help="Parquet: the target column (default: the column 'y'); never a default feature")
-
-
-def column_list(text: str) -> list[str]:
-    """An argparse type: comma-separated column names."""
-    names = [name.strip() for name in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"must be column names separated by commas, got {text!r}")
-    return names
 
 
 def add_recovery_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
@@ -150,37 +139,6 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def check_output_paths(outputs: dict[str, str | None], inputs: dict[str, str | None],
-                   watched: dict[str, str | None] | None = None) -> None:
-    """An output that is an input (or another output), or that cannot be written, is refused before any work."""
-    from drizzle_ml.files import check_outputs, check_writable
-
-    try:
-        check_outputs(outputs, inputs, watched)
-        for what, path in outputs.items():
-            if path:
-                check_writable(path, what)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-
-
-def save_result(what: str, path: str | None, write: Callable[[str], None], problems: list[str]) -> str | None:
-    """``write(path)`` if a path was given; where it was written. A failure (a full disk) keeps a
-    copy in the temporary directory and adds the one-line story to ``problems``."""
-    from drizzle_ml.files import write_or_keep
-
-    if not path:
-        return None
-    try:
-        where, problem = write_or_keep(write, path, what)
-    except OSError as exc:
-        problems.append(str(exc))
-        return None
-    if problem:
-        problems.append(problem)
-    return where
-
-
 def estimator_params(args: argparse.Namespace, table: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
     """The estimator parameters given on the command line; an option for another algorithm is an error."""
     params: dict[str, Any] = {}
@@ -212,71 +170,6 @@ def check_estimator_params(algorithm: str, params: dict[str, Any]) -> None:
         make_estimator(algorithm, params, {})._validate_params()
     except InvalidParameterError as exc:
         raise CLIError(str(exc)) from None
-
-
-def check_data_file(path: str) -> None:
-    """A data file must exist and be a regular file (reading a FIFO or a device would block)."""
-    if not os.path.exists(path):
-        raise CLIError(f"data file not found: {path}")
-    if not os.path.isfile(path):
-        raise CLIError(f"{path} is not a regular file (a directory, a FIFO or a device): give an HDF5 file")
-
-
-def open_hdf5(path: str, x_key: str, y_key: str | None):
-    """An :class:`~drizzle_ml.HDF5Dataset`, or a one-line CLIError saying what is wrong with the file."""
-    from drizzle_ml import HDF5Dataset
-
-    check_data_file(path)
-    try:
-        return HDF5Dataset(path, x_key=x_key, y_key=y_key)
-    except KeyError as exc:
-        raise CLIError(exc.args[0]) from None
-    except (OSError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-
-
-def is_parquet_data(path: str) -> bool:
-    """Whether ``--data`` names Parquet data (a .parquet/.pq file or a directory); pyarrow is not needed to tell."""
-    from drizzle_ml.parquet import is_parquet_path
-
-    return is_parquet_path(path)
-
-
-def check_parquet_columns(args: argparse.Namespace) -> None:
-    if getattr(args, "x_key", None) is not None or getattr(args, "y_key", None) is not None:
-        raise CLIError(f"--x-key and --y-key name HDF5 datasets; {args.data} is Parquet "
-                       "(choose its columns with --features and --target)")
-
-
-def check_hdf5_columns(args: argparse.Namespace) -> None:
-    if getattr(args, "features", None) is not None or getattr(args, "target", None) is not None:
-        raise CLIError(f"--features and --target choose Parquet columns; {args.data} is read as HDF5 "
-                       "(use --x-key and --y-key)")
-
-
-def open_parquet(path: str, features: list[str] | None, target: str | None):
-    """A :class:`~drizzle_ml.ParquetDataset`, or a one-line CLIError (pyarrow missing, a bad file or column)."""
-    from drizzle_ml.parquet import ParquetDataset
-
-    try:
-        return ParquetDataset(path, features=features, target=target)
-    except (ImportError, OSError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-
-
-def open_data(args: argparse.Namespace):
-    """The Parquet ``--data`` with the columns the algorithm reads.
-
-    Supervised algorithms need their target (``--target``, default ``y``);
-    the others read no target, but a column named ``y`` (or ``--target``)
-    is still left out of the default features, so that every command
-    picks the same features from the same file.
-    """
-    supervised = args.algorithm in SUPERVISED
-    dataset = open_parquet(args.data, args.features, args.target or ("y" if supervised else "auto"))
-    if not supervised and dataset.target is not None:
-        dataset = open_parquet(args.data, dataset.features, None)
-    return dataset
 
 
 def load_data(args: argparse.Namespace) -> tuple[Any, Any, str]:

@@ -6,7 +6,8 @@
   entry) may.
 - Program modules, which workers unpickle, import neither MPI nor
   scikit-learn at module level (a worker then starts faster).
-- No import cycles between modules at module level.
+- No import cycles between modules at module level; in the command line
+  (``launch/``) none even through imports inside functions.
 """
 
 import ast
@@ -104,6 +105,12 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles_at_module_level():
     graph = {m: {i for i in imported(m, top_level_only=True) if i in MODULES and i != m} for m in MODULES}
+    assert _cycles(graph) == []
+
+
+def test_no_import_cycles_in_the_command_line_even_inside_functions():
+    launch = [m for m in MODULES if m.startswith("drizzle_ml.launch")]
+    graph = {m: {i for i in imported(m, top_level_only=False) if i in launch and i != m} for m in launch}
     assert _cycles(graph) == []
 
 
