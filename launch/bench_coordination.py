@@ -286,10 +286,15 @@ def coordination(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="drizzle-ml bench")
-    # The metavar hides the internal roles (_plain, _engine) from --help.
-    sub = parser.add_subparsers(dest="bench", required=True, metavar="{coordination}")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drizzle-ml bench")
+    # The metavar hides the internal roles (_hand, _plain, _engine) from --help.
+    add_subcommands(parser.add_subparsers(dest="bench", required=True, metavar="{coordination}"))
+    return parser
+
+
+def add_subcommands(sub: Any) -> None:
+    """``coordination`` and the roles its measurement jobs run, as subcommands of ``sub``."""
     for name in ("coordination", "_hand", "_plain", "_engine"):
         p = sub.add_parser(name, **({"help": "engine overhead vs group size, BSP and a plain MPI loop"}
                                     if name == "coordination" else {}))
@@ -302,7 +307,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         p.add_argument("--repeats", type=positive_int, default=3,
                        help="alternating hand/program/engine repeats; the table shows medians (default 3)")
         p.add_argument("--workers", type=positive_int, default=2, help="workers (ranks besides the driver; default 2)")
-    return parser
+        p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

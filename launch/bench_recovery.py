@@ -33,6 +33,8 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+DESCRIPTION = __doc__.split("\n\n")[0]
+
 
 def _estimator(args, group_size, **kw):
     import drizzle_ml as dm
@@ -102,8 +104,8 @@ def checkpoint_round(args, X, y) -> dict:
             "ratio": per_iter(ckpt) / per_iter(plain), "write_s": write}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="drizzle-ml bench recovery", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``drizzle-ml bench recovery``."""
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--iterations", type=int, default=300,
@@ -111,7 +113,16 @@ def main(argv=None) -> int:
                              "default 300)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="drizzle-ml bench recovery", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The benchmark, with parsed options."""
     from sklearn.datasets import make_classification
     from sklearn.exceptions import ConvergenceWarning
 

@@ -233,8 +233,8 @@ def _worker_counts(text: str) -> list[int]:
     return counts
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="drizzle-ml bench scale", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``drizzle-ml bench scale``."""
     parser.add_argument("role", nargs="?", default="scale", choices=("scale", "_pingpong"), help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=_worker_counts, default=None,
                         help="worker counts to measure (default 1,2,3,4)")
@@ -248,11 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="a fast, rough run; defaults become workers 1,2, 100 iterations, 200 round trips")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(prog="drizzle-ml bench scale", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The benchmark (or its ping-pong role under mpiexec), with parsed options."""
     if args.role == "_pingpong":
         from mpi4py import MPI
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .common import positive_int
+
 N_FEATURES = 10
 
 
@@ -236,17 +238,24 @@ def report_section(out_dir: str, size: str = "quick") -> str:
     return "\n".join(text)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="drizzle-ml bench streaming", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``drizzle-ml bench streaming``."""
     parser.add_argument("--quick", action="store_true", help="shorter runs (about a minute)")
     parser.add_argument("--rate", type=float, default=100_000.0, help="records/s of the latency producer")
-    parser.add_argument("--repeat", type=int, default=None,
+    parser.add_argument("--repeat", type=positive_int, default=None,
                         help="latency runs per group size; the table shows the one with the least CPU stolen "
                              "by the host (default: 3, 1 with --quick)")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="drizzle-ml bench streaming", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The benchmark, with parsed options."""
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
-    if repeat < 1:
-        parser.error(f"--repeat must be at least 1, got {repeat}")
     results = run_all("quick" if args.quick else "full", rate=args.rate, repeat=repeat)
     print(table(results))
     runs = runs_lines(results)

@@ -49,12 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
     from drizzle_ml.datasets.tools import add_datasets_parser
 
     add_datasets_parser(sub)
-    from .bench_coordination import build_parser as bench_parser
-
-    bench = sub.add_parser("bench", help="benchmarks: coordination; also 'drizzle-ml bench "
-                           "recovery|scale|streaming|report --help'")
-    bench_parser(bench)
+    bench = sub.add_parser("bench", help="benchmarks, side by side in one run: coordination, recovery, scale, "
+                           "streaming, report")
+    _add_bench_subcommands(bench)
     return parser
+
+
+def _add_bench_subcommands(bench: argparse.ArgumentParser) -> None:
+    """``drizzle-ml bench NAME``: each benchmark module declares its options and runs them (``run``)."""
+    from . import bench_coordination, bench_recovery, bench_report, bench_scale, bench_streaming
+
+    # The metavar hides the roles the measurement jobs run (_hand, _plain, _engine) from --help.
+    sub = bench.add_subparsers(dest="bench", required=True, metavar="{coordination,recovery,scale,streaming,report}")
+    bench_coordination.add_subcommands(sub)
+    for name, module, what in (
+            ("recovery", bench_recovery, "kill a worker mid-fit: time back, work redone, checkpoint cost"),
+            ("scale", bench_scale, "BSP against groups over worker counts, and the cost model's error"),
+            ("streaming", bench_streaming, "stream throughput and event-to-model latency"),
+            ("report", bench_report, "every benchmark into report.md with plots")):
+        parser = sub.add_parser(name, help=what, description=(module.__doc__ or "").split("\n\n")[0])
+        module.add_arguments(parser)
+        parser.set_defaults(run=module.run)
 
 
 def _launch(args: argparse.Namespace, argv: list[str]) -> int:
@@ -220,28 +235,10 @@ def _take_done(path: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["bench", "streaming"]:
-        from .bench_streaming import main as bench_streaming
-
-        return bench_streaming(argv[2:])
-    if argv[:2] == ["bench", "recovery"]:  # its own options; it runs estimators, not engine jobs
-        from .bench_recovery import main as bench_recovery
-
-        return bench_recovery(argv[2:])
-    if argv[:2] == ["bench", "scale"]:  # its own options, like recovery
-        from .bench_scale import main as bench_scale
-
-        return bench_scale(argv[2:])
-    if argv[:2] == ["bench", "report"]:  # runs the other benchmarks, writes report.md and plots
-        from .bench_report import main as bench_report
-
-        return bench_report(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":
-            from .bench_coordination import run as run_bench
-
-            return run_bench(args)
+            return args.run(args)
         if args.command == "datasets":
             from drizzle_ml.datasets.tools import run_datasets
 

@@ -100,4 +100,4 @@ def test_streaming_bench_rejects_a_repeat_below_one(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["bench", "streaming", "--repeat", "0"])
     assert exit_info.value.code == 2
-    assert "--repeat must be at least 1, got 0" in capsys.readouterr().err
+    assert "argument --repeat: must be a positive integer, got '0'" in capsys.readouterr().err
