@@ -32,8 +32,9 @@ from .checkpoint import Checkpoint, closing_store, job_key_for, open_job_store
 from .cluster import get_cluster
 from .errors import WorkerFailedError, WorkerRecoveredWarning
 from .metrics import JobResult
-from .scheduler import SCHEDULING, parse_checkpoint_every
+from .scheduler import SCHEDULING, parse_checkpoint_every, run_job
 from .store import ModelStore, freeze
+from .streams import StreamSpec
 from .tuner import SIZER_KEYS, GroupSizer, tuner_options
 
 # What an estimator needs besides run_durable, so that it imports this module (and data) only.
@@ -63,7 +64,7 @@ class JobState:
 
     def commit(self, version: int, model: dict, iteration: int, tuner: dict | None,
                offsets: dict[str, Any] | None, converged: bool) -> None:
-        """The scheduler's commit at a group boundary (the model is the store's frozen copy)."""
+        """The scheduler's commit at a group boundary (the model as the store holds it, read-only)."""
         self.version, self.model, self.iteration, self.tuner = version, model, iteration, tuner
         self.offsets = dict(offsets or {})
         self.converged = converged
@@ -158,8 +159,6 @@ def _run_recovering(job: DurableJob, checkpoints: Any) -> tuple[JobResult, int]:
         start = state.iteration
         options = dict(job.run_options)
         if job.stream is not None:
-            from .streams import StreamSpec
-
             source, record_format, batching = job.stream
             state.n_partitions = state.n_partitions or cluster.n_workers
             options["stream"] = StreamSpec(source, record_format, batching, state.n_partitions, dict(state.offsets))
@@ -169,8 +168,6 @@ def _run_recovering(job: DurableJob, checkpoints: Any) -> tuple[JobResult, int]:
                        checkpoint_params=params, state=state)
         try:
             if job.stream is not None:  # the workers cut micro-batches from the source: no dataset to load
-                from .scheduler import run_job
-
                 result = run_job(cluster, job.program, dict(state.model), "", **options)
             else:
                 result = cluster.run(job.program, dict(state.model), job.dataset, **options)
