@@ -22,10 +22,10 @@ from drizzle_ml.durable import (
     SCHEDULING,
     DurableJob,
     JobState,
-    group_sizer,
     job_key_for,
     parse_checkpoint_every,
     run_durable,
+    tuner_settings,
 )
 from drizzle_ml.errors import WorkerRecoveredWarning  # noqa: F401  (here before it moved to the engine)
 
@@ -145,9 +145,9 @@ class DrizzleEstimator(BaseEstimator):
         n_workers = None if self.n_workers is None else int(self.n_workers)
         self.__dict__.pop("_online_model_", None)  # a fit starts over; partial_fit then continues from it
         on_group = getattr(self, "progress_callback", None) or (self._print_progress if self.verbose else None)
-        sizer, adaptivity = self._adaptivity()
+        tuner, adaptivity = self._adaptivity()
         job = DurableJob(type(self).__name__, program, JobState(model), max_iter, n_workers=n_workers,
-                         dataset=dataset, sizer=sizer,
+                         dataset=dataset, tuner=tuner,
                          run_options={"scheduling": self.scheduling, "on_group": on_group, **adaptivity})
         self.model_store_ = job.store
         self._make_durable(job, program, dataset)
@@ -155,8 +155,8 @@ class DrizzleEstimator(BaseEstimator):
         return self._record(result, start, max_iter, warn_not_converged)
 
     def _adaptivity(self) -> tuple[Any, dict[str, Any]]:
-        """The group sizer and the run options of the ``tuner`` and ``rebalance`` parameters (checked)."""
-        return group_sizer(self.group_size, getattr(self, "tuner", None), getattr(self, "rebalance", False))
+        """The tuner settings and the run options of the ``tuner`` and ``rebalance`` parameters (checked)."""
+        return tuner_settings(self.group_size, getattr(self, "tuner", None), getattr(self, "rebalance", False))
 
     def _record(self, result, start: int, max_iter: int, warn_not_converged: bool):
         # The job's iterations: those before a resume or a recovery count too.

@@ -90,9 +90,9 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     store = getattr(estimator, "model_store_", None)
     store = ModelStore() if store is None else store  # (an empty store is falsy)
     version = int(getattr(estimator, "model_version_", 0))
-    sizer, _ = estimator._adaptivity()  # the estimator's group size and tuner options
+    tuner, _ = estimator._adaptivity()  # the estimator's group size and tuner options
     job = DurableJob(type(estimator).__name__, program, JobState(model, version, version), UNBOUNDED,
-                     n_workers=cluster.n_workers, stream=(source, fmt, batching), sizer=sizer, store=store,
+                     n_workers=cluster.n_workers, stream=(source, fmt, batching), tuner=tuner, store=store,
                      run_options={"on_group": on_group, "stop": stop})
     if max_batches:  # counted from where the stream starts (or resumes)
         job.end = version + max_batches

@@ -19,10 +19,8 @@ Driver side (:class:`Adaptivity`, called once per group by the scheduler):
   half the straggler's rows per move, and a worker keeps at least a quarter
   of a balanced share.
 
-Worker side: :func:`apply_rebalance` moves the rows point to point among the
-workers; the job continues on new :class:`~drizzle_ml.program.Partition`
-objects (empty ``cache``, since it holds derived data) while the worker's
-partition cache keeps the original split for later jobs.
+Worker side: :meth:`~drizzle_ml.executor.JobExecutor.rebalance` moves the
+rows point to point among the workers.
 
 Testing aid: :func:`inject_delay` makes one worker sleep in every ``local``
 call, as set by the environment variable ``DRIZZLE_INJECT_DELAY``, e.g.
@@ -39,14 +37,13 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from . import protocol as P
 from .errors import StragglerWarning
-from .program import Partition
 
 if TYPE_CHECKING:
     from .metrics import GroupMetrics
+    from .program import Partition
     from .tuner import GroupSizer
 
 #: Extra seconds of compute per group below which a slow worker is not reported.
@@ -124,8 +121,8 @@ class Adaptivity:
                     finishing: bool) -> int:
         """Record the group's adaptation in ``metrics``; return the next group's size."""
         by_worker = sorted(reports, key=lambda r: r.worker)
-        compute = [r.timings.get("compute", 0.0) for r in by_worker]
-        metrics.rows = [int(r.timings.get("rows", 0)) for r in by_worker]
+        compute = [r.timings.compute for r in by_worker]
+        metrics.rows = [r.timings.rows for r in by_worker]
         slow, ratio = self.detector.observe(compute)
         if slow is not None:
             metrics.straggler = slow
@@ -145,11 +142,10 @@ class Adaptivity:
                     metrics.events.append("rebalance: " + ", ".join(
                         f"{n} rows worker {s} -> {d}" for s, d, n in moves))
                     self.detector.reset()  # judge the new split afresh
-        self.sizer.cap = max(remaining, 1)
-        size = self.sizer.next(self.overhead(metrics), measured=metrics.group_size, per_iteration=per_iteration)
+        size = self.sizer.next(self.overhead(metrics), measured=metrics.group_size, per_iteration=per_iteration,
+                               remaining=remaining)
         metrics.tuner = self.sizer.reason
         return size
-
 
     def overhead(self, metrics: GroupMetrics) -> float:
         """The coordination share over this group and the one before, as the tuner sees it.
@@ -168,54 +164,6 @@ class Adaptivity:
         wall, execution = metrics.wall + self.previous[0], mine + self.previous[1]
         self.previous = (metrics.wall, mine)
         return max(0.0, 1.0 - execution / wall) if wall > 0 else 0.0
-
-
-# -- worker side ----------------------------------------------------------------------------
-def _take(part: Partition, lo: int, hi: int) -> tuple:
-    pick = slice(lo, hi)
-    return (part.X[pick], None if part.y is None else part.y[pick],
-            None if part.sample_weight is None else part.sample_weight[pick])
-
-
-def _stack(pieces: list[tuple]) -> tuple:
-    X = [p[0] for p in pieces]
-    X = sp.vstack(X, format="csr") if sp.issparse(X[0]) else np.concatenate(X)
-    rest = []
-    for i in (1, 2):
-        arrays = [p[i] for p in pieces]
-        rest.append(None if arrays[0] is None else np.concatenate(arrays))
-    return (X, *rest)
-
-
-def apply_rebalance(rt: Any, msg: P.Rebalance) -> None:
-    """Move rows among the workers as ``msg`` says; the job continues on the new partitions."""
-    executor = rt.jobs.get(msg.job)
-    if executor is None or msg.job in rt.finished:
-        return  # the job stopped (converged) in the group sent ahead: every worker skips alike
-    me, part = rt.index, executor.partition
-    tag = P.data_tag(P.REBALANCE, msg.job, 0)
-    lo, hi = 0, part.n_rows
-    sends = []
-    for src, dst, n in msg.moves:
-        if src == me:
-            if dst < me:  # our head goes to the end of the previous worker's range
-                sends.append(rt.peers.isend(_take(part, lo, lo + n), dest=dst, tag=tag))
-                lo += n
-            else:  # our tail goes to the start of the next worker's range
-                sends.append(rt.peers.isend(_take(part, hi - n, hi), dest=dst, tag=tag))
-                hi -= n
-    before, after = [], []
-    for src, dst, _ in msg.moves:
-        if dst == me:
-            rt.wait(lambda s=src: rt.peers.iprobe(source=s, tag=tag), f"rows from worker {src}")
-            (before if src < me else after).append(rt.peers.recv(source=src, tag=tag))
-    rt.wait(lambda: all(r.Test() for r in sends), "delivery of moved rows")
-    if not sends and not before and not after:
-        return
-    pieces = before + [_take(part, lo, hi)] + after
-    X, y, sw = _stack(pieces)
-    offset = part.row_offset + lo - sum(p[0].shape[0] for p in before)
-    executor.partition = Partition(X, y, sw, row_offset=offset, n_total=part.n_total, worker=me)
 
 
 class DelayedProgram:

@@ -1,9 +1,9 @@
 """One durable job runner: a job's state, committed at group boundaries, resumed, carried across worker failures.
 
-:class:`JobState` is everything a job needs to continue from a group
-boundary: the model (optimizer state included), its version and iteration,
-the group sizer's state and, for a stream, every partition's offset. The
-scheduler commits it at each group boundary (:meth:`JobState.commit`); some
+:class:`~drizzle_ml.job_state.JobState` is everything a job needs to
+continue from a group boundary: the model (optimizer state included), its
+version and iteration, the group sizer's state and, for a stream, every
+partition's offset. The group loop commits it at each group boundary; some
 commits are also written to the job's checkpoint directory, and
 :meth:`JobState.restore` rebuilds it from a checkpoint (as Horovod elastic's
 ``State`` carries commit and restore).
@@ -25,57 +25,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .adaptivity import STRAGGLER_KEYS, check_straggler_options
-from .checkpoint import Checkpoint, closing_store, job_key_for, open_job_store
+from .checkpoint import closing_store, job_key_for, open_job_store
 from .cluster import get_cluster
 from .errors import WorkerFailedError, WorkerRecoveredWarning
+from .job_state import JobState, parse_checkpoint_every
 from .metrics import JobResult
-from .scheduler import SCHEDULING, parse_checkpoint_every, run_job
+from .scheduler import SCHEDULING, run_job
 from .store import ModelStore, freeze
 from .streams import StreamSpec
-from .tuner import SIZER_KEYS, GroupSizer, tuner_options
+from .tuner import SIZER_KEYS, TunerSettings, tuner_options
 
 # What an estimator needs besides run_durable, so that it imports this module (and data) only.
-__all__ = ["MAX_RECOVERIES", "SCHEDULING", "UNBOUNDED", "DurableJob", "JobState", "group_sizer", "job_key_for",
-           "parse_checkpoint_every", "run_durable"]
+__all__ = ["MAX_RECOVERIES", "SCHEDULING", "UNBOUNDED", "DurableJob", "JobState", "job_key_for",
+           "parse_checkpoint_every", "run_durable", "tuner_settings"]
 
 MAX_RECOVERIES = 3  # worker replacements per job, in launched mode
 UNBOUNDED = 1 << 40  # a stream's iteration budget when it runs until its source ends
-
-
-@dataclass
-class JobState:
-    """A job at a group boundary: what a resume or a recovery continues from.
-
-    ``model`` holds the program's whole state (an optimizer's memory too);
-    ``tuner`` is the group sizer's state; ``offsets`` and ``n_partitions``
-    belong to streams; ``converged`` is what the last commit said.
-    """
-
-    model: dict[str, np.ndarray]
-    version: int = 0
-    iteration: int = 0
-    tuner: dict | None = None
-    offsets: dict[str, Any] = field(default_factory=dict)
-    n_partitions: int | None = None
-    converged: bool = False
-
-    def commit(self, version: int, model: dict, iteration: int, tuner: dict | None,
-               offsets: dict[str, Any] | None, converged: bool) -> None:
-        """The scheduler's commit at a group boundary (the model as the store holds it, read-only)."""
-        self.version, self.model, self.iteration, self.tuner = version, model, iteration, tuner
-        self.offsets = dict(offsets or {})
-        self.converged = converged
-
-    @classmethod
-    def restore(cls, checkpoint: Checkpoint) -> JobState:
-        """The state a checkpoint holds."""
-        n_partitions = checkpoint.params.get("n_partitions")
-        return cls(dict(checkpoint.model), checkpoint.version, checkpoint.iteration, checkpoint.tuner,
-                   dict(checkpoint.stream_offsets), None if n_partitions is None else int(n_partitions),
-                   bool(checkpoint.metrics.get("converged")))
 
 
 @dataclass
@@ -100,7 +66,7 @@ class DurableJob:
     n_workers: int | None = None
     dataset: Any = None
     stream: tuple[Any, Any, Any] | None = None
-    sizer: GroupSizer = field(default_factory=GroupSizer)
+    tuner: TunerSettings = field(default_factory=TunerSettings)
     store: ModelStore = field(default_factory=ModelStore)
     checkpoint_dir: Any = None
     job_key: str | None = None
@@ -112,13 +78,14 @@ class DurableJob:
     on_resumed: Callable[[JobState], None] | None = None
 
 
-def group_sizer(group_size: int | str, tuner: dict | None, rebalance: bool) -> tuple[GroupSizer, dict[str, Any]]:
-    """The group sizer, and the run options, of an estimator's ``group_size``, ``tuner`` and ``rebalance`` (checked)."""
+def tuner_settings(group_size: int | str, tuner: dict | None, rebalance: bool) -> tuple[TunerSettings, dict[str, Any]]:
+    """The tuner's settings, and the run options, of an estimator's ``group_size``, ``tuner`` and ``rebalance``
+    (checked)."""
     options = tuner_options(tuner, SIZER_KEYS + STRAGGLER_KEYS)
     stragglers = {k: options.pop(k) for k in STRAGGLER_KEYS if k in options}
     check_straggler_options(stragglers.get("straggler_factor", 1.5), stragglers.get("straggler_groups", 3))
-    sizer = GroupSizer("auto" if group_size == "auto" else int(group_size), **options)
-    return sizer, {"rebalance": bool(rebalance), **stragglers}
+    settings = TunerSettings("auto" if group_size == "auto" else int(group_size), **options)
+    return settings, {"rebalance": bool(rebalance), **stragglers}
 
 
 def run_durable(job: DurableJob) -> tuple[JobResult, int]:
@@ -134,7 +101,6 @@ def run_durable(job: DurableJob) -> tuple[JobResult, int]:
         checkpoints, resumed = open_job_store(job.checkpoint_dir, job.index, job.job_key, resume=job.resume)
         if resumed is not None:
             job.state = state = JobState.restore(resumed)
-            job.sizer.restore(state.tuner)
             if job.on_resumed is not None:
                 job.on_resumed(state)
             if job.stream is None and (state.converged or state.iteration >= job.end):
@@ -164,7 +130,7 @@ def _run_recovering(job: DurableJob, checkpoints: Any) -> tuple[JobResult, int]:
             options["stream"] = StreamSpec(source, record_format, batching, state.n_partitions, dict(state.offsets))
             params["n_partitions"] = state.n_partitions
         options.update(max_iter=job.end - start, version=state.version, start_iteration=start, store=job.store,
-                       sizer=job.sizer, checkpoints=checkpoints, checkpoint_every=job.checkpoint_every,
+                       tuner=job.tuner, checkpoints=checkpoints, checkpoint_every=job.checkpoint_every,
                        checkpoint_params=params, state=state)
         try:
             if job.stream is not None:  # the workers cut micro-batches from the source: no dataset to load

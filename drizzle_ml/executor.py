@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.sparse as sp
 from mpi4py import MPI
 
 from . import protocol as P
@@ -324,7 +325,7 @@ class JobExecutor:
                 f"version {group.version}, but this worker holds version {self.version}"
             )
         t_group = time.perf_counter()
-        times = _Times()
+        times = P.GroupTimings()
         metrics: dict[str, list] = {}
         self.group_end = group.start + group.size
         for ring in self.up_recv.values():
@@ -357,17 +358,9 @@ class JobExecutor:
                 break
         if self.stopped:
             self._cancel()
-        timings = {
-            "compute": times.compute,
-            "reduce": times.reduce,
-            "broadcast": times.broadcast,
-            "update": times.update,
-            "execution": time.perf_counter() - t_group,
-            "startup": self.startup,
-            "source": times.source,
-            # seen by straggler rebalancing
-            "rows": float(self.partition.n_rows) if self.partition is not None else 0.0,
-        }
+        times.execution = time.perf_counter() - t_group
+        times.startup = self.startup
+        times.rows = self.partition.n_rows if self.partition is not None else 0
         self.startup = 0.0
         return P.GroupReport(
             job=self.job,
@@ -376,7 +369,7 @@ class JobExecutor:
             n_done=n_done,
             version=self.version,
             stopped=self.stopped,
-            timings=timings,
+            timings=times,
             model=dict(self.model) if self.is_root else None,
             metrics=metrics,
             offsets=None if self.stream is None else self.stream.offsets(),
@@ -384,13 +377,46 @@ class JobExecutor:
             reduction=self.reduction_name(),
         )
 
+    def rebalance(self, rt: WorkerRuntime, moves: list[tuple[int, int, int]]) -> None:
+        """Move rows among the workers (``(src, dst, n_rows)``, a straggler's to its neighbours).
+
+        Partitions stay contiguous ranges of the global row order: a head goes
+        to the end of the previous worker's range, a tail to the start of the
+        next one's. The job continues on a new :class:`~drizzle_ml.program.Partition`
+        (empty ``cache``, since it holds derived data) while the worker's
+        partition cache keeps the original split for later jobs.
+        """
+        me, part = rt.index, self.partition
+        tag = P.data_tag(P.REBALANCE, self.job, 0)
+        lo, hi = 0, part.n_rows
+        sends = []
+        for src, dst, n in moves:
+            if src == me:
+                if dst < me:
+                    sends.append(rt.peers.isend(take_rows(part, lo, lo + n), dest=dst, tag=tag))
+                    lo += n
+                else:
+                    sends.append(rt.peers.isend(take_rows(part, hi - n, hi), dest=dst, tag=tag))
+                    hi -= n
+        before, after = [], []
+        for src, dst, _ in moves:
+            if dst == me:
+                rt.wait(lambda s=src: rt.peers.iprobe(source=s, tag=tag), f"rows from worker {src}")
+                (before if src < me else after).append(rt.peers.recv(source=src, tag=tag))
+        rt.wait(lambda: all(r.Test() for r in sends), "delivery of moved rows")
+        if not sends and not before and not after:
+            return
+        X, y, sw = stack_rows(before + [take_rows(part, lo, hi)] + after)
+        offset = part.row_offset + lo - sum(p[0].shape[0] for p in before)
+        self.partition = Partition(X, y, sw, row_offset=offset, n_total=part.n_total, worker=me)
+
     def reduction_name(self) -> str:
         """``gather``/``allreduce``/``tree``, and where the update ran (see JobResult.reduction)."""
         if self.reduction is None:
             return "tree+broadcast"
         return self.reduction.kind + ("+replicated" if self.replicated else "+broadcast")
 
-    def _collective_iteration(self, it: int, partial: Any, times: _Times, metrics: dict) -> bool:
+    def _collective_iteration(self, it: int, partial: Any, times: P.GroupTimings, metrics: dict) -> bool:
         """One iteration over the job's collective; True when the job stops after it."""
         perf = time.perf_counter
         t1 = perf()
@@ -433,7 +459,7 @@ class JobExecutor:
                 metrics.setdefault(key, []).append(float(value))
         return stop
 
-    def _tree_iteration(self, it: int, acc: Any, times: _Times, metrics: dict) -> bool:
+    def _tree_iteration(self, it: int, acc: Any, times: P.GroupTimings, metrics: dict) -> bool:
         """One iteration over the point-to-point reduce tree; True when the job stops after it."""
         perf = time.perf_counter
         t1 = perf()
@@ -524,15 +550,6 @@ class JobExecutor:
             self.publisher.close()
 
 
-class _Times:
-    """Seconds a group spent in each phase, summed over its iterations."""
-
-    __slots__ = ("compute", "reduce", "broadcast", "update", "source")
-
-    def __init__(self) -> None:
-        self.compute = self.reduce = self.broadcast = self.update = self.source = 0.0
-
-
 # Communicators and requests of aborted jobs: never freed (MPI forbids freeing
 # an active request), kept referenced so that nothing tries to.
 _ABANDONED: list[tuple] = []
@@ -543,6 +560,24 @@ _ABANDONED: list[tuple] = []
 #: cost each worker several milliseconds; replicas that drift apart do so in
 #: most coordinates within a few updates).
 DIGEST_FULL_BYTES = 1 << 20
+
+
+def take_rows(part: Partition, lo: int, hi: int) -> tuple:
+    """Rows ``lo:hi`` of a partition: ``(X, y, sample_weight)``."""
+    pick = slice(lo, hi)
+    return (part.X[pick], None if part.y is None else part.y[pick],
+            None if part.sample_weight is None else part.sample_weight[pick])
+
+
+def stack_rows(pieces: list[tuple]) -> tuple:
+    """Pieces of :func:`take_rows`, one after the other."""
+    X = [p[0] for p in pieces]
+    X = sp.vstack(X, format="csr") if sp.issparse(X[0]) else np.concatenate(X)
+    rest = []
+    for i in (1, 2):
+        arrays = [p[i] for p in pieces]
+        rest.append(None if arrays[0] is None else np.concatenate(arrays))
+    return (X, *rest)
 
 
 def model_digest(model: dict) -> int:

@@ -107,6 +107,27 @@ class Loaded:
     n_rows: int
 
 
+@dataclass(slots=True)
+class GroupTimings:
+    """One worker's seconds in one group: where its time went, and its rows.
+
+    compute : inside ``local``; reduce : combining partials (and waiting for
+    them); broadcast : waiting for the new model; update : inside ``update``;
+    execution : from the group's start to the report; startup : setting the
+    job up (first group only); source : waiting for a stream's records;
+    rows : the partition's rows (straggler rebalancing reads them).
+    """
+
+    compute: float = 0.0
+    reduce: float = 0.0
+    broadcast: float = 0.0
+    update: float = 0.0
+    execution: float = 0.0
+    startup: float = 0.0
+    source: float = 0.0
+    rows: int = 0
+
+
 @dataclass
 class GroupReport:
     job: int
@@ -115,7 +136,7 @@ class GroupReport:
     n_done: int
     version: int
     stopped: bool
-    timings: dict[str, float]
+    timings: GroupTimings
     model: dict | None = None  # root only
     metrics: dict[str, list] = field(default_factory=dict)  # root only
     offsets: dict[str, Any] | None = None  # stream jobs: this worker's partition offsets after the group

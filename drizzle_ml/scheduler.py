@@ -1,9 +1,8 @@
-"""The driver's side of a job: group scheduling, and the BSP baseline it replaces.
+"""The driver's side of a job: :func:`run_job`, group scheduling or the BSP baseline it replaces.
 
-Group mode sends one :class:`~drizzle_ml.protocol.RunGroup` per worker per
-group of k iterations and hears back once per group; the next group is sent
-ahead so that workers never wait on the driver. The driver sleeps through most
-of a group (it knows how long the last one took) instead of polling.
+Group mode (the default) runs the job in groups of k iterations through
+:class:`~drizzle_ml.group_loop.GroupLoop`: one control message per worker
+per group, the next group sent ahead.
 
 BSP mode (``scheduling="bsp"``) is the centralized pattern: every iteration
 the driver sends each worker its task with the model, gathers the partials,
@@ -14,9 +13,7 @@ so comparisons measure the pattern rather than overheads of our making.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,36 +21,20 @@ from mpi4py import MPI
 
 from . import protocol as P
 from .adaptivity import Adaptivity
-from .checkpoint import Checkpoint, CheckpointStore
-from .data import ContentChanged
-from .errors import ReplicaMismatchError
+from .checkpoint import CheckpointStore
+from .group_loop import GroupHooks, GroupLoop, GroupPlan, confirm_data
+from .job_state import Commits
 from .layout import Layout
 from .metrics import GroupMetrics, JobResult
 from .store import ModelStore, freeze
-from .streams.job import RECORDS_KEY, Publications, StreamStep, latency_percentiles
-from .tuner import GroupSizer
+from .streams.job import RECORDS_KEY, Publications, PublishingHooks, StreamStep
+from .tuner import GroupSizer, TunerSettings
 
 if TYPE_CHECKING:
     from .cluster import Cluster
-    from .durable import JobState
+    from .job_state import JobState
 
 SCHEDULING = ("group", "bsp")
-STREAM_GROUP_SECONDS = 1.0
-# A tuned stream group lasts at least this long: with only the overhead to go
-# by, groups shrank to 1-12 micro-batches, and the driver's work at a group
-# boundary, up to a thousand times a second, took CPU the workers needed
-# (latency p99 15-19 ms for groups of 1 and auto, 8 ms for 10, side by side
-# at 2-3% steal).
-STREAM_MIN_GROUP_SECONDS = 0.01
-
-
-@dataclass
-class _Sent:
-    start: int
-    size: int
-    version: int
-    sent_at: float
-    schedule: float
 
 
 def run_job(
@@ -70,7 +51,7 @@ def run_job(
     store: ModelStore | None = None,
     on_group: Callable[[GroupMetrics], None] | None = None,
     pipeline: bool = True,
-    sizer: GroupSizer | None = None,
+    tuner: TunerSettings | None = None,
     checkpoints: CheckpointStore | None = None,
     checkpoint_every: int | str = 1,
     checkpoint_params: dict | None = None,
@@ -112,8 +93,11 @@ def run_job(
     :class:`~drizzle_ml.data.ArrayDataset`) before the first group's results
     count (in BSP mode, before the job starts); when it answers False the job
     is aborted and :class:`~drizzle_ml.data.ContentChanged` raised.
-    ``state`` (a :class:`~drizzle_ml.durable.JobState`) is committed at every
-    group boundary: what a recovery continues from.
+    ``tuner`` (:class:`~drizzle_ml.tuner.TunerSettings`, instead of
+    ``group_size``) configures the group-size tuner for the job.
+    ``state`` (a :class:`~drizzle_ml.job_state.JobState`) is committed at every
+    group boundary: what a recovery continues from; its ``tuner`` state, if
+    any, is where the group-size tuner starts.
     Raises :class:`~drizzle_ml.errors.WorkerError` when program code fails on
     a worker, :class:`~drizzle_ml.errors.WorkerFailedError` when a worker dies
     or hangs.
@@ -124,9 +108,10 @@ def run_job(
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not isinstance(model, dict) or not model:
         raise ValueError("model must be a non-empty dict of arrays")
+    if tuner is not None and group_size != "auto":
+        raise ValueError("give group_size or tuner settings, not both")
     if scheduling == "bsp":
-        _confirm_data(confirm)  # BSP commits every iteration: confirm before the job starts
-    sizer = sizer or GroupSizer(group_size)
+        confirm_data(confirm)  # BSP commits every iteration: confirm before the job starts
     store = store if store is not None else ModelStore()
     publish = stream is not None if publish is None else bool(publish)
     if stream is not None:
@@ -134,14 +119,10 @@ def run_job(
             raise ValueError("a stream job runs with scheduling='group'")
         program = StreamStep(program, cluster.n_workers)
         model = {**model, RECORDS_KEY: np.asarray(model.get(RECORDS_KEY, np.zeros(1)), dtype=np.float64)}
-        # A stream's group lasts at most about a second: its checkpoints (offsets)
-        # and a stop request come at group boundaries.
-        react_within = STREAM_GROUP_SECONDS if react_within is None else min(react_within, STREAM_GROUP_SECONDS)
-        if sizer.min_group_seconds is None:
-            sizer.min_group_seconds = STREAM_MIN_GROUP_SECONDS
-    durable = _Durable(checkpoints, checkpoint_every, sizer, checkpoint_params, state)
-    reactions = [t for t in (react_within, durable.seconds) if t is not None]  # issue 7: the tuner's time cap
-    sizer.react_within = min(reactions) if reactions else sizer.react_within
+    commits = Commits(state, checkpoints, checkpoint_every, checkpoint_params)
+    settings = (tuner or TunerSettings(group_size)).for_job(
+        streaming=stream is not None, react_within=react_within, checkpoint_seconds=commits.seconds)
+    sizer = GroupSizer(settings, state=state.tuner if state is not None else None)
     try:
         newest = store.latest().version
     except LookupError:
@@ -156,196 +137,28 @@ def run_job(
         cluster.broadcast(P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version,
                                      cluster.fanout, scheduling, cluster.timeout, stream, publish,
                                      replicate=cluster.replicated_updates, reduction=cluster.reduction))
-        publications = Publications(cluster.ctrl, job, model, store) if publish else None
+        hooks = PublishingHooks(Publications(cluster.ctrl, job, model, store)) if publish else GroupHooks()
         try:
             if scheduling == "bsp":
                 result = _run_bsp(cluster, job, program, model, version, start_iteration, max_iter, store,
-                                  on_group, durable)
+                                  on_group, commits, sizer)
             else:
-                result = _run_groups(cluster, job, model, version, start_iteration, max_iter, store,
-                                     on_group, pipeline, sizer, durable, adapt, publications, stop, confirm)
+                plan = GroupPlan(start_iteration, version, max_iter, pipeline=pipeline, urgent=hooks.urgent,
+                                 max_sleep=cluster.policy.max_sleep, now=time.perf_counter())
+                result = GroupLoop(cluster, job, plan, sizer, adapt, commits, store, hooks, on_group=on_group,
+                                   stop=stop, confirm=confirm).run()
                 cluster.end_job(job)
-            durable.finish()
+            commits.finish()
         except BaseException as exc:
             # Driver-side failures (update in BSP mode, a callback, Ctrl-C): stop the job everywhere.
             cluster.abort_job(job, f"{type(exc).__name__}: {exc}")
-            durable.finish(raise_errors=False)
+            commits.finish(raise_errors=False)
             raise
         result.wall = time.perf_counter() - t_job
         return result
 
 
-def _confirm_data(confirm: Callable[[], bool] | None) -> None:
-    """Check a speculative dataset id (see ``ArrayDataset(speculate=True)``); raise if it did not hold."""
-    if confirm is not None and not confirm():
-        raise ContentChanged("the dataset changed in place since its last fingerprint")
-
-
-def _check_replicas(reports: list, root: Any) -> None:
-    """Every replicated worker's model digest must equal worker 0's."""
-    for report in sorted(reports, key=lambda r: r.worker):
-        if report.digest is not None and report.digest != root.digest:
-            raise ReplicaMismatchError(
-                f"worker {report.worker}'s model replica differs from worker 0's at version {root.version} "
-                f"(iteration {root.start + root.n_done}): the workers' updates did not agree; "
-                "set DRIZZLE_UPDATE=root to update on one worker and broadcast", report.worker)
-
-
-def parse_checkpoint_every(every: int | str) -> tuple[int, float | None]:
-    """``checkpoint_every``: an int counts groups (commits); ``"30s"`` is an interval in seconds."""
-    if isinstance(every, str) and every.endswith("s"):
-        try:
-            seconds = float(every[:-1])
-        except ValueError:
-            seconds = -1.0
-        if seconds > 0:
-            return 1, seconds
-    elif not isinstance(every, bool) and isinstance(every, (int, np.integer)) and every >= 1:
-        return int(every), None
-    raise ValueError(f"checkpoint_every must be an integer >= 1 (groups) or seconds like '30s', got {every!r}")
-
-
-class _Durable:
-    """Checkpoints of committed model versions: every ``every``-th commit (or once per
-    interval of seconds), and always the last one."""
-
-    def __init__(self, checkpoints: CheckpointStore | None, every: int | str, sizer: GroupSizer,
-                 params: dict | None = None, state: JobState | None = None):
-        self.every, self.seconds = parse_checkpoint_every(every)
-        self.checkpoints, self.sizer, self.params, self.state = checkpoints, sizer, params or {}, state
-        self.commits = 0
-        self.written_at = time.monotonic()
-
-    def commit(self, version: int, model: dict, iteration: int, metrics: dict, last: bool,
-               offsets: dict | None = None) -> None:
-        if self.state is not None:  # what a recovery continues from
-            self.state.commit(version, model, iteration, self.sizer.state(), offsets,
-                              bool(metrics.get("converged")))
-        if self.checkpoints is None:
-            return
-        self.commits += 1
-        due = (time.monotonic() - self.written_at >= self.seconds if self.seconds is not None
-               else self.commits % self.every == 0)
-        if last or due:
-            self.written_at = time.monotonic()
-            self.checkpoints.save_async(Checkpoint(
-                job_key=self.checkpoints.job_key, version=version, iteration=iteration, model=model,
-                tuner=self.sizer.state(), params=self.params, stream_offsets=dict(offsets or {}),
-                metrics={k: float(v) for k, v in metrics.items()} | {"last": float(last)},
-            ))
-
-    def finish(self, raise_errors: bool = True) -> None:
-        if self.checkpoints is None:
-            return
-        try:
-            self.checkpoints.flush(timeout=60.0)
-        except Exception:
-            if raise_errors:
-                raise
-
-
-def _run_groups(cluster, job, model, version, it0, max_iter, store, on_group, pipeline, sizer, durable, adapt,
-                publications=None, stop=None, confirm=None):
-    end = it0 + max_iter
-    sent: deque[_Sent] = deque()
-    next_start, next_version = it0, version
-    history: list[GroupMetrics] = []
-    iteration_metrics: dict[str, list[float]] = {}
-    per_iteration = 0.0
-    converged = False
-    job_startup = 0.0
-    last_done = time.perf_counter()
-    offsets: dict[str, Any] = {}
-    latencies: list[tuple[float, float, float]] = []  # every published batch of the job
-
-    def send(size: int) -> None:
-        nonlocal next_start, next_version
-        size = min(size, end - next_start)
-        t0 = time.perf_counter()
-        cluster.broadcast(P.RunGroup(job, next_start, size, next_version))
-        sent.append(_Sent(next_start, size, next_version, t0, time.perf_counter() - t0))
-        next_start += size
-        next_version += size
-
-    send(sizer.size)
-    if pipeline and next_start < end:
-        send(sizer.size)
-    cpu_mark = time.process_time()
-    while sent:
-        group = sent.popleft()
-        began = max(group.sent_at, last_done)
-        expected = per_iteration * group.size
-        remaining = expected - (time.perf_counter() - began)
-        t_wait = time.perf_counter()
-        reports = cluster.collect(
-            lambda m, g=group: isinstance(m, P.GroupReport) and m.job == job and m.start == g.start,
-            cluster.n_workers,
-            f"group at iteration {group.start} (size {group.size})",
-            first_sleep=0.8 * remaining if remaining > 2e-4 else 0.0,
-            extra=4 * expected,
-            # The next group is already with the workers, so answering a few
-            # percent of a group late costs nothing, and on a small machine every
-            # wake-up of the driver takes a core from a worker.
-            max_sleep=(1e-3 if publications is not None  # a stream's versions are due at the driver now
-                       else min(max(cluster.policy.max_sleep, 0.05 * expected), 0.02) if expected > 0 else None),
-            also=None if publications is None else publications.drain,
-        )
-        done_at = time.perf_counter()
-        _confirm_data(confirm)  # before any result counts
-        confirm = None
-        root = next(r for r in reports if r.worker == 0)
-        _check_replicas(reports, root)
-        for key, values in root.metrics.items():
-            iteration_metrics.setdefault(key, []).extend(values)
-        model, version = root.model, root.version
-        n_done = root.n_done
-        converged = root.stopped
-        last_metrics = {k: v[-1] for k, v in root.metrics.items() if v}
-        for key in ("oldest", "newest"):  # arrival stamps: for the publication only
-            last_metrics.pop(key, None)
-        for r in reports:
-            offsets.update(r.offsets or {})
-        if publications is not None:
-            publications.drain()
-            last_metrics["records"] = float(sum(root.metrics.get("records", ())))
-            last_metrics["malformed"] = float(sum(root.metrics.get("malformed", ())))
-            batches = publications.take()
-            latencies += batches
-            last_metrics.update(latency_percentiles(batches))
-        stopping = stop is not None and stop()
-        last = converged or group.start + n_done >= end or (stopping and not sent)
-        store.commit(version, model, group.start + n_done, last_metrics)
-        durable.commit(version, model, group.start + n_done, last_metrics, last=last, offsets=offsets)
-        slowest = lambda key: max(r.timings.get(key, 0.0) for r in reports)
-        startup = slowest("startup")
-        job_startup = max(job_startup, startup)
-        metrics = GroupMetrics(
-            group=len(history), start_iteration=group.start, group_size=group.size,
-            n_iterations=n_done, version=version, wall=max(done_at - began - startup, 0.0),
-            schedule=group.schedule, wait=done_at - t_wait, compute=slowest("compute"),
-            reduce=slowest("reduce"), broadcast=slowest("broadcast"), update=slowest("update"),
-            execution=slowest("execution"), metrics=last_metrics,
-            driver_cpu=time.process_time() - cpu_mark,
-        ).finish()
-        cpu_mark = time.process_time()
-        history.append(metrics)
-        per_iteration = metrics.execution / max(n_done, 1)
-        last_done = done_at
-        # issue 7: the tuner's decision, stragglers and rebalancing, recorded in the metrics.
-        finishing = converged or group.start + n_done >= end
-        size = adapt.after_group(metrics, reports, per_iteration, end - next_start, finishing)
-        if on_group is not None:
-            on_group(metrics)
-        if last:
-            break
-        if next_start < end and (pipeline or not sent) and not stopping:
-            send(size)
-    return JobResult(freeze(model), version, group.start + n_done - it0, converged, history,
-                     iteration_metrics, startup=job_startup, offsets=offsets,
-                     latencies=[tuple(b) for b in latencies], reduction=root.reduction)
-
-
-def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group, durable):
+def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group, commits, sizer):
     ctrl, n = cluster.ctrl, cluster.n_workers
     shared = program.shared
     keys = tuple(model) if shared is None else tuple(shared)
@@ -419,7 +232,7 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
         last = converged or it + 1 == max_iter
         schedule = send_task(it + 1, last)
         store.commit(version, model, it0 + it + 1, {k: float(v) for k, v in step_metrics.items()})
-        durable.commit(version, model, it0 + it + 1, step_metrics, last=last)
+        commits.commit(version, model, it0 + it + 1, sizer.state(), step_metrics, last=last)
         metrics = GroupMetrics(
             group=it, start_iteration=it0 + it, group_size=1, n_iterations=1, version=version,
             wall=time.perf_counter() - t_start, schedule=schedule, wait=t_reduce - t_wait,
@@ -434,7 +247,7 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
     reports = cluster.collect(lambda m: isinstance(m, P.GroupReport) and m.job == job, n,
                               "BSP job reports")
     # Workers time their compute in total; spread it over the iterations.
-    compute = max(r.timings["compute"] for r in reports) / max(len(history), 1)
+    compute = max(r.timings.compute for r in reports) / max(len(history), 1)
     for metrics in history:
         metrics.compute = compute
         metrics.execution = compute

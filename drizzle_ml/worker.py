@@ -27,7 +27,6 @@ import numpy as np
 from mpi4py import MPI
 
 from . import protocol as P
-from .adaptivity import apply_rebalance
 from .data import PartitionCache, assemble_partition, read_hdf5_partition
 from .doorbell import Address, Doorbell, bell_address
 from .errors import WorkerTimeoutError
@@ -207,7 +206,10 @@ class WorkerRuntime:
         elif isinstance(msg, P.EndJob):
             self._drop_job(msg.job)
         elif isinstance(msg, P.Rebalance):  # move a straggler's rows (drizzle_ml.adaptivity)
-            apply_rebalance(self, msg)
+            executor = self.jobs.get(msg.job)
+            if executor is not None and msg.job not in self.finished:
+                executor.rebalance(self, msg.moves)
+            # else the job stopped (converged) in the group sent ahead: every worker skips alike
         else:
             raise TypeError(f"unknown control message {type(msg).__name__}")
 
@@ -344,7 +346,7 @@ class BspWorker:
             estimate = max(estimate, time.perf_counter() - t0)
             it += 1
         tasks.cancel()
-        timings = {"compute": compute, "execution": time.perf_counter() - t_start}
+        timings = P.GroupTimings(compute=compute, execution=time.perf_counter() - t_start)
         rt.report(P.GroupReport(job, 0, rt.index, it, self.version, True, timings))
 
 

@@ -95,7 +95,7 @@ def check_recovery_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
     if args.resume and args.checkpoint_dir is None:
         raise CLIError("--resume needs --checkpoint-dir")
-    from drizzle_ml.scheduler import parse_checkpoint_every
+    from drizzle_ml.job_state import parse_checkpoint_every
 
     try:
         parse_checkpoint_every(_checkpoint_every(args.checkpoint_every))

@@ -9,7 +9,8 @@ import scipy.sparse as sp
 
 import drizzle_ml
 from drizzle_ml import ArrayDataset, Cluster, StragglerWarning
-from drizzle_ml.adaptivity import MIN_EXCESS, StragglerDetector, _stack, _take, inject_delay, plan_rebalance
+from drizzle_ml.adaptivity import MIN_EXCESS, StragglerDetector, inject_delay, plan_rebalance
+from drizzle_ml.executor import stack_rows, take_rows
 from drizzle_ml.program import Partition
 from drizzle_ml.testing import LeastSquaresGD
 
@@ -57,13 +58,13 @@ def test_plan_moves_excess_rows_to_neighbours_within_limits():
 def test_row_pieces_keep_order(sparse):
     data = sp.csr_matrix(X[:10]) if sparse else X[:10]
     part = Partition(data, Y[:10], np.arange(10.0))
-    pieces = [_take(part, 0, 3), _take(part, 3, 10)]
-    Xs, ys, ws = _stack(pieces)
+    pieces = [take_rows(part, 0, 3), take_rows(part, 3, 10)]
+    Xs, ys, ws = stack_rows(pieces)
     dense = Xs.toarray() if sparse else Xs
     np.testing.assert_array_equal(dense, X[:10])
     np.testing.assert_array_equal(ys, Y[:10])
     np.testing.assert_array_equal(ws, np.arange(10.0))
-    assert _stack([(X[:2], None, None), (X[2:4], None, None)])[1] is None
+    assert stack_rows([(X[:2], None, None), (X[2:4], None, None)])[1] is None
 
 
 def test_inject_delay_parsing():
@@ -98,16 +99,16 @@ def _close_default():
 
 
 def test_injected_straggler_is_reported_the_tuner_shrinks_and_the_model_is_exact(slow_worker_1):
-    from drizzle_ml.tuner import GroupSizer
+    from drizzle_ml.job_state import JobState
 
     # From a large group (as a checkpoint of a faster run would restore it), 4 ms iterations
     # make the coordination share small: the tuner shrinks every group, additively.
     slow_worker_1(after=0)
-    sizer = GroupSizer("auto").restore({"size": 40})
+    state = JobState({"coef": np.zeros(7)}, tuner={"size": 40})
     with Cluster(2, timeout=60) as cluster:
         with pytest.warns(StragglerWarning, match="worker 1 on host .* is a straggler") as caught:
             result = cluster.run(LeastSquaresGD(0.1), {"coef": np.zeros(7)}, ArrayDataset(X[:200], Y[:200]),
-                                 max_iter=400, sizer=sizer, straggler_groups=2)
+                                 max_iter=400, state=state, straggler_groups=2)
     warning = next(w.message for w in caught if isinstance(w.message, StragglerWarning))
     assert warning.worker == 1 and warning.host
     history = result.history

@@ -26,12 +26,12 @@ import drizzle_ml as dm
 from drizzle_ml.algorithms.online import OnlineLinear, OnlineMoments, StreamingKMeans
 from drizzle_ml.algorithms.persist import load_model, model_info
 from drizzle_ml.program import Partition
-from drizzle_ml.scheduler import STREAM_MIN_GROUP_SECONDS, run_job
+from drizzle_ml.scheduler import run_job
 from drizzle_ml.streams import Batching, RecordFormat, StreamError, StreamReader, StreamSpec, peek_n_features
 from drizzle_ml.streams.file import _TextFileReader
 from drizzle_ml.streams.tcp import _TCPReader
 from drizzle_ml.testing import StreamSum
-from drizzle_ml.tuner import GroupSizer
+from drizzle_ml.tuner import TunerSettings
 
 from .test_recovery import ranks
 
@@ -290,12 +290,10 @@ def test_stream_job_learns_every_record_once_and_publishes_before_the_group_ends
     durable = [v for v in versions if store.get(v).durable]
     assert len(durable) < len(versions) / 2 and store.latest(durable=True).version == result.version
     assert set(result.offsets) == {"p0", "p1"}
-    # Tuned, a stream's groups have a floor in seconds (the overhead alone would shrink them to 1).
-    sizer = GroupSizer("auto")
+    # Tuned (a stream's groups have a floor in seconds: tests/test_tuner.py), the sums are the same.
     tuned = run_job(cluster2, StreamSum(), StreamSum.initial_model(3), "", max_iter=10**6, stream=spec,
-                    sizer=sizer)
+                    tuner=TunerSettings("auto"))
     assert np.array_equal(tuned.model["sums"], result.model["sums"])
-    assert sizer.min_group_seconds == STREAM_MIN_GROUP_SECONDS
 
 
 def test_stream_fit_from_an_iterable_and_stop(cluster2):

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
-from drizzle_ml.tuner import GroupSizer, check_group_size, tuner_options
+from drizzle_ml.tuner import (
+    STREAM_GROUP_SECONDS,
+    STREAM_MIN_GROUP_SECONDS,
+    GroupSizer,
+    TunerSettings,
+    check_group_size,
+    tuner_options,
+)
 
 
 def overhead(k: int, c: float, e: float) -> float:
@@ -104,11 +112,10 @@ def test_respects_min_max_cap_and_react_within():
     assert [sizer.next(0.9) for _ in range(5)] == [16, 32, 50, 50, 50]
     assert sizer.reason == "keep"
     assert min(sizer.next(0.0) for _ in range(100)) == 4
-    sizer.cap = 7  # iterations the job has left
-    assert sizer.next(0.9) == 7 and sizer.reason == "cap"
-    sizer.cap = None
-    sizer.react_within = 0.5  # e.g. checkpoints every 0.5 s at 10 ms per iteration: 50 iterations
-    assert sizer.next(0.9, measured=40, per_iteration=0.02) == 25 and sizer.reason == "cap"
+    assert sizer.next(0.9, remaining=7) == 7 and sizer.reason == "cap"  # iterations the job has left
+    # e.g. checkpoints every 0.5 s at 20 ms per iteration: 25 iterations
+    capped = GroupSizer(replace(sizer.settings, react_within=0.5), state=sizer.state())
+    assert capped.next(0.9, measured=40, per_iteration=0.02) == 25 and capped.reason == "cap"
     fixed = GroupSizer(10)
     assert [fixed.next(0.9), fixed.next(0.0)] == [10, 10] and fixed.reason == "fixed"
 
@@ -120,8 +127,8 @@ def test_a_floor_in_seconds_stops_shrinking_and_gives_way_to_the_cap():
     assert sizer.next(0.0, measured=10, per_iteration=0.004) == 9  # slower iterations: 3 are 10 ms
     assert sizer.next(0.0, measured=3, per_iteration=0.004) == 3 and sizer.reason == "keep"
     assert sizer.next(0.0, measured=2, per_iteration=0.004) == 3 and sizer.reason == "floor"
-    sizer.react_within = 0.005  # the cap wins where the two disagree
-    assert sizer.next(0.0, measured=3, per_iteration=0.001) == 5 and sizer.reason == "cap"
+    capped = GroupSizer(replace(sizer.settings, react_within=0.005), state=sizer.state())
+    assert capped.next(0.0, measured=3, per_iteration=0.001) == 5 and capped.reason == "cap"  # the cap wins
     assert GroupSizer(4, min_group_seconds=1.0).next(0.0, per_iteration=0.001) == 4  # a fixed size stays
     with pytest.raises(ValueError, match="min_group_seconds must be None or seconds > 0, got 0"):
         GroupSizer("auto", min_group_seconds=0)
@@ -141,14 +148,14 @@ def test_state_restore_round_trip():
     simulate(sizer, [(1e-3, 1e-4)] * 300, send_ahead=False)
     state = sizer.state()
     assert state["size"] == sizer.size and state["good"] == 90
-    other = GroupSizer("auto").restore(state)
+    other = GroupSizer("auto", state=state)
     assert other.state() == state
     # Both continue identically.
     assert simulate(other, [(1e-3, 1e-4)] * 50, False) == simulate(sizer, [(1e-3, 1e-4)] * 50, False)
     # A restored size is kept within the (possibly new) bounds; a fixed sizer ignores it.
-    assert GroupSizer("auto", max_group=20).restore(state).size == 20
-    assert GroupSizer(10).restore(state).state() == {"size": 10}
-    assert GroupSizer("auto").restore({"size": 5}).state()["good"] is None  # older checkpoints
+    assert GroupSizer("auto", max_group=20, state=state).size == 20
+    assert GroupSizer(10, state=state).state() == {"size": 10}
+    assert GroupSizer("auto", state={"size": 5}).state()["good"] is None  # older checkpoints
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -159,6 +166,24 @@ def test_state_restore_round_trip():
 def test_bad_options(bad, match):
     with pytest.raises(ValueError, match=match):
         GroupSizer("auto", **bad)
+
+
+def test_settings_are_fixed_and_a_job_adds_its_time_limits():
+    settings = TunerSettings("auto", upper=0.2)
+    with pytest.raises(FrozenInstanceError):
+        settings.upper = 0.3
+    with pytest.raises(TypeError, match="settings or options, not both"):
+        GroupSizer(settings, upper=0.3)
+    assert settings.for_job() == settings
+    # The tighter time limit wins: a reaction time, the checkpoint interval in seconds.
+    job = settings.for_job(react_within=3.0, checkpoint_seconds=2.0)
+    assert (job.react_within, job.min_group_seconds, job.upper) == (2.0, None, 0.2)
+    assert job.for_job(react_within=5.0) == job
+    # A stream's groups last at least STREAM_MIN_GROUP_SECONDS and at most STREAM_GROUP_SECONDS.
+    stream = settings.for_job(streaming=True)
+    assert (stream.react_within, stream.min_group_seconds) == (STREAM_GROUP_SECONDS, STREAM_MIN_GROUP_SECONDS)
+    assert settings.for_job(streaming=True, react_within=0.1, checkpoint_seconds=5.0).react_within == 0.1
+    assert TunerSettings(min_group_seconds=0.5).for_job(streaming=True).min_group_seconds == 0.5
 
 
 def test_tuner_options():

@@ -12,8 +12,9 @@ algorithm:
 * Publication: the tree root sends each new model version to the driver as
   soon as it is made (best effort, never blocking the root), where
   :class:`Publications` makes it visible in the :class:`~drizzle_ml.store.ModelStore`
-  before the group ends. The group boundary then commits it as durable,
-  with every partition's offset in the checkpoint.
+  before the group ends (:class:`PublishingHooks` plugs it into the
+  driver's :class:`~drizzle_ml.group_loop.GroupLoop`). The group boundary
+  then commits it as durable, with every partition's offset in the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import protocol as P
+from ..group_loop import GroupHooks
 from ..layout import Layout
 from ..program import Program
 from ..store import ModelStore
@@ -177,3 +179,27 @@ def latency_percentiles(batches: list[tuple[float, float, float]], qs=(50, 99)) 
         index = int(np.searchsorted(weights, weights[-1] * q / 100.0))
         out[f"latency_p{q}"] = float(arr[order[min(index, len(order) - 1)], 1])
     return out
+
+
+class PublishingHooks(GroupHooks):
+    """A publishing job's part of the group loop: versions drained into the store while the driver
+    waits, and at each boundary the group's record counts and event-to-model latency."""
+
+    urgent = True
+
+    def __init__(self, publications: Publications):
+        self.publications = publications
+        self.poll = publications.drain
+        self.latencies: list[tuple[float, float, float]] = []  # every published batch of the job
+
+    def at_boundary(self, root: P.GroupReport, metrics: dict[str, float]) -> None:
+        self.publications.drain()
+        metrics["records"] = float(sum(root.metrics.get("records", ())))
+        metrics["malformed"] = float(sum(root.metrics.get("malformed", ())))
+        batches = self.publications.take()
+        self.latencies += batches
+        metrics.update(latency_percentiles(batches))
+
+    def result(self) -> dict[str, Any]:
+        return {"latencies": [tuple(b) for b in self.latencies]}
+
