@@ -24,6 +24,13 @@ partial's size:
   size, so runs are reproducible; replicas are checked by digest (see
   :mod:`drizzle_ml.executor`).
 
+A sharded job (see :mod:`drizzle_ml.sharding`) sums its partial's
+coordinate vector by a persistent ``Reduce_scatter`` (:class:`ScatterReduction`:
+each worker receives its shard of the total; the partial's other leaves
+take the small reduction above), all-gathers the coordinates ``local`` reads
+after each update (:class:`ShardGather`), and sums over all coordinates
+inside ``update`` with small all-reduces (:class:`ShardedCoordinates`).
+
 Large partials with a non-sum ``combine`` return None from
 :func:`plan_reduction`: the executor keeps its point-to-point reduce tree
 for them. Where MPI lacks persistent collectives (before MPI-4), the same
@@ -39,7 +46,8 @@ import numpy as np
 from mpi4py import MPI
 
 from .layout import Layout
-from .program import Program
+from .program import Coordinates, Program
+from .sharding import Shard
 
 #: Bytes one gather may bring to each worker (W x the packed partial); above
 #: it summed partials go through Allreduce and others through the tree.
@@ -193,6 +201,136 @@ def plan_reduction(comm: MPI.Intracomm, program: Any, layout: Layout) -> Reducti
     if sums and all(dt.kind in _MPI_SUMMABLE for dt, _, _ in layout.runs):
         return AllreduceReduction(comm, layout)
     return None
+
+
+def _without(partial: Any, where: int | str) -> Any:
+    if isinstance(partial, dict):
+        return {k: v for k, v in partial.items() if k != where}
+    return tuple(v for i, v in enumerate(partial) if i != where)
+
+
+def _with(rest: Any, where: int | str, vector: np.ndarray) -> Any:
+    if isinstance(rest, dict):
+        out = dict(rest)
+        out[where] = vector
+        return out
+    items = list(rest)
+    items.insert(where, vector)
+    return tuple(items)
+
+
+class ScatterReduction:
+    """A sharded job's reduction: the partial's coordinate vector by reduce-scatter, the rest summed.
+
+    ``total()`` is the partial's structure with this worker's shard of the
+    summed vector in place of the vector (``program.sharded_partial`` says
+    where it is) and the other leaves summed whole.
+    """
+
+    kind = "scatter"
+
+    def __init__(self, comm: MPI.Intracomm, program: Any, partial: Any, shard: Shard):
+        where = program.sharded_partial
+        vector = partial[where]
+        if not (isinstance(vector, np.ndarray) and vector.dtype == np.float64 and vector.shape == (shard.n,)):
+            raise ValueError(f"a sharded program's partial[{where!r}] must be a float64 vector of its "
+                             f"{shard.n} coordinates, got {getattr(vector, 'dtype', type(vector).__name__)} "
+                             f"of shape {np.shape(vector)}")
+        if not sums_leafwise(program):
+            raise ValueError("a sharded program's partials must be summed (the default combine)")
+        self.where = where
+        self.send = np.zeros(shard.n)
+        self.recv = np.zeros(shard.hi - shard.lo)
+        self.scatter = Collective(comm, "Reduce_scatter", self.send, self.recv, list(shard.counts), MPI.SUM)
+        rest = _without(partial, where)
+        self.rest = plan_reduction(comm, program, Layout(rest, by_dtype=True)) if rest else None
+        if rest and self.rest is None:
+            raise ValueError("a sharded program's partial besides its coordinate vector must be small and summed")
+
+    def start(self, partial: Any) -> None:
+        np.copyto(self.send, partial[self.where])
+        self.scatter.start()
+        if self.rest is not None:
+            self.rest.start(_without(partial, self.where))
+
+    def test(self) -> bool:
+        done = self.scatter.test()
+        return (self.rest is None or self.rest.test()) and done
+
+    def total(self) -> Any:
+        rest = self.rest.total() if self.rest is not None else ({} if isinstance(self.where, str) else ())
+        return _with(rest, self.where, self.recv.copy())
+
+    def free(self) -> None:
+        self.scatter.free()
+        if self.rest is not None:
+            self.rest.free()
+
+
+class ShardGather:
+    """After each update, every worker's shard of the keys ``local`` reads, whole on every worker."""
+
+    def __init__(self, comm: MPI.Intracomm, shard: Shard, keys: tuple[str, ...]):
+        self.keys = keys
+        self.full = {}
+        self.send = {}
+        self.collectives = []
+        counts, displacements = list(shard.counts), list(shard.displacements)
+        for key in keys:
+            start = np.asarray(shard.gathered[key])
+            if start.ndim != 1 or start.dtype != np.float64:
+                raise ValueError(f"sharded key {key!r}, which local reads, must be a float64 vector")
+            self.full[key] = np.array(start)
+            self.send[key] = np.zeros(shard.hi - shard.lo)
+            self.collectives.append(Collective(comm, "Allgatherv", self.send[key],
+                                               [self.full[key], counts, displacements, MPI.DOUBLE]))
+
+    def start(self, model: dict) -> None:
+        for key, collective in zip(self.keys, self.collectives):
+            np.copyto(self.send[key], model[key])
+            collective.start()
+
+    def test(self) -> bool:
+        return all([c.test() for c in self.collectives])
+
+    def view(self, model: dict) -> dict:
+        """``model`` (this worker's shards) with the gathered keys whole: what ``local`` reads."""
+        return {**model, **self.full}
+
+    def free(self) -> None:
+        for collective in self.collectives:
+            collective.free()
+
+
+class ShardedCoordinates(Coordinates):
+    """Sums over all coordinates from every worker's shard: small nonblocking all-reduces, waited on
+    with the job's timeout (``wait(test, what)``)."""
+
+    sharded = True
+
+    def __init__(self, comm: MPI.Intracomm, shard: Shard, wait: Callable[[Callable[[], bool], str], Any]):
+        super().__init__(shard.n, shard.lo, shard.hi)
+        self.comm, self.wait = comm, wait
+
+    def _allreduce(self, parts: np.ndarray, op: MPI.Op) -> np.ndarray:
+        out = np.empty_like(parts)
+        request = self.comm.Iallreduce(parts, out, op)
+        if not request.Test():
+            self.wait(request.Test, "the other workers' sums over their shards")
+        return out
+
+    def dot(self, a: np.ndarray, b: np.ndarray) -> float:
+        return float(self._allreduce(np.array([a.ravel() @ b.ravel()]), MPI.SUM)[0])
+
+    def sums(self, parts: np.ndarray) -> np.ndarray:
+        return self._allreduce(np.ascontiguousarray(parts, dtype=np.float64), MPI.SUM)
+
+    def max_abs(self, a: np.ndarray) -> float:
+        # MPI_MAX need not carry a NaN through: send it as a flag beside the maximum.
+        m = float(np.max(np.abs(a), initial=0.0)) if a.size else 0.0
+        nan = m != m
+        top, flag = self._allreduce(np.array([0.0 if nan else m, float(nan)]), MPI.MAX)
+        return float("nan") if flag else float(top)
 
 
 class ModelBroadcast:

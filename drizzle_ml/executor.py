@@ -29,7 +29,14 @@ from mpi4py import MPI
 
 from . import protocol as P
 from .adaptivity import inject_delay
-from .collectives import ModelBroadcast, Reduction, plan_reduction
+from .collectives import (
+    ModelBroadcast,
+    Reduction,
+    ScatterReduction,
+    ShardedCoordinates,
+    ShardGather,
+    plan_reduction,
+)
 from .errors import VersionMismatchError
 from .layout import Layout
 from .program import Partition
@@ -220,6 +227,12 @@ class JobExecutor:
             self.stream = StreamReader(s.source, s.fmt, s.batching,
                                        worker_partitions(self.me, rt.n_workers, s.n_partitions),
                                        s.n_partitions, s.offsets, self.me)
+        # A sharded job: this worker holds and updates its shard of the sharded keys.
+        self.shard = spec.shard
+        self.gather: ShardGather | None = None
+        if self.shard is not None:
+            spec.program.coordinates = ShardedCoordinates(comm, self.shard, self._wait_collective)
+            self.gather = ShardGather(comm, self.shard, tuple(k for k in self.shared_keys if k in self.shard.keys))
         publishes = spec.publish and self.is_root
         self.publisher = Publisher(rt.ctrl, self.job, spec.model, rt.ring_driver) if publishes else None
 
@@ -229,6 +242,9 @@ class JobExecutor:
         self.planned = True
         layout = Layout(partial, by_dtype=True)
         self._check_layouts(layout)
+        if self.shard is not None:
+            self.reduction = ScatterReduction(self.comm, self.program, partial, self.shard)
+            return
         choice = self.reduction_choice
         self.reduction = None if choice == "tree" else plan_reduction(self.comm, self.program, layout)
         if self.reduction is None:
@@ -311,6 +327,12 @@ class JobExecutor:
             spin = max(self.rt.policy.spin, min(0.25 * self._iter_estimate, 5e-3))
         return self.rt.wait(test, what, extra=4 * self._iter_estimate, spin=spin)
 
+    def _wait_collective(self, test: Callable[[], Any], what: str) -> Any:
+        self._in_flight = True
+        result = self._wait(test, what, collective=True)
+        self._in_flight = False
+        return result
+
     def _wait_batch(self, test: Callable[[], Any], poll_interval: float) -> Any:
         # Waiting for records is not waiting on a peer: look at the source
         # every poll_interval without spinning; cuts are due within the batch
@@ -343,7 +365,7 @@ class JobExecutor:
                 part = self.stream.next_batch(self._wait_batch)
                 t0 = perf()
                 times.source += t0 - t_source
-            partial = self.program.local(self.model, part)
+            partial = self.program.local(self.model if self.gather is None else self.gather.view(self.model), part)
             times.compute += perf() - t0
             if not self.planned:
                 self._plan(partial)
@@ -370,10 +392,11 @@ class JobExecutor:
             version=self.version,
             stopped=self.stopped,
             timings=times,
-            model=dict(self.model) if self.is_root else None,
+            model=self._replicated_keys() if self.is_root else None,
             metrics=metrics,
             offsets=None if self.stream is None else self.stream.offsets(),
-            digest=model_digest(self.model) if self.replicated else None,
+            digest=model_digest(self._replicated_keys()) if self.replicated else None,
+            shard=None if self.shard is None else {k: self.model[k] for k in self.shard.keys},
             reduction=self.reduction_name(),
         )
 
@@ -410,10 +433,18 @@ class JobExecutor:
         offset = part.row_offset + lo - sum(p[0].shape[0] for p in before)
         self.partition = Partition(X, y, sw, row_offset=offset, n_total=part.n_total, worker=me)
 
+    def _replicated_keys(self) -> dict:
+        """The model's keys every updating worker holds whole (all of them unless sharded)."""
+        if self.shard is None:
+            return dict(self.model)
+        return {k: v for k, v in self.model.items() if k not in self.shard.keys}
+
     def reduction_name(self) -> str:
-        """``gather``/``allreduce``/``tree``, and where the update ran (see JobResult.reduction)."""
+        """``gather``/``allreduce``/``scatter``/``tree``, and where the update ran (see JobResult.reduction)."""
         if self.reduction is None:
             return "tree+broadcast"
+        if self.shard is not None:
+            return "scatter+sharded"
         return self.reduction.kind + ("+replicated" if self.replicated else "+broadcast")
 
     def _collective_iteration(self, it: int, partial: Any, times: P.GroupTimings, metrics: dict) -> bool:
@@ -451,6 +482,8 @@ class JobExecutor:
             bcast.start(new_model, self.version, it, stop)
             self._bcast_pending = not bcast.test()
             times.broadcast += perf() - t3
+        if self.shard is not None:
+            self._gather_shards(new_model, it, times)
         self.model = new_model
         if self.is_root:
             if self.publisher is not None:
@@ -458,6 +491,14 @@ class JobExecutor:
             for key, value in step_metrics.items():
                 metrics.setdefault(key, []).append(float(value))
         return stop
+
+    def _gather_shards(self, model: dict, it: int, times: P.GroupTimings) -> None:
+        """Every worker's new shard of the keys ``local`` reads, whole here for the next ``local``."""
+        t0 = time.perf_counter()
+        self.gather.start(model)
+        if not self.gather.test():
+            self._wait_collective(self.gather.test, f"the other workers' shards of iteration {it}")
+        times.broadcast += time.perf_counter() - t0
 
     def _tree_iteration(self, it: int, acc: Any, times: P.GroupTimings, metrics: dict) -> bool:
         """One iteration over the point-to-point reduce tree; True when the job stops after it."""
@@ -537,9 +578,9 @@ class JobExecutor:
                 # An aborted job may leave a collective started on some workers
                 # only: it can neither complete nor be freed. The job's
                 # communicator is abandoned with it, and no later job uses it.
-                _ABANDONED.append((self.comm, self.reduction, self.broadcast))
+                _ABANDONED.append((self.comm, self.reduction, self.broadcast, self.gather))
             else:
-                for part in (self.reduction, self.broadcast):
+                for part in (self.reduction, self.broadcast, self.gather):
                     if part is not None:
                         part.free()
                 self.comm.Free()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import protocol as P
+from . import sharding
 from .data import ContentChanged
 from .errors import ReplicaMismatchError
 from .metrics import GroupMetrics, JobResult
@@ -140,6 +141,13 @@ def check_replicas(reports: list[P.GroupReport], root: P.GroupReport) -> None:
                 "set DRIZZLE_UPDATE=root to update on one worker and broadcast", report.worker)
 
 
+def whole_model(reports: list[P.GroupReport], root: P.GroupReport) -> dict:
+    """The model the group made: the root's, with every worker's shard of a sharded model."""
+    if root.shard is None:
+        return root.model
+    return sharding.assemble(root.model, [r.shard for r in sorted(reports, key=lambda r: r.worker)])
+
+
 def last_metrics(root: P.GroupReport) -> dict[str, float]:
     """The root's metrics of the group's last iteration (without the arrival stamps of publications)."""
     out = {k: v[-1] for k, v in root.metrics.items() if v}
@@ -229,7 +237,7 @@ class GroupLoop:
             check_replicas(reports, root)
             for key, values in root.metrics.items():
                 iteration_metrics.setdefault(key, []).extend(values)
-            model, n_done, converged = root.model, root.n_done, root.stopped
+            model, n_done, converged = whole_model(reports, root), root.n_done, root.stopped
             metrics_now = last_metrics(root)
             for r in reports:
                 offsets.update(r.offsets or {})

@@ -44,6 +44,43 @@ class Partition:
         return self.X.shape[0]
 
 
+class Coordinates:
+    """Where ``update`` finds a program's coordinate vectors: all of them (replicated, this class),
+    or one worker's contiguous shard of them (the engine's sharded subclass).
+
+    An ``update`` that may run sharded computes anything over all coordinates
+    through this object: dot products, norms, maxima. Replicated, they are
+    plain numpy; sharded, each is this worker's part combined with the other
+    workers' parts, identical on every worker. ``lo``/``hi`` bound this
+    worker's coordinates (of ``n``; ``hi`` is None when replicated).
+    """
+
+    sharded = False
+
+    def __init__(self, n: int | None = None, lo: int = 0, hi: int | None = None):
+        self.n, self.lo, self.hi = n, lo, hi
+
+    def shard(self, full: np.ndarray) -> np.ndarray:
+        """This worker's coordinates of a full-length array (its last axis)."""
+        return full if self.hi is None else full[..., self.lo:self.hi]
+
+    def dot(self, a: np.ndarray, b: np.ndarray) -> float:
+        """``a · b`` over all coordinates."""
+        return float(a.ravel() @ b.ravel())
+
+    def sums(self, parts: np.ndarray) -> np.ndarray:
+        """Several sums over all coordinates at once, from this worker's parts (a small float64 array)."""
+        return parts
+
+    def max_abs(self, a: np.ndarray) -> float:
+        """``max |a_i|`` over all coordinates (0 for none; NaN if any is NaN)."""
+        return float(np.max(np.abs(a), initial=0.0)) if a.size else 0.0
+
+
+#: The replicated case, where every worker holds every coordinate.
+REPLICATED = Coordinates()
+
+
 class Program:
     """Base class of an iterative algorithm run by the engine.
 
@@ -72,6 +109,20 @@ class Program:
     #: iteration; ``None`` means all keys. Other keys (optimizer state) stay
     #: on the root and reach the driver with the group report.
     shared: tuple[str, ...] | None = None
+
+    #: Model keys whose last axis is one vector of coordinates (weights,
+    #: gradients, optimizer memory), which the engine may shard across the
+    #: workers when the model is large: each worker then holds and updates
+    #: coordinates ``lo:hi`` of these keys, and ``update`` sees only those
+    #: (see :class:`Coordinates`). Empty: the model is always replicated.
+    sharded: tuple[str, ...] = ()
+    #: Where the partial holds its coordinate vector (a top-level index or key,
+    #: a float64 array of the coordinates' length): when the model is sharded,
+    #: it is summed by a reduce-scatter, each worker receiving its shard.
+    sharded_partial: int | str | None = None
+
+    #: Set by the engine for a sharded job (see :class:`Coordinates`).
+    coordinates: Coordinates = REPLICATED
 
     def local(self, model: Model, partition: Partition) -> Any:
         raise NotImplementedError

@@ -57,6 +57,7 @@ class StartJob:
     publish: bool = False  # the root sends every new version to the driver (streaming.Publisher)
     replicate: bool = True  # every worker applies update to the reduced total (else: the root, then Bcast)
     reduction: str = "auto"  # "auto" (see drizzle_ml.collectives) or "tree" (the point-to-point tree)
+    shard: Any = None  # a sharding.Shard: this worker's part of a sharded model (model holds only its shards)
 
 
 @dataclass
@@ -142,6 +143,7 @@ class GroupReport:
     offsets: dict[str, Any] | None = None  # stream jobs: this worker's partition offsets after the group
     digest: int | None = None  # replicated jobs: executor.model_digest of this worker's replica
     reduction: str = ""  # how this job combines partials (JobResult.reduction)
+    shard: dict | None = None  # a sharded job: this worker's shard of the sharded keys
 
 
 @dataclass

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mpi4py import MPI
 
 from . import protocol as P
+from . import sharding as sharding_
 from .adaptivity import Adaptivity
 from .checkpoint import CheckpointStore
 from .group_loop import GroupHooks, GroupLoop, GroupPlan, confirm_data
@@ -64,6 +66,7 @@ def run_job(
     straggler_groups: int = 3,
     confirm: Callable[[], bool] | None = None,
     state: JobState | None = None,
+    sharding: str = "auto",
 ) -> JobResult:
     """Run ``program`` for at most ``max_iter`` iterations from ``model`` (at ``version``).
 
@@ -95,6 +98,10 @@ def run_job(
     is aborted and :class:`~drizzle_ml.data.ContentChanged` raised.
     ``tuner`` (:class:`~drizzle_ml.tuner.TunerSettings`, instead of
     ``group_size``) configures the group-size tuner for the job.
+    ``sharding`` (``"auto"``, ``"replicated"``, ``"sharded"``) says whether
+    a program that declares sharded keys runs with its coordinates split
+    across the workers (see :mod:`drizzle_ml.sharding`); ``JobResult.reduction``
+    says what was chosen (``scatter+sharded``).
     ``state`` (a :class:`~drizzle_ml.job_state.JobState`) is committed at every
     group boundary: what a recovery continues from; its ``tuner`` state, if
     any, is where the group-size tuner starts.
@@ -119,6 +126,10 @@ def run_job(
             raise ValueError("a stream job runs with scheduling='group'")
         program = StreamStep(program, cluster.n_workers)
         model = {**model, RECORDS_KEY: np.asarray(model.get(RECORDS_KEY, np.zeros(1)), dtype=np.float64)}
+    shard_keys = sharding_.choose(
+        program, model, sharding, cluster.n_workers,
+        possible=(scheduling == "group" and stream is None and not publish and cluster.replicated_updates
+                  and cluster.reduction != "tree"))
     commits = Commits(state, checkpoints, checkpoint_every, checkpoint_params)
     settings = (tuner or TunerSettings(group_size)).for_job(
         streaming=stream is not None, react_within=react_within, checkpoint_seconds=commits.seconds)
@@ -134,9 +145,13 @@ def run_job(
         adapt = Adaptivity(cluster, job, sizer, rebalance, straggler_factor, straggler_groups)
         model = {k: np.asarray(v) for k, v in model.items()}
         t_job = time.perf_counter()
-        cluster.broadcast(P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version,
-                                     cluster.fanout, scheduling, cluster.timeout, stream, publish,
-                                     replicate=cluster.replicated_updates, reduction=cluster.reduction))
+        start = P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version, cluster.fanout, scheduling,
+                           cluster.timeout, stream, publish, replicate=cluster.replicated_updates,
+                           reduction=cluster.reduction)
+        if shard_keys:
+            _start_sharded(cluster, start, shard_keys, program)
+        else:
+            cluster.broadcast(start)
         hooks = PublishingHooks(Publications(cluster.ctrl, job, model, store)) if publish else GroupHooks()
         try:
             if scheduling == "bsp":
@@ -156,6 +171,19 @@ def run_job(
             raise
         result.wall = time.perf_counter() - t_job
         return result
+
+
+def _start_sharded(cluster: Cluster, start: P.StartJob, keys: tuple[str, ...], program: Any) -> None:
+    """Each worker's StartJob with its shard of the sharded keys (and, whole, the keys ``local`` reads)."""
+    model = start.model
+    n = sharding_.n_coordinates(model, keys)
+    spans = sharding_.bounds(n, cluster.n_workers)
+    counts = tuple(hi - lo for lo, hi in spans)
+    shared = tuple(model) if program.shared is None else tuple(program.shared)
+    gathered = {k: model[k] for k in keys if k in shared}
+    for worker, (lo, hi) in enumerate(spans):
+        shard = sharding_.Shard(keys, lo, hi, n, counts, gathered)
+        cluster.broadcast(replace(start, model=sharding_.split(model, keys, lo, hi), shard=shard), [worker])
 
 
 def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group, commits, sizer):

@@ -159,3 +159,42 @@ class DivergentReplica(Program):
     def update(self, model, total, iteration):
         drift = 1e-12 if self.here == self.worker else 0.0
         return {"x": model["x"] + total + drift}, {}
+
+
+class ShardedMomentumGD(Program):
+    """Least squares by gradient descent with momentum, written to run sharded or replicated.
+
+    ``w`` (read by ``local``) and the momentum ``m`` are coordinate vectors the
+    engine may shard; ``t`` counts updates on every worker. Metrics use sums
+    over all coordinates (``gnorm``, ``gmax``), so a sharded run exercises
+    :class:`~drizzle_ml.program.Coordinates`. ``nan_at`` makes the gradient
+    NaN at that iteration on the shard holding coordinate 0; ``partial_dtype``
+    other than float64 makes a partial a sharded job must refuse.
+    """
+
+    shared = ("w",)
+    sharded = ("w", "m")
+    sharded_partial = 0
+
+    def __init__(self, learning_rate: float = 0.1, momentum: float = 0.9, nan_at: int | None = None,
+                 partial_dtype: type = np.float64):
+        self.learning_rate, self.momentum, self.nan_at = learning_rate, momentum, nan_at
+        self.partial_dtype = partial_dtype
+
+    @staticmethod
+    def initial_model(n_features: int) -> dict[str, np.ndarray]:
+        return {"w": np.zeros(n_features), "m": np.zeros(n_features), "t": np.zeros(1)}
+
+    def local(self, model, part: Partition):
+        r = part.X @ model["w"] - part.y
+        return (np.asarray(part.X.T @ r, dtype=self.partial_dtype), np.array([0.5 * float(r @ r), float(part.n_rows)]))
+
+    def update(self, model, total, iteration):
+        g, (loss, n) = total
+        g = g / n
+        if iteration == self.nan_at and self.coordinates.lo == 0:
+            g[0] = np.nan
+        m = self.momentum * model["m"] + g
+        c = self.coordinates
+        metrics = {"loss": loss / n, "gnorm": c.dot(g, g) ** 0.5, "gmax": c.max_abs(g)}
+        return {"w": model["w"] - self.learning_rate * m, "m": m, "t": model["t"] + 1}, metrics
