@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from drizzle_ml.data import HDF5Dataset, read_hdf5_partition
 from drizzle_ml.datasets import tools
 from drizzle_ml.datasets.tools import convert, describe, make_dataset
+from drizzle_ml.launch.datasets import add_datasets_parser, run_datasets
 
 
 def read(path, x_key="X", y_key="y"):
@@ -400,7 +401,7 @@ def test_describe(tmp_path):
 def parser():
     p = argparse.ArgumentParser(prog="drizzle-ml")
     sub = p.add_subparsers(dest="command", required=True)
-    tools.add_datasets_parser(sub)
+    add_datasets_parser(sub)
     return p
 
 
@@ -408,7 +409,7 @@ def test_cli_make_convert_info(tmp_path, capsys):
     out = tmp_path / "c.h5"
     args = parser().parse_args(["datasets", "make", "classification", "--rows", "200", "--features", "4",
                                 "--classes", "3", "--seed", "2", "-o", str(out)])
-    assert tools.run_datasets(args) == 0
+    assert run_datasets(args) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}: 200 rows x 4 features (dense), y: 3 classes"
     make_dataset("classification", tmp_path / "d.h5", 200, 4, random_state=2, n_classes=3)
     np.testing.assert_array_equal(read(out)[0], read(tmp_path / "d.h5")[0])
@@ -417,14 +418,14 @@ def test_cli_make_convert_info(tmp_path, capsys):
     src.write_text("y,a,b\n1,0.5,2\n0,1.5,3\n")
     args = parser().parse_args(["datasets", "convert", str(src), "-o", str(tmp_path / "t.h5"),
                                 "--label-column", "y"])
-    tools.run_datasets(args)
+    run_datasets(args)
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 't.h5'}: 2 rows x 2 features (dense), y: 2 classes"
     args = parser().parse_args(["datasets", "convert", str(src), "-o", str(tmp_path / "u.h5"),
                                 "--label-column", "0", "--header", "--format", "csv", "--y-key", "target"])
-    tools.run_datasets(args)
+    run_datasets(args)
     assert read(tmp_path / "u.h5", y_key="target")[1].tolist() == [1, 0]
 
-    tools.run_datasets(parser().parse_args(["datasets", "info", str(out)]))
+    run_datasets(parser().parse_args(["datasets", "info", str(out)]))
     text = capsys.readouterr().out
     assert f"{out}: 200 rows x 4 features, dense float64" in text
     assert "3 classes" in text and "kind: classification" in text
@@ -433,9 +434,9 @@ def test_cli_make_convert_info(tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path):
     args = parser().parse_args(["datasets", "make", "blobs", "--rank", "2", "-o", str(tmp_path / "x.h5")])
     with pytest.raises(ValueError, match="--rank applies to lowrank datasets, not blobs"):
-        tools.run_datasets(args)
+        run_datasets(args)
     args = parser().parse_args(["datasets", "convert", str(tmp_path / "no.csv"), "-o", str(tmp_path / "x.h5")])
     with pytest.raises(FileNotFoundError, match="no.csv: no such file"):
-        tools.run_datasets(args)
+        run_datasets(args)
     with pytest.raises(SystemExit):
         parser().parse_args(["datasets", "convert", "a.csv", "-o", "b.h5", "--header", "--no-header"])
