@@ -1,8 +1,31 @@
-"""Datasets: the bundled default and loaders for the engine's data paths."""
+"""Datasets: the bundled defaults, and making, converting and inspecting the HDF5 files the engine reads."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from .tools import (
+    FORMATS,
+    KINDS,
+    convert,
+    describe,
+    make_dataset,
+    parquet_info_lines,
+    parquet_summary_line,
+    summary_line,
+)
+
+__all__ = [
+    "FORMATS",
+    "KINDS",
+    "convert",
+    "describe",
+    "load_default",
+    "make_dataset",
+    "parquet_info_lines",
+    "parquet_summary_line",
+    "summary_line",
+]
 
 
 def load_default(task: str = "classification") -> tuple[np.ndarray, np.ndarray, str]:

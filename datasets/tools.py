@@ -445,7 +445,7 @@ def make_dataset(
         model = f.create_group("model")
         for name, arr in gen.model.items():
             model.create_dataset(name, data=arr)
-        f.attrs["generator"] = "drizzle_ml.datasets.tools.make_dataset"
+        f.attrs["generator"] = "drizzle_ml.datasets.make_dataset"
         f.attrs["kind"] = kind
         f.attrs["seed"] = seed
         f.attrs["rows"] = rows
@@ -1031,7 +1031,7 @@ def convert(
                 info = _convert_parquet(src_s, f, x_key, y_key, label_column, features, chunk_rows)
             else:
                 info = _convert_libsvm(src_s, f, x_key, y_key, chunk_rows, n_features, zero_based, directory)
-            f.attrs["converted_by"] = "drizzle_ml.datasets.tools.convert"
+            f.attrs["converted_by"] = "drizzle_ml.datasets.convert"
             f.attrs["source"] = os.path.basename(src_s)
             f.attrs["format"] = fmt
             for name, value in info.items():

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from drizzle_ml.datasets.tools import (
+from drizzle_ml.datasets import (
     FORMATS,
     KINDS,
     convert,

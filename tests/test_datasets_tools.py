@@ -1,6 +1,7 @@
 """drizzle_ml.datasets.tools: make, convert and describe HDF5 dataset files (real files, small data)."""
 
 import argparse
+import importlib
 import os
 
 import h5py
@@ -9,8 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from drizzle_ml.data import HDF5Dataset, read_hdf5_partition
-from drizzle_ml.datasets import tools
-from drizzle_ml.datasets.tools import convert, describe, make_dataset
+from drizzle_ml.datasets import KINDS, convert, describe, make_dataset, tools
 from drizzle_ml.launch.datasets import add_datasets_parser, run_datasets
 
 
@@ -62,7 +62,7 @@ def test_make_each_kind_shapes_dtypes_and_attributes(tmp_path, kind, options, ha
     assert (ds.n_rows, ds.n_features) == (300, 6)
 
 
-@pytest.mark.parametrize("kind", tools.KINDS)
+@pytest.mark.parametrize("kind", KINDS)
 def test_make_is_determined_by_the_seed_not_the_chunk_size(tmp_path, kind, monkeypatch):
     # small random blocks, so that chunks of 7 and 64 rows cross block boundaries differently
     monkeypatch.setattr(tools, "_BLOCK_ROWS", 50)
@@ -110,6 +110,9 @@ def test_make_errors(tmp_path):
         make_dataset("spiral", tmp_path / "x.h5", 10, 2)
     with pytest.raises(ValueError, match="rows must be a positive integer, got 0"):
         make_dataset("blobs", tmp_path / "x.h5", 0, 2)
+    for chunk_rows in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"chunk_rows must be a positive integer, got {chunk_rows!r}"):
+            make_dataset("blobs", tmp_path / "x.h5", 10, 2, chunk_rows=chunk_rows)
     with pytest.raises(ValueError, match="blobs datasets take no option 'rank'"):
         make_dataset("blobs", tmp_path / "x.h5", 10, 2, rank=2)
     with pytest.raises(ValueError, match="rank=5 exceeds features=3"):
@@ -396,6 +399,16 @@ def test_describe(tmp_path):
     (tmp_path / "t.h5").write_text("text")
     with pytest.raises(ValueError, match="t.h5: not an HDF5 file"):
         describe(tmp_path / "t.h5")
+
+
+def test_files_name_the_public_function_that_made_them(tmp_path):
+    make_dataset("blobs", tmp_path / "b.h5", 10, 2)
+    np.save(tmp_path / "x.npy", np.ones((3, 2)))
+    convert(tmp_path / "x.npy", tmp_path / "x.h5")
+    for path, attribute, function in ((tmp_path / "b.h5", "generator", make_dataset),
+                                      (tmp_path / "x.h5", "converted_by", convert)):
+        module, name = describe(path)["attributes"][attribute].rsplit(".", 1)
+        assert module == "drizzle_ml.datasets" and getattr(importlib.import_module(module), name) is function
 
 
 def parser():
