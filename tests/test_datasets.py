@@ -1,4 +1,4 @@
-"""drizzle_ml.datasets.tools: make, convert and describe HDF5 dataset files (real files, small data)."""
+"""drizzle_ml.datasets and its command line: make, convert and describe dataset files (real files, small data)."""
 
 import argparse
 import importlib
@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from drizzle_ml.data import HDF5Dataset, read_hdf5_partition
-from drizzle_ml.datasets import KINDS, convert, describe, make_dataset, tools
+from drizzle_ml.datasets import KINDS, convert, describe, make, make_dataset
 from drizzle_ml.launch.datasets import add_datasets_parser, run_datasets
 
 
@@ -65,7 +65,7 @@ def test_make_each_kind_shapes_dtypes_and_attributes(tmp_path, kind, options, ha
 @pytest.mark.parametrize("kind", KINDS)
 def test_make_is_determined_by_the_seed_not_the_chunk_size(tmp_path, kind, monkeypatch):
     # small random blocks, so that chunks of 7 and 64 rows cross block boundaries differently
-    monkeypatch.setattr(tools, "_BLOCK_ROWS", 50)
+    monkeypatch.setattr(make, "_BLOCK_ROWS", 50)
     make_dataset(kind, tmp_path / "a.h5", 230, 4, random_state=1, chunk_rows=7)
     make_dataset(kind, tmp_path / "b.h5", 230, 4, random_state=1, chunk_rows=64)
     make_dataset(kind, tmp_path / "c.h5", 230, 4, random_state=1)

@@ -1,24 +1,9 @@
-"""Make, convert and inspect the HDF5 files the engine reads (:class:`drizzle_ml.data.HDF5Dataset`);
-convert Parquet to HDF5 and back (pyarrow, imported only then).
+"""Conversion to the engine's HDF5 layout, and to Parquet: :func:`convert` and a reader per format.
 
-Layout written by every function here:
-
-* ``X``: a dense 2-D dataset ``(n_rows, n_features)``, chunked by rows; or,
-  for sparse input (LIBSVM), a group ``X`` holding CSR arrays ``data``
-  (float64), ``indices`` (int32), ``indptr`` (int64) and an attribute
-  ``shape = (n_rows, n_features)``;
-* ``y``: a 1-D dataset ``(n_rows,)`` (absent when there are no labels);
-* file attributes saying how the file was made (kind, parameters, seed, or
-  the source file and its format).
-
-Everything streams: :func:`make_dataset` generates rows chunk by chunk and
-:func:`convert` reads its source chunk by chunk, so files larger than memory
-can be made and converted. Output goes to a temporary file in the
-destination's directory that is renamed into place once complete, so a
-failed run never leaves a half-written file behind.
-
-Errors are ``ValueError`` / ``FileNotFoundError`` / ``FileExistsError`` with
-one-line messages that name the file and, for text input, the line.
+CSV, NPY/NPZ, LIBSVM and Parquet input stream into HDF5 (:func:`_convert_csv`,
+:func:`_convert_arrays`, :func:`_convert_libsvm`, :func:`_convert_parquet`);
+Parquet output is written from HDF5 (:func:`_write_parquet`), through a
+temporary HDF5 file for text and array input.
 """
 
 from __future__ import annotations
@@ -37,16 +22,9 @@ import numpy as np
 
 from drizzle_ml.files import atomic_output
 
-__all__ = [
-    "KINDS",
-    "FORMATS",
-    "make_dataset",
-    "convert",
-    "describe",
-    "summary_line",
-]
+from ._h5files import check_chunk_rows, h5_chunk_rows, json_attr, positive_int, work_chunk_rows
+from .summary import describe
 
-KINDS = ("classification", "regression", "lowrank", "blobs")
 FORMATS = ("csv", "npy", "npz", "libsvm", "parquet", "hdf5")
 
 _EXTENSIONS = {
@@ -63,54 +41,6 @@ _EXTENSIONS = {
     ".hdf5": "hdf5",
     ".hdf": "hdf5",
 }
-
-# Rows of one random stream in make_dataset. Fixed: each block of this many
-# rows draws from its own generator seeded by (seed, block index), so a file
-# depends on the seed only, never on the chunk size used to write it.
-_BLOCK_ROWS = 65536
-
-# Target size of one HDF5 chunk (bytes), and of one in-memory work chunk.
-_H5_CHUNK_BYTES = 1 << 20
-_WORK_CHUNK_BYTES = 1 << 25
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _h5_chunk_rows(n_features: int, itemsize: int = 8) -> int:
-    return max(1, min(65536, _H5_CHUNK_BYTES // max(1, n_features * itemsize)))
-
-
-def _work_chunk_rows(n_features: int) -> int:
-    return max(1, min(1 << 20, _WORK_CHUNK_BYTES // max(1, 8 * n_features)))
-
-
-def _check_chunk_rows(chunk_rows: int | None, default: int) -> int:
-    if chunk_rows is None:
-        return default
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
-    return int(chunk_rows)
-
-
-def _json_attr(value: Any) -> Any:
-    """An HDF5-storable form of a parameter value."""
-    if value is None:
-        return "none"
-    if isinstance(value, (bool, int, float, str, np.integer, np.floating)):
-        return value
-    return json.dumps(value)
-
-
-def _python(value: Any) -> Any:
-    """h5py attribute values as plain Python objects."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 class _LabelSink:
@@ -150,7 +80,7 @@ class _RowWriter:
             shape=(0, n_features),
             maxshape=(None, n_features),
             dtype=dtype,
-            chunks=(_h5_chunk_rows(n_features, np.dtype(dtype).itemsize), n_features),
+            chunks=(h5_chunk_rows(n_features, np.dtype(dtype).itemsize), n_features),
         )
         self.n = 0
 
@@ -160,303 +90,6 @@ class _RowWriter:
         self.dset.resize(self.n + len(rows), axis=0)
         self.dset[self.n : self.n + len(rows)] = rows
         self.n += len(rows)
-
-
-# --------------------------------------------------------------------------- make
-
-
-def _seed_seq(seed: int, *key: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence(seed, spawn_key=key)
-
-
-class _Generator:
-    """Parameters of one synthetic dataset kind and its per-row sampler.
-
-    ``sample(streams, m)`` draws the next ``m`` rows from the block's
-    generators; each stream is used for one kind of draw only, so drawing a
-    block in several pieces yields exactly the rows of drawing it at once.
-    """
-
-    has_y = True
-    y_dtype: Any = np.int64
-
-    def __init__(self, rows: int, features: int, rng: np.random.Generator, **options: Any):
-        raise NotImplementedError
-
-    params: dict[str, Any]
-    model: dict[str, np.ndarray]
-
-    def sample(self, streams: list[np.random.Generator], m: int) -> tuple[np.ndarray, np.ndarray | None]:
-        raise NotImplementedError
-
-
-def _matmul_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``A @ B`` computed so that each row's result depends on that row only.
-
-    BLAS picks different kernels (and summation orders) for different numbers
-    of rows, so ``A @ B`` on a chunk can differ in the last bit from the same
-    rows in another chunk; this fixed-order accumulation cannot.
-    """
-    out = np.zeros((A.shape[0],) + B.shape[1:])
-    for j in range(A.shape[1]):
-        out += A[:, j, None] * B[j] if B.ndim == 2 else A[:, j] * B[j]
-    return out
-
-
-def _labels(stream: np.random.Generator, m: int, n: int) -> np.ndarray:
-    # uniform doubles (one draw each, no buffering across calls), not integers()
-    return np.minimum((stream.random(m) * n).astype(np.int64), n - 1)
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _nonnegative(name: str, value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
-class _Classification(_Generator):
-    """Like ``sklearn.datasets.make_classification`` (one cluster per class, no redundant features).
-
-    Each class has a centroid at a distinct vertex of the hypercube
-    ``[-class_sep, class_sep]^n_informative``; a row is its class centroid plus
-    standard normal noise mixed by a random ``n_informative`` square matrix
-    (informative features, the first ones), then standard normal noise features.
-    Labels are uniform over ``0..n_classes-1``.
-    """
-
-    def __init__(self, rows, features, rng, n_classes=2, n_informative=None, class_sep=1.0):
-        n_classes = _positive_int("n_classes", n_classes)
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-        needed = max(2, math.ceil(math.log2(n_classes)))
-        if n_informative is None:
-            n_informative = min(features, needed)
-        n_informative = _positive_int("n_informative", n_informative)
-        if n_informative > features:
-            raise ValueError(f"n_informative={n_informative} exceeds features={features}")
-        if 2**n_informative < n_classes:
-            raise ValueError(
-                f"{n_classes} classes need at least {math.ceil(math.log2(n_classes))} informative features "
-                f"(distinct hypercube vertices), got {n_informative}"
-            )
-        class_sep = _nonnegative("class_sep", class_sep)
-        if n_informative <= 30:
-            vertices = rng.choice(2**n_informative, n_classes, replace=False)
-            bits = (vertices[:, None] >> np.arange(n_informative)) & 1
-        else:
-            bits = rng.random((n_classes, n_informative)) < 0.5
-        self.centers = class_sep * (2.0 * bits - 1.0)
-        self.mixing = rng.uniform(-1.0, 1.0, (n_informative, n_informative))
-        self.n_classes, self.n_informative, self.features = n_classes, n_informative, features
-        self.params = {"n_classes": n_classes, "n_informative": n_informative, "class_sep": class_sep}
-        self.model = {"centers": self.centers, "mixing": self.mixing}
-
-    def sample(self, streams, m):
-        y = _labels(streams[0], m, self.n_classes)
-        X = streams[1].standard_normal((m, self.features))
-        k = self.n_informative
-        X[:, :k] = _matmul_rows(X[:, :k], self.mixing) + self.centers[y]
-        return X, y
-
-
-class _Regression(_Generator):
-    """A linear model plus noise: ``y = X @ coef + bias + noise * N(0, 1)``, X standard normal.
-
-    ``n_informative`` randomly chosen features (default all) get coefficients
-    uniform in ``[0, 100)`` as in ``sklearn.datasets.make_regression``; the
-    coefficients are stored in ``model/coef``.
-    """
-
-    y_dtype = np.float64
-
-    def __init__(self, rows, features, rng, n_informative=None, noise=0.1, bias=0.0):
-        n_informative = features if n_informative is None else _positive_int("n_informative", n_informative)
-        if n_informative > features:
-            raise ValueError(f"n_informative={n_informative} exceeds features={features}")
-        noise = _nonnegative("noise", noise)
-        bias = float(bias)
-        self.coef = np.zeros(features)
-        self.coef[rng.permutation(features)[:n_informative]] = 100.0 * rng.random(n_informative)
-        self.noise, self.bias, self.features = noise, bias, features
-        self.params = {"n_informative": n_informative, "noise": noise, "bias": bias}
-        self.model = {"coef": self.coef}
-
-    def sample(self, streams, m):
-        X = streams[1].standard_normal((m, self.features))
-        y = _matmul_rows(X, self.coef) + self.bias + self.noise * streams[2].standard_normal(m)
-        return X, y
-
-
-class _LowRank(_Generator):
-    """``X = Z diag(s) V^T + noise * N(0, 1)``: rows with a rank-``rank`` covariance plus isotropic noise.
-
-    ``V`` (``features x rank``) has orthonormal columns (stored transposed as
-    ``model/components``), ``Z`` is standard normal, and ``s_k = 1 / (k + 1)``
-    (``model/singular_values``): the rows' covariance is
-    ``V diag(s**2) V^T + noise**2 I``. No ``y``.
-    """
-
-    has_y = False
-    y_dtype = None
-
-    def __init__(self, rows, features, rng, rank=None, noise=0.01):
-        rank = min(10, features) if rank is None else _positive_int("rank", rank)
-        if rank > features:
-            raise ValueError(f"rank={rank} exceeds features={features}")
-        noise = _nonnegative("noise", noise)
-        q, r = np.linalg.qr(rng.standard_normal((features, rank)))
-        self.components = (q * np.sign(np.diag(r))).T.copy()  # (rank, features), orthonormal rows
-        self.s = 1.0 / np.arange(1, rank + 1)
-        self.rank, self.noise, self.features = rank, noise, features
-        self.params = {"rank": rank, "noise": noise}
-        self.model = {"components": self.components, "singular_values": self.s}
-
-    def sample(self, streams, m):
-        Z = streams[0].standard_normal((m, self.rank))
-        X = _matmul_rows(Z * self.s, self.components)
-        if self.noise:
-            X += self.noise * streams[1].standard_normal((m, self.features))
-        return X, None
-
-
-class _Blobs(_Generator):
-    """Isotropic Gaussian blobs like ``sklearn.datasets.make_blobs``.
-
-    ``centers`` centers uniform in ``center_box`` (stored in ``model/centers``);
-    a row is a uniformly chosen center (its index is the label) plus
-    ``cluster_std * N(0, 1)``.
-    """
-
-    def __init__(self, rows, features, rng, centers=3, cluster_std=1.0, center_box=(-10.0, 10.0)):
-        centers = _positive_int("centers", centers)
-        cluster_std = _nonnegative("cluster_std", cluster_std)
-        lo, hi = (float(v) for v in center_box)
-        if not lo < hi:
-            raise ValueError(f"center_box must be (low, high) with low < high, got {center_box!r}")
-        self.centers = rng.uniform(lo, hi, (centers, features))
-        self.n_centers, self.cluster_std, self.features = centers, cluster_std, features
-        self.params = {"centers": centers, "cluster_std": cluster_std, "center_box": [lo, hi]}
-        self.model = {"centers": self.centers}
-
-    def sample(self, streams, m):
-        y = _labels(streams[0], m, self.n_centers)
-        X = self.centers[y] + self.cluster_std * streams[1].standard_normal((m, self.features))
-        return X, y
-
-
-_GENERATORS: dict[str, type[_Generator]] = {
-    "classification": _Classification,
-    "regression": _Regression,
-    "lowrank": _LowRank,
-    "blobs": _Blobs,
-}
-
-
-def _kind_options(kind: str) -> list[str]:
-    import inspect
-
-    params = inspect.signature(_GENERATORS[kind].__init__).parameters
-    return [p for p in params if p not in ("self", "rows", "features", "rng")]
-
-
-def make_dataset(
-    kind: str,
-    path: str | os.PathLike,
-    rows: int,
-    features: int,
-    *,
-    random_state: int = 0,
-    chunk_rows: int | None = None,
-    overwrite: bool = False,
-    **kind_options: Any,
-) -> dict[str, Any]:
-    """Write a synthetic dataset to the HDF5 file ``path``, chunk by chunk; return :func:`describe` of it.
-
-    kind : ``"classification"`` (options ``n_classes=2``, ``n_informative``,
-        ``class_sep=1.0``; int64 labels ``0..n_classes-1``),
-        ``"regression"`` (``n_informative``, ``noise=0.1``, ``bias=0.0``;
-        float64 ``y``), ``"lowrank"`` (``rank=min(10, features)``,
-        ``noise=0.01``; no ``y``) or ``"blobs"`` (``centers=3``,
-        ``cluster_std=1.0``, ``center_box=(-10, 10)``; int64 labels).
-    rows, features : the shape of ``X`` (float64).
-    random_state : a non-negative integer seed. The model (centers, weights,
-        basis) is drawn once from it; rows are drawn in fixed blocks of
-        65,536, each from a generator seeded by ``(random_state, block)``,
-        so the file depends on the seed only, not on ``chunk_rows``.
-    chunk_rows : rows generated and written at a time (default: about 32 MB
-        of ``X``); memory use is bounded by it, not by ``rows``.
-    overwrite : replace ``path`` if it exists (otherwise ``FileExistsError``).
-
-    The model arrays are stored in the group ``model`` (e.g. ``model/coef``),
-    and the file attributes record ``kind``, ``seed``, ``rows``, ``features``
-    and every option.
-    """
-    import h5py
-
-    if kind not in _GENERATORS:
-        raise ValueError(f"unknown dataset kind {kind!r}: choose from {', '.join(KINDS)}")
-    rows = _positive_int("rows", rows)
-    features = _positive_int("features", features)
-    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0:
-        raise ValueError(f"random_state must be a non-negative integer, got {random_state!r}")
-    seed = int(random_state)
-    allowed = _kind_options(kind)
-    unknown = sorted(set(kind_options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"{kind} datasets take no option {', '.join(map(repr, unknown))} (options: {', '.join(allowed)})"
-        )
-    chunk_rows = _check_chunk_rows(chunk_rows, _work_chunk_rows(features))
-    gen = _GENERATORS[kind](rows, features, np.random.default_rng(_seed_seq(seed, 0)), **kind_options)
-
-    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-        X = f.create_dataset("X", shape=(rows, features), dtype=np.float64,
-                             chunks=(min(rows, _h5_chunk_rows(features)), features))
-        y = None
-        if gen.has_y:
-            y = f.create_dataset("y", shape=(rows,), dtype=gen.y_dtype, chunks=(min(rows, 65536),))
-        streams: list[np.random.Generator] = []
-        for lo in range(0, rows, chunk_rows):
-            hi = min(rows, lo + chunk_rows)
-            xs, ys = [], []
-            start = lo
-            while start < hi:  # split the chunk at block boundaries
-                block, offset = divmod(start, _BLOCK_ROWS)
-                stop = min(hi, (block + 1) * _BLOCK_ROWS)
-                if offset == 0:  # chunks are written in order: a block always starts with its first row
-                    streams = [np.random.default_rng(_seed_seq(seed, 1, block, s)) for s in range(3)]
-                xb, yb = gen.sample(streams, stop - start)
-                xs.append(xb)
-                ys.append(yb)
-                start = stop
-            X[lo:hi] = xs[0] if len(xs) == 1 else np.concatenate(xs)
-            if y is not None:
-                y[lo:hi] = np.concatenate(ys)
-        model = f.create_group("model")
-        for name, arr in gen.model.items():
-            model.create_dataset(name, data=arr)
-        f.attrs["generator"] = "drizzle_ml.datasets.make_dataset"
-        f.attrs["kind"] = kind
-        f.attrs["seed"] = seed
-        f.attrs["rows"] = rows
-        f.attrs["features"] = features
-        f.attrs["block_rows"] = _BLOCK_ROWS
-        for name, value in gen.params.items():
-            f.attrs[name] = _json_attr(value)
-    return describe(path, y_key="y" if gen.has_y else None)
-
-
-# --------------------------------------------------------------------------- convert
 
 
 def _infer_format(src: str, fmt: str | None) -> str:
@@ -673,7 +306,7 @@ def _convert_arrays(src, fmt, f, x_key, y_key, label_column, chunk_rows, directo
         ydset = None
         if Y is not None:
             ydset = f.create_dataset(y_key, shape=(n,), dtype=Y.dtype, chunks=(max(1, min(n, 65536)),))
-        step = chunk_rows or _work_chunk_rows(ncols)
+        step = chunk_rows or work_chunk_rows(ncols)
         try:
             for lo in range(0, n, step):
                 hi = min(n, lo + step)
@@ -702,7 +335,7 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
     if zero_based not in (True, False, "auto"):
         raise ValueError(f"zero_based must be True, False or 'auto', got {zero_based!r}")
     if n_features is not None:
-        n_features = _positive_int("n_features", n_features)
+        n_features = positive_int("n_features", n_features)
     if y_key is None:
         raise ValueError(f"{src}: LIBSVM lines start with a label; give y_key")
     chunk_rows = chunk_rows or 65536
@@ -839,7 +472,7 @@ def _convert_parquet(src, f, x_key, y_key, label_column, features, chunk_rows):
         text = dataset.y_dtype.kind == "U"
         ydset = f.create_dataset(y_key, shape=(0,), maxshape=(None,), chunks=(65536,),
                                  dtype=h5py.string_dtype() if text else dataset.y_dtype)
-    step = chunk_rows or _work_chunk_rows(dataset.n_features)
+    step = chunk_rows or work_chunk_rows(dataset.n_features)
     for block in dataset.iter_rows(with_targets=write_y, chunk_rows=step):
         X, y = block if write_y else (block, None)
         writer.append(X)
@@ -891,7 +524,7 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
             raise ValueError(f"{h5_path}: {y_key!r} must have shape ({n},) like {x_key!r} rows")
         if ynode is not None and y_key in names:
             raise ValueError(f"{h5_path}: a feature column is named {y_key!r} like the target; give another y_key")
-        step = chunk_rows or _work_chunk_rows(d)
+        step = chunk_rows or work_chunk_rows(d)
         groups = 0
         with atomic_output(dst, overwrite=overwrite) as tmp:
             writer = None
@@ -914,29 +547,6 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
                     writer.close()
     return {"path": dst, "rows": n, "features": d, "columns": names,
             "target": y_key if ynode is not None else None, "row_groups": groups}
-
-
-def parquet_info_lines(path: str) -> list[str]:
-    """``datasets info`` of Parquet data: rows, row groups, files, columns, and the default features and target."""
-    from drizzle_ml.parquet import ParquetDataset
-
-    dataset = ParquetDataset(path)
-    files = f" in {len(dataset.files)} files" if len(dataset.files) > 1 else ""
-    groups = len(dataset.row_groups)
-    return [
-        f"{dataset.path}: {dataset.n_rows} rows x {len(dataset.schema)} columns, Parquet, "
-        f"{groups} row group{'s' if groups != 1 else ''}{files}",
-        "  columns: " + ", ".join(f"{f.name} ({f.type})" for f in dataset.schema),
-        "  default features: " + ", ".join(dataset.features),
-        f"  default target: {dataset.target or 'none (no column y)'}",
-    ]
-
-
-def parquet_summary_line(info: dict[str, Any]) -> str:
-    """One line about a Parquet file written by :func:`convert`."""
-    target = f"target column {info['target']!r}" if info["target"] else "no target column"
-    return (f"wrote {info['path']}: {info['rows']} rows x {info['features']} features "
-            f"(Parquet, {info['row_groups']} row group{'s' if info['row_groups'] != 1 else ''}), {target}")
 
 
 def convert(
@@ -1018,7 +628,7 @@ def convert(
         raise ValueError(f"x_key and y_key must be distinct non-empty names, got {x_key!r} and {y_key!r}")
     if n_features is not None and fmt != "libsvm":
         raise ValueError(f"n_features applies to LIBSVM input only, not {fmt}")
-    chunk_rows = None if chunk_rows is None else _check_chunk_rows(chunk_rows, 0)
+    chunk_rows = None if chunk_rows is None else check_chunk_rows(chunk_rows, 0)
     directory = os.path.dirname(os.path.abspath(os.fspath(dst)))
     with atomic_output(dst, overwrite=overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -1035,7 +645,7 @@ def convert(
             f.attrs["source"] = os.path.basename(src_s)
             f.attrs["format"] = fmt
             for name, value in info.items():
-                f.attrs[name] = _json_attr(value)
+                f.attrs[name] = json_attr(value)
     return describe(dst, x_key=x_key, y_key=y_key if y_key is not None else None)
 
 
@@ -1059,121 +669,3 @@ def _convert_to_parquet(src, dst, fmt, x_key, y_key, label_column, delimiter, ha
     finally:
         with contextlib.suppress(OSError):
             os.unlink(scratch)
-
-
-# --------------------------------------------------------------------------- describe
-
-
-def describe(path: str | os.PathLike, *, x_key: str = "X", y_key: str | None = "y") -> dict[str, Any]:
-    """Summarize an HDF5 dataset file.
-
-    Returns a dict: ``path``, ``rows``, ``features``, ``sparse`` (bool),
-    ``dtype`` (of X's values), ``nnz`` (stored values; rows x features when
-    dense), ``keys`` (top-level names), ``attributes`` (file attributes as
-    Python values), and ``y``: None when the file has no ``y_key``, else
-    ``{"key", "dtype", "classes", "counts"}`` for integer labels (up to 1000
-    distinct values; more give ``"n_distinct"`` and ``min``/``max``) or
-    ``{"key", "dtype", "min", "max", "mean"}`` for float labels. Reads y in chunks.
-    """
-    import h5py
-
-    path_s = os.fspath(path)
-    if not os.path.exists(path_s):
-        raise FileNotFoundError(f"{path_s}: no such file")
-    if not h5py.is_hdf5(path_s):
-        raise ValueError(f"{path_s}: not an HDF5 file")
-    with h5py.File(path_s, "r") as f:
-        if x_key not in f:
-            raise ValueError(f"{path_s} has no {x_key!r} (keys: {', '.join(sorted(f.keys())) or 'none'})")
-        node = f[x_key]
-        if isinstance(node, h5py.Dataset):
-            if node.ndim != 2:
-                raise ValueError(f"{path_s}: {x_key!r} must be 2-D (rows, features), got shape {node.shape}")
-            rows, features = (int(s) for s in node.shape)
-            sparse, dtype, nnz = False, node.dtype, rows * features
-        else:
-            if not {"data", "indices", "indptr"} <= set(node.keys()) or "shape" not in node.attrs:
-                raise ValueError(f"{path_s}: group {x_key!r} is not a CSR matrix (data, indices, indptr, shape)")
-            rows, features = (int(s) for s in node.attrs["shape"])
-            sparse, dtype, nnz = True, node["data"].dtype, int(node["data"].shape[0])
-        out: dict[str, Any] = {
-            "path": path_s,
-            "rows": rows,
-            "features": features,
-            "sparse": sparse,
-            "dtype": str(dtype),
-            "nnz": nnz,
-            "keys": sorted(f.keys()),
-            "attributes": {k: _python(v) for k, v in f.attrs.items()},
-            "y": None,
-        }
-        if y_key is not None and y_key in f and isinstance(f[y_key], h5py.Dataset):
-            out["y"] = _describe_y(f[y_key], y_key)
-    return out
-
-
-def _describe_y(dset: Any, key: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"key": key, "dtype": str(dset.dtype), "rows": int(dset.shape[0])}
-    n = dset.shape[0]
-    step = 1 << 20
-    import h5py
-
-    if h5py.check_string_dtype(dset.dtype) is not None or dset.dtype.kind == "S":  # text labels (from Parquet)
-        from drizzle_ml.data import read_targets
-
-        found: dict[str, int] = {}
-        for lo in range(0, n, step):
-            values, cnt = np.unique(read_targets(dset, lo, lo + step), return_counts=True)
-            for v, c in zip(values.tolist(), cnt.tolist()):
-                found[v] = found.get(v, 0) + c
-        if len(found) <= 1000:
-            info["classes"] = sorted(found)
-            info["counts"] = [found[k] for k in info["classes"]]
-        else:
-            info["n_distinct"], info["min"], info["max"] = "more than 1000", min(found), max(found)
-        return info
-    if dset.dtype.kind in "biu":
-        counts: dict[int, int] = {}
-        lo_v = hi_v = None
-        for lo in range(0, n, step):
-            part = dset[lo : lo + step]
-            if part.size:
-                lo_v = part.min() if lo_v is None else min(lo_v, part.min())
-                hi_v = part.max() if hi_v is None else max(hi_v, part.max())
-            if counts is not None:
-                vals, cnt = np.unique(part, return_counts=True)
-                for v, c in zip(vals.tolist(), cnt.tolist()):
-                    counts[v] = counts.get(v, 0) + c
-                if len(counts) > 1000:
-                    counts = None
-        if counts is not None:
-            keys = sorted(counts)
-            info["classes"] = keys
-            info["counts"] = [counts[k] for k in keys]
-        else:
-            info["n_distinct"] = "more than 1000"
-        info["min"], info["max"] = _python(lo_v), _python(hi_v)
-    else:
-        lo_v, hi_v, total = math.inf, -math.inf, 0.0
-        for lo in range(0, n, step):
-            part = np.asarray(dset[lo : lo + step], dtype=np.float64)
-            if part.size:
-                lo_v, hi_v, total = min(lo_v, part.min()), max(hi_v, part.max()), total + part.sum()
-        info["min"], info["max"] = float(lo_v), float(hi_v)
-        info["mean"] = float(total / n) if n else math.nan
-    return info
-
-
-def summary_line(info: dict[str, Any], verb: str = "wrote") -> str:
-    """One line about a :func:`describe` result, e.g. ``wrote d.h5: 100 rows x 5 features (dense), y: 2 classes``."""
-    layout = f"sparse, {info['nnz']} nonzeros" if info["sparse"] else "dense"
-    y = info["y"]
-    if y is None:
-        ytext = "no y"
-    elif "classes" in y:
-        ytext = f"y: {len(y['classes'])} classes"
-    elif y["dtype"].startswith(("int", "uint", "bool")):
-        ytext = f"y: integers in [{y['min']}, {y['max']}]"
-    else:
-        ytext = f"y: float in [{y['min']:.6g}, {y['max']:.6g}]"
-    return f"{verb} {info['path']}: {info['rows']} rows x {info['features']} features ({layout}), {ytext}"
