@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser = sub.add_parser("predict", help="predict (or transform) with a saved model")
     info_parser = sub.add_parser("info", help="describe a saved model")
     add_predict_arguments(predict_parser, info_parser)
-    from drizzle_ml.datasets.tools import add_datasets_parser
+    from .datasets import add_datasets_parser
 
     add_datasets_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks, side by side in one run: coordination, recovery, scale, "
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             return args.run(args)
         if args.command == "datasets":
-            from drizzle_ml.datasets.tools import run_datasets
+            from .datasets import run_datasets
 
             try:
                 return run_datasets(args)

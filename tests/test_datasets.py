@@ -1,6 +1,7 @@
-"""drizzle_ml.datasets.tools: make, convert and describe HDF5 dataset files (real files, small data)."""
+"""drizzle_ml.datasets and its command line: make, convert and describe dataset files (real files, small data)."""
 
 import argparse
+import importlib
 import os
 
 import h5py
@@ -9,8 +10,8 @@ import pytest
 import scipy.sparse as sp
 
 from drizzle_ml.data import HDF5Dataset, read_hdf5_partition
-from drizzle_ml.datasets import tools
-from drizzle_ml.datasets.tools import convert, describe, make_dataset
+from drizzle_ml.datasets import KINDS, convert, describe, make, make_dataset
+from drizzle_ml.launch.datasets import add_datasets_parser, run_datasets
 
 
 def read(path, x_key="X", y_key="y"):
@@ -61,10 +62,10 @@ def test_make_each_kind_shapes_dtypes_and_attributes(tmp_path, kind, options, ha
     assert (ds.n_rows, ds.n_features) == (300, 6)
 
 
-@pytest.mark.parametrize("kind", tools.KINDS)
+@pytest.mark.parametrize("kind", KINDS)
 def test_make_is_determined_by_the_seed_not_the_chunk_size(tmp_path, kind, monkeypatch):
     # small random blocks, so that chunks of 7 and 64 rows cross block boundaries differently
-    monkeypatch.setattr(tools, "_BLOCK_ROWS", 50)
+    monkeypatch.setattr(make, "_BLOCK_ROWS", 50)
     make_dataset(kind, tmp_path / "a.h5", 230, 4, random_state=1, chunk_rows=7)
     make_dataset(kind, tmp_path / "b.h5", 230, 4, random_state=1, chunk_rows=64)
     make_dataset(kind, tmp_path / "c.h5", 230, 4, random_state=1)
@@ -109,6 +110,9 @@ def test_make_errors(tmp_path):
         make_dataset("spiral", tmp_path / "x.h5", 10, 2)
     with pytest.raises(ValueError, match="rows must be a positive integer, got 0"):
         make_dataset("blobs", tmp_path / "x.h5", 0, 2)
+    for chunk_rows in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"chunk_rows must be a positive integer, got {chunk_rows!r}"):
+            make_dataset("blobs", tmp_path / "x.h5", 10, 2, chunk_rows=chunk_rows)
     with pytest.raises(ValueError, match="blobs datasets take no option 'rank'"):
         make_dataset("blobs", tmp_path / "x.h5", 10, 2, rank=2)
     with pytest.raises(ValueError, match="rank=5 exceeds features=3"):
@@ -397,10 +401,20 @@ def test_describe(tmp_path):
         describe(tmp_path / "t.h5")
 
 
+def test_files_name_the_public_function_that_made_them(tmp_path):
+    make_dataset("blobs", tmp_path / "b.h5", 10, 2)
+    np.save(tmp_path / "x.npy", np.ones((3, 2)))
+    convert(tmp_path / "x.npy", tmp_path / "x.h5")
+    for path, attribute, function in ((tmp_path / "b.h5", "generator", make_dataset),
+                                      (tmp_path / "x.h5", "converted_by", convert)):
+        module, name = describe(path)["attributes"][attribute].rsplit(".", 1)
+        assert module == "drizzle_ml.datasets" and getattr(importlib.import_module(module), name) is function
+
+
 def parser():
     p = argparse.ArgumentParser(prog="drizzle-ml")
     sub = p.add_subparsers(dest="command", required=True)
-    tools.add_datasets_parser(sub)
+    add_datasets_parser(sub)
     return p
 
 
@@ -408,7 +422,7 @@ def test_cli_make_convert_info(tmp_path, capsys):
     out = tmp_path / "c.h5"
     args = parser().parse_args(["datasets", "make", "classification", "--rows", "200", "--features", "4",
                                 "--classes", "3", "--seed", "2", "-o", str(out)])
-    assert tools.run_datasets(args) == 0
+    assert run_datasets(args) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}: 200 rows x 4 features (dense), y: 3 classes"
     make_dataset("classification", tmp_path / "d.h5", 200, 4, random_state=2, n_classes=3)
     np.testing.assert_array_equal(read(out)[0], read(tmp_path / "d.h5")[0])
@@ -417,14 +431,14 @@ def test_cli_make_convert_info(tmp_path, capsys):
     src.write_text("y,a,b\n1,0.5,2\n0,1.5,3\n")
     args = parser().parse_args(["datasets", "convert", str(src), "-o", str(tmp_path / "t.h5"),
                                 "--label-column", "y"])
-    tools.run_datasets(args)
+    run_datasets(args)
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 't.h5'}: 2 rows x 2 features (dense), y: 2 classes"
     args = parser().parse_args(["datasets", "convert", str(src), "-o", str(tmp_path / "u.h5"),
                                 "--label-column", "0", "--header", "--format", "csv", "--y-key", "target"])
-    tools.run_datasets(args)
+    run_datasets(args)
     assert read(tmp_path / "u.h5", y_key="target")[1].tolist() == [1, 0]
 
-    tools.run_datasets(parser().parse_args(["datasets", "info", str(out)]))
+    run_datasets(parser().parse_args(["datasets", "info", str(out)]))
     text = capsys.readouterr().out
     assert f"{out}: 200 rows x 4 features, dense float64" in text
     assert "3 classes" in text and "kind: classification" in text
@@ -433,9 +447,9 @@ def test_cli_make_convert_info(tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path):
     args = parser().parse_args(["datasets", "make", "blobs", "--rank", "2", "-o", str(tmp_path / "x.h5")])
     with pytest.raises(ValueError, match="--rank applies to lowrank datasets, not blobs"):
-        tools.run_datasets(args)
+        run_datasets(args)
     args = parser().parse_args(["datasets", "convert", str(tmp_path / "no.csv"), "-o", str(tmp_path / "x.h5")])
     with pytest.raises(FileNotFoundError, match="no.csv: no such file"):
-        tools.run_datasets(args)
+        run_datasets(args)
     with pytest.raises(SystemExit):
         parser().parse_args(["datasets", "convert", "a.csv", "-o", "b.h5", "--header", "--no-header"])
