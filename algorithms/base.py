@@ -148,7 +148,8 @@ class DrizzleEstimator(BaseEstimator):
         tuner, adaptivity = self._adaptivity()
         job = DurableJob(type(self).__name__, program, JobState(model), max_iter, n_workers=n_workers,
                          dataset=dataset, tuner=tuner,
-                         run_options={"scheduling": self.scheduling, "on_group": on_group, **adaptivity})
+                         run_options={"scheduling": self.scheduling, "on_group": on_group,
+                                      "sharding": getattr(self, "sharding", "auto"), **adaptivity})
         self.model_store_ = job.store
         self._make_durable(job, program, dataset)
         result, start = run_durable(job)
@@ -162,7 +163,7 @@ class DrizzleEstimator(BaseEstimator):
         # The job's iterations: those before a resume or a recovery count too.
         self.n_iter_ = start + result.n_iter
         self.model_version_ = result.version
-        self.history_ = [g.as_dict() for g in result.history]
+        self.history_ = [g.as_dict() | {"reduction": result.reduction} for g in result.history]
         if warn_not_converged and not result.converged:
             warnings.warn(
                 f"{type(self).__name__} did not converge in max_iter={max_iter} iterations; "
@@ -181,7 +182,7 @@ class DrizzleEstimator(BaseEstimator):
         if getattr(dataset, "speculative", False):
             dataset.confirm()  # checkpoints are keyed by the data's content
         engine = {"n_workers", "group_size", "scheduling", "verbose", "max_iter", "checkpoint_dir",
-                  "checkpoint_every", "tuner", "rebalance"}
+                  "checkpoint_every", "tuner", "rebalance", "sharding"}
         params = {k: (v if isinstance(v, (int, float, str, bool, type(None), np.ndarray)) else repr(v))
                   for k, v in self.get_params().items() if k not in engine}
         job.job_key = job_key_for(f"{type(self).__name__}.{type(program).__name__}.{index}",

@@ -96,6 +96,12 @@ class Minimize(Program):
         # Only w flows down the tree, and the loss-due flag when it can be off.
         self.shared = ("w", "state") if self.fixed_step else ("w",)
 
+    # A wide model's vectors may be sharded across the workers: update then
+    # sees its coordinates of them, and every sum over all coordinates goes
+    # through self.coordinates (see drizzle_ml.program.Coordinates).
+    sharded = ("w", "x", "g", "p", "S", "Y")
+    sharded_partial = 0  # the partial is (gradient sum, [loss sum, weight sum])
+
     def local(self, model, part: Partition):
         with_loss = not self.fixed_step or bool(model["state"][_LOSS_DUE])
         return self.loss.evaluate(model["w"], part.X, self._targets(part), part.sample_weight, with_loss=with_loss)
@@ -128,10 +134,11 @@ class Minimize(Program):
         """``(f, gradient)`` at ``w`` from the summed partials; f is NaN without ``with_loss``."""
         grad_sum, stats = total
         weight = float(stats[1])
-        pw = self.penalty * w
+        pw = self.coordinates.shard(self.penalty) * w
         g = grad_sum + pw
         g /= weight
-        return ((float(stats[0]) + 0.5 * float(pw @ w)) / weight if with_loss else math.nan), g
+        penalty = self.coordinates.dot(pw, w)
+        return ((float(stats[0]) + 0.5 * penalty) / weight if with_loss else math.nan), g
 
     def update(self, model, total, iteration):
         w = model["w"]
@@ -143,7 +150,7 @@ class Minimize(Program):
             if not (np.isfinite(f) and f <= f0 + _ARMIJO_C1 * step * gtp):
                 return self._backtrack(model, state, f, iteration)
         # The largest |g_i| is NaN or inf exactly when the gradient is not finite.
-        grad_max = float(np.abs(g).max()) if g.size else 0.0
+        grad_max = self.coordinates.max_abs(g)
         if not (state[_HAVE_X] and self.learning_rate is None) and (
                 (loss_known and not math.isfinite(f)) or not math.isfinite(grad_max)):
             what = f"the loss is {f}" if loss_known and not math.isfinite(f) else "the gradient is not finite"
@@ -168,11 +175,11 @@ class Minimize(Program):
             p = self._two_loop(g, new["S"], new["Y"], state)
         else:
             p = -g
-        gtp = float(g @ p)
+        gtp = self.coordinates.dot(g, p)
         if not gtp < 0:  # not a descent direction: forget the curvature pairs
             state[_NMEM] = 0
             p = -g
-            gtp = float(g @ p)
+            gtp = self.coordinates.dot(g, p)
         if self.learning_rate is not None:
             step = self.learning_rate
         elif self.solver == "gd":
@@ -193,20 +200,27 @@ class Minimize(Program):
         step = min(max(trial, 0.1 * step), 0.5 * step)
         x, p = model["x"], model["p"]
         new = dict(model)
-        stuck = step * float(np.max(np.abs(p), initial=0.0)) <= 1e-16 * (1.0 + float(np.max(np.abs(x), initial=0.0)))
+        c = self.coordinates
+        stuck = step * c.max_abs(p) <= 1e-16 * (1.0 + c.max_abs(x))
         state[_STEP] = step
         if stuck:  # no representable step decreases f: x is as good as it gets
             state[_LS_FAILED] += 1
         new["w"], new["state"] = (x if stuck else x + step * p), state
-        return new, {"loss": state[_F], "grad_max": float(np.max(np.abs(model["g"]), initial=0.0)),
+        return new, {"loss": state[_F], "grad_max": c.max_abs(model["g"]),
                      "step": step, "converged": bool(stuck)}
 
+    def _dots(self, *pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Several dot products over all coordinates, summed across shards at once."""
+        return self.coordinates.sums(np.array([float(a @ b) for a, b in pairs]))
+
     def _remember(self, new: dict, state: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
-        sy = float(s @ y)
-        if not sy > 1e-10 * float(y @ y):  # skip pairs that would break positive definiteness
+        sy, yy = self._dots((s, y), (y, y))
+        if not sy > 1e-10 * yy:  # skip pairs that would break positive definiteness
             return
         head = (int(state[_HEAD]) + 1) % self.memory if state[_NMEM] else 0
-        S, Y = new["S"].copy(), new["Y"].copy()
+        S, Y = new["S"], new["Y"]
+        if not (S.flags.writeable and Y.flags.writeable):
+            S, Y = S.copy(), Y.copy()  # a version the engine may still read (see Program.update)
         S[head], Y[head] = s, y
         new["S"], new["Y"] = S, Y
         state[_HEAD], state[_NMEM] = head, min(state[_NMEM] + 1, self.memory)
@@ -216,14 +230,16 @@ class Minimize(Program):
         order = [(head - i) % self.memory for i in range(n)]  # newest first
         q = g.copy()
         alphas = []
-        for i in order:
-            rho = 1.0 / float(S[i] @ Y[i])
-            a = rho * float(S[i] @ q)
+        dot = self.coordinates.dot
+        sy = self._dots(*((S[i], Y[i]) for i in order)) if n else ()
+        for i, s_y in zip(order, sy):
+            rho = 1.0 / s_y
+            a = rho * dot(S[i], q)
             q -= a * Y[i]
             alphas.append((i, rho, a))
         if n:
-            q *= float(S[head] @ Y[head]) / float(Y[head] @ Y[head])
+            q *= sy[0] / dot(Y[head], Y[head])
         for i, rho, a in reversed(alphas):
-            b = rho * float(Y[i] @ q)
+            b = rho * dot(Y[i], q)
             q += (a - b) * S[i]
         return -q

@@ -99,9 +99,11 @@ class Program:
     ``update(model, total, iteration) -> (model, metrics)``
         The driver-free step that makes the next model version from the
         combined partial of all workers. It runs on the tree root. It must not
-        modify the input model's arrays in place (older versions may still be
-        read); it returns a new dict with the same keys, shapes and dtypes and a
-        dict of float metrics. ``metrics["converged"] = True`` stops the job
+        modify the input model's read-only arrays in place (older versions may
+        still be read: the engine passes those read-only); an array it may
+        write to is its own to reuse (a large optimizer memory need not be
+        copied every iteration). It returns a new dict with the same keys,
+        shapes and dtypes and a dict of float metrics. ``metrics["converged"] = True`` stops the job
         after this iteration.
     """
 

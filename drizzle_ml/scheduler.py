@@ -251,7 +251,8 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
         for p in partials[1:]:
             total = program.combine(total, p)
         t_update = time.perf_counter()
-        model, step_metrics = program.update(model, total, it0 + it)
+        # Read-only views: the store keeps this version, so update must not reuse its arrays.
+        model, step_metrics = program.update(freeze(model), total, it0 + it)
         version += 1
         t_done = time.perf_counter()
         for key, value in step_metrics.items():
