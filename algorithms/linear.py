@@ -1,10 +1,11 @@
-"""Least-squares linear models: LinearRegression and Ridge.
+"""Least-squares linear models: LinearRegression and Ridge; Lasso and ElasticNet.
 
 ``solver="exact"`` sums the weighted moments of ``[X, y]`` up the reduce tree in
 one pass and solves the normal equations on the tree root. ``"lbfgs"`` and
 ``"gd"`` minimize the same objective iteratively (for data too wide for a
 (d, d) Gram matrix). ``"auto"`` picks ``exact`` up to 2,000 columns. The
 exact solve's program is in :mod:`~drizzle_ml.algorithms.normal_equations`.
+Lasso and ElasticNet add an L1 term, minimized by OWL-QN (orthant-wise L-BFGS).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from drizzle_ml.data import ArrayDataset, FileDataset
 from .base import DrizzleEstimator, check_sample_weight, fit_dataset, resumable
 from .losses import LinearLoss
 from .normal_equations import NormalEquations
-from .online import OnlineLinear
+from .online import OnlineFTRL, OnlineLinear
 from .online_learning import OnlineLearner
-from .optim import SOLVERS, Minimize, initial_model, line_search_failed
+from .optim import SOLVERS, Minimize, OrthantWise, initial_model, line_search_failed
 
 EXACT_MAX_COLUMNS = 2000
 
@@ -51,14 +52,19 @@ class LinearModelBase(OnlineLearner):
 
     def _minimize(self, kind: str, dataset: ArrayDataset | FileDataset, n_features: int, n_outputs: int,
                   alpha: float, solver: str, max_iter: int,
-                  classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Run :class:`Minimize`; return ``coef`` (n_outputs, n_features) and ``intercept`` (n_outputs,).
+                  classes: np.ndarray | None = None, l1: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Run :class:`Minimize` (with ``l1 > 0``: :class:`OrthantWise`, OWL-QN); return ``coef``
+        (n_outputs, n_features) and ``intercept`` (n_outputs,).
 
+        ``alpha`` and ``l1`` are the L2 and L1 strengths of the summed objective.
         ``classes``: for raw labels read by the workers, the sorted classes to encode them by.
         """
         loss = LinearLoss(kind, n_features, n_outputs, self.fit_intercept)
-        program = Minimize(loss, solver, alpha=alpha, tol=self.tol,
-                           learning_rate=getattr(self, "learning_rate", None), classes=classes)
+        if l1 > 0:
+            program = OrthantWise(loss, alpha=alpha, l1=l1, tol=self.tol, classes=classes)
+        else:
+            program = Minimize(loss, solver, alpha=alpha, tol=self.tol,
+                               learning_rate=getattr(self, "learning_rate", None), classes=classes)
         model = initial_model(loss.n_params, solver, program.memory)
         result = self._run(program, model, dataset, max_iter)
         if line_search_failed(result.model):
@@ -71,13 +77,20 @@ class LinearModelBase(OnlineLearner):
         return coef.copy(), (np.zeros(n_outputs) if intercept is None else intercept.copy())
 
 
-    def _online_model_start(self, n_features: int, n_outputs: int) -> dict[str, np.ndarray]:
-        """The online model to step from: the last partial_fit's, else fit's coefficients, else zeros."""
-        if getattr(self, "_online_model_", None) is not None:
-            return self._online_model_
+    def _online_model_start(self, program: OnlineLinear, n_features: int, n_outputs: int) -> dict[str, np.ndarray]:
+        """The online model ``program`` steps from: the last partial_fit's, else fit's coefficients, else zeros.
+
+        A last online model of the other kind (SGD's or FTRL's, after ``set_params`` changed the
+        penalty) gives its coefficients.
+        """
+        online = getattr(self, "_online_model_", None)
+        if online is not None and ("z" in online) == isinstance(program, OnlineFTRL):
+            return online
+        if online is not None:
+            return program.initial_model(n_features, n_outputs, online["coef"], online["intercept"])
         if hasattr(self, "coef_"):
-            return OnlineLinear.initial_model(n_features, n_outputs, self.coef_, self.intercept_)
-        return OnlineLinear.initial_model(n_features, n_outputs)
+            return program.initial_model(n_features, n_outputs, self.coef_, self.intercept_)
+        return program.initial_model(n_features, n_outputs)
 
     def _decision(self, X) -> np.ndarray:
         check_is_fitted(self)
@@ -103,7 +116,16 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
         ``y_key`` or ``target``); each worker then reads its own rows.
         """
         self._check_solver_params()
-        alpha = self._alpha
+        dataset, n_features, n_targets, y_ndim, dtype = self._regression_data(X, y, sample_weight)
+        coef, intercept = self._solve(dataset, n_features, n_targets)
+        if y_ndim == 1:
+            self.coef_, self.intercept_ = coef[0].astype(dtype), float(intercept[0])
+        else:
+            self.coef_, self.intercept_ = coef.astype(dtype), intercept.astype(dtype)
+        return self
+
+    def _regression_data(self, X, y, sample_weight) -> tuple[ArrayDataset | FileDataset, int, int, int, np.dtype]:
+        """The checked data of a fit: ``(dataset, n_features, n_targets, y.ndim, dtype of coef_)``."""
         if isinstance(X, FileDataset):  # rows stay on disk; each worker reads its own
             dataset = self._check_file_dataset(X, y, sample_weight, needs_targets=True)
             if dataset.y_dtype.kind not in "biuf":
@@ -112,15 +134,19 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
             n_features, y_ndim = dataset.n_features, len(dataset.y_shape)
             n_targets = 1 if y_ndim == 1 else dataset.y_shape[1]
             dtype = dataset.dtype if dataset.dtype == np.float32 else np.dtype(np.float64)
-        else:
-            self._require_y(y)
-            X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
-                                 multi_output=True, y_numeric=True, ensure_all_finite=False)
-            sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
-            Y = np.asarray(y, dtype=X.dtype)
-            dataset = fit_dataset(self, X, Y, sw)
-            n_features, y_ndim, dtype = X.shape[1], Y.ndim, X.dtype
-            n_targets = 1 if Y.ndim == 1 else Y.shape[1]
+            return dataset, n_features, n_targets, y_ndim, dtype
+        self._require_y(y)
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
+                             multi_output=True, y_numeric=True, ensure_all_finite=False)
+        sw = check_sample_weight(sample_weight, X.shape[0], X.dtype)
+        Y = np.asarray(y, dtype=X.dtype)
+        dataset = fit_dataset(self, X, Y, sw)
+        return dataset, X.shape[1], 1 if Y.ndim == 1 else Y.shape[1], Y.ndim, X.dtype
+
+    def _solve(self, dataset: ArrayDataset | FileDataset, n_features: int,
+               n_targets: int) -> tuple[np.ndarray, np.ndarray]:
+        """``coef`` (n_targets, n_features) and ``intercept`` (n_targets,) by the chosen solver."""
+        alpha = self._alpha
         solver = self.solver
         if solver == "auto":
             solver = "exact" if n_features + n_targets <= EXACT_MAX_COLUMNS else "lbfgs"
@@ -132,12 +158,8 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
         else:
             max_iter = 1000 if self.max_iter is None else self.max_iter
             coef, intercept = self._minimize("squared", dataset, n_features, n_targets, alpha, solver, max_iter)
-        if y_ndim == 1:
-            self.coef_, self.intercept_ = coef[0].astype(dtype), float(intercept[0])
-        else:
-            self.coef_, self.intercept_ = coef.astype(dtype), intercept.astype(dtype)
         self.solver_ = solver
-        return self
+        return coef, intercept
 
     def partial_fit(self, X, y, sample_weight=None):
         """One stochastic-gradient step on the micro-batch X (n_samples, n_features), y (n_samples,).
@@ -165,7 +187,7 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
         self._check_engine_params()
         program = OnlineLinear("squared", penalty=self._alpha, fit_intercept=self.fit_intercept,
                                eta0=self.eta0, power_t=self.power_t)
-        return program, self._online_model_start(n_features, 1)
+        return program, self._online_model_start(program, n_features, 1)
 
     def online_finish(self, model: dict) -> None:
         self.coef_, self.intercept_ = np.array(model["coef"][0]), float(model["intercept"][0])
@@ -291,3 +313,138 @@ class Ridge(_LeastSquares):
     @property
     def _alpha(self) -> float:
         return float(self.alpha)
+
+
+class ElasticNet(_LeastSquares):
+    __doc__ = f"""Least squares with L1 and L2 penalties, scikit-learn's ElasticNet objective.
+
+    Minimizes ``1 / (2 sum_i w_i) * sum_i w_i (y_i - x_i coef - b)²
+    + alpha * l1_ratio * ||coef||₁ + alpha * (1 - l1_ratio) / 2 * ||coef||²``
+    (intercept unpenalized) by OWL-QN, the orthant-wise L-BFGS
+    (:class:`~drizzle_ml.algorithms.optim.OrthantWise`): coefficients the
+    penalty zeroes are exactly zero. ``partial_fit`` and streams learn by
+    FTRL-proximal (:class:`~drizzle_ml.algorithms.online.OnlineFTRL`), whose
+    objective is the same over every record seen.
+
+    Parameters
+    ----------
+    alpha : float >= 0
+        Penalty strength.
+    l1_ratio : float in [0, 1]
+        The L1 share of the penalty (1: the lasso).
+    fit_intercept : bool
+        Fit an unpenalized intercept.
+    max_iter : int
+        Iteration limit (objective evaluations, line-search steps included).
+    tol : float
+        Stop when the largest absolute entry of the objective's pseudo-gradient
+        (the minimum-norm subgradient) is at most ``tol``, or when the
+        objective stops decreasing (relative change below 64 machine epsilons).
+        Not scikit-learn's duality-gap test: pass a smaller ``tol`` to go further.
+    eta0 : float
+        :meth:`partial_fit` (and streams): FTRL's per-coordinate learning
+        rate, about the size of the coefficients to learn.
+{_ENGINE_PARAMS_DOC}
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,) or (n_targets, n_features)
+    intercept_ : float or ndarray of shape (n_targets,)
+    n_iter_, model_version_, history_
+        Engine attributes.
+    """
+
+    _parameter_constraints: dict = {
+        **{k: v for k, v in _LeastSquares._parameter_constraints.items()
+           if k not in ("solver", "learning_rate", "power_t")},
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "l1_ratio": [Interval(Real, 0, 1, closed="both")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, alpha=1.0, *, l1_ratio=0.5, fit_intercept=True, max_iter=1000, tol=1e-4, eta0=1.0,
+                 n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0,
+                 checkpoint_dir=None, checkpoint_every=1, tuner=None, rebalance=False):
+        self.alpha = alpha
+        self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.eta0 = eta0
+        self.n_workers = n_workers
+        self.group_size = group_size
+        self.scheduling = scheduling
+        self.random_state = random_state
+        self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.tuner = tuner
+        self.rebalance = rebalance
+
+    @property
+    def _l1_share(self) -> float:
+        return float(self.l1_ratio)
+
+    def _check_solver_params(self) -> None:
+        self._check_engine_params()  # no solver to choose
+
+    def _solve(self, dataset: ArrayDataset | FileDataset, n_features: int,
+               n_targets: int) -> tuple[np.ndarray, np.ndarray]:
+        # Minimize's strengths are those of the summed objective: scikit-learn's per-sample ones times sum_i w_i.
+        sw = getattr(dataset, "sample_weight", None)
+        weight = float(dataset.n_rows) if sw is None else float(sw.sum(dtype=np.float64))
+        alpha, share = float(self.alpha), self._l1_share
+        return self._minimize("squared", dataset, n_features, n_targets, (1.0 - share) * alpha * weight,
+                              "lbfgs", self.max_iter, l1=share * alpha * weight)
+
+    def online_setup(self, n_features: int, classes: np.ndarray | None = None) -> tuple[OnlineFTRL, dict]:
+        """The online program (an FTRL-proximal step per micro-batch) and the model it steps from."""
+        self._check_engine_params()
+        alpha, share = float(self.alpha), self._l1_share
+        program = OnlineFTRL("squared", l1=share * alpha, l2=(1.0 - share) * alpha, per_record=True,
+                             fit_intercept=self.fit_intercept, eta0=self.eta0)
+        return program, self._online_model_start(program, n_features, 1)
+
+
+class Lasso(ElasticNet):
+    __doc__ = f"""Least squares with an L1 penalty, scikit-learn's Lasso objective.
+
+    Minimizes ``1 / (2 sum_i w_i) * sum_i w_i (y_i - x_i coef - b)² + alpha * ||coef||₁``
+    (intercept unpenalized): :class:`ElasticNet` with ``l1_ratio=1``.
+
+    Parameters
+    ----------
+    alpha : float >= 0
+        Penalty strength.
+    fit_intercept, max_iter, tol, eta0
+        As :class:`ElasticNet`.
+{_ENGINE_PARAMS_DOC}
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,) or (n_targets, n_features)
+    intercept_ : float or ndarray of shape (n_targets,)
+    n_iter_, model_version_, history_
+        Engine attributes.
+    """
+
+    _parameter_constraints: dict = {k: v for k, v in ElasticNet._parameter_constraints.items() if k != "l1_ratio"}
+    _l1_share = 1.0
+
+    def __init__(self, alpha=1.0, *, fit_intercept=True, max_iter=1000, tol=1e-4, eta0=1.0, n_workers=None,
+                 group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None,
+                 checkpoint_every=1, tuner=None, rebalance=False):
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.eta0 = eta0
+        self.n_workers = n_workers
+        self.group_size = group_size
+        self.scheduling = scheduling
+        self.random_state = random_state
+        self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.tuner = tuner
+        self.rebalance = rebalance

@@ -1,7 +1,8 @@
-"""Logistic regression (binary and multinomial) by L-BFGS or gradient descent."""
+"""Logistic regression (binary and multinomial) by L-BFGS or gradient descent; L1 and elastic net by OWL-QN."""
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,32 +16,39 @@ from drizzle_ml.data import ArrayDataset, FileDataset
 
 from .base import check_sample_weight, fit_dataset, resumable
 from .linear import LinearModelBase
-from .online import OnlineLinear
+from .online import OnlineFTRL, OnlineLinear
 from .optim import SOLVERS
 
 
 class LogisticRegression(ClassifierMixin, LinearModelBase):
-    """L2-regularized logistic regression trained on a drizzle-ml cluster.
+    """Regularized logistic regression (L2, L1 or elastic net) trained on a drizzle-ml cluster.
 
     Two classes give a binary model (one coefficient row for ``classes_[1]``);
     more give a multinomial (softmax) model with one row per class, as
     scikit-learn does. The objective is scikit-learn's:
-    ``C * sum_i w_i * logloss_i + ||coef||² / 2`` (intercepts unpenalized),
+    ``C * sum_i w_i * logloss_i + penalty(coef)`` (intercepts unpenalized), with
+    ``penalty = ||coef||² / 2`` (``"l2"``), ``||coef||₁`` (``"l1"``) or
+    ``(1 - l1_ratio) ||coef||² / 2 + l1_ratio ||coef||₁`` (``"elasticnet"``),
     minimized in the equivalent per-sample form
-    ``mean_w(logloss) + ||coef||² / (2 C sum_i w_i)``.
+    ``mean_w(logloss) + penalty(coef) / (C sum_i w_i)``.
 
     Parameters
     ----------
     solver : {"lbfgs", "gd"}
         ``lbfgs``: limited-memory BFGS whose backtracking line search runs
         inside the iterations (a rejected step is one more iteration, no
-        extra coordination). ``gd``: steepest descent, with a fixed
-        ``learning_rate`` or the same line search.
+        extra coordination); with an L1 term, its orthant-wise form OWL-QN
+        (exact zeros). ``gd``: steepest descent, with a fixed
+        ``learning_rate`` or the same line search (L2 or no penalty only).
     C : float > 0
-        Inverse L2 strength, as scikit-learn (``np.inf``: no penalty).
+        Inverse penalty strength, as scikit-learn (``np.inf``: no penalty).
+    penalty : {"l2", "l1", "elasticnet"} or None
+        The penalty, as scikit-learn's (None: no penalty, as ``C=np.inf``).
+    l1_ratio : float in [0, 1] or None
+        ``"elasticnet"`` only (and required there): the L1 share of the penalty.
     tol : float
-        Stop when the largest absolute gradient entry of the per-sample
-        objective is at most ``tol``.
+        Stop when the largest absolute (pseudo-)gradient entry of the
+        per-sample objective is at most ``tol``.
     max_iter : int
         Maximum iterations (objective evaluations, line-search steps included).
     fit_intercept : bool
@@ -51,6 +59,9 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         :meth:`partial_fit` (and streams): step ``t`` is
         ``eta0 / (L * t**power_t)`` with ``L`` a running bound of the loss's
         curvature, see :class:`~drizzle_ml.algorithms.online.OnlineLinear`.
+        With an L1 term they learn by FTRL-proximal instead
+        (:class:`~drizzle_ml.algorithms.online.OnlineFTRL`): ``eta0`` is its
+        per-coordinate learning rate, ``power_t`` is not used.
     n_workers, group_size, scheduling, random_state, verbose,
     checkpoint_dir, checkpoint_every, tuner, rebalance
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
@@ -67,15 +78,19 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         **LinearModelBase._parameter_constraints,
         "solver": [StrOptions(set(SOLVERS))],
         "C": [Interval(Real, 0, None, closed="right")],  # np.inf: no penalty
+        "penalty": [StrOptions({"l2", "l1", "elasticnet"}), None],
+        "l1_ratio": [Interval(Real, 0, 1, closed="both"), None],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
     }
 
-    def __init__(self, solver="lbfgs", *, C=1.0, tol=1e-4, max_iter=100, fit_intercept=True,
-                 learning_rate=None, eta0=1.0, power_t=0.25, n_workers=None, group_size="auto",
-                 scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1,
-                 tuner=None, rebalance=False):
+    def __init__(self, solver="lbfgs", *, C=1.0, penalty="l2", l1_ratio=None, tol=1e-4, max_iter=100,
+                 fit_intercept=True, learning_rate=None, eta0=1.0, power_t=0.25, n_workers=None,
+                 group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None,
+                 checkpoint_every=1, tuner=None, rebalance=False):
         self.solver = solver
         self.C = C
+        self.penalty = penalty
+        self.l1_ratio = l1_ratio
         self.tol = tol
         self.max_iter = max_iter
         self.fit_intercept = fit_intercept
@@ -101,7 +116,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         ``y_key`` or ``target``); each worker then reads and encodes its own rows.
         """
         self._check_solver_params()
-        alpha = 0.0 if np.isinf(self.C) else 1.0 / float(self.C)
+        alpha, l1 = self._strengths()
         if isinstance(X, FileDataset):  # rows stay on disk; workers read and encode their own labels
             dataset = self._check_file_dataset(X, y, sample_weight, needs_targets=True)
             if len(dataset.y_shape) != 1:
@@ -125,7 +140,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
             dataset = fit_dataset(self, X, codes.astype(X.dtype) if binary else codes.astype(np.intp), sw)
         coef, intercept = self._minimize("binomial" if binary else "multinomial", dataset, n_features,
                                          1 if binary else len(self.classes_), alpha, self.solver,
-                                         self.max_iter, classes=classes_for_workers)
+                                         self.max_iter, classes=classes_for_workers, l1=l1)
         self.coef_, self.intercept_ = coef.astype(dtype), intercept.astype(dtype)
         return self
 
@@ -173,16 +188,46 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         if classes is not None:
             self.classes_ = self._check_classes(np.unique(np.asarray(classes, dtype=np.float64)))
         binary = len(self.classes_) == 2
-        program = OnlineLinear("binomial" if binary else "multinomial", penalty=self._penalty(),
-                               fit_intercept=self.fit_intercept, eta0=self.eta0, power_t=self.power_t,
-                               classes=None if classes is None else self.classes_)
-        return program, self._online_model_start(n_features, 1 if binary else len(self.classes_))
+        kind, known = "binomial" if binary else "multinomial", None if classes is None else self.classes_
+        alpha, l1 = self._strengths()
+        if l1 > 0:
+            program = OnlineFTRL(kind, l1=l1, l2=alpha, fit_intercept=self.fit_intercept, eta0=self.eta0,
+                                 classes=known)
+        else:
+            program = OnlineLinear(kind, penalty=alpha, fit_intercept=self.fit_intercept, eta0=self.eta0,
+                                   power_t=self.power_t, classes=known)
+        return program, self._online_model_start(program, n_features, 1 if binary else len(self.classes_))
 
     def online_finish(self, model: dict) -> None:
         self.coef_, self.intercept_ = np.array(model["coef"]), np.array(model["intercept"])
 
-    def _penalty(self) -> float:
-        return 0.0 if np.isinf(self.C) else 1.0 / float(self.C)
+    def _check_solver_params(self) -> None:
+        super()._check_solver_params()
+        if self.penalty in ("l1", "elasticnet") and self.solver != "lbfgs":
+            raise ValueError(f"penalty={self.penalty!r} needs solver='lbfgs' (OWL-QN); "
+                             f"solver={self.solver!r} supports only 'l2' or None penalties")
+
+    def _strengths(self) -> tuple[float, float]:
+        """``(l2, l1)``: the penalty strengths of the summed objective ``sum_i w_i logloss_i + ...``.
+
+        As scikit-learn: ``l1_ratio`` counts for ``"elasticnet"`` only (a warning
+        otherwise), and must be given there.
+        """
+        penalty, ratio = self.penalty, self.l1_ratio
+        if penalty != "elasticnet" and ratio is not None and 0 < ratio < 1:
+            warnings.warn(f"l1_ratio parameter is only used when penalty is 'elasticnet'. Got (penalty={penalty})",
+                          stacklevel=3)
+        if penalty == "elasticnet" and ratio is None:
+            raise ValueError("l1_ratio must be specified when penalty is elasticnet.")
+        if penalty is None and self.C != 1.0:
+            warnings.warn("Setting penalty=None will ignore the C and l1_ratio parameters", stacklevel=3)
+        if penalty is None or np.isinf(self.C):
+            return 0.0, 0.0
+        strength = 1.0 / float(self.C)
+        if penalty == "l2":
+            return strength, 0.0
+        share = 1.0 if penalty == "l1" else float(ratio)
+        return (1.0 - share) * strength, share * strength
 
     @staticmethod
     def _check_classes(classes: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ carried over unchanged into the next version.
 
 * :class:`OnlineLinear`: a stochastic-gradient step per micro-batch for
   logistic (binomial, multinomial) and least-squares (ridge) losses.
+* :class:`OnlineFTRL`: FTRL-proximal per coordinate for the same losses with an
+  L1 (elastic-net) penalty: sparse models, exact zeros.
 * :class:`OnlineMoments`: exact streaming mean and scatter matrix; PCA
   components come from it at read time, equal to a batch PCA of every row seen.
 * :class:`StreamingKMeans`: mini-batch k-means with forgetting, as Spark's
@@ -82,18 +84,22 @@ class OnlineLinear(Program):
             return {"g": np.zeros((m, d)), "gi": np.zeros(m), "loss": np.zeros(1), "n": np.zeros(1),
                     "sq": np.zeros(1)}
         X = part.X
+        sq = np.asarray(X.multiply(X).sum(axis=1)).ravel() if hasattr(X, "multiply") else np.einsum("ij,ij->i", X, X)
+        return {
+            **self._batch_gradient(coef, intercept, part),
+            "sq": np.array([float(sq.sum() if part.sample_weight is None else part.sample_weight @ sq)]),
+        }
+
+    def _batch_gradient(self, coef: np.ndarray, intercept: np.ndarray, part: Partition) -> dict[str, np.ndarray]:
+        """The batch's gradient sums ``g`` (m, d) and ``gi`` (m,), its ``loss`` sum and weight ``n``."""
+        m, d = coef.shape
         # The same loss and gradient sums as the batch solvers; the intercept's gradient is always
         # computed (update ignores it without an intercept).
         grad, (loss, n) = LinearLoss(self.loss, d, m, fit_intercept=True).evaluate(
-            np.concatenate([coef.ravel(), intercept]), X, self._targets(np.asarray(part.y)), part.sample_weight)
-        sq = np.asarray(X.multiply(X).sum(axis=1)).ravel() if hasattr(X, "multiply") else np.einsum("ij,ij->i", X, X)
-        return {
-            "g": grad[: m * d].reshape(m, d),
-            "gi": grad[m * d:],
-            "loss": np.array([loss]),
-            "n": np.array([n]),
-            "sq": np.array([float(sq.sum() if part.sample_weight is None else part.sample_weight @ sq)]),
-        }
+            np.concatenate([coef.ravel(), intercept]), part.X, self._targets(np.asarray(part.y)),
+            part.sample_weight)
+        return {"g": grad[: m * d].reshape(m, d), "gi": grad[m * d:], "loss": np.array([loss]),
+                "n": np.array([n])}
 
     def update(self, model, total, iteration):
         n = float(total["n"][0])
@@ -111,6 +117,75 @@ class OnlineLinear(Program):
         new = {"coef": coef, "intercept": intercept, "steps": np.array([steps]),
                "n_seen": np.array([n_seen]), "sq_norm": np.array([sq_norm])}
         return new, {"loss": float(total["loss"][0]) / n, "step": eta}
+
+
+class OnlineFTRL(OnlineLinear):
+    """FTRL-proximal (McMahan et al. 2013), per coordinate, one step per micro-batch: L1 and elastic net.
+
+    With ``g`` the batch's gradient sum, every coordinate keeps ``z += g - sigma w``
+    and ``q += g²`` (``sigma = (sqrt(q + g²) - sqrt(q)) / eta0``), and its weight is
+    ``w = 0`` where ``|z| <= l1``, else
+    ``-(z - sign(z) l1) / ((beta + sqrt(q)) / eta0 + l2)``: coefficients are
+    exactly zero until their accumulated gradient beats the L1 strength.
+    Intercepts get no penalty. The strengths are those of the summed
+    objective over every record seen: constant (``per_record=False``,
+    logistic regression: ``l1 = l1_ratio / C``) or times the records' weight
+    seen so far (``per_record=True``, Lasso and ElasticNet: ``l1 = alpha l1_ratio``),
+    as :class:`OnlineLinear` makes its L2 term scikit-learn's.
+
+    Model: ``coef`` (m, d), ``intercept`` (m,), ``z`` and ``q`` (m, d + 1: the
+    coefficients, then the intercept), ``steps`` and ``n_seen`` (1,). Only
+    ``coef`` and ``intercept`` go down the tree.
+    """
+
+    def __init__(self, loss: str, l1: float = 0.0, l2: float = 0.0, per_record: bool = False,
+                 fit_intercept: bool = True, eta0: float = 1.0, beta: float = 1.0,
+                 classes: np.ndarray | None = None):
+        super().__init__(loss, fit_intercept=fit_intercept, eta0=eta0, classes=classes)
+        self.l1, self.l2, self.per_record, self.beta = float(l1), float(l2), bool(per_record), float(beta)
+
+    def initial_model(self, n_features: int, n_outputs: int, coef: Any = None,
+                      intercept: Any = None) -> dict[str, np.ndarray]:
+        """The state whose weights are ``coef`` and ``intercept`` (default zeros) before any record."""
+        start = OnlineLinear.initial_model(n_features, n_outputs, coef, intercept)
+        w = np.column_stack([start["coef"], start["intercept"]])
+        l1, l2 = self._strengths(n_features, 0.0)
+        z = -w * (self.beta / self.eta0 + l2) - np.sign(w) * l1
+        return {"coef": start["coef"], "intercept": start["intercept"], "z": z, "q": np.zeros_like(z),
+                "steps": np.zeros(1), "n_seen": np.zeros(1)}
+
+    def _strengths(self, n_features: int, n_seen: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per-coordinate L1 and L2 strengths, shape (d + 1,): 0 for the intercept."""
+        scale = n_seen if self.per_record else 1.0
+        mask = np.r_[np.ones(n_features), 0.0]
+        return self.l1 * scale * mask, self.l2 * scale * mask
+
+    def local(self, model, part: Partition):
+        coef, intercept = model["coef"], model["intercept"]
+        if part.n_rows == 0:
+            m, d = coef.shape
+            return {"g": np.zeros((m, d)), "gi": np.zeros(m), "loss": np.zeros(1), "n": np.zeros(1)}
+        return self._batch_gradient(coef, intercept, part)
+
+    def update(self, model, total, iteration):
+        n = float(total["n"][0])
+        if n <= 0.0:
+            return dict(model), {"records": 0.0}
+        coef = model["coef"]
+        m, d = coef.shape
+        n_seen = float(model["n_seen"][0]) + n
+        g = np.column_stack([total["g"], total["gi"] if self.fit_intercept else np.zeros(m)])
+        w = np.column_stack([coef, model["intercept"]])
+        q_old = model["q"]
+        q = q_old + g * g
+        sigma = (np.sqrt(q) - np.sqrt(q_old)) / self.eta0
+        z = model["z"] + g - sigma * w
+        l1, l2 = self._strengths(d, n_seen)
+        shrunk = np.abs(z) - l1
+        w = np.where(shrunk > 0, -np.sign(z) * shrunk / ((self.beta + np.sqrt(q)) / self.eta0 + l2), 0.0)
+        new = {"coef": w[:, :d].copy(), "intercept": w[:, d].copy(), "z": z, "q": q,
+               "steps": model["steps"] + 1.0, "n_seen": np.array([n_seen])}
+        return new, {"loss": float(total["loss"][0]) / n, "nonzero": float(np.count_nonzero(w[:, :d]))}
 
 
 class OnlineMoments(Program):

@@ -308,7 +308,7 @@ def _check_shapes(name: str, fitted: dict[str, Any], path: str) -> None:
         rows = 1 if classes == 2 else classes
         shape("coef_", (rows, n))
         shape("intercept_", (rows,))
-    elif name in ("LinearRegression", "Ridge"):
+    elif name in ("LinearRegression", "Ridge", "Lasso", "ElasticNet"):
         coef = shape("coef_", (n,), (None, n))
         shape("intercept_", ()) if len(coef) == 1 else shape("intercept_", (coef[0],))
     elif name == "PCA":

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 _LINEAR_TRAIN = {"solver": "solver", "learning_rate": "learning_rate", "no_intercept": "fit_intercept",
                  "max_iter": "max_iter", "tol": "tol"}
 _LINEAR_STREAM = {"eta0": "eta0", "power_t": "power_t", "no_intercept": "fit_intercept"}
+# Lasso and ElasticNet: no solver to choose, and FTRL online (no step decay).
+_SPARSE_TRAIN = {"no_intercept": "fit_intercept", "max_iter": "max_iter", "tol": "tol", "alpha": "alpha"}
+_SPARSE_STREAM = {"eta0": "eta0", "no_intercept": "fit_intercept", "alpha": "alpha"}
+_PENALTY = {"penalty": "penalty", "l1_ratio": "l1_ratio"}
 
 
 @dataclass(frozen=True)
@@ -44,13 +48,19 @@ class Entry:
 ENTRIES: tuple[Entry, ...] = (
     Entry("LogisticRegression", "logistic", "logistic", True,
           ("classes_", "coef_", "intercept_", "n_features_in_"),
-          {**_LINEAR_TRAIN, "C": "C"}, {**_LINEAR_STREAM, "C": "C"}),
+          {**_LINEAR_TRAIN, "C": "C", **_PENALTY}, {**_LINEAR_STREAM, "C": "C", **_PENALTY}),
     Entry("LinearRegression", "linear", "linear", True,
           ("coef_", "intercept_", "n_features_in_"),
           _LINEAR_TRAIN, _LINEAR_STREAM),
     Entry("Ridge", "linear", "ridge", True,
           ("coef_", "intercept_", "n_features_in_"),
           {**_LINEAR_TRAIN, "alpha": "alpha"}, {**_LINEAR_STREAM, "alpha": "alpha"}),
+    Entry("Lasso", "linear", "lasso", True,
+          ("coef_", "intercept_", "n_features_in_"),
+          _SPARSE_TRAIN, _SPARSE_STREAM),
+    Entry("ElasticNet", "linear", "elasticnet", True,
+          ("coef_", "intercept_", "n_features_in_"),
+          {**_SPARSE_TRAIN, "l1_ratio": "l1_ratio"}, {**_SPARSE_STREAM, "l1_ratio": "l1_ratio"}),
     Entry("PCA", "pca", "pca", False,
           ("components_", "explained_variance_", "mean_", "n_components_", "n_features_in_"),
           {"n_components": "n_components", "svd_solver": "svd_solver", "whiten": "whiten", "seed": "random_state",

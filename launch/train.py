@@ -59,11 +59,14 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     opts.add_argument("--max-iter", type=int, default=None, help="iteration limit (all)")
     opts.add_argument("--tol", type=float, default=None, help="convergence tolerance (all)")
     opts.add_argument("--solver", default=None, help="logistic: lbfgs|gd; linear, ridge: auto|exact|lbfgs|gd")
-    opts.add_argument("--C", type=float, default=None, help="logistic: inverse L2 strength")
-    opts.add_argument("--alpha", type=float, default=None, help="ridge: L2 strength")
+    opts.add_argument("--C", type=float, default=None, help="logistic: inverse penalty strength")
+    opts.add_argument("--penalty", default=None, help="logistic: l2|l1|elasticnet")
+    opts.add_argument("--alpha", type=float, default=None, help="ridge, lasso, elasticnet: penalty strength")
+    opts.add_argument("--l1-ratio", type=float, default=None,
+                      help="elasticnet, logistic (--penalty elasticnet): L1 share of the penalty")
     opts.add_argument("--learning-rate", type=float, default=None, help="solver gd: a fixed step")
     opts.add_argument("--no-intercept", action="store_false", default=None,
-                      help="logistic, linear, ridge: no intercept")
+                      help="logistic, linear, ridge, lasso, elasticnet: no intercept")
     opts.add_argument("--n-components", type=int, default=None, help="pca: components to keep")
     opts.add_argument("--svd-solver", default=None, help="pca: covariance|subspace")
     opts.add_argument("--whiten", action="store_true", default=None, help="pca: whiten the projections")
@@ -177,7 +180,8 @@ def load_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from drizzle_ml.datasets import load_default
 
     if args.data is None:
-        X, y, name = load_default("regression" if args.algorithm in ("linear", "ridge") else "classification")
+        regression = args.algorithm in ("linear", "ridge", "lasso", "elasticnet")
+        X, y, name = load_default("regression" if regression else "classification")
         return X, (y if args.algorithm in SUPERVISED else None), name
     if is_parquet_data(args.data):
         dataset = open_data(args)

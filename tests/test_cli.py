@@ -191,7 +191,8 @@ def bad_files(tmp_path):
         ("continuous", [], "Unknown label type"),
         ("tiny", ["--workers", "3"],
          "{tiny} has 2 rows, fewer than the 3 workers; every worker needs at least one row"),
-        ("ok", ["--alpha", "1"], "--alpha does not apply to --algorithm logistic (it applies to ridge)"),
+        ("ok", ["--alpha", "1"],
+         "--alpha does not apply to --algorithm logistic (it applies to ridge, lasso, elasticnet)"),
         ("ok", ["--workers", "0"], "--workers must be at least 1, got 0"),
         ("ok", ["--C", "-1"], "The 'C' parameter of LogisticRegression must be a float in the range (0.0, inf]. "
                               "Got -1.0 instead."),

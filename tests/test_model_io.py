@@ -10,7 +10,7 @@ import pytest
 from sklearn import datasets
 from sklearn.preprocessing import StandardScaler
 
-from drizzle_ml import PCA, KMeans, LinearRegression, LogisticRegression, Ridge
+from drizzle_ml import PCA, ElasticNet, KMeans, Lasso, LinearRegression, LogisticRegression, Ridge
 from drizzle_ml.algorithms import persist
 from drizzle_ml.algorithms.persist import format_info, load_model, model_info, save_model
 
@@ -65,6 +65,21 @@ def _ridge_lbfgs():
     return Ridge(alpha=0.1, solver="lbfgs", max_iter=200, n_workers=W).fit(X, y), X
 
 
+def _lasso():
+    X, y = DIABETES
+    return Lasso(alpha=0.5, n_workers=W).fit(X, y), X
+
+
+def _elasticnet_multitarget():
+    X, y = DIABETES
+    return ElasticNet(alpha=0.3, l1_ratio=0.7, n_workers=W).fit(X, np.column_stack([y, np.sqrt(y)])), X
+
+
+def _logistic_l1():  # l1_ratio=None is saved as a JSON null
+    X, y = BREAST
+    return LogisticRegression(penalty="l1", C=0.1, max_iter=1000, n_workers=W).fit(X, y), X
+
+
 def _pca():
     return PCA(n_components=5, n_workers=W).fit(DIGITS), DIGITS
 
@@ -91,6 +106,9 @@ CASES = {
     "linear": _linear,
     "ridge-float32-multitarget": _ridge_float32_multi,
     "ridge-lbfgs": _ridge_lbfgs,
+    "lasso": _lasso,
+    "elasticnet-multitarget": _elasticnet_multitarget,
+    "logistic-l1": _logistic_l1,
     "pca": _pca,
     "pca-whiten-subspace": _pca_whiten_subspace,
     "kmeans": _kmeans,

@@ -2,7 +2,7 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from drizzle_ml import LinearRegression, LogisticRegression, Ridge
+from drizzle_ml import ElasticNet, Lasso, LinearRegression, LogisticRegression, Ridge
 
 # Checks expected to fail, by estimator name, each with the reason it cannot hold.
 EXPECTED_FAILURES: dict[str, dict[str, str]] = {}
@@ -11,6 +11,9 @@ ESTIMATORS = [
     LogisticRegression(n_workers=2),
     LinearRegression(n_workers=2),
     Ridge(n_workers=2),
+    Lasso(n_workers=2),
+    ElasticNet(n_workers=2),
+    LogisticRegression(penalty="elasticnet", l1_ratio=0.5, n_workers=2),
 ]
 
 
