@@ -20,6 +20,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from drizzle_ml.data import ArrayDataset, FileDataset
 from drizzle_ml.durable import (
     SCHEDULING,
+    SHARDING,
     DurableJob,
     JobState,
     job_key_for,
@@ -79,6 +80,14 @@ class DrizzleEstimator(BaseEstimator):
     rebalance : bool
         Move rows away from a reported straggler to its neighbours at a group
         boundary (default False: only report it with a ``StragglerWarning``).
+    sharding : {"auto", "replicated", "sharded"}
+        The linear models' L-BFGS and gradient descent: split the
+        coefficients and the optimizer's memory across the workers (each
+        updates its shard; gradients arrive by reduce-scatter), or keep them
+        whole on every worker. ``"auto"`` shards models of at least 2^16
+        coefficients on two workers or more. ``history_`` names what ran
+        (``reduction``: ``scatter+sharded`` when sharded). See
+        ``docs/large-sparse-models.md``.
 
     After ``fit``: ``n_iter_``, ``model_version_`` (the committed version of
     the final model) and ``history_`` (one dict of metrics per group).
@@ -95,6 +104,7 @@ class DrizzleEstimator(BaseEstimator):
         "checkpoint_every": [Interval(Integral, 1, None, closed="left"), str],
         "tuner": [None, dict],
         "rebalance": ["boolean"],
+        "sharding": [StrOptions(set(SHARDING))],
     }
 
     def _check_engine_params(self) -> None:

@@ -205,7 +205,7 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
 
 
 _ENGINE_PARAMS_DOC = """    n_workers, group_size, scheduling, random_state, verbose,
-    checkpoint_dir, checkpoint_every, tuner, rebalance
+    checkpoint_dir, checkpoint_every, tuner, rebalance, sharding
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`."""
 
 _ATTRIBUTES_DOC = """    Attributes
@@ -247,7 +247,7 @@ class LinearRegression(_LeastSquares):
     def __init__(self, *, fit_intercept=True, solver="auto", tol=1e-6, max_iter=None, learning_rate=None,
                  eta0=1.0, power_t=0.25, n_workers=None, group_size="auto", scheduling="group",
                  random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1,
-                 tuner=None, rebalance=False):
+                 tuner=None, rebalance=False, sharding="auto"):
         self.fit_intercept = fit_intercept
         self.solver = solver
         self.tol = tol
@@ -264,6 +264,7 @@ class LinearRegression(_LeastSquares):
         self.checkpoint_every = checkpoint_every
         self.tuner = tuner
         self.rebalance = rebalance
+        self.sharding = sharding
 
 
 class Ridge(_LeastSquares):
@@ -291,7 +292,7 @@ class Ridge(_LeastSquares):
     def __init__(self, alpha=1.0, *, fit_intercept=True, solver="auto", tol=1e-4, max_iter=None,
                  learning_rate=None, eta0=1.0, power_t=0.25, n_workers=None, group_size="auto",
                  scheduling="group", random_state=None, verbose=0, checkpoint_dir=None, checkpoint_every=1,
-                 tuner=None, rebalance=False):
+                 tuner=None, rebalance=False, sharding="auto"):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
         self.solver = solver
@@ -309,6 +310,7 @@ class Ridge(_LeastSquares):
         self.checkpoint_every = checkpoint_every
         self.tuner = tuner
         self.rebalance = rebalance
+        self.sharding = sharding
 
     @property
     def _alpha(self) -> float:
@@ -364,7 +366,7 @@ class ElasticNet(_LeastSquares):
 
     def __init__(self, alpha=1.0, *, l1_ratio=0.5, fit_intercept=True, max_iter=1000, tol=1e-4, eta0=1.0,
                  n_workers=None, group_size="auto", scheduling="group", random_state=None, verbose=0,
-                 checkpoint_dir=None, checkpoint_every=1, tuner=None, rebalance=False):
+                 checkpoint_dir=None, checkpoint_every=1, tuner=None, rebalance=False, sharding="auto"):
         self.alpha = alpha
         self.l1_ratio = l1_ratio
         self.fit_intercept = fit_intercept
@@ -380,6 +382,7 @@ class ElasticNet(_LeastSquares):
         self.checkpoint_every = checkpoint_every
         self.tuner = tuner
         self.rebalance = rebalance
+        self.sharding = sharding
 
     @property
     def _l1_share(self) -> float:
@@ -433,7 +436,7 @@ class Lasso(ElasticNet):
 
     def __init__(self, alpha=1.0, *, fit_intercept=True, max_iter=1000, tol=1e-4, eta0=1.0, n_workers=None,
                  group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None,
-                 checkpoint_every=1, tuner=None, rebalance=False):
+                 checkpoint_every=1, tuner=None, rebalance=False, sharding="auto"):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
         self.max_iter = max_iter
@@ -448,3 +451,4 @@ class Lasso(ElasticNet):
         self.checkpoint_every = checkpoint_every
         self.tuner = tuner
         self.rebalance = rebalance
+        self.sharding = sharding

@@ -63,7 +63,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         (:class:`~drizzle_ml.algorithms.online.OnlineFTRL`): ``eta0`` is its
         per-coordinate learning rate, ``power_t`` is not used.
     n_workers, group_size, scheduling, random_state, verbose,
-    checkpoint_dir, checkpoint_every, tuner, rebalance
+    checkpoint_dir, checkpoint_every, tuner, rebalance, sharding
         Engine parameters, see :class:`~drizzle_ml.algorithms.base.DrizzleEstimator`.
 
     Attributes
@@ -86,7 +86,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
     def __init__(self, solver="lbfgs", *, C=1.0, penalty="l2", l1_ratio=None, tol=1e-4, max_iter=100,
                  fit_intercept=True, learning_rate=None, eta0=1.0, power_t=0.25, n_workers=None,
                  group_size="auto", scheduling="group", random_state=None, verbose=0, checkpoint_dir=None,
-                 checkpoint_every=1, tuner=None, rebalance=False):
+                 checkpoint_every=1, tuner=None, rebalance=False, sharding="auto"):
         self.solver = solver
         self.C = C
         self.penalty = penalty
@@ -106,6 +106,7 @@ class LogisticRegression(ClassifierMixin, LinearModelBase):
         self.checkpoint_every = checkpoint_every
         self.tuner = tuner
         self.rebalance = rebalance
+        self.sharding = sharding
 
     @resumable
     def fit(self, X, y=None, sample_weight=None):

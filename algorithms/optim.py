@@ -273,25 +273,26 @@ class OrthantWise(Minimize):
         self.l1 = float(l1) * loss.penalty_mask()
 
     def _l1(self, total) -> np.ndarray:
-        """The L1 strengths of the per-sample objective (``l1 / weight_sum``)."""
-        return self.l1 / float(total[1][1])
+        """The L1 strengths of the per-sample objective (``l1 / weight_sum``), for this worker's coordinates."""
+        return self.coordinates.shard(self.l1) / float(total[1][1])
 
     def update(self, model, total, iteration):
         w = model["w"]
         state = model["state"].copy()
         lam = self._l1(total)
+        c = self.coordinates
         f, g = self.objective(w, total)
-        f += float(lam @ np.abs(w))
+        f += c.dot(lam, np.abs(w))
         if state[_HAVE_X]:
             x = model["x"]
             pg_x = pseudo_gradient(x, model["g"], lam)
-            if not (np.isfinite(f) and f <= state[_F] + _ARMIJO_C1 * float(pg_x @ (w - x))):
+            if not (np.isfinite(f) and f <= state[_F] + _ARMIJO_C1 * c.dot(pg_x, w - x)):
                 return self._backtrack_orthant(model, state, f, pg_x, lam)
-        elif not (math.isfinite(f) and np.isfinite(g).all()):
+        elif not (math.isfinite(f) and math.isfinite(c.max_abs(g))):
             what = f"the loss is {f}" if not math.isfinite(f) else "the gradient is not finite"
             raise FloatingPointError(f"{what} at iteration {iteration}: scale the features")
         pg = pseudo_gradient(w, g, lam)
-        grad_max = float(np.abs(pg).max()) if pg.size else 0.0
+        grad_max = c.max_abs(pg)
         new = dict(model)
         converged = False
         if state[_HAVE_X]:
@@ -303,11 +304,11 @@ class OrthantWise(Minimize):
         state[_F], state[_HAVE_X] = f, 1.0
         p = self._two_loop(pg, new["S"], new["Y"], state)
         p[(lam > 0) & (np.sign(p) != -np.sign(pg))] = 0.0  # stay in the orthant -pg points to
-        gtp = float(pg @ p)
+        gtp = c.dot(pg, p)
         if not gtp < 0:  # not a descent direction: forget the curvature pairs
             state[_NMEM] = 0
             p = -pg
-            gtp = float(pg @ p)
+            gtp = c.dot(pg, p)
         step = min(1.0, 1.0 / max(np.sqrt(-gtp), 1e-300)) if state[_NMEM] == 0 else 1.0
         state[_STEP], state[_GTP] = step, gtp
         new["p"], new["state"] = p, state
@@ -320,7 +321,7 @@ class OrthantWise(Minimize):
         if not metrics["converged"]:
             x = model["x"]
             new["w"] = project_orthant(x + new["state"][_STEP] * model["p"], orthant(x, pg_x), lam)
-        metrics["grad_max"] = float(np.max(np.abs(pg_x), initial=0.0))
+        metrics["grad_max"] = self.coordinates.max_abs(pg_x)
         return new, metrics
 
 

@@ -32,12 +32,13 @@ from .errors import WorkerFailedError, WorkerRecoveredWarning
 from .job_state import JobState, parse_checkpoint_every
 from .metrics import JobResult
 from .scheduler import SCHEDULING, run_job
+from .sharding import SHARDING
 from .store import ModelStore, freeze
 from .streams import StreamSpec
 from .tuner import SIZER_KEYS, TunerSettings, tuner_options
 
 # What an estimator needs besides run_durable, so that it imports this module (and data) only.
-__all__ = ["MAX_RECOVERIES", "SCHEDULING", "UNBOUNDED", "DurableJob", "JobState", "job_key_for",
+__all__ = ["MAX_RECOVERIES", "SCHEDULING", "SHARDING", "UNBOUNDED", "DurableJob", "JobState", "job_key_for",
            "parse_checkpoint_every", "run_durable", "tuner_settings"]
 
 MAX_RECOVERIES = 3  # worker replacements per job, in launched mode

@@ -2,17 +2,26 @@
 
 Real MPI jobs: a sharded run equals the replicated run of the same program
 (to rounding), for 1, 2, 3 and 5 workers, dense and sparse, and repeats bit
-for bit; a model sharded over 3 workers continues over 2.
+for bit; a model sharded over 3 workers continues over 2; the estimators'
+L-BFGS and OWL-QN fits reach the replicated fits' optimum; a killed worker
+of a sharded fit is replaced and the model is the same bit for bit.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import InvalidParameterError
 
+import drizzle_ml as dm
 from drizzle_ml import ArrayDataset, Cluster
-from drizzle_ml.errors import WorkerError
+from drizzle_ml.datasets import load_default
+from drizzle_ml.errors import WorkerError, WorkerRecoveredWarning
 from drizzle_ml.sharding import MIN_COORDINATES, assemble, bounds, choose, n_coordinates, split
 from drizzle_ml.testing import LeastSquaresGD, ShardedMomentumGD
 
@@ -108,3 +117,93 @@ def test_a_partial_that_is_not_the_coordinate_vector_is_refused():
                                               r"got float32 of shape \(23,\)"):
             cluster.run(ShardedMomentumGD(partial_dtype=np.float32), ShardedMomentumGD.initial_model(23),
                         ArrayDataset(X, Y), max_iter=2, sharding="sharded")
+
+
+# -- estimators: L-BFGS and OWL-QN with sharded coordinates -----------------------------------
+def _estimators(n_workers, sharding):
+    common = dict(n_workers=n_workers, sharding=sharding)
+    return {
+        "logistic": (dm.LogisticRegression(tol=1e-10, max_iter=2000, **common), "classification"),
+        "multinomial sparse": (dm.LogisticRegression(C=0.5, tol=1e-10, max_iter=2000, **common), "sparse"),
+        "lasso (OWL-QN)": (dm.Lasso(alpha=0.1, tol=1e-10, max_iter=5000, **common), "regression"),
+    }
+
+
+def _data(kind):
+    if kind == "sparse":
+        Xs = sp.random(400, 120, density=0.1, random_state=0, format="csr")
+        return Xs, np.asarray(Xs.sum(axis=1)).ravel().argsort().argsort() * 3 // 400
+    return load_default(kind)[:2]
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3, 5])
+def test_sharded_fits_agree_with_replicated_fits(n_workers):
+    sharded, replicated, again = (_estimators(n_workers, m) for m in ("sharded", "replicated", "sharded"))
+    for name, (est, kind) in sharded.items():
+        X_, y_ = _data(kind)
+        est.fit(X_, y_)
+        ref = replicated[name][0].fit(X_, y_)
+        rerun = again[name][0].fit(X_, y_)
+        assert est.history_[-1]["reduction"] == "scatter+sharded", name
+        assert ref.history_[-1]["reduction"] != "scatter+sharded", name
+        assert np.array_equal(rerun.coef_, est.coef_) and np.array_equal(rerun.intercept_, est.intercept_), name
+        # The same optimum: the objectives to rounding, the coefficients as closely as the solver
+        # converges (the sums run in another order, so the paths differ in the last bits).
+        loss, ref_loss = est.history_[-1]["metrics"]["loss"], ref.history_[-1]["metrics"]["loss"]
+        assert loss == pytest.approx(ref_loss, rel=1e-12), name
+        scale = max(1.0, float(np.abs(ref.coef_).max()))
+        np.testing.assert_allclose(est.coef_, ref.coef_, rtol=0, atol=1e-8 * scale, err_msg=name)
+        if n_workers == 1:  # one shard is the whole model: the same arithmetic
+            assert np.array_equal(est.coef_, ref.coef_), name
+
+
+def test_auto_shards_wide_models_only():
+    wide = sp.random(300, MIN_COORDINATES, density=1e-4, random_state=1, format="csr")
+    y = np.arange(300) % 2
+    with pytest.warns(ConvergenceWarning):
+        est = dm.LogisticRegression(max_iter=3, n_workers=2).fit(wide, y)
+    assert est.history_[-1]["reduction"] == "scatter+sharded"
+    narrow = dm.LogisticRegression(n_workers=2).fit(*load_default("classification")[:2])
+    assert narrow.history_[-1]["reduction"] != "scatter+sharded"
+    with pytest.raises(InvalidParameterError, match="The 'sharding' parameter of LogisticRegression must be"):
+        dm.LogisticRegression(sharding="yes").fit(wide, y)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_killed_worker_of_a_sharded_fit_recovers_to_the_same_model():
+    X_, y_ = load_default("classification")[:2]
+
+    def fit(callback=None):
+        est = dm.LogisticRegression(solver="gd", learning_rate=0.5, tol=0.0, max_iter=150, n_workers=3,
+                                    group_size=5, sharding="sharded")
+        est.progress_callback = callback
+        return est.fit(X_, y_)
+
+    reference = fit()
+    victim = dm.get_cluster(3).workers[1].pid
+    killed = []
+
+    def kill_once(group):
+        if group.start_iteration >= 40 and not killed:
+            killed.append(group.start_iteration)
+            os.kill(victim, signal.SIGKILL)
+
+    with pytest.warns(WorkerRecoveredWarning, match=r"worker 1 .* died"):
+        recovered = fit(kill_once)
+    assert killed and recovered.history_[-1]["reduction"] == "scatter+sharded"
+    assert np.array_equal(recovered.coef_, reference.coef_) and recovered.n_iter_ == 150
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_sharded_checkpoint_resumes_on_fewer_workers(tmp_path):
+    X_, y_ = load_default("classification")[:2]
+
+    def gd(max_iter, n_workers, **kw):
+        return dm.LogisticRegression(solver="gd", learning_rate=0.5, tol=0.0, max_iter=max_iter,
+                                     n_workers=n_workers, group_size=10, sharding="sharded", **kw)
+
+    whole = gd(120, 2).fit(X_, y_)
+    gd(60, 3, checkpoint_dir=tmp_path).fit(X_, y_)  # the checkpoint holds the assembled model
+    resumed = gd(120, 2, checkpoint_dir=tmp_path).fit(X_, y_, resume=True)  # re-sharded over 2
+    assert resumed.n_iter_ == 120 and resumed.history_[0]["start_iteration"] == 60
+    np.testing.assert_allclose(resumed.coef_, whole.coef_, rtol=1e-10, atol=1e-14)
