@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each round measures every side")
     parser.add_argument("--sharding", default="sharded,replicated",
                         help="drizzle-ml modes to compare, comma-separated (auto, sharded, replicated)")
+    parser.add_argument("--max-iter", type=int, default=200, help="drizzle-ml's iteration budget")
     parser.add_argument("--skip-sklearn", action="store_true", help="only drizzle-ml (e.g. for --bits 24)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
           f"{args.workers} workers, BLAS 1 thread per process; {args.repeats} rounds, each timing every side "
           "back to back", flush=True)
     cluster = dm.get_cluster(args.workers)
-    ours = {m: dm.LogisticRegression(C=1.0, tol=1e-8, max_iter=500, n_workers=args.workers, sharding=m)
+    ours = {m: dm.LogisticRegression(C=1.0, tol=1e-6, max_iter=args.max_iter, n_workers=args.workers, sharding=m)
             for m in modes}
     rows = {m: [] for m in modes}
     sk_times, target = [], None
