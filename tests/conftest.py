@@ -108,8 +108,8 @@ def cluster2():
 
 
 # Test modules whose tests start no MPI process, and those with the slowest tests.
-PURE_MODULES = {"test_architecture", "test_bench_scale", "test_checkpoint", "test_datasets_tools", "test_tuner",
-                "test_units"}
+PURE_MODULES = {"test_architecture", "test_bench_scale", "test_checkpoint", "test_datasets_tools", "test_file_formats",
+                "test_tuner", "test_units"}
 SLOW_MODULES = {"test_bench_report", "test_multihost", "test_recovery", "test_slurm"}
 
 
