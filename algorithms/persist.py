@@ -104,11 +104,11 @@ def _string_array(arr: np.ndarray, name: str) -> list[str]:
 def _write_array(group, name: str, value: np.ndarray) -> None:
     import h5py
 
-    arr = value
+    arr = np.asarray(value)
     order = "F" if arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
     kind = arr.dtype.kind
     if kind in _NUMERIC_KINDS or kind == "S":
-        ds = group.create_dataset(name, data=np.ascontiguousarray(arr))
+        ds = group.create_dataset(name, data=np.asarray(arr, order="C"))  # 0-d stays 0-d
     elif kind in "UO":
         items = _string_array(arr, name)
         ds = group.create_dataset(name, shape=arr.shape, dtype=h5py.string_dtype("utf-8"))
@@ -136,10 +136,8 @@ def _write_file(h5, estimator: Any, params_json: str, extra_json: str | None) ->
         h5.attrs["extra"] = extra_json
     fitted = h5.create_group("fitted")
     for name, value in _fitted_attributes(estimator).items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, (np.ndarray, np.generic)):  # a numpy scalar: a 0-d dataset keeps its dtype
             _write_array(fitted, name, value)
-        elif isinstance(value, np.generic):  # numpy scalar: a 0-d dataset keeps its dtype
-            _write_array(fitted, name, np.asarray(value))
         elif value is None or isinstance(value, (bool, int, float, str)):
             fitted.attrs[name] = json.dumps(value, allow_nan=True)
         else:

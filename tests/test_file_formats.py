@@ -205,5 +205,16 @@ def test_the_fixture_models_are_written_the_same_today(name, tmp_path):
     assert new == old
 
 
+def test_numpy_scalars_and_0d_arrays_keep_their_type_and_shape(tmp_path):
+    estimator = load_model(os.path.join(DATA, "pca-whiten.h5"))
+    estimator.scale_ = np.float32(0.75)
+    estimator.steps_ = np.array(3, dtype=np.int16)
+    save_model(estimator, tmp_path / "m.h5")
+    loaded = load_model(tmp_path / "m.h5")
+    assert type(loaded.scale_) is np.float32 and loaded.scale_ == np.float32(0.75)
+    assert isinstance(loaded.steps_, np.ndarray) and loaded.steps_.shape == () and loaded.steps_.dtype == np.int16
+    assert int(loaded.steps_) == 3
+
+
 if __name__ == "__main__":
     make_fixtures(sys.argv[1] if len(sys.argv) > 1 else DATA)
