@@ -9,12 +9,14 @@ A model file is an HDF5 file laid out as::
     /fitted                 attributes: the fitted python scalars (``intercept_``,
                             ``n_features_in_``...), each as JSON text
 
-Every dataset records the numpy dtype it came from (``dtype``) and its memory
-order, so a loaded estimator computes bit for bit what the saved one did.
-String and object label arrays (``classes_`` with string labels) are stored as
-UTF-8 variable-length strings. Nothing is ever unpickled: the loader reads only
-numbers, booleans, fixed-length bytes and UTF-8 strings, and refuses any other
-HDF5 type.
+Every dataset records the numpy dtype it came from (``dtype``), its memory
+order and whether it was a numpy scalar (``kind``), so a loaded estimator
+computes bit for bit what the saved one did. String and object label arrays
+(``classes_`` with string labels) are stored as UTF-8 variable-length strings.
+Nothing is ever unpickled: the loader reads only numbers, booleans,
+fixed-length bytes and UTF-8 strings, and refuses any other HDF5 type. The
+arrays and JSON go through the engine's codec, :mod:`drizzle_ml.h5files`,
+which checkpoints use too.
 
 The engine never imports this module (it imports the estimators); it lives with them.
 """
@@ -28,8 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from drizzle_ml.h5files import open_hdf5, root_attributes, write_hdf5
-from drizzle_ml.jsonable import from_json, to_json
+from drizzle_ml.h5files import (
+    from_json,
+    json_text,
+    open_hdf5,
+    read_array,
+    root_attributes,
+    to_json,
+    write_array,
+    write_hdf5,
+)
 
 from .registry import ENTRIES
 
@@ -50,19 +60,13 @@ _NOT_SAVED = ("model_store_", "stream_offsets_", "stream_stats_")  # live state;
 _ROOT_ATTRS = ("history_", "model_version_", "n_iter_")
 _REQUIRED_ROOT = ("format", "format_version", "class", "params", "drizzle_ml_version",
                   "model_version", "n_iter", "history")
-_NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex
 
 
 # -- JSON ----------------------------------------------------------------------------------------
 
-def _to_json_value(value: Any, where: str) -> Any:
-    """JSON data for a model file (KMeans' ``init`` may be an array); TypeError naming ``where``."""
-    return to_json(value, where, "a model file")
-
-
 def _dumps(value: Any, where: str) -> str:
-    # allow_nan: C=np.inf and NaN metrics are legitimate; Python's json reads them back.
-    return json.dumps(_to_json_value(value, where), allow_nan=True, sort_keys=True)
+    # NaN and infinities allowed: C=np.inf and NaN metrics are legitimate; Python's json reads them back.
+    return json_text(value, where, "a model file")
 
 
 def _loads(text: Any, where: str, path: str) -> Any:
@@ -89,35 +93,9 @@ def _fitted_attributes(estimator: Any) -> dict[str, Any]:
     }
 
 
-def _string_array(arr: np.ndarray, name: str) -> list[str]:
-    """Elements of a ``U`` or object array as python strings (object arrays must hold only str)."""
-    items = arr.ravel().tolist()
-    for item in items:
-        if not isinstance(item, str):
-            raise TypeError(
-                f"fitted attribute {name} is an object array holding {type(item).__name__} "
-                f"{item!r}; only strings can be saved from object arrays"
-            )
-    return items
-
-
-def _write_array(group, name: str, value: np.ndarray) -> None:
-    import h5py
-
-    arr = value
-    order = "F" if arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
-    kind = arr.dtype.kind
-    if kind in _NUMERIC_KINDS or kind == "S":
-        ds = group.create_dataset(name, data=np.ascontiguousarray(arr))
-    elif kind in "UO":
-        items = _string_array(arr, name)
-        ds = group.create_dataset(name, shape=arr.shape, dtype=h5py.string_dtype("utf-8"))
-        if arr.size:
-            ds[...] = np.array(items, dtype=object).reshape(arr.shape)
-    else:
-        raise TypeError(f"fitted attribute {name} has dtype {arr.dtype}, which model files do not hold")
-    ds.attrs["dtype"] = arr.dtype.str if kind != "O" else "object"
-    ds.attrs["order"] = order
+def _write_array(group, name: str, value: np.ndarray | np.generic) -> None:
+    """``fitted/<name>``: the array, and whether it was a numpy scalar (``kind``)."""
+    ds = write_array(group, name, np.asarray(value), "model file", where=f"fitted attribute {name}")
     ds.attrs["kind"] = "ndarray" if isinstance(value, np.ndarray) else "scalar"
 
 
@@ -136,10 +114,8 @@ def _write_file(h5, estimator: Any, params_json: str, extra_json: str | None) ->
         h5.attrs["extra"] = extra_json
     fitted = h5.create_group("fitted")
     for name, value in _fitted_attributes(estimator).items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, (np.ndarray, np.generic)):  # a numpy scalar: a 0-d dataset keeps its dtype
             _write_array(fitted, name, value)
-        elif isinstance(value, np.generic):  # numpy scalar: a 0-d dataset keeps its dtype
-            _write_array(fitted, name, np.asarray(value))
         elif value is None or isinstance(value, (bool, int, float, str)):
             fitted.attrs[name] = json.dumps(value, allow_nan=True)
         else:
@@ -170,7 +146,7 @@ def save_model(estimator: Any, path: str | os.PathLike, *, extra: dict | None = 
         raise ValueError(f"cannot save an unfitted {name} (no {', '.join(missing)}); call fit first")
     params = estimator.get_params(deep=False)
     for key, value in params.items():  # one clear message per offending parameter
-        _to_json_value(value, f"parameter {key}")
+        to_json(value, f"parameter {key}", "a model file")
     params_json = _dumps(params, "params")
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra must be a dict or None, got {type(extra).__name__}")
@@ -212,47 +188,11 @@ def _root(h5, path: str) -> tuple[str, dict]:
 
 def _read_array(ds, name: str, path: str):
     """A dataset back as the numpy array (or numpy scalar) it was saved from."""
-    import h5py
-
     try:
-        dtype_text = ds.attrs["dtype"]
-        order = ds.attrs.get("order", "C")
-        kind_text = ds.attrs.get("kind", "ndarray")
-    except KeyError:
-        raise ValueError(f"{path}: dataset fitted/{name} has no 'dtype' attribute; "
-                         "the model file is corrupted") from None
-    dtype_text = dtype_text.decode() if isinstance(dtype_text, bytes) else str(dtype_text)
-    order = order.decode() if isinstance(order, bytes) else str(order)
-    kind_text = kind_text.decode() if isinstance(kind_text, bytes) else str(kind_text)
-    try:
-        dtype = np.dtype(dtype_text) if dtype_text != "object" else np.dtype(object)
-    except TypeError:
-        raise ValueError(f"{path}: dataset fitted/{name} has an unknown dtype {dtype_text!r}") from None
-    stored = ds.dtype
-    if h5py.check_string_dtype(stored) is not None and stored.kind == "O":
-        # Variable-length strings: read as str, then the saved dtype (U or object).
-        if dtype.kind not in "UO":
-            raise ValueError(f"{path}: dataset fitted/{name} holds strings but claims dtype {dtype_text}")
-        items = ds.asstr()[()]
-        if dtype.kind == "U":
-            arr = np.array(items, dtype=dtype) if ds.shape != () else np.array(str(items), dtype=dtype)
-        else:
-            arr = np.empty(ds.shape, dtype=object)
-            arr[...] = items
-    elif stored.kind in _NUMERIC_KINDS or stored.kind == "S":
-        if dtype.kind != stored.kind or dtype.kind == "O":
-            raise ValueError(f"{path}: dataset fitted/{name} stores {stored} but claims dtype {dtype_text}")
-        arr = np.asarray(ds[()]).astype(dtype, copy=False)
-    else:
-        raise ValueError(
-            f"{path}: dataset fitted/{name} has HDF5 type {stored} (object, reference or opaque data); "
-            "drizzle-ml model files hold only numbers, booleans and strings, and never unpickle"
-        )
-    if order == "F":
-        arr = np.asfortranarray(arr)
-    if kind_text == "scalar":
-        return arr[()]
-    return arr
+        arr, _ = read_array(ds, f"dataset fitted/{name}", "model file")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return arr[()] if ds.attrs.get("kind", "ndarray") in ("scalar", b"scalar") else arr
 
 
 def _read_scalar(text: Any, name: str, path: str):

@@ -11,7 +11,7 @@ import sys
 
 
 def serve_if_worker_rank() -> None:
-    from .cluster import launched_by_mpiexec
+    from .launching import launched_by_mpiexec
 
     if os.environ.get("DRIZZLE_NO_SERVE") or not launched_by_mpiexec():
         return

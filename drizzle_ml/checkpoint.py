@@ -22,7 +22,8 @@ is invalid. Nothing is ever pickled: model arrays must be numeric (bool, int,
 uint, float, complex); the other fields must be JSON (numpy scalars become
 python numbers, numpy arrays in ``params`` are stored as
 ``{"__ndarray__": [...], "dtype": ...}`` and come back as arrays, tuples come
-back as lists, NaN and infinities are allowed).
+back as lists, NaN and infinities are allowed). Arrays and JSON are written
+and read by :mod:`drizzle_ml.h5files`, the codec saved models use too.
 
 A save of version ``v`` is the newest state of its job: it supersedes this
 job's checkpoint files with a higher version (left by a run that resumed from
@@ -60,8 +61,19 @@ import numpy as np
 
 from .errors import CheckpointError, CheckpointInUseError, CheckpointMismatchError, CheckpointWarning
 from .files import fsync_dir
-from .h5files import open_hdf5, root_attributes, write_hdf5
-from .jsonable import from_json, to_json
+from .h5files import (
+    NUMERIC_KINDS,
+    FormatError,
+    attribute_text,
+    from_json,
+    json_text,
+    memory_order,
+    open_hdf5,
+    read_array,
+    root_attributes,
+    write_array,
+    write_hdf5,
+)
 
 __all__ = [
     "FORMAT",
@@ -82,7 +94,6 @@ _NAME = re.compile(r"^ckpt-(\d+)\.h5$")
 _TEMP = re.compile(r"^\.ckpt-\d+\.h5\..+\.tmp$")
 #: A temporary file this old was left by a writer that died (killed mid-write); removed on save.
 STALE_TEMP_SECONDS = 3600.0
-_NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex
 _JSON_FIELDS = ("tuner", "rng", "stream_offsets", "params", "metrics")
 
 
@@ -128,20 +139,11 @@ class CheckpointInfo:
     created: float | None = None
 
 
-class _Invalid(Exception):
-    """A checkpoint file is damaged or foreign; the message is the reason."""
-
-
 # -- JSON ----------------------------------------------------------------------------------------
-
-def _to_json(value: Any, where: str) -> Any:
-    return to_json(value, where, "a checkpoint")
-
 
 def _canonical(value: Any, where: str) -> str:
     """Canonical JSON text: sorted keys, no spaces, ASCII; NaN/Infinity allowed."""
-    return json.dumps(_to_json(value, where), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True, allow_nan=True)
+    return json_text(value, where, "a checkpoint", separators=(",", ":"))
 
 
 def job_key_for(name: str, params: dict, *, exclude: Iterable[str] = ()) -> str:
@@ -199,15 +201,14 @@ def _prepare(ckpt: Checkpoint) -> _Prepared:
         if not isinstance(key, str) or not key:
             raise TypeError(f"model keys must be non-empty strings, got {key!r}")
         arr = np.asarray(value)
-        if arr.dtype.kind not in _NUMERIC_KINDS:
+        if arr.dtype.kind not in NUMERIC_KINDS:
             raise TypeError(
                 f"model[{key!r}] has dtype {arr.dtype}; checkpoints hold numeric arrays only "
                 "(bool, int, uint, float, complex) and never pickle objects"
             )
-        fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
         keys.append(key)
+        orders.append(memory_order(arr))
         arrays.append(np.array(arr, order="C", copy=True))  # private: later in-place changes can't leak in
-        orders.append("F" if fortran else "C")
     for name in ("tuner", "rng", "stream_offsets", "params", "metrics"):
         if not isinstance(getattr(ckpt, name), dict):
             raise TypeError(f"{name} must be a dict, got {type(getattr(ckpt, name)).__name__}")
@@ -264,10 +265,7 @@ def _fill_h5(h5: Any, p: _Prepared, checksum: str) -> None:
     a["model_keys"] = json.dumps(p.keys, ensure_ascii=True)
     group = h5.create_group("model")
     for i, (key, arr, order) in enumerate(zip(p.keys, p.arrays, p.orders)):
-        ds = group.create_dataset(str(i), data=arr)  # contiguous, no filters
-        ds.attrs["key"] = key
-        ds.attrs["dtype"] = arr.dtype.str
-        ds.attrs["order"] = order
+        write_array(group, str(i), arr, "checkpoint", order=order, key=key)  # arr is a C-order copy
     a["checksum"] = checksum
 
 
@@ -282,106 +280,81 @@ def _write_atomic(directory: str, p: _Prepared) -> str:
 
 # -- reading -------------------------------------------------------------------------------------
 
-def _text(value: Any, where: str) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    if not isinstance(value, str):
-        raise _Invalid(f"attribute {where!r} is not text")
-    return value
-
-
 def _int_attr(attrs: dict, key: str) -> int:
     value = attrs[key]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise _Invalid(f"attribute {key!r} = {value!r} is not an integer")
+        raise FormatError(f"attribute {key!r} = {value!r} is not an integer")
     return int(value)
 
 
-def _open(path: str):
-    try:
-        return open_hdf5(path, "checkpoint")
-    except ValueError as exc:
-        raise _Invalid(str(exc)) from None
-
-
 def _read_root(h5) -> dict:
-    """Root attributes as python values, after checking format and version (_Invalid if not ours)."""
-    try:
-        attrs = root_attributes(h5, FORMAT, FORMAT_VERSION, "checkpoint")
-    except ValueError as exc:
-        raise _Invalid(str(exc)) from None
+    """Root attributes as python values, after checking format and version (FormatError if not ours)."""
+    attrs = root_attributes(h5, FORMAT, FORMAT_VERSION, "checkpoint")
     for key in ("job_key", "version", "iteration", "created", "model_keys", "checksum",
                 *_JSON_FIELDS):
         if key not in attrs:
-            raise _Invalid(f"missing attribute {key!r}")
+            raise FormatError(f"missing attribute {key!r}")
     return attrs
 
 
 def _read_file(path: str) -> Checkpoint:
-    """The checkpoint in ``path``, fully validated (checksum included); _Invalid otherwise."""
+    """The checkpoint in ``path``, fully validated (checksum included); FormatError otherwise."""
     import h5py
 
     try:
-        with _open(path) as h5:
+        with open_hdf5(path, "checkpoint") as h5:
             attrs = _read_root(h5)
-            job_key = _text(attrs["job_key"], "job_key")
+            job_key = attribute_text(attrs["job_key"], "job_key")
             version = _int_attr(attrs, "version")
             iteration = _int_attr(attrs, "iteration")
             created = attrs["created"]
             if not isinstance(created, (float, np.floating)):
-                raise _Invalid(f"attribute 'created' = {created!r} is not a float")
+                raise FormatError(f"attribute 'created' = {created!r} is not a float")
             created = float(created)
-            texts = {name: _text(attrs[name], name) for name in _JSON_FIELDS}
-            keys = json.loads(_text(attrs["model_keys"], "model_keys"))
+            texts = {name: attribute_text(attrs[name], name) for name in _JSON_FIELDS}
+            keys = json.loads(attribute_text(attrs["model_keys"], "model_keys"))
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-                raise _Invalid("attribute 'model_keys' is not a list of strings")
+                raise FormatError("attribute 'model_keys' is not a list of strings")
             group = h5.get("model")
             if not isinstance(group, h5py.Group):
-                raise _Invalid("missing group 'model'")
+                raise FormatError("missing group 'model'")
             if len(group) != len(keys):
-                raise _Invalid(f"{len(group)} model datasets for {len(keys)} model keys")
+                raise FormatError(f"{len(group)} model datasets for {len(keys)} model keys")
             arrays, orders = [], []
             for i, key in enumerate(keys):
                 ds = group.get(str(i))
                 if not isinstance(ds, h5py.Dataset):
-                    raise _Invalid(f"missing dataset model/{i} ({key!r})")
-                if _text(ds.attrs.get("key", b""), f"model/{i}.key") != key:
-                    raise _Invalid(f"dataset model/{i} is not {key!r}")
-                dtype = np.dtype(_text(ds.attrs.get("dtype", b""), f"model/{i}.dtype") or "V")
-                order = _text(ds.attrs.get("order", b""), f"model/{i}.order")
-                if dtype.kind not in _NUMERIC_KINDS or order not in ("C", "F"):
-                    raise _Invalid(f"dataset model/{i} ({key!r}) claims dtype {dtype}, order {order!r}")
-                stored = ds.dtype
-                if stored.kind not in _NUMERIC_KINDS or stored.kind != dtype.kind \
-                        or stored.itemsize != dtype.itemsize:
-                    raise _Invalid(f"dataset model/{i} ({key!r}) stores {stored} but claims {dtype}")
-                arr = np.asarray(ds[()])
-                arrays.append(np.array(arr, dtype=dtype, order="C", copy=True))
+                    raise FormatError(f"missing dataset model/{i} ({key!r})")
+                if attribute_text(ds.attrs.get("key", b""), f"model/{i}.key") != key:
+                    raise FormatError(f"dataset model/{i} is not {key!r}")
+                arr, order = read_array(ds, f"dataset model/{i} ({key!r})", "checkpoint")
+                if arr.dtype.kind not in NUMERIC_KINDS:
+                    raise FormatError(f"dataset model/{i} ({key!r}) holds {arr.dtype}, not numbers")
+                arrays.append(arr)  # in its saved order: the checksum reads C-order bytes
                 orders.append(order)
-            stored_sum = _text(attrs["checksum"], "checksum")
+            stored_sum = attribute_text(attrs["checksum"], "checksum")
         expected = _checksum(job_key, version, iteration, created, keys, arrays, orders, texts)
         if stored_sum != expected:
-            raise _Invalid("checksum mismatch: the file is corrupted")
+            raise FormatError("checksum mismatch: the file is corrupted")
         fields = {}
         for name in _JSON_FIELDS:
             value = from_json(json.loads(texts[name]))
             if not isinstance(value, dict):
-                raise _Invalid(f"attribute {name!r} is not a JSON object")
+                raise FormatError(f"attribute {name!r} is not a JSON object")
             fields[name] = value
-    except _Invalid:
+    except FormatError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise _Invalid(f"unreadable ({type(exc).__name__}: {exc})") from None
-    model = {k: (np.asfortranarray(a) if o == "F" else a) for k, a, o in zip(keys, arrays, orders)}
-    return Checkpoint(job_key=job_key, version=version, iteration=iteration, model=model,
+        raise FormatError(f"unreadable ({type(exc).__name__}: {exc})") from None
+    return Checkpoint(job_key=job_key, version=version, iteration=iteration, model=dict(zip(keys, arrays)),
                       created=created, **fields)
 
 
 def _peek_job_key(path: str) -> str | None:
     """The job_key of a file of our format, from its root attributes only; None otherwise."""
     try:
-        with _open(path) as h5:
-            return _text(_read_root(h5)["job_key"], "job_key")
+        with open_hdf5(path, "checkpoint") as h5:
+            return attribute_text(_read_root(h5)["job_key"], "job_key")
     except Exception:
         return None
 
@@ -649,7 +622,7 @@ class CheckpointStore:
             raise FileNotFoundError(f"checkpoint not found: {path}")
         try:
             ckpt = _read_file(path)
-        except _Invalid as exc:
+        except FormatError as exc:
             raise CheckpointError(f"invalid checkpoint {path}: {exc}") from None
         if self.job_key is not None and ckpt.job_key != self.job_key:
             raise self._mismatch(path, ckpt.job_key)
@@ -667,7 +640,7 @@ class CheckpointStore:
         for version, path in self._files():
             try:
                 ckpt = _read_file(path)
-            except _Invalid as exc:
+            except FormatError as exc:
                 warnings.warn(f"skipping checkpoint {path}: {exc}", CheckpointWarning, stacklevel=2)
                 continue
             if ckpt.version != version:
@@ -689,7 +662,7 @@ class CheckpointStore:
         for version, path in self._files():
             try:
                 ckpt = _read_file(path)
-            except _Invalid as exc:
+            except FormatError as exc:
                 out.append(CheckpointInfo(path, version, False, str(exc)))
                 continue
             reason = None

@@ -1,4 +1,4 @@
-"""The driver's view of a set of workers: how they start, how to talk to them, how they stop.
+"""The driver's view of a set of workers: the control channel to them, and how they stop.
 
 Two ways to get one, one engine:
 
@@ -10,23 +10,23 @@ Two ways to get one, one engine:
   (``Open_port``/``Accept``/``Connect``, then ``Merge`` so that the driver is
   rank 0 here too). A separate job rather than ``COMM_SELF.Spawn``: under
   MPICH's Hydra a spawned child's death kills its singleton parent, and a
-  notebook must survive a dead worker with a clear exception.
+  notebook must survive a dead worker with a clear exception. Starting,
+  watching and killing that job is :mod:`drizzle_ml.launching`'s.
+
+On the control channel the driver broadcasts pickled control messages,
+collects the workers' reports, and waits (bounded, noticing dead workers);
+jobs take turns, one at a time.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import re
-import select
-import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +35,7 @@ from mpi4py import MPI
 from . import protocol as P
 from .doorbell import Doorbell, bell_address
 from .errors import ClusterClosedError, LaunchError, WorkerError, WorkerFailedError, WorkerTimeoutError
-from .hydra import OutputFilter, show_notices
+from .launching import LaunchedJob, launched_by_mpiexec, slurm_allocation_tasks, slurm_world_mismatch
 from .waiting import WaitPolicy, WaitTimeout, poll
 
 _open_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
@@ -43,111 +43,6 @@ _world_cluster: Cluster | None = None
 
 #: Partitions kept per worker before the least recently used one is dropped.
 CACHE_DATASETS = 4
-
-
-def die_with_parent() -> None:
-    """In a child before exec (``preexec_fn``): SIGTERM when its parent dies, even by SIGKILL (Linux).
-
-    For ``mpiexec`` children, which then stop their ranks themselves: a
-    killed launcher or notebook kernel must not leave a job running under
-    init (training, holding a --serve port).
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before the prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the job outlives a killed parent
-        pass
-
-
-def launched_by_mpiexec() -> bool:
-    """True when this process is one rank of a multi-rank ``mpiexec`` world."""
-    if os.environ.get("DRIZZLE_ROLE") == "worker-job":
-        return False
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
-        if var in os.environ:
-            try:
-                return int(os.environ[var]) > 1
-            except ValueError:
-                return False
-    return False
-
-
-def slurm_allocation_tasks() -> int | None:
-    """``SLURM_NTASKS`` where this process runs in a Slurm allocation but in no step; else None.
-
-    That is an ``sbatch`` script or an ``salloc`` shell: the allocation's
-    tasks are ours to use, and MPICH's Hydra (``mpiexec``) places its ranks
-    on them through ``srun``. Inside a step (``srun``, or the ranks Hydra
-    starts that way) Slurm sets ``SLURM_STEP_NUM_TASKS``, and the step's
-    tasks are already in use.
-    """
-    if "SLURM_JOB_ID" not in os.environ or "SLURM_STEP_NUM_TASKS" in os.environ:
-        return None
-    try:
-        return int(os.environ["SLURM_NTASKS"])
-    except (KeyError, ValueError):  # an allocation asked for by nodes or CPUs, not tasks
-        return None
-
-
-def slurm_world_mismatch() -> str | None:
-    """Why this process must not go on: ``srun`` started several tasks, but each is an MPI world of 1.
-
-    That happens under ``srun --mpi=none`` (or a PMI the MPI library does not
-    speak). Each task would then start a worker job of its own, whose
-    ``srun`` waits for CPUs the step already holds: a hang, not a run.
-    """
-    try:
-        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
-    except ValueError:
-        return None
-    if tasks <= 1 or MPI.COMM_WORLD.Get_size() > 1:
-        return None
-    return (f"srun started {tasks} tasks but each is an MPI world of 1: launch with srun --mpi=pmi2 "
-            "(see docs/cluster.md)")
-
-
-def hydra_environment(env: dict[str, str], mpiexec_args: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
-    """``env`` for an ``mpiexec`` started inside a Slurm step: Hydra's ``srun`` may share the step's CPUs.
-
-    A step (``srun -n 1 drizzle-ml train``, a script under ``srun``, a rank
-    of Hydra's own job) holds its nodes' CPUs, Slurm's default; the ``srun``
-    that Hydra runs to start its proxies would wait for them forever.
-    ``--overlap`` lets that nested step share them. Not added where another
-    launcher than Slurm's was chosen (``HYDRA_LAUNCHER``, ``-launcher`` or
-    ``-bootstrap`` in ``mpiexec_args``): ssh would not understand it.
-    """
-    if "SLURM_JOB_ID" not in env or "SLURM_STEP_NUM_TASKS" not in env:
-        return env
-    args = list(mpiexec_args)
-    chosen = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-launcher", "-bootstrap")]
-    if any(launcher != "slurm" for launcher in [env.get("HYDRA_LAUNCHER", "slurm"), *chosen]):
-        return env
-    extra = env.get("HYDRA_LAUNCHER_EXTRA_ARGS", "")
-    if "--overlap" not in extra.split():
-        env["HYDRA_LAUNCHER_EXTRA_ARGS"] = f"{extra} --overlap".strip()
-    return env
-
-
-def find_mpiexec() -> str:
-    """``$DRIZZLE_MPIEXEC`` if set, else ``mpiexec`` next to this interpreter (the ``mpich`` wheel), else on PATH."""
-    chosen = os.environ.get("DRIZZLE_MPIEXEC")
-    if chosen:
-        found = shutil.which(chosen)
-        if found is None:
-            raise FileNotFoundError(f"mpiexec not found: DRIZZLE_MPIEXEC={chosen} is not an executable")
-        return found
-    here = os.path.dirname(sys.executable)
-    found = shutil.which("mpiexec", path=here + os.pathsep + os.environ.get("PATH", ""))
-    if found is None:
-        raise FileNotFoundError(
-            "mpiexec not found next to the Python interpreter or on PATH; "
-            "install the 'mpich' wheel (pip install mpich) or a system MPI"
-        )
-    return found
 
 
 class Cluster:
@@ -198,10 +93,7 @@ class Cluster:
         self._replaced_by: int | None = None  # get_cluster replaced this default cluster by one of that size
         self.doorbell = Doorbell()
         self._bells: list[tuple[str, int] | None] = []  # worker w's doorbell address, once known
-        self._proc: subprocess.Popen | None = None
-        self._output_tail: deque[str] = deque(maxlen=200)
-        self._notices: deque[str] = deque(maxlen=100)  # Hydra's, held back unless a failure needs them
-        self._pumps: list[threading.Thread] = []
+        self._job: LaunchedJob | None = None  # launched mode's worker job
         self._job_seq = 0
         # One job at a time: threads that share a cluster take turns (a job's
         # messages on the control channel are not tagged by thread).
@@ -232,7 +124,8 @@ class Cluster:
             tasks = slurm_allocation_tasks()
             # In an allocation, Hydra places the worker job on its tasks; the driver holds one of them.
             self.n_workers = n_workers or (tasks - 1 if tasks and tasks > 1 else os.cpu_count() or 1)
-            self.ctrl = self._launch(list(mpiexec_args), start_timeout)
+            self._job = LaunchedJob()
+            self.ctrl = self._job.start(self.n_workers, self.timeout, list(mpiexec_args), start_timeout)
         ranks_here = self.n_workers + 1 if self.mode == "launched" else int(
             os.environ.get("MPI_LOCALNRANKS", self.n_workers + 1)
         )
@@ -251,162 +144,21 @@ class Cluster:
         self._bells = [bell_address(h.host, h.doorbell) for h in self.workers]
         self.replicated_updates = _replicate_updates(self.workers)
         self.reduction = _reduction_choice()
-        self._deaths: list[int] = []  # workers in the order they were seen to die
-        if self.mode == "launched":
-            self._start_death_watch()
-
-    # -- start-up -------------------------------------------------------------------
-    def _launch(self, mpiexec_args: list[str], start_timeout: float) -> MPI.Intracomm:
-        mpiexec = find_mpiexec()
-        port = MPI.Open_port()
-        env = dict(os.environ)
-        env.update(
-            DRIZZLE_ROLE="worker-job",
-            DRIZZLE_DRIVER_HOST=socket.gethostname(),
-            DRIZZLE_TIMEOUT=str(self.timeout),
-            UCX_LOG_LEVEL=env.get("UCX_LOG_LEVEL", "error"),
-        )
-        cmd = [mpiexec, "-print-all-exitcodes", "-n", str(self.n_workers), *mpiexec_args, sys.executable, "-m",
-               "drizzle_ml.worker", "--connect", port, "--driver-pid", str(os.getpid())]
-        self._proc = subprocess.Popen(
-            cmd, env=hydra_environment(env, mpiexec_args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_parent,
-        )
-        # Workers' output passes through here to ours; Hydra's notices (exit
-        # codes, the banner naming a dead process) are held back: kept for
-        # diagnosis and shown on stderr only when the job failed.
-        self._pumps = [
-            threading.Thread(target=OutputFilter(name, self._notices, self._output_tail).pump,
-                             args=(pipe,), daemon=True)
-            for name, pipe in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr))
-        ]
-        for pump in self._pumps:
-            pump.start()
-        accepted: list[MPI.Intercomm] = []
-
-        def accept() -> None:
-            try:
-                accepted.append(MPI.COMM_SELF.Accept(port))
-            except MPI.Exception:  # the connection made below only to end the wait may be refused
-                pass
-
-        acceptor = threading.Thread(target=accept, daemon=True)
-        acceptor.start()
-        try:
-            poll(lambda: accepted or self._proc.poll() is not None,
-                 WaitPolicy(timeout=start_timeout, spin=0.0, max_sleep=0.02))
-        except WaitTimeout:
-            pass
-        if not accepted:
-            # Unblock the pending Accept, then give up. The connection comes from another process:
-            # connecting to ourselves from this thread waits forever for the lock the Accept holds.
-            _connect_and_leave(port)
-            acceptor.join(timeout=30.0)
-            if not acceptor.is_alive():  # else MPI is busy in that thread: leave the port as it is
-                if accepted:
-                    accepted[0].Disconnect()
-                MPI.Close_port(port)
-            exited = self._proc.poll() is not None
-            self._kill_job()
-            diagnosis = self._job_diagnosis()
-            self._show_notices()
-            what = "exited before it connected" if exited else f"did not connect within {start_timeout:g} s"
-            raise WorkerFailedError(f"the worker job {what}" + diagnosis)
-        acceptor.join()
-        MPI.Close_port(port)
-        self._intercomm = accepted[0]
-        return self._intercomm.Merge(high=False)
-
-    def _show_notices(self) -> None:
-        """After a failure: Hydra's notices about the worker job, on stderr, once."""
-        self._join_pumps()
-        show_notices(self._notices)
-
-    def _join_pumps(self) -> None:
-        for pump in self._pumps:
-            pump.join(timeout=2.0)
-
-    def _job_diagnosis(self) -> str:
-        self._join_pumps()
-        tail = "".join(self._output_tail)
-        code = self._proc.poll() if self._proc is not None else None
-        if code is not None:
-            detail = f" (worker job exit code {code})"
-        else:
-            detail = ""
-        lines = [ln for ln in tail.splitlines() if ln.strip() and not ln.startswith("=")]
-        return detail + (": " + " | ".join(lines[-5:]) if lines else "")
+        if self._job is not None:
+            self._job.watch_deaths(self.workers)
 
     # -- liveness ---------------------------------------------------------------------
-    def _start_death_watch(self) -> None:
-        """Note the order in which this host's workers exit, as the kernel reports it.
-
-        When one worker dies, Hydra kills the others within milliseconds, and
-        its notice may then name a victim of that clean-up; a process file
-        descriptor per worker wakes this thread at the first death.
-        """
-        here = socket.gethostname()
-        fds: dict[int, int] = {}
-        for hello in self.workers:
-            if hello.host != here or not hasattr(os, "pidfd_open"):
-                continue
-            try:
-                fds[os.pidfd_open(hello.pid)] = hello.worker
-            except OSError:  # already gone, or pidfds unsupported
-                continue
-        if not fds:
-            return
-
-        def watch() -> None:
-            poller = select.poll()
-            for fd in fds:
-                poller.register(fd, select.POLLIN)
-            try:
-                while fds and not self._closed:
-                    for fd, _ in poller.poll(500):
-                        self._deaths.append(fds.pop(fd))
-                        poller.unregister(fd)
-                        os.close(fd)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-
-        threading.Thread(target=watch, name="drizzle-death-watch", daemon=True).start()
-
     def _check_alive(self) -> None:
-        if self._proc is None or self._proc.poll() is None:
-            return
-        self._join_pumps()
-        tail = "".join(self._output_tail)
-        dead = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s*EXIT CODE: (\d+)", tail)
-        codes = re.search(r"Exit codes: \[[^\]]+\] ([\d,]+)\s*$", tail, re.MULTILINE)
-        worker = None
-        if self._deaths:  # the first death this host saw, not a victim of the clean-up
-            worker = self._deaths[0]
-            hello = self.workers[worker]
-            rank_codes = codes.group(1).split(",") if codes else []
-            code = int(rank_codes[worker]) if worker < len(rank_codes) else None
-            dead_pid, dead_host = hello.pid, hello.host
-        elif dead:
-            dead_pid, dead_host, code = int(dead.group(1)), dead.group(2), int(dead.group(3))
-            worker = next((h.worker for h in self.workers if h.pid == dead_pid), None)
-        if worker is not None or dead:
-            who = f"worker {worker}" if worker is not None else "a worker"
-            if code is None:
-                how = "exited"
-            elif 0 < code < 32:
-                how = f"killed by {signal.Signals(code).name}"
-            else:
-                how = f"exit code {code}"
-            message = f"{who} (pid {dead_pid} on {dead_host}) died ({how})"
-        else:
-            message = f"the worker job exited{self._job_diagnosis()}"
-        self._fail(WorkerFailedError(message + "; the cluster has been shut down", worker))
+        death = self._job.death(self.workers) if self._job is not None else None
+        if death is not None:
+            message, worker = death
+            self._fail(WorkerFailedError(message + "; the cluster has been shut down", worker))
 
     def _fail(self, exc: BaseException) -> None:
         self._broken = str(exc)
         self._teardown()
-        self._show_notices()
+        if self._job is not None:
+            self._job.show_notices()
         raise exc
 
     # -- messaging ---------------------------------------------------------------------
@@ -623,11 +375,7 @@ class Cluster:
         self._closed = True
         self.doorbell.close()
         if self.mode == "launched":
-            try:
-                self.ctrl.Free()
-                self._intercomm.Disconnect()
-            finally:
-                self._wait_job(10.0)
+            self._job.close()
 
     def _teardown(self) -> None:
         """Forceful end after a failure: no waiting on workers that may be gone."""
@@ -636,33 +384,11 @@ class Cluster:
         if self._broken is None:
             self._broken = "torn down"
         if self.mode == "launched":
-            self._kill_job()
+            self._job.kill()
         elif self.mode == "world":
             # Hung or half-dead ranks: only mpiexec can end them. Leave the
             # abort to interpreter exit, so the caller still sees the exception.
             atexit.register(_abort_world)
-
-    def _kill_job(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        try:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            os.killpg(self._proc.pid, signal.SIGCONT)  # a stopped (hung) worker must see it
-        except ProcessLookupError:
-            return
-        self._wait_job(5.0)
-
-    def _wait_job(self, timeout: float) -> None:
-        if self._proc is None:
-            return
-        try:
-            self._proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._proc.wait(timeout=5.0)
 
     def placement(self) -> dict[str, list[int]]:
         """Which ranks run on which host: ``{host: [ranks]}``, hosts in the order of their lowest rank.
@@ -684,17 +410,6 @@ class Cluster:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Cluster(n_workers={self.n_workers}, mode={self.mode!r}, {state})"
-
-
-def _connect_and_leave(port: str) -> None:
-    """Connect to ``port`` from a new process and disconnect at once: an ``Accept`` there returns."""
-    code = "import sys\nfrom mpi4py import MPI\nMPI.COMM_WORLD.Connect(sys.argv[1]).Disconnect()\n"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "DRIZZLE_"))}
-    try:
-        subprocess.run([sys.executable, "-c", code, port], env=env, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, preexec_fn=die_with_parent)
-    except subprocess.TimeoutExpired:  # the caller waits on the Accept a bounded time and gives up
-        pass
 
 
 def _replicate_updates(workers: list[P.Hello]) -> bool:

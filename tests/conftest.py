@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from drizzle_ml.cluster import find_mpiexec
+from drizzle_ml.launching import find_mpiexec
 
 TIMEOUT = 120
 
@@ -56,7 +56,7 @@ def wait_cluster_gone(cluster, timeout: float = 10.0) -> list[int]:
     """Wait until a launched cluster's mpiexec and workers are gone; return survivors."""
     import time
 
-    pids = [h.pid for h in cluster.workers] + [cluster._proc.pid]
+    pids = [h.pid for h in cluster.workers] + [cluster._job.pid]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         alive = [p for p in pids if pid_alive(p)]
@@ -108,9 +108,8 @@ def cluster2():
 
 
 # Test modules whose tests start no MPI process, and those with the slowest tests.
-PURE_MODULES = {"test_architecture", "test_bench_scale", "test_checkpoint", "test_datasets", "test_group_loop",
-                "test_tuner",
-                "test_units"}
+PURE_MODULES = {"test_architecture", "test_bench_scale", "test_checkpoint", "test_datasets", "test_file_formats",
+                "test_group_loop", "test_tuner", "test_units"}
 SLOW_MODULES = {"test_bench_report", "test_multihost", "test_recovery", "test_slurm"}
 
 

@@ -3,6 +3,7 @@
 import ast
 import errno
 import os
+import re
 import threading
 import time
 import warnings
@@ -236,6 +237,21 @@ def test_flipped_json_attribute_detected(tmp_path):
     with h5py.File(path, "r+") as h5:
         h5.attrs["stream_offsets"] = '{"train":1025}'
     with pytest.warns(CheckpointWarning, match="checksum mismatch"):
+        assert store.latest().version == 1
+
+
+@pytest.mark.parametrize("attr, value, reason", [
+    ("dtype", "<i8", "dataset model/0 ('coef') stores float64 but claims dtype <i8"),
+    ("dtype", "<U3", "dataset model/0 ('coef') stores float64 but claims dtype <U3"),
+    ("order", "K", "dataset model/0 ('coef') claims order 'K', not 'C' or 'F'"),
+])
+def test_a_dataset_that_claims_another_dtype_or_order_is_skipped(tmp_path, attr, value, reason):
+    store = CheckpointStore(tmp_path, job_key=KEY)
+    store.save(ckpt(1))
+    path = store.save(ckpt(2))
+    with h5py.File(path, "r+") as h5:
+        h5["model/0"].attrs[attr] = value
+    with pytest.warns(CheckpointWarning, match=r"ckpt-000000000002\.h5: " + re.escape(reason)):
         assert store.latest().version == 1
 
 

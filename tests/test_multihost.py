@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 
-from drizzle_ml.cluster import find_mpiexec
 from drizzle_ml.launch.hosts import placement_line
+from drizzle_ml.launching import find_mpiexec
 
 from . import netns
 from .test_cli import drizzle, ok
