@@ -102,7 +102,7 @@ def plain_main(args) -> None:
 
 def run_plain(args) -> dict:
     from drizzle_ml.launch.bench_coordination import run_json
-    from drizzle_ml.launching import find_mpiexec
+    from drizzle_ml.worker_job import find_mpiexec
 
     cmd = [find_mpiexec(), "-n", str(args.workers), sys.executable, __file__, "--plain",
            "--rows", str(args.rows), "--features", str(args.features),

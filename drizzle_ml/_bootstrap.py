@@ -11,7 +11,7 @@ import sys
 
 
 def serve_if_worker_rank() -> None:
-    from .launching import launched_by_mpiexec
+    from .worker_job import launched_by_mpiexec
 
     if os.environ.get("DRIZZLE_NO_SERVE") or not launched_by_mpiexec():
         return

@@ -11,7 +11,7 @@ Two ways to get one, one engine:
   rank 0 here too). A separate job rather than ``COMM_SELF.Spawn``: under
   MPICH's Hydra a spawned child's death kills its singleton parent, and a
   notebook must survive a dead worker with a clear exception. Starting,
-  watching and killing that job is :mod:`drizzle_ml.launching`'s.
+  watching and killing that job is :mod:`drizzle_ml.worker_job`'s.
 
 On the control channel the driver broadcasts pickled control messages,
 collects the workers' reports, and waits (bounded, noticing dead workers);
@@ -35,8 +35,8 @@ from mpi4py import MPI
 from . import protocol as P
 from .doorbell import Doorbell, bell_address
 from .errors import ClusterClosedError, LaunchError, WorkerError, WorkerFailedError, WorkerTimeoutError
-from .launching import LaunchedJob, launched_by_mpiexec, slurm_allocation_tasks, slurm_world_mismatch
 from .waiting import WaitPolicy, WaitTimeout, poll
+from .worker_job import LaunchedJob, launched_by_mpiexec, slurm_allocation_tasks, slurm_world_mismatch
 
 _open_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
 _world_cluster: Cluster | None = None

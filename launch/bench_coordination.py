@@ -160,7 +160,7 @@ def _engine(args: argparse.Namespace) -> dict[str, Any]:
 
 def _mpirun(n: int, role: str, args: argparse.Namespace, extra_env: dict[str, str],
             mpiexec_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    from drizzle_ml.launching import find_mpiexec
+    from drizzle_ml.worker_job import find_mpiexec
 
     cmd = [find_mpiexec(), "-n", str(n), *mpiexec_args, sys.executable, "-m", "drizzle_ml.launch.bench_coordination",
            role, "--rows", str(args.rows), "--features", str(args.features), "--iterations", str(args.iterations),

@@ -78,7 +78,7 @@ def _pingpong(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _spawn_pingpong(args: argparse.Namespace, mpiexec_args: list[str]) -> dict[str, Any]:
-    from drizzle_ml.launching import find_mpiexec
+    from drizzle_ml.worker_job import find_mpiexec
 
     cmd = [find_mpiexec(), "-n", "2", *mpiexec_args, sys.executable, "-m", "drizzle_ml.launch.bench_scale",
            "_pingpong", "--pingpongs", str(args.pingpongs)]

@@ -85,7 +85,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
 
     from drizzle_ml.checkpoint import NOTE_ENV, noted_directories
     from drizzle_ml.hydra import show_notices
-    from drizzle_ml.launching import find_mpiexec, hydra_environment
+    from drizzle_ml.worker_job import find_mpiexec, hydra_environment
 
     from .supervisor import run_supervised
 
@@ -167,7 +167,7 @@ def _default_workers(args: argparse.Namespace) -> None:
     """``--workers`` not given: the Slurm allocation's tasks less the driver's, outside Slurm 2."""
     if args.workers is not None:
         return
-    from drizzle_ml.launching import slurm_allocation_tasks
+    from drizzle_ml.worker_job import slurm_allocation_tasks
 
     tasks = slurm_allocation_tasks()
     if tasks is None:
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             code = info(args)
             sys.stdout.flush()  # here, where a reader that left is caught, not at exit
             return code
-        from drizzle_ml.launching import launched_by_mpiexec, slurm_world_mismatch
+        from drizzle_ml.worker_job import launched_by_mpiexec, slurm_world_mismatch
 
         problem = slurm_world_mismatch()  # srun --mpi=none: every task would start a worker job and hang
         if problem:

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from drizzle_ml.hydra import OutputFilter
-from drizzle_ml.launching import die_with_parent
+from drizzle_ml.worker_job import die_with_parent
 
 
 def run_supervised(cmd: Sequence[str], env: dict[str, str] | None = None, grace: float = 10.0,

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from drizzle_ml.launching import find_mpiexec
+from drizzle_ml.worker_job import find_mpiexec
 
 TIMEOUT = 120
 

@@ -54,7 +54,7 @@ def imported(module: str, *, top_level_only: bool) -> set[str]:
 
 
 def inside(name: str, *packages: str) -> bool:
-    """Whether module ``name`` is one of ``packages`` or inside one (``drizzle_ml.launching`` is not)."""
+    """Whether module ``name`` is one of ``packages`` or inside one (``drizzle_ml.worker_job`` is not)."""
     return any(name == p or name.startswith(p + ".") for p in packages)
 
 

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from sklearn import linear_model as sk
 from sklearn.datasets import dump_svmlight_file, load_svmlight_file, make_classification
 
-from drizzle_ml.launching import find_mpiexec
+from drizzle_ml.worker_job import find_mpiexec
 
 from .conftest import run_cli, worker_processes
 

@@ -14,6 +14,7 @@ are the proof that the formats did not change. The tests need no cluster:
   bytes, the checkpoint's checksum included.
 """
 
+import json
 import os
 import sys
 
@@ -200,9 +201,16 @@ def test_the_fixture_models_are_written_the_same_today(name, tmp_path):
     path = tmp_path / name
     save_model(load_model(original), path, extra=model_info(original)["extra"])
     old, new = content(original), content(path)
-    for c in (old, new):  # the version that wrote the file
+    for c in (old, new):  # the version that wrote the file, and the estimator's parameters (below)
         c["/"][1].pop("drizzle_ml_version")
+        c["/"][1].pop("params")
     assert new == old
+    # Parameters added since keep their defaults; the others are as they were.
+    old_params, new_params = (json.loads(h5py.File(p, "r").attrs["params"]) for p in (original, path))
+    assert {k: new_params[k] for k in old_params} == old_params
+    added = type(load_model(original))().get_params()
+    assert {k: v for k, v in new_params.items() if k not in old_params} == {
+        k: added[k] for k in new_params if k not in old_params}
 
 
 def test_numpy_scalars_and_0d_arrays_keep_their_type_and_shape(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from sklearn.datasets import make_classification
 
 from drizzle_ml.launch.hosts import placement_line
-from drizzle_ml.launching import find_mpiexec
+from drizzle_ml.worker_job import find_mpiexec
 
 from . import netns
 from .test_cli import drizzle, ok

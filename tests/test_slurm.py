@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from drizzle_ml.launching import find_mpiexec
+from drizzle_ml.worker_job import find_mpiexec
 
 from . import slurm as harness
 from .conftest import run_cli
@@ -167,7 +167,7 @@ def test_workers_default_outside_and_inside_an_allocation(monkeypatch):
 
 
 def test_mpiexec_in_a_step_overlaps_it_only_with_slurms_launcher():
-    from drizzle_ml.launching import hydra_environment
+    from drizzle_ml.worker_job import hydra_environment
 
     step = {"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "1"}
     assert hydra_environment(dict(step))["HYDRA_LAUNCHER_EXTRA_ARGS"] == "--overlap"
