@@ -113,6 +113,10 @@ def main(argv=None) -> int:
           f"({X.data.nbytes + X.indices.nbytes >> 20} MiB), made in {time.perf_counter() - t0:.1f} s; "
           f"{args.workers} workers, BLAS 1 thread per process; {args.repeats} rounds, each timing every side "
           "back to back", flush=True)
+    halves = np.array_split(np.arange(args.rows), args.workers)
+    touched = [np.unique(X[h].indices).size / X.shape[1] for h in halves]
+    print("columns a worker's gradient touches: " + ", ".join(f"{t:.0%}" for t in touched)
+          + " (dense partials and all-gathers below about a tenth would pay for sparse ones)", flush=True)
     cluster = dm.get_cluster(args.workers)
     ours = {m: dm.LogisticRegression(C=1.0, tol=1e-6, max_iter=args.max_iter, n_workers=args.workers, sharding=m)
             for m in modes}

@@ -29,6 +29,11 @@ class ModelVersion:
     metrics: dict[str, float] = field(default_factory=dict)
     durable: bool = True
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the model's arrays."""
+        return sum(int(np.asarray(a).nbytes) for a in self.model.values())
+
 
 def freeze(model: dict[str, Any]) -> dict[str, np.ndarray]:
     """Read-only copy-free view of a model dict (arrays are marked non-writeable)."""
@@ -50,12 +55,19 @@ class ModelStore:
     history : int
         How many versions to keep (the newest ``history``; the newest durable
         version is always kept as well).
+    max_bytes : int
+        And at most this many bytes of arrays (default 1 GiB): a wide model
+        with its optimizer state (2^20 coefficients and L-BFGS's memory are
+        180 MB a version) keeps fewer versions. The newest version and the
+        newest durable one are kept whatever their size.
     """
 
-    def __init__(self, history: int = 16):
+    def __init__(self, history: int = 16, max_bytes: int = 1 << 30):
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
-        self._history = history
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self._history, self._max_bytes = history, max_bytes
         self._versions: dict[int, ModelVersion] = {}
         self._newest = self._durable = None
         self._lock = threading.Lock()
@@ -70,6 +82,12 @@ class ModelStore:
         if len(self._versions) > self._history:
             keep = set(sorted(self._versions)[-self._history:]) | {self._durable}
             self._versions = {v: e for v, e in sorted(self._versions.items()) if v in keep}
+        total = sum(e.nbytes for e in self._versions.values())
+        for version in sorted(self._versions):
+            if total <= self._max_bytes:
+                break
+            if version not in (self._newest, self._durable):
+                total -= self._versions.pop(version).nbytes
         self._changed.notify_all()
 
     def publish(self, version: int, model: dict[str, Any], iteration: int,

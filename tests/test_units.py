@@ -81,6 +81,20 @@ def test_store_versions_history_and_readonly():
         store.latest().model["w"][0] = 1.0
 
 
+def test_store_keeps_wide_models_within_its_byte_budget():
+    store = ModelStore(history=16, max_bytes=3 * 800)  # three versions of 100 doubles
+    for v in range(6):
+        store.commit(v, {"w": np.full(100, float(v))}, iteration=v)
+    assert store.versions() == [3, 4, 5]
+    # The newest version and the newest durable one stay, whatever their size.
+    tiny = ModelStore(max_bytes=0)
+    tiny.commit(0, {"w": np.zeros(10)}, 0)
+    tiny.publish(1, {"w": np.ones(10)}, 1)
+    assert tiny.versions() == [0, 1]
+    with pytest.raises(ValueError, match="max_bytes must be >= 0, got -1"):
+        ModelStore(max_bytes=-1)
+
+
 def test_store_wait_for_times_out():
     store = ModelStore()
     store.commit(0, {"w": np.zeros(1)}, 0)
