@@ -138,7 +138,7 @@ def main(argv=None) -> int:
             est = ours[m].fit(X, y)
             reached, iterations = time_to(est, target) if target is not None else (np.nan, est.n_iter_)
             total = sum(g["wall"] for g in est.history_)
-            if round_:
+            if round_ or not args.repeats:  # --repeats 0: the one (cold) fit is all there is
                 rows[m].append({"time_to_target": reached, "fit_groups": total, "iterations": iterations,
                                 "n_iter": est.n_iter_, "reduction": est.history_[-1].get("reduction", "")})
     out = {"args": vars(args), "sklearn_s": sk_times, "target": target, "modes": {}}
