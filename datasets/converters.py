@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 import math
 import os
@@ -25,7 +26,8 @@ from drizzle_ml.files import atomic_output
 from ._h5files import check_chunk_rows, h5_chunk_rows, json_attr, positive_int, work_chunk_rows
 from .summary import describe
 
-FORMATS = ("csv", "npy", "npz", "libsvm", "parquet", "hdf5")
+FORMATS = ("csv", "npy", "npz", "libsvm", "tokens", "parquet", "hdf5")
+HASHED_FORMATS = ("libsvm", "tokens")  # the text formats that --hash-features reads
 
 _EXTENSIONS = {
     ".csv": "csv",
@@ -35,6 +37,7 @@ _EXTENSIONS = {
     ".libsvm": "libsvm",
     ".svmlight": "libsvm",
     ".txt": "libsvm",
+    ".tokens": "tokens",
     ".parquet": "parquet",
     ".pq": "parquet",
     ".h5": "hdf5",
@@ -452,6 +455,67 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
     return {"zero_based": not shift, "n_features": n_features}
 
 
+def _convert_hashed(src, fmt, f, x_key, y_key, label_column, chunk_rows, n_bits, directory):
+    """LIBSVM or token lines hashed into ``2**n_bits`` columns (:class:`drizzle_ml.hashing.LineHasher`), by chunks."""
+    from drizzle_ml.hashing import LineHasher
+
+    if fmt == "libsvm" and label_column != "auto":
+        raise ValueError(f"{src}: LIBSVM lines start with their label; label_column applies to CSV, NPY and tokens")
+    if label_column not in ("auto", 0, None):
+        raise ValueError(f"{src}: a token line's label is its first field (label_column 'auto' or 0) or there is "
+                         f"none (label_column None), got {label_column!r}")
+    has_label = label_column is not None
+    if has_label and y_key is None:
+        raise ValueError(f"{src}: the lines start with a label; give y_key (or label_column=None for tokens)")
+    hasher = LineHasher(n_bits, fmt, has_label=has_label)
+    chunk_rows = chunk_rows or 65536
+    g = f.create_group(x_key)
+    opts = dict(maxshape=(None,), chunks=(65536,))
+    data = g.create_dataset("data", shape=(0,), dtype=np.float64, **opts)
+    indices = g.create_dataset("indices", shape=(0,), dtype=np.int32, **opts)
+    indptr = g.create_dataset("indptr", shape=(1,), dtype=np.int64, data=[0], **opts)
+    sink = _LabelSink(directory) if has_label else None
+    nnz = rows = 0
+
+    def flush(lines: list[str], first: int) -> None:
+        nonlocal nnz, rows
+
+        def fail(i: int, reason: str) -> None:
+            raise ValueError(f"{src} line {first + i}: {reason}")
+
+        X, y, _ = hasher.hash_lines(lines, fail)
+        k = X.nnz
+        if k:
+            data.resize(nnz + k, axis=0)
+            data[nnz:] = X.data
+            indices.resize(nnz + k, axis=0)
+            indices[nnz:] = X.indices
+        start = indptr.shape[0]
+        indptr.resize(start + X.shape[0], axis=0)
+        indptr[start:] = X.indptr[1:].astype(np.int64) + nnz
+        nnz += k
+        rows += X.shape[0]
+        if sink is not None:
+            sink.append(y)
+
+    try:
+        with open(src, encoding="utf-8", errors="replace") as fh:
+            line_no = 1
+            while lines := list(itertools.islice(fh, chunk_rows)):
+                flush(lines, line_no)
+                line_no += len(lines)
+        if rows == 0:
+            raise ValueError(f"{src}: no data rows")
+        g.attrs["shape"] = np.array([rows, hasher.n_features], dtype=np.int64)
+        if sink is not None:
+            sink.write(f, y_key, chunk_rows)
+    finally:
+        if sink is not None:
+            sink.close()
+    return {"hash_bits": n_bits, "n_features": hasher.n_features, "alternate_sign": True,
+            "label_column": "first" if has_label else "none"}
+
+
 def _convert_parquet(src, f, x_key, y_key, label_column, features, chunk_rows):
     """Parquet (a file or a directory of them) to HDF5, a batch of rows at a time."""
     import h5py
@@ -564,6 +628,7 @@ def convert(
     zero_based: bool | str = "auto",
     overwrite: bool = False,
     features: list[str] | None = None,
+    hash_features: int | None = None,
 ) -> dict[str, Any]:
     """Convert ``src`` (CSV, NPY, NPZ, LIBSVM or Parquet) to the HDF5 file ``dst``; return :func:`describe` of it.
 
@@ -600,6 +665,14 @@ def convert(
         ``sklearn.datasets.load_svmlight_file``): one-based unless some index
         is 0, i.e. a file with no index 0 is read as one-based.
     overwrite : replace ``dst`` if it exists (otherwise ``FileExistsError``).
+    hash_features : hash the features of LIBSVM or ``"tokens"`` input into
+        ``2**hash_features`` columns (1..31) with
+        :class:`drizzle_ml.hashing.LineHasher`, as scikit-learn's
+        ``FeatureHasher`` does: a LIBSVM index is the feature named by its
+        integer (``"7"``), any order; a token line is ``label token token
+        ...`` (``label_column=None``: no label), each token worth 1. The file
+        attributes record ``hash_bits``, which ``train`` copies into the model
+        so that ``predict`` hashes text input the same way.
 
     CSV and LIBSVM values are stored as float64 (X) and y as int64 when
     every label is integral, else float64. NPY/NPZ arrays keep float32 or
@@ -615,6 +688,18 @@ def convert(
     if not os.path.exists(src_s):
         raise FileNotFoundError(f"{src_s}: no such file")
     fmt = _infer_format(src_s, fmt)
+    if hash_features is not None:
+        from drizzle_ml.hashing import check_n_bits
+
+        check_n_bits(hash_features, "hash_features")
+        if fmt not in HASHED_FORMATS:
+            raise ValueError(f"hash_features (--hash-features) applies to LIBSVM and tokens input, not {fmt}")
+        if n_features is not None or zero_based != "auto":
+            raise ValueError("n_features and zero_based do not apply to hashed features (2**hash_features columns)")
+        if os.fspath(dst).lower().endswith((".parquet", ".pq")):
+            raise ValueError("hashed features are a sparse matrix; Parquet columns would store every zero: write HDF5")
+    elif fmt == "tokens":
+        raise ValueError(f"{src_s}: tokens input is hashed: give hash_features (--hash-features BITS)")
     if os.path.isdir(src_s) and fmt != "parquet":
         raise IsADirectoryError(f"{src_s} is a directory, not an input file")
     if features is not None and fmt != "parquet":
@@ -639,6 +724,9 @@ def convert(
                 info = _convert_arrays(src_s, fmt, f, x_key, y_key, label_column, chunk_rows, directory)
             elif fmt == "parquet":
                 info = _convert_parquet(src_s, f, x_key, y_key, label_column, features, chunk_rows)
+            elif hash_features is not None:
+                info = _convert_hashed(src_s, fmt, f, x_key, y_key, label_column, chunk_rows, hash_features,
+                                       directory)
             else:
                 info = _convert_libsvm(src_s, f, x_key, y_key, chunk_rows, n_features, zero_based, directory)
             f.attrs["converted_by"] = "drizzle_ml.datasets.convert"
