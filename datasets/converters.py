@@ -12,7 +12,6 @@ import contextlib
 import csv
 import itertools
 import json
-import math
 import os
 import tempfile
 import zipfile
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from drizzle_ml.files import atomic_output
+from drizzle_ml.hashing import LineHasher, check_n_bits, finite_number, line_label
 
 from ._h5files import check_chunk_rows, h5_chunk_rows, json_attr, positive_int, work_chunk_rows
 from .summary import describe
@@ -93,6 +93,31 @@ class _RowWriter:
         self.dset.resize(self.n + len(rows), axis=0)
         self.dset[self.n : self.n + len(rows)] = rows
         self.n += len(rows)
+
+
+class _CSRWriter:
+    """A CSR matrix in an HDF5 group (``data``, ``indices``, ``indptr``) that grows by appended rows."""
+
+    def __init__(self, h5: Any, key: str):
+        self.group = h5.create_group(key)
+        opts = dict(maxshape=(None,), chunks=(65536,))
+        self.data = self.group.create_dataset("data", shape=(0,), dtype=np.float64, **opts)
+        self.indices = self.group.create_dataset("indices", shape=(0,), dtype=np.int32, **opts)
+        self.indptr = self.group.create_dataset("indptr", shape=(1,), dtype=np.int64, data=[0], **opts)
+        self.nnz = 0
+
+    def append(self, data: Any, indices: Any, row_ends: Any) -> None:
+        """Rows whose values are ``data`` (columns ``indices``); ``row_ends``: where each row ends in ``data``."""
+        k = len(data)
+        if k:
+            self.data.resize(self.nnz + k, axis=0)
+            self.data[self.nnz:] = np.asarray(data, dtype=np.float64)
+            self.indices.resize(self.nnz + k, axis=0)
+            self.indices[self.nnz:] = np.asarray(indices, dtype=np.int32)
+        start = self.indptr.shape[0]
+        self.indptr.resize(start + len(row_ends), axis=0)
+        self.indptr[start:] = np.asarray(row_ends, dtype=np.int64) + self.nnz
+        self.nnz += k
 
 
 def _infer_format(src: str, fmt: str | None) -> str:
@@ -342,13 +367,9 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
     if y_key is None:
         raise ValueError(f"{src}: LIBSVM lines start with a label; give y_key")
     chunk_rows = chunk_rows or 65536
-    g = f.create_group(x_key)
-    opts = dict(maxshape=(None,), chunks=(65536,))
-    data = g.create_dataset("data", shape=(0,), dtype=np.float64, **opts)
-    indices = g.create_dataset("indices", shape=(0,), dtype=np.int32, **opts)
-    indptr = g.create_dataset("indptr", shape=(1,), dtype=np.int64, data=[0], **opts)
+    csr = _CSRWriter(f, x_key)
     sink = _LabelSink(directory)
-    nnz = rows = 0
+    rows = 0
     min_index, max_index, max_line, zero_line = None, -1, 0, 0
     b_data: list[float] = []
     b_idx: list[int] = []
@@ -356,17 +377,7 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
     b_y: list[float] = []
 
     def flush() -> None:
-        nonlocal nnz
-        k = len(b_data)
-        if k:
-            data.resize(nnz + k, axis=0)
-            data[nnz:] = np.asarray(b_data, dtype=np.float64)
-            indices.resize(nnz + k, axis=0)
-            indices[nnz:] = np.asarray(b_idx, dtype=np.int32)
-            nnz += k
-        start = indptr.shape[0]
-        indptr.resize(start + len(b_ptr), axis=0)
-        indptr[start:] = np.asarray(b_ptr, dtype=np.int64)
+        csr.append(b_data, b_idx, b_ptr)
         sink.append(np.asarray(b_y, dtype=np.float64))
         b_data.clear(), b_idx.clear(), b_ptr.clear(), b_y.clear()
 
@@ -376,17 +387,10 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
                 toks = line.split("#", 1)[0].split()
                 if not toks:
                     continue
-                lab = toks[0]
-                if ":" in lab:
-                    raise ValueError(f"{src} line {ln}: the line starts with {lab!r}, not a label")
-                if "," in lab:
-                    raise ValueError(f"{src} line {ln}: multilabel {lab!r} is not supported")
                 try:
-                    yv = float(lab)
-                except ValueError:
-                    raise ValueError(f"{src} line {ln}: label {lab!r} is not a number") from None
-                if not math.isfinite(yv):
-                    raise ValueError(f"{src} line {ln}: label {lab!r} is not a finite number")
+                    yv = line_label(toks[0])
+                except ValueError as exc:
+                    raise ValueError(f"{src} line {ln}: {exc}") from None
                 prev, row_first = -1, None
                 for tok in toks[1:]:
                     idx_s, sep, val_s = tok.partition(":")
@@ -405,11 +409,9 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
                             f"{src} line {ln}: feature indices must be increasing, got {idx} after {prev}"
                         )
                     try:
-                        val = float(val_s)
-                    except ValueError:
-                        raise ValueError(f"{src} line {ln}: {val_s!r} is not a number") from None
-                    if not math.isfinite(val):
-                        raise ValueError(f"{src} line {ln}: {val_s!r} is not a finite number")
+                        val = finite_number(val_s)
+                    except ValueError as exc:
+                        raise ValueError(f"{src} line {ln}: {exc}") from None
                     if prev < 0:
                         row_first = idx
                     prev = idx
@@ -423,7 +425,7 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
                     if prev > max_index:
                         max_index, max_line = prev, ln
                 rows += 1
-                b_ptr.append(nnz + len(b_data))
+                b_ptr.append(len(b_data))
                 b_y.append(yv)
                 if len(b_ptr) >= chunk_rows:
                     flush()
@@ -446,9 +448,9 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
             )
         if shift:
             step = 1 << 20
-            for lo in range(0, nnz, step):
-                indices[lo : lo + step] = indices[lo : lo + step] - 1
-        g.attrs["shape"] = np.array([rows, n_features], dtype=np.int64)
+            for lo in range(0, csr.nnz, step):
+                csr.indices[lo : lo + step] = csr.indices[lo : lo + step] - 1
+        csr.group.attrs["shape"] = np.array([rows, n_features], dtype=np.int64)
         sink.write(f, y_key, chunk_rows)
     finally:
         sink.close()
@@ -457,7 +459,6 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
 
 def _convert_hashed(src, fmt, f, x_key, y_key, label_column, chunk_rows, n_bits, directory):
     """LIBSVM or token lines hashed into ``2**n_bits`` columns (:class:`drizzle_ml.hashing.LineHasher`), by chunks."""
-    from drizzle_ml.hashing import LineHasher
 
     if fmt == "libsvm" and label_column != "auto":
         raise ValueError(f"{src}: LIBSVM lines start with their label; label_column applies to CSV, NPY and tokens")
@@ -469,31 +470,18 @@ def _convert_hashed(src, fmt, f, x_key, y_key, label_column, chunk_rows, n_bits,
         raise ValueError(f"{src}: the lines start with a label; give y_key (or label_column=None for tokens)")
     hasher = LineHasher(n_bits, fmt, has_label=has_label)
     chunk_rows = chunk_rows or 65536
-    g = f.create_group(x_key)
-    opts = dict(maxshape=(None,), chunks=(65536,))
-    data = g.create_dataset("data", shape=(0,), dtype=np.float64, **opts)
-    indices = g.create_dataset("indices", shape=(0,), dtype=np.int32, **opts)
-    indptr = g.create_dataset("indptr", shape=(1,), dtype=np.int64, data=[0], **opts)
+    csr = _CSRWriter(f, x_key)
     sink = _LabelSink(directory) if has_label else None
-    nnz = rows = 0
+    rows = 0
 
     def flush(lines: list[str], first: int) -> None:
-        nonlocal nnz, rows
+        nonlocal rows
 
         def fail(i: int, reason: str) -> None:
             raise ValueError(f"{src} line {first + i}: {reason}")
 
         X, y, _ = hasher.hash_lines(lines, fail)
-        k = X.nnz
-        if k:
-            data.resize(nnz + k, axis=0)
-            data[nnz:] = X.data
-            indices.resize(nnz + k, axis=0)
-            indices[nnz:] = X.indices
-        start = indptr.shape[0]
-        indptr.resize(start + X.shape[0], axis=0)
-        indptr[start:] = X.indptr[1:].astype(np.int64) + nnz
-        nnz += k
+        csr.append(X.data, X.indices, X.indptr[1:])
         rows += X.shape[0]
         if sink is not None:
             sink.append(y)
@@ -506,7 +494,7 @@ def _convert_hashed(src, fmt, f, x_key, y_key, label_column, chunk_rows, n_bits,
                 line_no += len(lines)
         if rows == 0:
             raise ValueError(f"{src}: no data rows")
-        g.attrs["shape"] = np.array([rows, hasher.n_features], dtype=np.int64)
+        csr.group.attrs["shape"] = np.array([rows, hasher.n_features], dtype=np.int64)
         if sink is not None:
             sink.write(f, y_key, chunk_rows)
     finally:
@@ -689,8 +677,6 @@ def convert(
         raise FileNotFoundError(f"{src_s}: no such file")
     fmt = _infer_format(src_s, fmt)
     if hash_features is not None:
-        from drizzle_ml.hashing import check_n_bits
-
         check_n_bits(hash_features, "hash_features")
         if fmt not in HASHED_FORMATS:
             raise ValueError(f"hash_features (--hash-features) applies to LIBSVM and tokens input, not {fmt}")

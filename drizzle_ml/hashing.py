@@ -231,16 +231,25 @@ class FeatureHasher:
         return X
 
 
-def _label(token: str) -> float:
-    if "," in token:
-        raise ValueError(f"multilabel {token!r} is not supported")
+def finite_number(token: str, what: str | None = None) -> float:
+    """``float(token)``, or a ValueError saying that ``what`` (default: the token) is not a finite number."""
+    what = repr(token) if what is None else what
     try:
         value = float(token)
     except ValueError:
-        raise ValueError(f"label {token!r} is not a number") from None
+        raise ValueError(f"{what} is not a number") from None
     if not math.isfinite(value):
-        raise ValueError(f"label {token!r} is not a finite number")
+        raise ValueError(f"{what} is not a finite number")
     return value
+
+
+def line_label(token: str) -> float:
+    """The label that starts a LIBSVM (or token) line, or a ValueError saying what is wrong with it."""
+    if ":" in token:
+        raise ValueError(f"the line starts with {token!r}, not a label")
+    if "," in token:
+        raise ValueError(f"multilabel {token!r} is not supported")
+    return finite_number(token, f"label {token!r}")
 
 
 def _libsvm_record(line: str, has_label: bool) -> tuple[float | None, list[str], list[float]] | None:
@@ -249,9 +258,7 @@ def _libsvm_record(line: str, has_label: bool) -> tuple[float | None, list[str],
         return None
     label = None
     if has_label:
-        if ":" in tokens[0]:
-            raise ValueError(f"the line starts with {tokens[0]!r}, not a label")
-        label = _label(tokens[0])
+        label = line_label(tokens[0])
         tokens = tokens[1:]
     names, values = [], []
     for tok in tokens:
@@ -267,14 +274,8 @@ def _libsvm_record(line: str, has_label: bool) -> tuple[float | None, list[str],
             if int(idx) < 0:
                 raise ValueError(f"feature index {idx} is negative")
             idx = str(int(idx))  # "007" and "+7" are feature "7"
-        try:
-            v = float(val)
-        except ValueError:
-            raise ValueError(f"{val!r} is not a number") from None
-        if not math.isfinite(v):
-            raise ValueError(f"{val!r} is not a finite number")
         names.append(idx)
-        values.append(v)
+        values.append(finite_number(val))
     return label, names, values
 
 
@@ -283,7 +284,7 @@ def _tokens_record(line: str, has_label: bool) -> tuple[float | None, list[str],
     if not tokens:
         return None
     if has_label:
-        return _label(tokens[0]), tokens[1:], None
+        return line_label(tokens[0]), tokens[1:], None
     return None, tokens, None
 
 
