@@ -18,6 +18,7 @@ from drizzle_ml.algorithms.registry import BY_CLI, option_table
 from .common import CLIError, check_output_paths, save_result
 from .data_files import (
     SUPERVISED,
+    TEXT_FORMATS,
     add_column_arguments,
     add_hashing_arguments,
     check_data_file,
@@ -136,9 +137,11 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
             check_data_file(args.data)
             check_hdf5_columns(args)
             if not args.data.endswith((".h5", ".hdf5", ".hdf")):
+                hint = (" (or train on its LIBSVM or token lines directly with --hash-features BITS)"
+                        if os.path.splitext(args.data)[1].lower() in TEXT_FORMATS else "")
                 raise CLIError(f"{args.data}: train reads HDF5 or Parquet files (.h5, .parquet, or a directory "
                                f"of .parquet files); convert it first with "
-                               f"'drizzle-ml datasets convert {args.data} -o DATA.h5'")
+                               f"'drizzle-ml datasets convert {args.data} -o DATA.h5'{hint}")
             # Before any process starts: a thousand workers for three rows would start them all first.
             n_rows = open_hdf5(args.data, args.x_key or "X", None).n_rows
         workers = getattr(args, "workers", None)
