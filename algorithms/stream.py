@@ -32,7 +32,7 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
                idle_timeout: float | None = None, on_error: str = "skip", max_batches: int | None = None,
                checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | str = 1,
                resume: bool = False, stop: Callable[[], bool] | None = None,
-               on_group: Callable[[Any], None] | None = None) -> Any:
+               on_group: Callable[[Any], None] | None = None, hash_features: int | None = None) -> Any:
     """Train ``estimator`` online from ``source`` until it ends, ``stop()`` or ``max_batches``.
 
     Parameters
@@ -50,7 +50,12 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     classes : array-like
         LogisticRegression: every label the stream will have; others are
         malformed records.
-    record_format : "csv" or "json"
+    record_format : "csv", "json", or "libsvm" / "tokens" with ``hash_features``
+    hash_features : LIBSVM or token lines are hashed into ``2**hash_features``
+        columns by the worker that reads them, as
+        :class:`~drizzle_ml.FeatureHasher` does (see
+        :class:`~drizzle_ml.hashing.LineHasher`); ``n_features`` is then
+        ``2**hash_features``.
     max_batch, batch_interval, idle_timeout : micro-batch cutting, see
         :class:`~drizzle_ml.streams.Batching`. ``batch_interval=None`` cuts
         by size only, which makes the model independent of timing.
@@ -65,7 +70,12 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     """
     has_target = _has_target(estimator, classes)
     fmt = RecordFormat(record_format, None, has_target,
-                       None if classes is None else np.unique(np.asarray(classes, dtype=np.float64)), on_error)
+                       None if classes is None else np.unique(np.asarray(classes, dtype=np.float64)), on_error,
+                       hash_features)
+    if hash_features is not None:
+        if n_features not in (None, fmt.n_features):
+            raise ValueError(f"hashed records have 2**{hash_features} features, not n_features={n_features}")
+        n_features = fmt.n_features
     batching = Batching(max_batch, batch_interval, idle_timeout)
     if batch_interval is None and idle_timeout is None and getattr(source, "follow", False):
         raise ValueError("a followed source cut by size only (batch_interval=None) needs idle_timeout: "
@@ -99,7 +109,7 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
         job.on_resumed = lambda state: setattr(job, "end", state.iteration + max_batches)
     if checkpoint_dir is not None:
         params = {"estimator": type(estimator).__name__, "source": source.describe(),
-                  "n_features": int(n_features), "format": record_format,
+                  "n_features": int(n_features), "format": record_format, "hash_features": hash_features,
                   "classes": None if fmt.classes is None else fmt.classes.tolist()}
         if isinstance(source, ParquetSource):  # other columns are another stream
             params["columns"] = [*source.features, source.target]

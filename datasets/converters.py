@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
-import math
 import os
 import tempfile
 import zipfile
@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 
 from drizzle_ml.files import atomic_output
+from drizzle_ml.hashing import LineHasher, check_n_bits, finite_number, line_label
 
 from ._h5files import check_chunk_rows, h5_chunk_rows, json_attr, positive_int, work_chunk_rows
 from .summary import describe
 
-FORMATS = ("csv", "npy", "npz", "libsvm", "parquet", "hdf5")
+FORMATS = ("csv", "npy", "npz", "libsvm", "tokens", "parquet", "hdf5")
+HASHED_FORMATS = ("libsvm", "tokens")  # the text formats that --hash-features reads
 
 _EXTENSIONS = {
     ".csv": "csv",
@@ -35,6 +37,7 @@ _EXTENSIONS = {
     ".libsvm": "libsvm",
     ".svmlight": "libsvm",
     ".txt": "libsvm",
+    ".tokens": "tokens",
     ".parquet": "parquet",
     ".pq": "parquet",
     ".h5": "hdf5",
@@ -90,6 +93,31 @@ class _RowWriter:
         self.dset.resize(self.n + len(rows), axis=0)
         self.dset[self.n : self.n + len(rows)] = rows
         self.n += len(rows)
+
+
+class _CSRWriter:
+    """A CSR matrix in an HDF5 group (``data``, ``indices``, ``indptr``) that grows by appended rows."""
+
+    def __init__(self, h5: Any, key: str):
+        self.group = h5.create_group(key)
+        opts = dict(maxshape=(None,), chunks=(65536,))
+        self.data = self.group.create_dataset("data", shape=(0,), dtype=np.float64, **opts)
+        self.indices = self.group.create_dataset("indices", shape=(0,), dtype=np.int32, **opts)
+        self.indptr = self.group.create_dataset("indptr", shape=(1,), dtype=np.int64, data=[0], **opts)
+        self.nnz = 0
+
+    def append(self, data: Any, indices: Any, row_ends: Any) -> None:
+        """Rows whose values are ``data`` (columns ``indices``); ``row_ends``: where each row ends in ``data``."""
+        k = len(data)
+        if k:
+            self.data.resize(self.nnz + k, axis=0)
+            self.data[self.nnz:] = np.asarray(data, dtype=np.float64)
+            self.indices.resize(self.nnz + k, axis=0)
+            self.indices[self.nnz:] = np.asarray(indices, dtype=np.int32)
+        start = self.indptr.shape[0]
+        self.indptr.resize(start + len(row_ends), axis=0)
+        self.indptr[start:] = np.asarray(row_ends, dtype=np.int64) + self.nnz
+        self.nnz += k
 
 
 def _infer_format(src: str, fmt: str | None) -> str:
@@ -339,13 +367,9 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
     if y_key is None:
         raise ValueError(f"{src}: LIBSVM lines start with a label; give y_key")
     chunk_rows = chunk_rows or 65536
-    g = f.create_group(x_key)
-    opts = dict(maxshape=(None,), chunks=(65536,))
-    data = g.create_dataset("data", shape=(0,), dtype=np.float64, **opts)
-    indices = g.create_dataset("indices", shape=(0,), dtype=np.int32, **opts)
-    indptr = g.create_dataset("indptr", shape=(1,), dtype=np.int64, data=[0], **opts)
+    csr = _CSRWriter(f, x_key)
     sink = _LabelSink(directory)
-    nnz = rows = 0
+    rows = 0
     min_index, max_index, max_line, zero_line = None, -1, 0, 0
     b_data: list[float] = []
     b_idx: list[int] = []
@@ -353,17 +377,7 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
     b_y: list[float] = []
 
     def flush() -> None:
-        nonlocal nnz
-        k = len(b_data)
-        if k:
-            data.resize(nnz + k, axis=0)
-            data[nnz:] = np.asarray(b_data, dtype=np.float64)
-            indices.resize(nnz + k, axis=0)
-            indices[nnz:] = np.asarray(b_idx, dtype=np.int32)
-            nnz += k
-        start = indptr.shape[0]
-        indptr.resize(start + len(b_ptr), axis=0)
-        indptr[start:] = np.asarray(b_ptr, dtype=np.int64)
+        csr.append(b_data, b_idx, b_ptr)
         sink.append(np.asarray(b_y, dtype=np.float64))
         b_data.clear(), b_idx.clear(), b_ptr.clear(), b_y.clear()
 
@@ -373,17 +387,10 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
                 toks = line.split("#", 1)[0].split()
                 if not toks:
                     continue
-                lab = toks[0]
-                if ":" in lab:
-                    raise ValueError(f"{src} line {ln}: the line starts with {lab!r}, not a label")
-                if "," in lab:
-                    raise ValueError(f"{src} line {ln}: multilabel {lab!r} is not supported")
                 try:
-                    yv = float(lab)
-                except ValueError:
-                    raise ValueError(f"{src} line {ln}: label {lab!r} is not a number") from None
-                if not math.isfinite(yv):
-                    raise ValueError(f"{src} line {ln}: label {lab!r} is not a finite number")
+                    yv = line_label(toks[0])
+                except ValueError as exc:
+                    raise ValueError(f"{src} line {ln}: {exc}") from None
                 prev, row_first = -1, None
                 for tok in toks[1:]:
                     idx_s, sep, val_s = tok.partition(":")
@@ -402,11 +409,9 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
                             f"{src} line {ln}: feature indices must be increasing, got {idx} after {prev}"
                         )
                     try:
-                        val = float(val_s)
-                    except ValueError:
-                        raise ValueError(f"{src} line {ln}: {val_s!r} is not a number") from None
-                    if not math.isfinite(val):
-                        raise ValueError(f"{src} line {ln}: {val_s!r} is not a finite number")
+                        val = finite_number(val_s)
+                    except ValueError as exc:
+                        raise ValueError(f"{src} line {ln}: {exc}") from None
                     if prev < 0:
                         row_first = idx
                     prev = idx
@@ -420,7 +425,7 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
                     if prev > max_index:
                         max_index, max_line = prev, ln
                 rows += 1
-                b_ptr.append(nnz + len(b_data))
+                b_ptr.append(len(b_data))
                 b_y.append(yv)
                 if len(b_ptr) >= chunk_rows:
                     flush()
@@ -443,13 +448,60 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
             )
         if shift:
             step = 1 << 20
-            for lo in range(0, nnz, step):
-                indices[lo : lo + step] = indices[lo : lo + step] - 1
-        g.attrs["shape"] = np.array([rows, n_features], dtype=np.int64)
+            for lo in range(0, csr.nnz, step):
+                csr.indices[lo : lo + step] = csr.indices[lo : lo + step] - 1
+        csr.group.attrs["shape"] = np.array([rows, n_features], dtype=np.int64)
         sink.write(f, y_key, chunk_rows)
     finally:
         sink.close()
     return {"zero_based": not shift, "n_features": n_features}
+
+
+def _convert_hashed(src, fmt, f, x_key, y_key, label_column, chunk_rows, n_bits, directory):
+    """LIBSVM or token lines hashed into ``2**n_bits`` columns (:class:`drizzle_ml.hashing.LineHasher`), by chunks."""
+
+    if fmt == "libsvm" and label_column != "auto":
+        raise ValueError(f"{src}: LIBSVM lines start with their label; label_column applies to CSV, NPY and tokens")
+    if label_column not in ("auto", 0, None):
+        raise ValueError(f"{src}: a token line's label is its first field (label_column 'auto' or 0) or there is "
+                         f"none (label_column None), got {label_column!r}")
+    has_label = label_column is not None
+    if has_label and y_key is None:
+        raise ValueError(f"{src}: the lines start with a label; give y_key (or label_column=None for tokens)")
+    hasher = LineHasher(n_bits, fmt, has_label=has_label)
+    chunk_rows = chunk_rows or 65536
+    csr = _CSRWriter(f, x_key)
+    sink = _LabelSink(directory) if has_label else None
+    rows = 0
+
+    def flush(lines: list[str], first: int) -> None:
+        nonlocal rows
+
+        def fail(i: int, reason: str) -> None:
+            raise ValueError(f"{src} line {first + i}: {reason}")
+
+        X, y, _ = hasher.hash_lines(lines, fail)
+        csr.append(X.data, X.indices, X.indptr[1:])
+        rows += X.shape[0]
+        if sink is not None:
+            sink.append(y)
+
+    try:
+        with open(src, encoding="utf-8", errors="replace") as fh:
+            line_no = 1
+            while lines := list(itertools.islice(fh, chunk_rows)):
+                flush(lines, line_no)
+                line_no += len(lines)
+        if rows == 0:
+            raise ValueError(f"{src}: no data rows")
+        csr.group.attrs["shape"] = np.array([rows, hasher.n_features], dtype=np.int64)
+        if sink is not None:
+            sink.write(f, y_key, chunk_rows)
+    finally:
+        if sink is not None:
+            sink.close()
+    return {"hash_bits": n_bits, "n_features": hasher.n_features, "alternate_sign": True,
+            "label_column": "first" if has_label else "none"}
 
 
 def _convert_parquet(src, f, x_key, y_key, label_column, features, chunk_rows):
@@ -564,6 +616,7 @@ def convert(
     zero_based: bool | str = "auto",
     overwrite: bool = False,
     features: list[str] | None = None,
+    hash_features: int | None = None,
 ) -> dict[str, Any]:
     """Convert ``src`` (CSV, NPY, NPZ, LIBSVM or Parquet) to the HDF5 file ``dst``; return :func:`describe` of it.
 
@@ -600,6 +653,14 @@ def convert(
         ``sklearn.datasets.load_svmlight_file``): one-based unless some index
         is 0, i.e. a file with no index 0 is read as one-based.
     overwrite : replace ``dst`` if it exists (otherwise ``FileExistsError``).
+    hash_features : hash the features of LIBSVM or ``"tokens"`` input into
+        ``2**hash_features`` columns (1..31) with
+        :class:`drizzle_ml.hashing.LineHasher`, as scikit-learn's
+        ``FeatureHasher`` does: a LIBSVM index is the feature named by its
+        integer (``"7"``), any order; a token line is ``label token token
+        ...`` (``label_column=None``: no label), each token worth 1. The file
+        attributes record ``hash_bits``, which ``train`` copies into the model
+        so that ``predict`` hashes text input the same way.
 
     CSV and LIBSVM values are stored as float64 (X) and y as int64 when
     every label is integral, else float64. NPY/NPZ arrays keep float32 or
@@ -615,6 +676,16 @@ def convert(
     if not os.path.exists(src_s):
         raise FileNotFoundError(f"{src_s}: no such file")
     fmt = _infer_format(src_s, fmt)
+    if hash_features is not None:
+        check_n_bits(hash_features, "hash_features")
+        if fmt not in HASHED_FORMATS:
+            raise ValueError(f"hash_features (--hash-features) applies to LIBSVM and tokens input, not {fmt}")
+        if n_features is not None or zero_based != "auto":
+            raise ValueError("n_features and zero_based do not apply to hashed features (2**hash_features columns)")
+        if os.fspath(dst).lower().endswith((".parquet", ".pq")):
+            raise ValueError("hashed features are a sparse matrix; Parquet columns would store every zero: write HDF5")
+    elif fmt == "tokens":
+        raise ValueError(f"{src_s}: tokens input is hashed: give hash_features (--hash-features BITS)")
     if os.path.isdir(src_s) and fmt != "parquet":
         raise IsADirectoryError(f"{src_s} is a directory, not an input file")
     if features is not None and fmt != "parquet":
@@ -639,6 +710,9 @@ def convert(
                 info = _convert_arrays(src_s, fmt, f, x_key, y_key, label_column, chunk_rows, directory)
             elif fmt == "parquet":
                 info = _convert_parquet(src_s, f, x_key, y_key, label_column, features, chunk_rows)
+            elif hash_features is not None:
+                info = _convert_hashed(src_s, fmt, f, x_key, y_key, label_column, chunk_rows, hash_features,
+                                       directory)
             else:
                 info = _convert_libsvm(src_s, f, x_key, y_key, chunk_rows, n_features, zero_based, directory)
             f.attrs["converted_by"] = "drizzle_ml.datasets.convert"

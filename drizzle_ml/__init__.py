@@ -29,6 +29,7 @@ from .errors import (  # noqa: E402
     WorkerRecoveredWarning,
     WorkerTimeoutError,
 )
+from .hashing import FeatureHasher  # noqa: E402  (scikit-learn's murmurhash is imported at first use)
 from .metrics import GroupMetrics, JobResult  # noqa: E402
 from .parquet import ParquetDataset  # noqa: E402  (pyarrow is imported only when a file is read)
 from .program import Partition, Program  # noqa: E402
@@ -57,6 +58,7 @@ __all__ = [  # noqa: PLE0604  (*_ESTIMATORS: the registry's class names, strings
     "ClusterClosedError",
     "DirectorySource",
     "DrizzleError",
+    "FeatureHasher",
     "FileDataset",
     "FileSource",
     "HDF5Source",

@@ -118,3 +118,133 @@ def open_data(args: argparse.Namespace):
     if not supervised and dataset.target is not None:
         dataset = open_parquet(args.data, dataset.features, None)
     return dataset
+
+
+# Text files that --hash-features reads, by extension (--data-format says it for any other name).
+TEXT_FORMATS = {".svm": "libsvm", ".libsvm": "libsvm", ".svmlight": "libsvm", ".txt": "libsvm", ".tokens": "tokens"}
+
+
+def add_hashing_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--hash-features`` and ``--data-format``: LIBSVM or token lines hashed into ``2**BITS`` columns."""
+    parser.add_argument("--hash-features", type=int, default=None, metavar="BITS",
+                        help="--data is LIBSVM or token lines: hash their features into 2**BITS columns (1..31), as "
+                             "scikit-learn's FeatureHasher")
+    parser.add_argument("--data-format", choices=("libsvm", "tokens"), default=None,
+                        help="the text format of --data with --hash-features (default: from the extension: .tokens "
+                             "is tokens; .svm, .libsvm, .svmlight, .txt are libsvm)")
+
+
+def check_hashing(args: argparse.Namespace, applies: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """The hashing ``--hash-features`` asks for (``{"n_bits", "format", "alternate_sign", "label"}``), or None."""
+    bits = getattr(args, "hash_features", None)
+    if bits is None:
+        if getattr(args, "data_format", None) is not None:
+            raise CLIError("--data-format says how to read --data for --hash-features; give --hash-features BITS")
+        return None
+    from drizzle_ml.hashing import check_n_bits
+
+    try:
+        check_n_bits(bits, "--hash-features")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if applies is not None and args.algorithm not in applies:
+        raise CLIError(f"--hash-features does not apply to --algorithm {args.algorithm} "
+                       f"(it applies to {', '.join(applies)})")
+    if args.data is None:
+        raise CLIError("--hash-features hashes the features of --data, a LIBSVM or tokens file: give --data")
+    if is_parquet_data(args.data) or args.data.endswith((".h5", ".hdf5", ".hdf")):
+        raise CLIError(f"--hash-features reads LIBSVM or token lines; {args.data} is "
+                       f"{'Parquet' if is_parquet_data(args.data) else 'HDF5'} (columns of numbers already)")
+    for option in ("x_key", "y_key", "features", "target"):
+        if getattr(args, option, None) is not None:
+            raise CLIError(f"--{option.replace('_', '-')} chooses columns of HDF5 or Parquet data, not of the "
+                           f"text {args.data}")
+    check_data_file(args.data)
+    fmt = args.data_format or TEXT_FORMATS.get(os.path.splitext(args.data)[1].lower())
+    if fmt is None:
+        raise CLIError(f"cannot tell the format of {args.data} from its extension: give --data-format libsvm or "
+                       "tokens")
+    return {"n_bits": bits, "format": fmt, "alternate_sign": True, "label": True}
+
+
+def hashed_copy(path: str, hashing: dict[str, Any], checkpoint_dir: str | None) -> tuple[str, bool]:
+    """``(HDF5 path, temporary)``: ``path`` hashed into an HDF5 file the workers read their rows of.
+
+    With a checkpoint directory the copy is kept there (``hashed-NAME-BITS.h5``)
+    and reused while the text file is unchanged, so that a restart resumes
+    from its checkpoints (they name the data by path, size and time).
+    Otherwise it is a temporary file beside ``path`` (the directory every
+    host sees it in), or in the temporary directory if that one is not
+    writable; the caller removes it.
+    """
+    import tempfile
+
+    import h5py
+
+    from drizzle_ml.datasets import convert
+
+    stat = os.stat(path)
+    source = f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
+    if checkpoint_dir is not None:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        name = os.path.join(checkpoint_dir, f"hashed-{os.path.basename(path)}-{hashing['n_bits']}.h5")
+        try:
+            with h5py.File(name, "r") as f:
+                if f.attrs.get("hashed_from") == source and f.attrs.get("format") == hashing["format"]:
+                    return name, False
+        except OSError:
+            pass
+        temporary = False
+    else:
+        prefix = f".{os.path.basename(path)}.hashed-"
+        try:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".h5", dir=os.path.dirname(os.path.abspath(path)))
+        except OSError:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".h5")
+        os.close(fd)
+        temporary = True
+    try:
+        convert(path, name, fmt=hashing["format"], hash_features=hashing["n_bits"], overwrite=True)
+        with h5py.File(name, "r+") as f:
+            f.attrs["hashed_from"] = source
+    except (ValueError, OSError) as exc:
+        if temporary:
+            os.unlink(name)
+        raise CLIError(str(exc)) from None
+    return name, temporary
+
+
+def hashing_of(path: str, x_key: str) -> dict[str, Any] | None:
+    """The hashing an HDF5 file was made with (``datasets convert --hash-features``), from its attributes."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError:
+        return None
+    bits, fmt = attrs.get("hash_bits"), attrs.get("format")
+    if bits is None or fmt not in ("libsvm", "tokens") or x_key != "X":
+        return None
+    return {"n_bits": int(bits), "format": str(fmt), "alternate_sign": bool(attrs.get("alternate_sign", True)),
+            "label": attrs.get("label_column") != "none"}
+
+
+def iter_hashed_rows(path: str, hashing: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
+    """The rows of a LIBSVM or tokens file hashed as ``hashing`` says, ``chunk_rows`` lines at a time (CSR)."""
+    import itertools
+
+    from drizzle_ml.hashing import LineHasher
+
+    hasher = LineHasher(hashing["n_bits"], hashing["format"], has_label=hashing.get("label", True),
+                        alternate_sign=hashing.get("alternate_sign", True))
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = 1
+        while lines := list(itertools.islice(fh, chunk_rows)):
+            def fail(i: int, reason: str, first: int = first) -> None:
+                raise CLIError(f"{path} line {first + i}: {reason}")
+
+            X, _, _ = hasher.hash_lines(lines, fail)
+            first += len(lines)
+            if X.shape[0]:
+                yield X

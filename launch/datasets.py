@@ -87,7 +87,8 @@ def add_datasets_parser(subparsers: Any) -> argparse.ArgumentParser:
     conv.add_argument("--format", choices=FORMATS, default=None, help="input format (default: from the extension)")
     conv.add_argument("--label-column", type=_label_column_arg, default="auto",
                       help="CSV/NPY label column: index, header name or 'none' "
-                           "(default: last column for CSV, none for NPY); Parquet: the target column's name "
+                           "(default: last column for CSV, none for NPY); tokens: 'none' for lines without a "
+                           "label; Parquet: the target column's name "
                            "(default: y if there is one)")
     conv.add_argument("--features", type=_columns_arg, default=None, metavar="COL,...",
                       help="Parquet input: the feature columns (default: every numeric column but the target)")
@@ -100,6 +101,9 @@ def add_datasets_parser(subparsers: Any) -> argparse.ArgumentParser:
     conv.add_argument("--n-features", type=int, default=None, help="LIBSVM: number of features")
     conv.add_argument("--zero-based", type=_zero_based_arg, default="auto",
                       help="LIBSVM: indices start at 0: auto (default), yes or no")
+    conv.add_argument("--hash-features", type=int, default=None, metavar="BITS",
+                      help="LIBSVM or --format tokens: hash the features into 2**BITS columns (1..31), as "
+                           "scikit-learn's FeatureHasher")
     conv.add_argument("--x-key", default="X", help="name of X in the output (and in a .npz)")
     conv.add_argument("--y-key", type=_key_arg, default="y", help="name of y in the output (and in a .npz), or none")
     conv.add_argument("--chunk-rows", type=int, default=None, help="rows read at a time")
@@ -158,11 +162,15 @@ def run_datasets(args: argparse.Namespace) -> int:
 
         check_outputs({"-o/--output": args.output}, {"file": args.src},
                       {"directory": args.src if os.path.isdir(args.src) else None})
+        if args.hash_features is not None:
+            from drizzle_ml.hashing import check_n_bits
+
+            check_n_bits(args.hash_features, "--hash-features")
         try:
             info = convert(args.src, args.output, fmt=args.format, x_key=args.x_key, y_key=args.y_key,
                            label_column=args.label_column, delimiter=args.delimiter, has_header=args.has_header,
                            chunk_rows=args.chunk_rows, n_features=args.n_features, zero_based=args.zero_based,
-                           overwrite=args.overwrite, features=args.features)
+                           overwrite=args.overwrite, features=args.features, hash_features=args.hash_features)
         except ImportError as exc:  # pyarrow missing: the install hint, in one line
             raise ValueError(str(exc)) from None
         print(parquet_summary_line(info) if "row_groups" in info else summary_line(info))

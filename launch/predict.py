@@ -14,10 +14,15 @@ import numpy as np
 
 from .common import CLIError, check_output_paths
 from .data_files import (
+    TEXT_FORMATS,
     add_column_arguments,
+    add_hashing_arguments,
+    check_data_file,
+    check_hashing,
     check_hdf5_columns,
     check_parquet_columns,
     is_parquet_data,
+    iter_hashed_rows,
     iter_rows,
     open_hdf5,
     open_parquet,
@@ -39,10 +44,13 @@ def predict(args: argparse.Namespace) -> int:
                        {"--data": args.data if parquet else None})
     try:
         estimator = load_model(args.model)
-        extra = model_info(args.model)["extra"] if parquet else None
+        extra = model_info(args.model)["extra"]
     except (OSError, ValueError, KeyError) as exc:
         raise CLIError(str(exc)) from None
-    if parquet:
+    hashing = _hashing(args, (extra or {}).get("hashing"))
+    if hashing is not None:
+        source = _HashedText(args.data, hashing)
+    elif parquet:
         check_parquet_columns(args)
         # The model's own columns when it was trained on Parquet; otherwise every numeric column but 'y'.
         trained_on = (extra or {}).get("features")
@@ -64,7 +72,8 @@ def predict(args: argparse.Namespace) -> int:
     if ext not in (".h5", ".hdf5", ".npy", ".csv"):
         raise CLIError(f"--output must end in .h5, .npy or .csv, got {out!r}")
     try:  # damaged rows or NaN/infinity: the file's problem, in one line
-        parts = [np.asarray(method(X)) for X in iter_rows(source)]
+        rows = iter_hashed_rows(args.data, hashing) if hashing is not None else iter_rows(source)
+        parts = [np.asarray(method(X)) for X in rows]
     except (ValueError, OSError) as exc:
         message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CLIError(message if message.startswith(source.path) else f"{args.data}: {message}") from None
@@ -97,6 +106,41 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HashedText:
+    """A LIBSVM or tokens ``--data`` that predict hashes as the model's training data was."""
+
+    def __init__(self, path: str, hashing: dict[str, Any]):
+        self.path, self.n_features = path, 1 << int(hashing["n_bits"])
+
+
+def _hashing(args: argparse.Namespace, trained: Any) -> dict[str, Any] | None:
+    """How to hash a text ``--data``: as the model's training data (``extra["hashing"]``), or as told."""
+    text = not is_parquet_data(args.data) and not args.data.lower().endswith((".h5", ".hdf5", ".hdf"))
+    if args.hash_features is None and args.data_format is None:
+        if not text or not isinstance(trained, dict):
+            return None  # HDF5, Parquet, or text the model cannot read: reported as before
+        hashing = dict(trained)
+    else:
+        args.algorithm = None  # not a training option here
+        asked = check_hashing(args)
+        if asked is None:
+            raise CLIError("--data-format says how to read --data for --hash-features; give --hash-features BITS")
+        if isinstance(trained, dict) and (asked["n_bits"] != trained.get("n_bits")
+                                          or (args.data_format or trained.get("format")) != trained.get("format")):
+            raise CLIError(f"the model was trained on {trained.get('format')} hashed into 2**{trained.get('n_bits')} "
+                           f"columns, not {asked['format']} into 2**{asked['n_bits']}: leave out --hash-features "
+                           "and --data-format, predict hashes as the training did")
+        hashing = dict(trained) if isinstance(trained, dict) else asked
+    check_data_file(args.data)
+    if args.x_key is not None or args.features is not None or args.target is not None:
+        raise CLIError(f"--x-key, --features and --target choose columns of HDF5 or Parquet data, not of the text "
+                       f"{args.data}")
+    if args.data_format is None and not isinstance(trained, dict) \
+            and os.path.splitext(args.data)[1].lower() not in TEXT_FORMATS:
+        raise CLIError(f"cannot tell the format of {args.data} from its extension: give --data-format")
+    return hashing
+
+
 def info(args: argparse.Namespace) -> int:
     from drizzle_ml.algorithms.persist import format_info, model_info
 
@@ -115,5 +159,6 @@ def add_predict_arguments(predict_parser: argparse.ArgumentParser, info_parser: 
     predict_parser.add_argument("--x-key", default=None,
                                 help="HDF5 dataset (or CSR group) of the features (default X)")
     add_column_arguments(predict_parser)
+    add_hashing_arguments(predict_parser)
     predict_parser.add_argument("--output", "-o", required=True, help="where to write: .h5, .npy or .csv")
     info_parser.add_argument("model", help="a model saved by 'drizzle-ml train --output'")

@@ -59,7 +59,11 @@ def add_stream_arguments(stream: argparse.ArgumentParser, group_size_type: Any) 
                         help="file:PATH (tail a CSV/JSON-lines file), dir:PATH (new files), "
                              "parquet:DIR (new Parquet files), tcp:HOST:PORT (lines), "
                              "h5:PATH#KEY (a growing 2-D dataset)")
-    stream.add_argument("--format", choices=("csv", "json"), default="csv", help="text record format")
+    stream.add_argument("--format", choices=("csv", "json", "libsvm", "tokens"), default="csv",
+                        help="text record format (libsvm, tokens: with --hash-features)")
+    stream.add_argument("--hash-features", type=int, default=None, metavar="BITS",
+                        help="libsvm or tokens records: each worker hashes the records it reads into 2**BITS "
+                             "columns (1..31), as scikit-learn's FeatureHasher")
     stream.add_argument("--n-features", type=int, default=None,
                         help="features per record (default: read from the first record; required for tcp)")
     add_column_arguments(stream)
@@ -139,6 +143,7 @@ def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
             raise CLIError(str(exc)) from None
     elif args.features is not None or args.target is not None:
         raise CLIError("--features and --target choose the columns of a parquet: source")
+    _check_hashed_records(args, kind)
     if args.algorithm == "logistic" and not args.classes:
         raise CLIError("--algorithm logistic needs --classes (every label the stream will have, e.g. 0,1)")
     if args.classes and args.algorithm != "logistic":
@@ -149,6 +154,28 @@ def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
     params = estimator_params(args, STREAM_OPTIONS)
     check_estimator_params(args.algorithm, params)
     return params
+
+
+def _check_hashed_records(args: argparse.Namespace, kind: str) -> None:
+    hashed = args.format in ("libsvm", "tokens")
+    if args.hash_features is None:
+        if hashed:
+            raise CLIError(f"--format {args.format} records are hashed: give --hash-features BITS")
+        return
+    from drizzle_ml.hashing import check_n_bits
+
+    try:
+        check_n_bits(args.hash_features, "--hash-features")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if not hashed:
+        raise CLIError(f"--hash-features hashes libsvm or tokens records, not {args.format} (--format)")
+    if kind not in ("file", "dir", "tcp"):
+        raise CLIError(f"--hash-features reads lines of text: a file:, dir: or tcp: source, not {kind}:")
+    if args.algorithm == "pca":
+        raise CLIError("--hash-features does not apply to --algorithm pca (its scatter matrix would be dense)")
+    if args.n_features is not None:
+        raise CLIError(f"--n-features does not apply to hashed records: they have 2**{args.hash_features} features")
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -268,7 +295,7 @@ def run_stream(args: argparse.Namespace) -> int:
                    record_format=args.format, max_batch=args.max_batch, batch_interval=args.batch_interval,
                    idle_timeout=args.idle_timeout, on_error=args.on_error, max_batches=args.max_batches,
                    checkpoint_dir=args.checkpoint_dir, checkpoint_every=_checkpoint_every(args.checkpoint_every),
-                   resume=args.resume, stop=stopping.is_set, on_group=on_group)
+                   resume=args.resume, stop=stopping.is_set, on_group=on_group, hash_features=args.hash_features)
     except (ValueError, TypeError, KeyError, OSError, ImportError, StreamError, DrizzleError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise CLIError(message.splitlines()[0] if message else type(exc).__name__) from None
@@ -290,6 +317,9 @@ def run_stream(args: argparse.Namespace) -> int:
                  "records": estimator.records_seen_}
         if isinstance(source, ParquetSource):  # predict picks the same columns by default
             extra.update(features=list(source.features), target=source.target)
+        if args.hash_features is not None:  # predict hashes LIBSVM or token lines the same way
+            extra["hashing"] = {"n_bits": args.hash_features, "format": args.format, "alternate_sign": True,
+                                "label": args.format == "libsvm" or args.algorithm in SUPERVISED}
         problems: list[str] = []
         saved = save_result("the model", args.output, lambda path: save_model(estimator, path, extra=extra),
                             problems)

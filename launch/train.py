@@ -18,10 +18,15 @@ from drizzle_ml.algorithms.registry import BY_CLI, option_table
 from .common import CLIError, check_output_paths, save_result
 from .data_files import (
     SUPERVISED,
+    TEXT_FORMATS,
     add_column_arguments,
+    add_hashing_arguments,
     check_data_file,
+    check_hashing,
     check_hdf5_columns,
     check_parquet_columns,
+    hashed_copy,
+    hashing_of,
     is_parquet_data,
     open_data,
     open_hdf5,
@@ -32,6 +37,8 @@ ALGORITHMS = tuple(BY_CLI)
 
 # Option -> (estimator parameter, algorithms it applies to).
 ALGORITHM_OPTIONS = option_table("train")
+# The algorithms that take hashed features: a sparse X of 2**BITS columns (PCA's covariance would be dense).
+HASHED_ALGORITHMS = ("logistic", "linear", "ridge", "kmeans")
 
 
 def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) -> None:
@@ -43,6 +50,7 @@ def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) ->
     train.add_argument("--x-key", default=None, help="HDF5 dataset (or CSR group) of the features (default X)")
     train.add_argument("--y-key", default=None, help="HDF5 dataset of the targets (supervised algorithms; default y)")
     add_column_arguments(train)
+    add_hashing_arguments(train)
     train.add_argument("--workers", type=int, default=None,
                        help="worker processes (default 2; in a Slurm allocation its tasks minus one)")
     train.add_argument("--group-size", type=group_size_type, default="auto",
@@ -117,6 +125,10 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     if params.get("learning_rate") is not None and params.get("solver") != "gd":
         raise CLIError("--learning-rate is the step of --solver gd; other solvers choose their own steps")
     check_estimator_params(args.algorithm, params)
+    if check_hashing(args, HASHED_ALGORITHMS) is not None:
+        check_output_paths({"-o/--output": args.output, "--report": args.report, "--plot": args.plot},
+                           {"--data": args.data}, {})
+        return params  # the rows are counted when the file is hashed
     parquet = args.data is not None and is_parquet_data(args.data)
     check_output_paths({"-o/--output": args.output, "--report": args.report, "--plot": args.plot},
                        {"--data": args.data}, {"--data": args.data if parquet else None})
@@ -128,9 +140,11 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
             check_data_file(args.data)
             check_hdf5_columns(args)
             if not args.data.endswith((".h5", ".hdf5", ".hdf")):
+                hint = (" (or train on its LIBSVM or token lines directly with --hash-features BITS)"
+                        if os.path.splitext(args.data)[1].lower() in TEXT_FORMATS else "")
                 raise CLIError(f"{args.data}: train reads HDF5 or Parquet files (.h5, .parquet, or a directory "
                                f"of .parquet files); convert it first with "
-                               f"'drizzle-ml datasets convert {args.data} -o DATA.h5'")
+                               f"'drizzle-ml datasets convert {args.data} -o DATA.h5'{hint}")
             # Before any process starts: a thousand workers for three rows would start them all first.
             n_rows = open_hdf5(args.data, args.x_key or "X", None).n_rows
         workers = getattr(args, "workers", None)
@@ -175,10 +189,21 @@ def check_estimator_params(algorithm: str, params: dict[str, Any]) -> None:
         raise CLIError(str(exc)) from None
 
 
-def load_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    """``(X_or_dataset, y_or_None, description)``: the HDF5 or Parquet data, or the bundled default."""
+def load_data(args: argparse.Namespace, hashed: str | None = None) -> tuple[Any, Any, str]:
+    """``(X_or_dataset, y_or_None, description)``: the HDF5 or Parquet data, or the bundled default.
+
+    ``hashed``: the HDF5 copy of a text ``--data`` hashed by ``--hash-features``.
+    """
     from drizzle_ml.datasets import load_default
 
+    if hashed is not None:
+        dataset = open_hdf5(hashed, "X", "y" if args.algorithm in SUPERVISED else None)
+        workers = getattr(args, "workers", None)
+        if workers is not None and dataset.n_rows < workers:
+            raise CLIError(f"{args.data} has {dataset.n_rows} row{'s' if dataset.n_rows != 1 else ''}, fewer than "
+                           f"the {workers} workers; every worker needs at least one row (--workers)")
+        return dataset, None, (f"{args.data} ({dataset.n_rows} x {dataset.n_features}, sparse, "
+                               f"hashed into 2**{args.hash_features} columns)")
     if args.data is None:
         regression = args.algorithm in ("linear", "ridge", "lasso", "elasticnet")
         X, y, name = load_default("regression" if regression else "classification")
@@ -193,16 +218,28 @@ def load_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 def train(args: argparse.Namespace) -> int:
     """The body of ``drizzle-ml train`` on the driver."""
-    from sklearn.exceptions import ConvergenceWarning
-
     import drizzle_ml
-    from drizzle_ml.errors import DrizzleError
 
     params = check_arguments(args)
     t0 = time.perf_counter()
     cluster = drizzle_ml.get_cluster()
     t_start = time.perf_counter() - t0
-    X, y, description = load_data(args)
+    hashing = check_hashing(args, HASHED_ALGORITHMS)
+    hashed, temporary = hashed_copy(args.data, hashing, args.checkpoint_dir) if hashing else (None, False)
+    try:
+        return _fit_and_save(args, params, cluster, t_start, hashing, hashed)
+    finally:
+        if temporary:
+            os.unlink(hashed)
+
+
+def _fit_and_save(args: argparse.Namespace, params: dict[str, Any], cluster: Any, t_start: float,
+                  hashing: dict[str, Any] | None, hashed: str | None) -> int:
+    from sklearn.exceptions import ConvergenceWarning
+
+    from drizzle_ml.errors import DrizzleError
+
+    X, y, description = load_data(args, hashed)
     engine = {"group_size": args.group_size, "scheduling": args.scheduling, "rebalance": args.rebalance}
     estimator = make_estimator(args.algorithm, params, engine)
     estimator.checkpoint_dir = args.checkpoint_dir
@@ -247,6 +284,10 @@ def train(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"report": report.as_dict()}
     if getattr(X, "kind", None) == "parquet":  # predict picks the same columns by default
         extra.update(features=list(X.features), target=X.target)
+    if hashing is None and hashed is None and getattr(X, "kind", None) == "hdf5":
+        hashing = hashing_of(X.path, X.x_key)  # made by 'datasets convert --hash-features'
+    if hashing is not None:  # predict hashes LIBSVM or token lines the same way
+        extra["hashing"] = hashing
     saved = save_result("the model", args.output, lambda path: save_model(estimator, path, extra=extra), problems)
     report.model_path = os.path.abspath(saved) if saved else None
     print(report.text(), flush=True)

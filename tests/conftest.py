@@ -109,7 +109,7 @@ def cluster2():
 
 # Test modules whose tests start no MPI process, and those with the slowest tests.
 PURE_MODULES = {"test_architecture", "test_bench_scale", "test_checkpoint", "test_datasets", "test_file_formats",
-                "test_group_loop", "test_tuner", "test_units"}
+                "test_group_loop", "test_hashing", "test_tuner", "test_units"}
 SLOW_MODULES = {"test_bench_report", "test_multihost", "test_recovery", "test_slurm"}
 
 

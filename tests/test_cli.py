@@ -583,3 +583,84 @@ def test_predict_on_data_with_infinity_is_one_line(tmp_path, linked_data):
     data = write_h5(tmp_path / "inf.h5", X)
     _refused(run_cli("predict", "--model", str(linked_data / "m.h5"), "--data", data, "-o", str(tmp_path / "p.h5")),
              f"{data}: Input X contains infinity")
+
+
+@pytest.fixture(scope="module")
+def hashed_libsvm(tmp_path_factory):
+    """A LIBSVM file of 400 rows over 3,000 raw features, and scikit-learn's hashing of it into 2**10 columns."""
+    from sklearn.feature_extraction import FeatureHasher
+
+    rng = np.random.default_rng(3)
+    X = sp.random(400, 3000, density=0.004, format="csr", random_state=4, data_rvs=lambda n: rng.exponential(size=n))
+    w = rng.normal(size=3000)
+    y = (X @ w + 0.3 * rng.normal(size=400) > 0).astype(int)
+    path = tmp_path_factory.mktemp("hashed") / "clicks.svm"
+    dump_svmlight_file(X, y, str(path), zero_based=False)
+    pairs = [[(t.split(":")[0], float(t.split(":")[1])) for t in line.split()[1:]]
+             for line in path.read_text().splitlines()]
+    return path, FeatureHasher(2**10, input_type="pair").transform(pairs), y
+
+
+def test_train_and_predict_on_hashed_libsvm_match_scikit_learn_hashing(hashed_libsvm, tmp_path):
+    import drizzle_ml
+
+    svm, Xh, y = hashed_libsvm
+    ref = drizzle_ml.LogisticRegression(tol=1e-8, n_workers=2).fit(Xh, y)
+    direct, converted = tmp_path / "direct.h5", tmp_path / "converted.h5"
+    proc = ok(drizzle("train", "--data", str(svm), "--hash-features", "10", "--workers", "2", "--tol", "1e-8",
+                      "-o", str(direct), "--quiet"))
+    assert f"logistic on {svm} (400 x 1024, sparse, hashed into 2**10 columns) with 2 workers" in proc.stdout
+    assert sorted(os.listdir(svm.parent)) == ["clicks.svm"]  # the hashed copy is gone
+    ok(run_cli("datasets", "convert", str(svm), "-o", str(tmp_path / "h.h5"), "--hash-features", "10"))
+    ok(drizzle("train", "--data", str(tmp_path / "h.h5"), "--workers", "2", "--tol", "1e-8", "-o", str(converted),
+               "--quiet"))
+    from drizzle_ml.algorithms.persist import load_model, model_info
+
+    for model in (direct, converted):
+        ours = load_model(model)
+        np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=1e-6, atol=1e-8)
+        assert model_info(model)["extra"]["hashing"] == {"n_bits": 10, "format": "libsvm", "alternate_sign": True,
+                                                        "label": True}
+        out = tmp_path / f"pred-{model.stem}.npy"  # the raw LIBSVM file: predict hashes it as training did
+        proc = ok(run_cli("predict", "--model", str(model), "--data", str(svm), "-o", str(out)))
+        assert proc.stdout.startswith(f"wrote {out}: y_pred for 400 rows")
+        np.testing.assert_array_equal(np.load(out), ours.predict(Xh))
+        assert np.mean(np.load(out) == ref.predict(Xh)) >= 0.995
+
+
+def test_hashed_training_errors_are_one_line(hashed_libsvm, tmp_path):
+    svm, _, _ = hashed_libsvm
+    bad = tmp_path / "bad.svm"
+    bad.write_text("1 1:0.5 2:1\n0 3:1\n1 x:1\n")
+    cases = [
+        (["train", "--data", str(svm), "--hash-features", "-3"], "--hash-features must be an integer between 1 and "
+                                                                  "31, got -3"),
+        (["train", "--data", str(svm), "--hash-features", "40"], "--hash-features must be an integer between 1 and "
+                                                                  "31, got 40"),
+        (["train", "--data", str(svm), "--hash-features", "8", "--algorithm", "pca"],
+         "--hash-features does not apply to --algorithm pca (it applies to logistic, linear, ridge, kmeans)"),
+        (["train", "--hash-features", "8"], "--hash-features hashes the features of --data, a LIBSVM or tokens "
+                                            "file: give --data"),
+        (["train", "--data", str(tmp_path / "x.h5"), "--hash-features", "8"],
+         f"--hash-features reads LIBSVM or token lines; {tmp_path / 'x.h5'} is HDF5 (columns of numbers already)"),
+        (["train", "--data", str(tmp_path / "x.dat"), "--hash-features", "8"], f"data file not found: "
+                                                                               f"{tmp_path / 'x.dat'}"),
+        (["train", "--data", str(bad), "--hash-features", "8", "--workers", "1"],
+         f"{bad} line 3: 'x' is not a feature index (an integer)"),
+    ]
+    for args, message in cases:
+        proc = drizzle(*args)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"drizzle-ml: error: {message}", \
+            proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["bad.svm"]
+    model = tmp_path / "m.h5"
+    ok(drizzle("train", "--data", str(svm), "--hash-features", "6", "--workers", "1", "-o", str(model), "--quiet"))
+    proc = run_cli("predict", "--model", str(model), "--data", str(svm), "--hash-features", "8", "-o",
+                   str(tmp_path / "p.npy"))
+    assert proc.returncode == 2 and proc.stderr == (
+        "drizzle-ml: error: the model was trained on libsvm hashed into 2**6 columns, not libsvm into 2**8: leave "
+        "out --hash-features and --data-format, predict hashes as the training did\n")
+    proc = run_cli("predict", "--model", str(model), "--data", str(bad), "-o", str(tmp_path / "p.npy"))
+    assert proc.returncode == 2 and proc.stderr == f"drizzle-ml: error: {bad} line 3: 'x' is not a feature index " \
+                                                   "(an integer)\n"

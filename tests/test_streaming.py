@@ -603,3 +603,116 @@ def test_a_launched_stream_replaces_a_dead_worker_and_counts_every_record_once(t
         recovered = stream(kill_once)
     assert killed and recovered.records_seen_ == reference.records_seen_ == 3000
     assert np.array_equal(recovered.coef_, reference.coef_) and recovered.intercept_ == reference.intercept_
+
+
+# -- hashed records (LIBSVM, tokens) ------------------------------------------------------------------
+def _hashed_stream_file(path, n=600):
+    """LIBSVM lines with a few malformed ones; returns (valid lines, malformed count)."""
+    rng = np.random.default_rng(5)
+    lines, bad = [], 0
+    for i in range(n):
+        idx = rng.choice(2000, size=rng.integers(1, 9), replace=False)
+        lines.append(f"{i % 2} " + " ".join(f"{j}:{rng.normal():.4f}" for j in idx))
+    text = list(lines)
+    for at, junk in ((17, "garbage"), (250, "1 x:1"), (400, "0 3:nan"), (590, "1 4:1 5")):
+        text.insert(at, junk)
+        bad += 1
+    path.write_text("\n".join(text) + "\n")
+    return lines, bad
+
+
+def _sklearn_hashed(lines, n_bits):
+    from sklearn.feature_extraction import FeatureHasher
+
+    pairs = [[(t.split(":")[0], float(t.split(":")[1])) for t in ln.split()[1:]] for ln in lines]
+    return FeatureHasher(2**n_bits, input_type="pair").transform(pairs), np.array([float(ln[0]) for ln in lines])
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_hashed_libsvm_records_are_hashed_by_each_worker_identically(tmp_path, n_workers):
+    path = tmp_path / "s.svm"
+    lines, n_bad = _hashed_stream_file(path)
+    Xh, y = _sklearn_hashed(lines, 12)
+    expected = np.column_stack([Xh.toarray(), y])
+    fmt = RecordFormat("libsvm", None, has_target=True, classes=[0, 1], hash_bits=12)
+    rows, bad = [], 0
+    for w in range(n_workers):  # each worker reads its own partitions (3 per worker, small blocks)
+        parts = [p for p in range(3 * n_workers) if p % n_workers == w]
+        reader = StreamReader(dm.FileSource(str(path), follow=False, block_size=512), fmt, Batching(50, None),
+                              parts, 3 * n_workers, {}, w)
+        while True:
+            batch = reader.next_batch(lambda test, _: test())
+            if batch.n_rows:
+                assert batch.X.format == "csr" and batch.X.shape[1] == 4096
+                rows.append(np.column_stack([batch.X.toarray(), batch.y]))
+            bad += batch.n_bad
+            if batch.idle:
+                break
+        reader.close()
+    assert bad == n_bad and same_rows(np.concatenate(rows), expected)
+
+
+def test_hashed_records_follow_on_error_and_classes(tmp_path):
+    path = tmp_path / "s.tokens"
+    path.write_text("1 site=a ad=1\n0 site=b\n7 site=c\n1 #tag\nnot-a-label x\n")
+    fmt = RecordFormat("tokens", None, has_target=True, classes=[0, 1], hash_bits=8)
+    reader = StreamReader(dm.FileSource(str(path), follow=False), fmt, Batching(100, None), [0], 1, {}, 0)
+    batch = reader.next_batch(lambda test, _: test())
+    reader.close()
+    from sklearn.feature_extraction import FeatureHasher
+
+    ref = FeatureHasher(256, input_type="string").transform([["site=a", "ad=1"], ["site=b"], ["#tag"]])
+    assert batch.n_bad == 2 and batch.y.tolist() == [1, 0, 1]
+    np.testing.assert_array_equal(batch.X.toarray(), ref.toarray())
+    offset = path.read_bytes().index(b"7 site=c")
+    fail = RecordFormat("tokens", None, has_target=True, classes=[0, 1], hash_bits=8, on_error="fail")
+    with pytest.raises(StreamError, match=f"malformed record at .*s.tokens byte offset {offset}: a label not among "
+                                          r"the known classes \[0.0, 1.0\]: '7 site=c' \(on_error='fail'\)"):
+        read_all(dm.FileSource(str(path), follow=False), fail, 1)
+    fail = RecordFormat("libsvm", None, has_target=True, hash_bits=8, on_error="fail")
+    path.write_text("1 3:1\n1 x:2\n")
+    with pytest.raises(StreamError, match="byte offset 6: 'x' is not a feature index \\(an integer\\): '1 x:2'"):
+        read_all(dm.FileSource(str(path), follow=False), fail, 1)
+    for kwargs, message in [({"kind": "libsvm"}, "libsvm and tokens records are hashed: give hash_bits"),
+                            ({"kind": "csv", "hash_bits": 8}, "give hash_bits with them, and only with them"),
+                            ({"kind": "tokens", "hash_bits": 40}, "hash_bits must be an integer between 1 and 31"),
+                            ({"kind": "tokens", "hash_bits": 4, "n_features": 3}, "hashed records have 2\\*\\*4")]:
+        with pytest.raises(ValueError, match=message):
+            RecordFormat(**kwargs)
+
+
+def test_cli_stream_hashes_on_the_workers_the_same_for_1_2_and_3_workers(tmp_path):
+    path = tmp_path / "s.svm"
+    lines, n_bad = _hashed_stream_file(path)
+    Xh, y = _sklearn_hashed(lines, 10)
+    # One micro-batch of every record (size-only cuts larger than the file): one SGD step on all of them.
+    program = OnlineLinear("binomial", penalty=1.0, classes=np.array([0.0, 1.0]))
+    model = OnlineLinear.initial_model(1024, 1)
+    step, _ = program.update(model, program.local(model, Partition(X=Xh, y=y)), 0)
+    coefs = []
+    for workers in (1, 2, 3):
+        out = tmp_path / f"m{workers}.h5"
+        proc = drizzle("stream", "--algorithm", "logistic", "--classes", "0,1", "--source", f"file:{path}",
+                       "--format", "libsvm", "--hash-features", "10", "--no-follow", "--workers", str(workers),
+                       "--max-batch", "100000", "--batch-interval", "none", "-o", str(out), "--quiet")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"{len(lines)} records in" in proc.stdout and f"{n_bad} malformed skipped" in proc.stdout
+        est = load_model(str(out))
+        assert est.coef_.shape == (1, 1024)
+        assert model_info(str(out))["extra"]["hashing"] == {"n_bits": 10, "format": "libsvm", "alternate_sign": True,
+                                                           "label": True}
+        coefs.append(np.concatenate([est.coef_.ravel(), est.intercept_]))
+    expected = np.concatenate([step["coef"].ravel(), step["intercept"]])
+    for coef in coefs:
+        np.testing.assert_allclose(coef, expected, rtol=1e-10, atol=1e-14)
+    for args, message in [
+        (["--format", "libsvm"], "--format libsvm records are hashed: give --hash-features BITS"),
+        (["--format", "csv", "--hash-features", "8"],
+         "--hash-features hashes libsvm or tokens records, not csv (--format)"),
+        (["--format", "tokens", "--hash-features", "-3"], "--hash-features must be an integer between 1 and 31, "
+                                                          "got -3"),
+        (["--format", "tokens", "--hash-features", "8", "--n-features", "5"],
+         "--n-features does not apply to hashed records: they have 2**8 features"),
+    ]:
+        proc = drizzle("stream", "--classes", "0,1", "--source", f"file:{path}", *args)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"drizzle-ml: error: {message}"

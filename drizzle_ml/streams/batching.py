@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..program import Partition
 from .base import Chunk, PartitionReader, Source, partition_key
@@ -116,10 +117,15 @@ class StreamReader:
         n_features = self.fmt.n_features or 0
         # One copy of the rows: features and target cut from each chunk straight into the batch.
         full = [c.rows for c in chunks if c.rows.shape[0]]
-        X = np.concatenate([r[:, :n_features] for r in full]) if full else np.empty((0, n_features))
-        y = None
-        if self.fmt.has_target:
-            y = np.concatenate([r[:, n_features] for r in full]) if full else np.empty(0)
+        if full and sp.issparse(full[0]):  # hashed records: CSR, the target in the last column
+            rows = sp.vstack(full, format="csr")
+            X = rows[:, :n_features]
+            y = rows[:, [n_features]].toarray().ravel() if self.fmt.has_target else None
+        else:
+            X = np.concatenate([r[:, :n_features] for r in full]) if full else np.empty((0, n_features))
+            y = None
+            if self.fmt.has_target:
+                y = np.concatenate([r[:, n_features] for r in full]) if full else np.empty(0)
         return Batch(
             X=X, y=y, worker=self.worker, n_bad=sum(c.n_bad for c in chunks), idle=idle,
             oldest=min((c.oldest for c in chunks if c.rows.shape[0]), default=float("inf")),

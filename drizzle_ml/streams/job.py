@@ -112,13 +112,22 @@ class Publisher:
         if self.ring is not None:
             self.ring()
 
-    def close(self) -> None:
-        for req in self.requests:
-            if req is not None and not req.Test():
-                try:
-                    req.Cancel()
-                except MPI.Exception:
-                    pass
+    def close(self, linger: float = 1.0) -> None:
+        # A publication the driver has matched already must complete: cancelling a large
+        # (rendezvous) send while the driver copies it crashes MPICH. The driver drains
+        # publications while the job runs, so this wait is short; one it never takes is cancelled.
+        pending = [req for req in self.requests if req is not None]
+        deadline = time.monotonic() + linger
+        while pending:
+            pending = [req for req in pending if not req.Test()]
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(1e-4)
+        for req in pending:
+            try:
+                req.Cancel()
+            except MPI.Exception:
+                pass
 
 
 class Publications:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-FORMATS = ("csv", "json")
+from ..hashing import LINE_FORMATS, LineHasher, check_n_bits
+
+FORMATS = ("csv", "json", *LINE_FORMATS)
 ON_ERROR = ("skip", "fail")
 
 
@@ -20,11 +23,15 @@ class StreamError(ValueError):
 class RecordFormat:
     """How records become numbers.
 
-    kind : "csv" or "json" (text sources; HDF5 rows need no parsing).
-    n_features : features per record, or None to take it from the first good record.
+    kind : "csv", "json", or "libsvm" / "tokens" (hashed; text sources; HDF5 rows need no parsing).
+    n_features : features per record, or None to take it from the first good record
+        (``2**hash_bits`` for hashed records).
     has_target : the record's last field (CSV/list) or ``"y"`` is the target.
     classes : known labels (classifiers); other labels are malformed records.
     on_error : "skip" (count and drop malformed records) or "fail".
+    hash_bits : LIBSVM or token lines (:class:`~drizzle_ml.hashing.LineHasher`)
+        hashed into ``2**hash_bits`` columns, on the worker that reads them;
+        their rows are then a CSR matrix (the target in its last column).
     """
 
     kind: str = "csv"
@@ -32,10 +39,20 @@ class RecordFormat:
     has_target: bool = False
     classes: np.ndarray | None = None
     on_error: str = "skip"
+    hash_bits: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FORMATS:
             raise ValueError(f"record format must be one of {FORMATS}, got {self.kind!r}")
+        if (self.kind in LINE_FORMATS) != (self.hash_bits is not None):
+            raise ValueError(f"{' and '.join(LINE_FORMATS)} records are hashed: give hash_bits with them, and only "
+                             f"with them (record format {self.kind!r})")
+        if self.hash_bits is not None:
+            self.hash_bits = check_n_bits(self.hash_bits, "hash_bits")
+            if self.n_features not in (None, 1 << self.hash_bits):
+                raise ValueError(f"hashed records have 2**{self.hash_bits} features, not n_features="
+                                 f"{self.n_features}")
+            self.n_features = 1 << self.hash_bits
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.n_features is not None and (not isinstance(self.n_features, (int, np.integer))
@@ -71,7 +88,10 @@ class RecordFormat:
         """Rows of shape (n, width) from complete lines; blank lines are ignored.
 
         ``where(i)`` names the i-th line of ``data`` (its offset) in errors.
+        Hashed records give a CSR matrix of that shape.
         """
+        if self.hash_bits is not None:
+            return self._parse_hashed(data, where)
         if self.kind == "csv" and self.width is not None and data:
             rows = self._parse_csv_fast(data)
             if rows is not None:
@@ -102,6 +122,33 @@ class RecordFormat:
         block = np.array(rows, dtype=np.float64).reshape(len(rows), self.width or 0)
         block, more_bad = self.check_rows(block, lambda j: where(line_of_row[j]))
         return block, n_bad + more_bad
+
+    def _parse_hashed(self, data: bytes, where: Callable[[int], str]) -> tuple[Any, int]:
+        import scipy.sparse as sp
+
+        hasher = self.__dict__.get("_hasher")
+        if hasher is None:  # one per reader process: it remembers the names it hashed
+            # LIBSVM lines always start with a label (dropped without a target); token lines only with a target.
+            hasher = self.__dict__["_hasher"] = LineHasher(self.hash_bits, self.kind,
+                                                           has_label=self.kind == "libsvm" or self.has_target)
+        lines = data.decode("utf-8", errors="replace").split("\n")
+        bad: list[tuple[int, str]] = []  # (line, reason): the first in the data fails under on_error="fail"
+        X, y, kept = hasher.hash_lines(lines, lambda i, reason: bad.append((i, reason)))
+        if self.has_target and self.classes is not None and len(y):
+            known = np.isin(y, self.classes)
+            if not known.all():
+                bad += [(kept[r], f"a label not among the known classes {_short(self.classes)}")
+                        for r in np.flatnonzero(~known)]
+                X, y = X[known], y[known]
+        if bad:
+            i, reason = min(bad)
+            self.fail(where(i), f"{reason}: {lines[i].strip()[:80]!r}")
+        if not self.has_target:
+            return X, len(bad)
+        return sp.hstack([X, sp.csr_matrix(y.reshape(-1, 1))], format="csr"), len(bad)
+
+    def __getstate__(self) -> dict[str, Any]:  # the hasher is made again where the records are read
+        return {k: v for k, v in self.__dict__.items() if k != "_hasher"}
 
     def _parse_csv_fast(self, data: bytes) -> np.ndarray | None:
         # One C-level parse of the whole block; any irregularity (a blank or
