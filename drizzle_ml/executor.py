@@ -39,7 +39,7 @@ from .collectives import (
 )
 from .errors import VersionMismatchError
 from .layout import Layout
-from .program import Partition
+from .program import REPLICATED, Partition
 from .streams import StreamReader, worker_partitions
 from .streams.job import Publisher
 from .tree import ReduceTree
@@ -231,6 +231,7 @@ class JobExecutor:
         self.shard = spec.shard
         self.gather: ShardGather | None = None
         if self.shard is not None:
+            self._sharded_program = spec.program  # its coordinates refer back here: unset at close
             spec.program.coordinates = ShardedCoordinates(comm, self.shard, self._wait_collective)
             self.gather = ShardGather(comm, self.shard, tuple(k for k in self.shared_keys if k in self.shard.keys))
         publishes = spec.publish and self.is_root
@@ -375,6 +376,8 @@ class JobExecutor:
                 stop = self._tree_iteration(it, partial, times, metrics)
             n_done += 1
             self._iter_estimate = max(self._iter_estimate, perf() - t0)
+            if self.rt.pending_reports:
+                self.rt.release_reports()
             if stop:
                 self.stopped = True
                 break
@@ -571,6 +574,8 @@ class JobExecutor:
 
     def close(self) -> None:
         self._cancel()
+        if self.shard is not None:  # break the cycle program -> coordinates -> executor -> model
+            self._sharded_program.coordinates = REPLICATED
         if self._bcast_pending and self.broadcast is not None and not self.broadcast.test():
             self._in_flight = True
         if self.comm is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 TAG_CTRL = 1  # driver -> worker, pickled control messages
 TAG_REPORT = 2  # worker -> driver, pickled reports
 TAG_DATA = 3  # driver -> worker, raw partition buffers after a LoadArrays
@@ -41,6 +43,38 @@ class LoadData:
 @dataclass
 class DropData:
     dataset_id: str
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """An all-zero array in a message: its shape and dtype only (see :func:`compact`)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+#: Arrays at least this large that hold only zeros travel as :class:`Zeros`.
+ZEROS_MIN_BYTES = 1 << 16
+
+
+def compact(model: dict) -> dict:
+    """``model`` with its large all-zero arrays (a fresh optimizer's memory) as :class:`Zeros`.
+
+    A wide L-BFGS model starts with hundreds of megabytes of zeros; sending
+    them, then unpickling them next to the message, doubled a worker's memory
+    at the start of a job.
+    """
+    out = {}
+    for key, value in model.items():
+        array = np.asarray(value)
+        zero = array.nbytes >= ZEROS_MIN_BYTES and array.dtype.kind in "biufc" and not array.any()
+        out[key] = Zeros(array.shape, array.dtype.str) if zero else value
+    return out
+
+
+def expand(model: dict) -> dict:
+    """The arrays :func:`compact` left out, allocated again (zeroed by the kernel, page by page)."""
+    return {k: (np.zeros(v.shape, dtype=v.dtype) if isinstance(v, Zeros) else v) for k, v in model.items()}
 
 
 @dataclass

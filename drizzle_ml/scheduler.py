@@ -145,7 +145,8 @@ def run_job(
         adapt = Adaptivity(cluster, job, sizer, rebalance, straggler_factor, straggler_groups)
         model = {k: np.asarray(v) for k, v in model.items()}
         t_job = time.perf_counter()
-        start = P.StartJob(job, MPI.pickle.dumps(program), dataset_id, model, version, cluster.fanout, scheduling,
+        start = P.StartJob(job, MPI.pickle.dumps(program), dataset_id, P.compact(model), version, cluster.fanout,
+                           scheduling,
                            cluster.timeout, stream, publish, replicate=cluster.replicated_updates,
                            reduction=cluster.reduction)
         if shard_keys:
@@ -175,7 +176,7 @@ def run_job(
 
 def _start_sharded(cluster: Cluster, start: P.StartJob, keys: tuple[str, ...], program: Any) -> None:
     """Each worker's StartJob with its shard of the sharded keys (and, whole, the keys ``local`` reads)."""
-    model = start.model
+    model = start.model  # compacted: all-zero arrays travel as their shape
     n = sharding_.n_coordinates(model, keys)
     spans = sharding_.bounds(n, cluster.n_workers)
     counts = tuple(hi - lo for lo, hi in spans)

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .protocol import Zeros
+
 SHARDING = ("auto", "replicated", "sharded")
 #: ``sharding="auto"`` shards a model with at least this many coordinates:
 #: below it the update's vector work is cheaper than the extra small
@@ -62,9 +64,13 @@ def bounds(n: int, n_workers: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
+def _shape(value: Any) -> tuple[int, ...]:
+    return value.shape if isinstance(value, Zeros) else np.shape(value)
+
+
 def n_coordinates(model: dict, keys: tuple[str, ...]) -> int:
     """The length of the sharded keys' last axis (the same for all of them)."""
-    lengths = {k: np.shape(model[k])[-1] if np.ndim(model[k]) else None for k in keys}
+    lengths = {k: _shape(model[k])[-1] if len(_shape(model[k])) else None for k in keys}
     if len(set(lengths.values())) != 1 or None in lengths.values():
         raise ValueError(f"program.sharded keys must share their last axis (the coordinates), got {lengths}")
     return int(next(iter(lengths.values())))
@@ -94,8 +100,16 @@ def choose(program: Any, model: dict, sharding: str, n_workers: int, possible: b
 
 
 def split(model: dict, shard_keys: tuple[str, ...], lo: int, hi: int) -> dict:
-    """A worker's model: the sharded keys' coordinates ``lo:hi`` (copies), the other keys whole."""
-    return {k: (np.array(v[..., lo:hi]) if k in shard_keys else v) for k, v in model.items()}
+    """A worker's model: the sharded keys' coordinates ``lo:hi`` (copies), the other keys whole.
+
+    A :class:`~drizzle_ml.protocol.Zeros` (a message's all-zero array) stays one, of the shard's shape.
+    """
+    def part(v: Any) -> Any:
+        if isinstance(v, Zeros):
+            return Zeros(v.shape[:-1] + (hi - lo,), v.dtype)
+        return np.array(v[..., lo:hi])
+
+    return {k: (part(v) if k in shard_keys else v) for k, v in model.items()}
 
 
 def assemble(replicated: dict, shards: list[dict]) -> dict:

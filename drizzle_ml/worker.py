@@ -74,9 +74,14 @@ class WorkerRuntime:
 
     # -- messaging --------------------------------------------------------------
     def report(self, message: Any) -> None:
-        self.pending_reports = [r for r in self.pending_reports if not r.Test()]
+        self.release_reports()
         self.pending_reports.append(self.ctrl.isend(message, dest=0, tag=P.TAG_REPORT))
         self.ring_driver()
+
+    def release_reports(self) -> None:
+        """Drop the reports the driver has received, and with them their pickled copies
+        (a sharded model's report is as large as the worker's shard)."""
+        self.pending_reports = [r for r in self.pending_reports if not r.Test()]
 
     def ring_driver(self) -> None:
         """Wake the driver, which may be sleeping on a message just sent to it."""
@@ -122,6 +127,8 @@ class WorkerRuntime:
         def ready():
             if not self.inbox:
                 self.poll_ctrl()
+            if self.pending_reports:  # idle: let go of what the driver has received
+                self.release_reports()
             return self.inbox.popleft() if self.inbox else None
 
         return poll(ready, self.idle_policy, on_idle=self._driver_alive, sleep=self.doorbell.sleep)
@@ -182,6 +189,9 @@ class WorkerRuntime:
                     f"cannot unpickle the program ({type(exc).__name__}: {exc}); define program "
                     "classes in a module the workers can import, not in __main__"
                 ) from exc
+            msg.model = P.expand(msg.model)
+            if msg.shard is not None:
+                msg.shard = dataclasses.replace(msg.shard, gathered=P.expand(msg.shard.gathered))
             unpickled_in = time.perf_counter() - t0
             partition = None if msg.stream is not None else self.cache.get(msg.dataset_id)
             if msg.scheduling == "bsp":

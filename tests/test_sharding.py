@@ -20,6 +20,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 import drizzle_ml as dm
 from drizzle_ml import ArrayDataset, Cluster
+from drizzle_ml import protocol as P
 from drizzle_ml.datasets import load_default
 from drizzle_ml.errors import WorkerError, WorkerRecoveredWarning
 from drizzle_ml.sharding import MIN_COORDINATES, assemble, bounds, choose, n_coordinates, split
@@ -47,6 +48,18 @@ def test_split_and_assemble_round_trip():
     assert parts[1]["S"].shape == (3, 3) and parts[1]["state"] is model["state"]
     whole = assemble({"state": model["state"]}, [{k: p[k] for k in keys} for p in parts])
     assert all(np.array_equal(whole[k], model[k]) for k in model)
+
+
+def test_all_zero_arrays_travel_as_their_shape():
+    model = {"S": np.zeros((10, 1 << 14)), "w": np.arange(1 << 14, dtype=float), "small": np.zeros(3)}
+    compacted = P.compact(model)
+    assert compacted["S"] == P.Zeros((10, 1 << 14), "<f8") and compacted["w"] is model["w"]
+    assert compacted["small"] is model["small"]  # not worth it below ZEROS_MIN_BYTES
+    part = split(compacted, ("S", "w"), 100, 250)
+    assert part["S"] == P.Zeros((10, 150), "<f8") and np.array_equal(part["w"], model["w"][100:250])
+    back = P.expand(part)
+    assert back["S"].shape == (10, 150) and back["S"].dtype == np.float64 and not back["S"].any()
+    assert n_coordinates(compacted, ("S", "w")) == 1 << 14
 
 
 def test_choose():
