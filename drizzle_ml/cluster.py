@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mpi4py import MPI
+from mpi4py.util import pkl5
 
 from . import protocol as P
 from .doorbell import Doorbell, bell_address
@@ -126,6 +127,7 @@ class Cluster:
             self.n_workers = n_workers or (tasks - 1 if tasks and tasks > 1 else os.cpu_count() or 1)
             self._job = LaunchedJob()
             self.ctrl = self._job.start(self.n_workers, self.timeout, list(mpiexec_args), start_timeout)
+        self._reports = pkl5.Intracomm(self.ctrl)  # the workers' reports: large arrays out of band
         ranks_here = self.n_workers + 1 if self.mode == "launched" else int(
             os.environ.get("MPI_LOCALNRANKS", self.n_workers + 1)
         )
@@ -219,7 +221,7 @@ class Cluster:
     def _next_report(self) -> Any:
         """The next report that has arrived, or None. A worker's error report is raised."""
         while True:
-            msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
+            msg = self._reports.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
             if msg is None:
                 return None
             obj = msg.recv()

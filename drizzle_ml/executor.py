@@ -436,6 +436,12 @@ class JobExecutor:
         offset = part.row_offset + lo - sum(p[0].shape[0] for p in before)
         self.partition = Partition(X, y, sw, row_offset=offset, n_total=part.n_total, worker=me)
 
+    def lendable(self, report: P.GroupReport) -> list[np.ndarray]:
+        """The report's model arrays that are this worker's own (sent without a copy, see
+        :meth:`~drizzle_ml.worker.WorkerRuntime.report`), large enough to matter."""
+        arrays = list((report.model or {}).values()) + list((report.shard or {}).values())
+        return [a for a in arrays if isinstance(a, np.ndarray) and a.nbytes >= LEND_MIN_BYTES and a.flags.owndata]
+
     def _replicated_keys(self) -> dict:
         """The model's keys every updating worker holds whole (all of them unless sharded)."""
         if self.shard is None:
@@ -472,6 +478,8 @@ class JobExecutor:
             self.model, self.version, stop = bcast.received()
             times.broadcast += perf() - t2
             return stop
+        if self.rt.pending_reports:
+            self._await_lent_arrays()
         new_model, step_metrics = self.program.update(self.model, reduction.total(), it)
         t3 = perf()
         times.update += t3 - t2
@@ -495,6 +503,18 @@ class JobExecutor:
                 metrics.setdefault(key, []).append(float(value))
         return stop
 
+    def _await_lent_arrays(self) -> None:
+        """Before an update: the last report's arrays, lent to the driver, back (see ``lendable``).
+
+        The update may reuse them in place (L-BFGS's memory); read-only, it
+        would copy them instead, and a wide model's optimizer state would sit
+        twice in memory while the driver receives the report.
+        """
+        self.rt.release_reports()
+        if any(lent for _, lent in self.rt.pending_reports):
+            self._wait(lambda: self.rt.release_reports() or not any(lent for _, lent in self.rt.pending_reports),
+                       "the driver to receive this worker's last report")
+
     def _gather_shards(self, model: dict, it: int, times: P.GroupTimings) -> None:
         """Every worker's new shard of the keys ``local`` reads, whole here for the next ``local``."""
         t0 = time.perf_counter()
@@ -514,6 +534,8 @@ class JobExecutor:
         t2 = perf()
         times.reduce += t2 - t1
         if self.is_root:
+            if self.rt.pending_reports:
+                self._await_lent_arrays()
             new_model, step_metrics = self.program.update(self.model, acc, it)
             times.update += perf() - t2
             stop = bool(step_metrics.get("converged", False))
@@ -595,6 +617,10 @@ class JobExecutor:
         if self.publisher is not None:
             self.publisher.close()
 
+
+#: Model arrays at least this large go to the driver without a pickled copy
+#: (pickle protocol 5 sends them out of band from this size on).
+LEND_MIN_BYTES = 1 << 18
 
 # Communicators and requests of aborted jobs: never freed (MPI forbids freeing
 # an active request), kept referenced so that nothing tries to.

@@ -20,11 +20,12 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
+from mpi4py.util import pkl5
 
 from . import protocol as P
 from .data import PartitionCache, assemble_partition, read_hdf5_partition
@@ -67,21 +68,40 @@ class WorkerRuntime:
         self.finished: set[int] = set()
         self.current_job: int | None = None
         self.driver_pid: int | None = None
-        self.pending_reports: list[MPI.Request] = []
+        # Reports travel with pickle protocol 5: large arrays go out of band, straight
+        # from the model's memory, with no pickled copy (see report).
+        self.reports = pkl5.Intracomm(ctrl)
+        self.pending_reports: list[tuple[pkl5.Request, list[np.ndarray]]] = []
         self.doorbell = Doorbell()
         self.driver_bell: Address | None = None
         self.peer_bells: list[Address | None] = [None] * self.n_workers
 
     # -- messaging --------------------------------------------------------------
-    def report(self, message: Any) -> None:
+    def report(self, message: Any, lend: Iterable[np.ndarray] = ()) -> None:
+        """Send ``message`` to the driver.
+
+        ``lend`` are arrays in it that go without a copy (a model's, as large
+        as the worker's share of it): they are read-only until the driver has
+        them, so an ``update`` that would reuse one in place copies it instead
+        (see :class:`~drizzle_ml.program.Program`), and writeable again after.
+        """
         self.release_reports()
-        self.pending_reports.append(self.ctrl.isend(message, dest=0, tag=P.TAG_REPORT))
+        lent = [a for a in lend if a.flags.writeable]
+        for array in lent:
+            array.flags.writeable = False
+        self.pending_reports.append((self.reports.isend(message, dest=0, tag=P.TAG_REPORT), lent))
         self.ring_driver()
 
     def release_reports(self) -> None:
-        """Drop the reports the driver has received, and with them their pickled copies
-        (a sharded model's report is as large as the worker's shard)."""
-        self.pending_reports = [r for r in self.pending_reports if not r.Test()]
+        """Let go of the reports the driver has received; their lent arrays are writeable again."""
+        pending = []
+        for request, lent in self.pending_reports:
+            if request.test()[0]:
+                for array in lent:
+                    array.flags.writeable = True
+            else:
+                pending.append((request, lent))
+        self.pending_reports = pending
 
     def ring_driver(self) -> None:
         """Wake the driver, which may be sleeping on a message just sent to it."""
@@ -143,7 +163,7 @@ class WorkerRuntime:
                 for job in list(self.jobs.values()):
                     job.close()
                 self.report(P.Bye(self.index))
-                poll(lambda: all(r.Test() for r in self.pending_reports), self.policy)
+                poll(lambda: self.release_reports() or not self.pending_reports, self.policy)
                 self.doorbell.close()
                 return
             try:
@@ -212,7 +232,7 @@ class WorkerRuntime:
             report = executor.run_group(msg)
             if report.stopped:
                 self._drop_job(msg.job)
-            self.report(report)
+            self.report(report, lend=executor.lendable(report))
         elif isinstance(msg, P.EndJob):
             self._drop_job(msg.job)
         elif isinstance(msg, P.Rebalance):  # move a straggler's rows (drizzle_ml.adaptivity)
