@@ -536,12 +536,14 @@ def _convert_parquet(src, f, x_key, y_key, label_column, features, chunk_rows):
 
 
 def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_rows: int | None,
-                   overwrite: bool) -> dict[str, Any]:
+                   overwrite: bool, source: str | None = None) -> dict[str, Any]:
     """An HDF5 dataset (dense X, optional y) to the Parquet file ``dst``: one row group per chunk of rows.
 
     Columns: the features by name (the CSV header's names when the HDF5 file
     came from a CSV with one, else ``x0``, ``x1``, ...), then the target as
     ``y_key`` (``y``), which is the Parquet commands' default target.
+    ``source`` names the file the user gave in errors (the HDF5 file may be
+    a scratch copy of it).
     """
     import h5py
 
@@ -551,15 +553,16 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
     pq = pyarrow_parquet()
     import pyarrow as pa
 
+    shown = source or h5_path
     with h5py.File(h5_path, "r") as f:
         if x_key not in f:
-            raise ValueError(f"{h5_path} has no {x_key!r} (keys: {', '.join(sorted(f.keys())) or 'none'})")
+            raise ValueError(f"{shown} has no {x_key!r} (keys: {', '.join(sorted(f.keys())) or 'none'})")
         node = f[x_key]
         if not isinstance(node, h5py.Dataset):
-            raise ValueError(f"{h5_path}: {x_key!r} is a sparse (CSR) matrix; Parquet columns would store every "
+            raise ValueError(f"{shown}: {x_key!r} is a sparse (CSR) matrix; Parquet columns would store every "
                              "zero: keep it in HDF5")
         if node.ndim != 2:
-            raise ValueError(f"{h5_path}: {x_key!r} must be 2-D (rows, features), got shape {node.shape}")
+            raise ValueError(f"{shown}: {x_key!r} must be 2-D (rows, features), got shape {node.shape}")
         n, d = (int(v) for v in node.shape)
         names = None
         stored = f.attrs.get("feature_names")
@@ -573,9 +576,10 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
             names = [f"x{j}" for j in range(d)]
         ynode = f[y_key] if y_key is not None and y_key in f else None
         if ynode is not None and (not isinstance(ynode, h5py.Dataset) or ynode.shape != (n,)):
-            raise ValueError(f"{h5_path}: {y_key!r} must have shape ({n},) like {x_key!r} rows")
+            raise ValueError(f"{shown}: {y_key!r} must have shape ({n},) like {x_key!r} rows")
         if ynode is not None and y_key in names:
-            raise ValueError(f"{h5_path}: a feature column is named {y_key!r} like the target; give another y_key")
+            raise ValueError(f"{shown}: a feature column is named {y_key!r}, the name the target column takes; "
+                             "give the target another name (y_key, --y-key)")
         step = chunk_rows or work_chunk_rows(d)
         groups = 0
         with atomic_output(dst, overwrite=overwrite) as tmp:
@@ -593,7 +597,7 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
                     writer.write_table(table, row_group_size=hi - lo)
                     groups += 1
                 if writer is None:
-                    raise ValueError(f"{h5_path}: no data rows")
+                    raise ValueError(f"{shown}: no data rows")
             finally:
                 if writer is not None:
                     writer.close()
@@ -739,7 +743,7 @@ def _convert_to_parquet(src, dst, fmt, x_key, y_key, label_column, delimiter, ha
         convert(src, scratch, fmt=fmt, x_key=x_key, y_key=y_key, label_column=label_column, delimiter=delimiter,
                 has_header=has_header, chunk_rows=chunk_rows, n_features=n_features, zero_based=zero_based,
                 overwrite=True)
-        return _write_parquet(scratch, dst, x_key, y_key, chunk_rows, overwrite)
+        return _write_parquet(scratch, dst, x_key, y_key, chunk_rows, overwrite, source=src)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(scratch)

@@ -345,6 +345,15 @@ def test_convert_round_trips(several_files, tmp_path):
     ok(run_cli("datasets", "convert", str(csv), "-o", str(tmp_path / "t.parquet")))
     t = pq.read_table(tmp_path / "t.parquet")
     assert t.schema.names == ["height", "weight", "y"] and t["y"].to_pylist() == [0, 1]
+    # A feature named like the target column: the error names the CSV, not a scratch file.
+    clash = tmp_path / "clash.csv"
+    clash.write_text("y,weight,label\n1.5,60,0\n1.8,80,1\n")
+    proc = run_cli("datasets", "convert", str(clash), "-o", str(tmp_path / "clash.parquet"))
+    assert proc.returncode != 0 and proc.stderr.strip() == (
+        f"drizzle-ml: error: {clash}: a feature column is named 'y', the name the target column takes; "
+        "give the target another name (y_key, --y-key)")
+    ok(run_cli("datasets", "convert", str(clash), "-o", str(tmp_path / "clash.parquet"), "--y-key", "label"))
+    assert pq.read_table(tmp_path / "clash.parquet").schema.names == ["y", "weight", "label"]
     # Parquet columns by name into HDF5, strings as labels
     labelled = tmp_path / "labels.parquet"
     pq.write_table(table(X[:6], None, kind=["a", "b", "c"] * 2), labelled)
