@@ -285,10 +285,8 @@ class StreamingKMeans(Program):
             new["pool"][have:have + add] = total["pool"][:add]
             new["pool_n"][0] = have + add
             if have + add >= self.n_clusters:
-                from sklearn.cluster import kmeans_plusplus
-
                 rows = new["pool"][: have + add]
-                centers, _ = kmeans_plusplus(rows, self.n_clusters, random_state=self.seed % 2**32)
+                centers = greedy_kmeans_plusplus(rows, self.n_clusters, self.seed)
                 # The pooled rows are then the first mini-batch: one assignment from the seeds.
                 labels, _, sums = _assign(rows, centers, weights=np.ones(len(rows)))
                 counts = np.bincount(labels, minlength=self.n_clusters).astype(np.float64)
@@ -307,3 +305,34 @@ class StreamingKMeans(Program):
         new["weights"] = weights
         m = float(counts.sum())
         return new, {"records": m, "inertia": float(total["inertia"][0]) / m if m else 0.0}
+
+
+def greedy_kmeans_plusplus(X: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """Greedy k-means++ seeds (Arthur and Vassilvitskii; scikit-learn's variant) from the rows ``X``.
+
+    Each new center is the best of ``2 + log(k)`` candidates drawn with
+    probability proportional to D², the squared distance to the nearest
+    center so far. For the few thousand rows a stream pools before it has
+    centers; the batch fit seeds on the whole data instead (``KMeansPlusPlusInit``).
+    """
+    rng = np.random.default_rng(seed)
+    n = X.shape[0]
+    trials = 2 + int(np.log(n_clusters))
+    xx = np.einsum("ij,ij->i", X, X)
+    centers = np.empty((n_clusters, X.shape[1]))
+    centers[0] = X[rng.integers(n)]
+    d2 = np.maximum(xx - 2.0 * (X @ centers[0]) + centers[0] @ centers[0], 0.0)
+    for c in range(1, n_clusters):
+        total = d2.sum()
+        if total <= 0:  # fewer distinct rows than clusters: repeat one
+            centers[c] = X[rng.integers(n)]
+            continue
+        picks = np.searchsorted(np.cumsum(d2), rng.random(trials) * total)
+        picks = np.minimum(picks, n - 1)
+        cand = X[picks]
+        dist = np.maximum(xx[None, :] - 2.0 * cand @ X.T + np.einsum("ij,ij->i", cand, cand)[:, None], 0.0)
+        candidate_d2 = np.minimum(d2[None, :], dist)
+        best = int(np.argmin(candidate_d2.sum(axis=1)))
+        centers[c], d2 = cand[best], candidate_d2[best]
+    return centers
+

@@ -352,3 +352,21 @@ def test_bell_addresses_are_loopback_here_and_none_when_unknown():
     assert bell_address(socket.gethostname(), 4321) == ("127.0.0.1", 4321)
     assert bell_address(socket.gethostname(), 0) is None  # that rank has no doorbell
     assert bell_address("no-such-host.invalid", 4321) is None
+
+
+def test_greedy_kmeans_plusplus_seeds_as_well_as_scikit_learns():
+    from sklearn.cluster import kmeans_plusplus
+    from sklearn.datasets import make_blobs
+
+    from drizzle_ml.algorithms.online import greedy_kmeans_plusplus
+
+    X, _ = make_blobs(2000, centers=6, random_state=3)
+
+    def inertia(centers):
+        return ((X[:, None, :] - centers[None]) ** 2).sum(-1).min(axis=1).sum()
+
+    ours = np.median([inertia(greedy_kmeans_plusplus(X, 6, seed)) for seed in range(9)])
+    theirs = np.median([inertia(kmeans_plusplus(X, 6, random_state=seed)[0]) for seed in range(9)])
+    assert ours <= 1.2 * theirs
+    assert np.array_equal(greedy_kmeans_plusplus(X, 6, 4), greedy_kmeans_plusplus(X, 6, 4))  # seeded
+    assert np.array_equal(greedy_kmeans_plusplus(np.ones((5, 2)), 3, 0), np.ones((3, 2)))  # one distinct row
