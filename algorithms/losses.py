@@ -48,6 +48,20 @@ class LinearLoss:
         coef = w[: self.n_coef].reshape(self.n_outputs, self.n_features)
         return coef, (w[self.n_coef :] if self.fit_intercept else None)
 
+    def touched(self, X: Any) -> np.ndarray | None:
+        """The entries of ``w`` these rows read and can give a nonzero gradient (sorted), or None for all.
+
+        For sparse rows: the coefficients of the columns that hold a value,
+        for every output, and the intercepts.
+        """
+        if not sp.issparse(X):
+            return None
+        columns = np.unique(sp.csr_matrix(X).indices).astype(np.int64)
+        coords = (np.arange(self.n_outputs, dtype=np.int64)[:, None] * self.n_features + columns[None, :]).ravel()
+        if self.fit_intercept:
+            coords = np.concatenate([coords, self.n_coef + np.arange(self.n_outputs, dtype=np.int64)])
+        return coords
+
     def penalty_mask(self) -> np.ndarray:
         """1.0 for penalized entries of ``w`` (coefficients), 0.0 for intercepts."""
         mask = np.zeros(self.n_params)

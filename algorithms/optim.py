@@ -106,6 +106,13 @@ class Minimize(Program):
         with_loss = not self.fixed_step or bool(model["state"][_LOSS_DUE])
         return self.loss.evaluate(model["w"], part.X, self._targets(part), part.sample_weight, with_loss=with_loss)
 
+    def touched_coordinates(self, part: Partition) -> np.ndarray | None:
+        """The coordinates this partition's gradient can touch (sparse rows), for sparse exchanges."""
+        key = ("touched", self.loss.n_features, self.loss.n_outputs, self.loss.fit_intercept)
+        if key not in part.cache:
+            part.cache[key] = self.loss.touched(part.X)
+        return part.cache[key]
+
     def _targets(self, part: Partition) -> np.ndarray:
         """The partition's labels as the loss wants them, encoded once per partition.
 

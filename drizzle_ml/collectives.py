@@ -224,12 +224,14 @@ class ScatterReduction:
 
     ``total()`` is the partial's structure with this worker's shard of the
     summed vector in place of the vector (``program.sharded_partial`` says
-    where it is) and the other leaves summed whole.
+    where it is) and the other leaves summed whole. With a :class:`SparseExchange`
+    ``plan`` (sparse partials), each worker sends only the values of the
+    coordinates it touches to their owners (an all-to-all), and owners add
+    them up in source order.
     """
 
-    kind = "scatter"
-
-    def __init__(self, comm: MPI.Intracomm, program: Any, partial: Any, shard: Shard):
+    def __init__(self, comm: MPI.Intracomm, program: Any, partial: Any, shard: Shard,
+                 plan: SparseExchange | None = None):
         where = program.sharded_partial
         vector = partial[where]
         if not (isinstance(vector, np.ndarray) and vector.dtype == np.float64 and vector.shape == (shard.n,)):
@@ -238,17 +240,25 @@ class ScatterReduction:
                              f"of shape {np.shape(vector)}")
         if not sums_leafwise(program):
             raise ValueError("a sharded program's partials must be summed (the default combine)")
-        self.where = where
-        self.send = np.zeros(shard.n)
-        self.recv = np.zeros(shard.hi - shard.lo)
-        self.scatter = Collective(comm, "Reduce_scatter", self.send, self.recv, list(shard.counts), MPI.SUM)
+        self.where, self.plan = where, plan
+        self.kind = "scatter" if plan is None else "sparse-scatter"
+        if plan is None:
+            self.send, self.recv = np.zeros(shard.n), np.zeros(shard.hi - shard.lo)
+            self.scatter = Collective(comm, "Reduce_scatter", self.send, self.recv, list(shard.counts), MPI.SUM)
+        else:
+            send, recv = plan.values_in()
+            self.send, self.recv = send[0], recv[0]
+            self.scatter = Collective(comm, "Alltoallv", send, recv)
         rest = _without(partial, where)
         self.rest = plan_reduction(comm, program, Layout(rest, by_dtype=True)) if rest else None
         if rest and self.rest is None:
             raise ValueError("a sharded program's partial besides its coordinate vector must be small and summed")
 
     def start(self, partial: Any) -> None:
-        np.copyto(self.send, partial[self.where])
+        if self.plan is None:
+            np.copyto(self.send, partial[self.where])
+        else:
+            np.take(partial[self.where], self.plan.touched, out=self.send)
         self.scatter.start()
         if self.rest is not None:
             self.rest.start(_without(partial, self.where))
@@ -259,7 +269,11 @@ class ScatterReduction:
 
     def total(self) -> Any:
         rest = self.rest.total() if self.rest is not None else ({} if isinstance(self.where, str) else ())
-        return _with(rest, self.where, self.recv.copy())
+        if self.plan is None:
+            summed = self.recv.copy()
+        else:
+            summed = np.bincount(self.plan.local, weights=self.recv, minlength=self.plan.shard_size)
+        return _with(rest, self.where, summed)
 
     def free(self) -> None:
         self.scatter.free()
@@ -293,6 +307,9 @@ class ShardGather:
     def test(self) -> bool:
         return all([c.test() for c in self.collectives])
 
+    def finish(self) -> None:
+        """Nothing to do once the all-gather is complete (it lands in place)."""
+
     def view(self, model: dict) -> dict:
         """``model`` (this worker's shards) with the gathered keys whole: what ``local`` reads."""
         return {**model, **self.full}
@@ -300,6 +317,100 @@ class ShardGather:
     def free(self) -> None:
         for collective in self.collectives:
             collective.free()
+
+
+class SparseExchange:
+    """Which coordinates each worker touches, and who owns them: the index plan of a sparse sharded job.
+
+    ``touched`` (sorted) are this worker's coordinates; they are grouped by
+    owner already, since shards are contiguous. Built once per job with two
+    small collectives (counts, then indices): ``send_counts[j]`` of this
+    worker's coordinates belong to worker ``j``; ``recv_counts[i]`` of
+    worker ``i``'s fall in this worker's shard, at ``local`` (shard-relative,
+    in source order).
+    """
+
+    def __init__(self, comm: MPI.Intracomm, shard: Shard, touched: np.ndarray,
+                 wait: Callable[[Callable[[], bool], str], Any]):
+        edges = np.concatenate([shard.displacements, [shard.n]]).astype(np.int64)
+        self.touched = touched
+        self.send_counts = np.diff(np.searchsorted(touched, edges)).astype(np.int64)
+        self.recv_counts = np.empty_like(self.send_counts)
+        request = comm.Ialltoall(self.send_counts, self.recv_counts)
+        if not request.Test():
+            wait(request.Test, "the other workers' touched coordinates")
+        self.send_displ = np.concatenate([[0], np.cumsum(self.send_counts)[:-1]]).astype(np.int64)
+        self.recv_displ = np.concatenate([[0], np.cumsum(self.recv_counts)[:-1]]).astype(np.int64)
+        indices = np.empty(int(self.recv_counts.sum()), dtype=np.int64)
+        request = comm.Ialltoallv([touched, (self.send_counts, self.send_displ), MPI.INT64_T],
+                                  [indices, (self.recv_counts, self.recv_displ), MPI.INT64_T])
+        if not request.Test():
+            wait(request.Test, "the other workers' touched coordinates")
+        self.local = indices - shard.lo
+        self.shard_size = shard.hi - shard.lo
+
+    def values_in(self) -> list:
+        """Collective arguments: this worker's touched values out, its shard's values from all in."""
+        send, recv = np.zeros(len(self.touched)), np.zeros(len(self.local))
+        return [send, (self.send_counts, self.send_displ), MPI.DOUBLE], [recv, (self.recv_counts, self.recv_displ),
+                                                                          MPI.DOUBLE]
+
+    def values_out(self) -> list:
+        """The reverse: this shard's values each worker touches out, this worker's touched values in."""
+        send, recv = np.zeros(len(self.local)), np.zeros(len(self.touched))
+        return [send, (self.recv_counts, self.recv_displ), MPI.DOUBLE], [recv, (self.send_counts, self.send_displ),
+                                                                          MPI.DOUBLE]
+
+
+class SparseShardPull:
+    """After each update, the values of the coordinates each worker touches, from their owners
+    (an all-to-all): ``local`` reads no others, so the rest of its full vector may stay stale."""
+
+    def __init__(self, comm: MPI.Intracomm, shard: Shard, keys: tuple[str, ...], plan: SparseExchange):
+        self.keys, self.plan = keys, plan
+        self.full, self.send, self.recv, self.collectives = {}, {}, {}, []
+        for key in keys:
+            self.full[key] = np.array(shard.gathered[key])
+            send, recv = plan.values_out()
+            self.send[key], self.recv[key] = send[0], recv[0]
+            self.collectives.append(Collective(comm, "Alltoallv", send, recv))
+
+    def start(self, model: dict) -> None:
+        for key, collective in zip(self.keys, self.collectives):
+            np.take(model[key], self.plan.local, out=self.send[key])
+            collective.start()
+
+    def test(self) -> bool:
+        return all([c.test() for c in self.collectives])
+
+    def finish(self) -> None:
+        for key in self.keys:
+            self.full[key][self.plan.touched] = self.recv[key]
+
+    def view(self, model: dict) -> dict:
+        return {**model, **self.full}
+
+    def free(self) -> None:
+        for collective in self.collectives:
+            collective.free()
+
+
+#: A sharded job exchanges sparse partials and pulls only the touched
+#: coordinates when every worker touches at most this share of them: the
+#: all-to-all then moves less than the reduce-scatter and the all-gather,
+#: enough to pay for adding the values up one by one.
+SPARSE_DENSITY = 0.25
+
+
+def touched_density(comm: MPI.Intracomm, n: int, touched: np.ndarray | None,
+                    wait: Callable[[Callable[[], bool], str], Any]) -> float:
+    """The largest share of the coordinates any worker touches (1.0 where one touches all)."""
+    mine = np.array([1.0 if touched is None else len(touched) / max(n, 1)])
+    out = np.empty(1)
+    request = comm.Iallreduce(mine, out, MPI.MAX)
+    if not request.Test():
+        wait(request.Test, "the other workers' touched coordinates")
+    return float(out[0])
 
 
 class ShardedCoordinates(Coordinates):

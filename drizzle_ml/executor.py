@@ -30,12 +30,16 @@ from mpi4py import MPI
 from . import protocol as P
 from .adaptivity import inject_delay
 from .collectives import (
+    SPARSE_DENSITY,
     ModelBroadcast,
     Reduction,
     ScatterReduction,
     ShardedCoordinates,
     ShardGather,
+    SparseExchange,
+    SparseShardPull,
     plan_reduction,
+    touched_density,
 )
 from .errors import VersionMismatchError
 from .layout import Layout
@@ -244,7 +248,7 @@ class JobExecutor:
         layout = Layout(partial, by_dtype=True)
         self._check_layouts(layout)
         if self.shard is not None:
-            self.reduction = ScatterReduction(self.comm, self.program, partial, self.shard)
+            self._plan_sharded(partial)
             return
         choice = self.reduction_choice
         self.reduction = None if choice == "tree" else plan_reduction(self.comm, self.program, layout)
@@ -255,6 +259,20 @@ class JobExecutor:
             self.broadcast = ModelBroadcast(self.comm, self._spec_model, self.shared_keys)
             if not self.is_root:
                 self.model = {k: self.model[k] for k in self.shared_keys}
+
+    def _plan_sharded(self, partial: Any) -> None:
+        """A sharded job's exchanges: dense (reduce-scatter, all-gather), or sparse (all-to-all of the
+        touched coordinates) where every worker's rows touch few of them. The same choice everywhere."""
+        touched = None
+        if self.partition is not None and self.stream is None:
+            touched = self.program.touched_coordinates(self.partition)
+        density = touched_density(self.comm, self.shard.n, touched, self._wait_collective)
+        plan = None
+        if density <= SPARSE_DENSITY:
+            plan = SparseExchange(self.comm, self.shard, touched, self._wait_collective)
+            self.gather.free()  # never started: the pull below replaces it
+            self.gather = SparseShardPull(self.comm, self.shard, self.gather.keys, plan)
+        self.reduction = ScatterReduction(self.comm, self.program, partial, self.shard, plan)
 
     def _check_layouts(self, layout: Layout) -> None:
         """Every worker's first partial must have one layout: a collective on mismatched buffers would mix bytes."""
@@ -453,7 +471,7 @@ class JobExecutor:
         if self.reduction is None:
             return "tree+broadcast"
         if self.shard is not None:
-            return "scatter+sharded"
+            return self.reduction.kind + "+sharded"
         return self.reduction.kind + ("+replicated" if self.replicated else "+broadcast")
 
     def _collective_iteration(self, it: int, partial: Any, times: P.GroupTimings, metrics: dict) -> bool:
@@ -521,6 +539,7 @@ class JobExecutor:
         self.gather.start(model)
         if not self.gather.test():
             self._wait_collective(self.gather.test, f"the other workers' shards of iteration {it}")
+        self.gather.finish()
         times.broadcast += time.perf_counter() - t0
 
     def _tree_iteration(self, it: int, acc: Any, times: P.GroupTimings, metrics: dict) -> bool:

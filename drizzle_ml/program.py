@@ -132,6 +132,12 @@ class Program:
     def combine(self, a: Any, b: Any) -> Any:
         return sum_partials(a, b)
 
+    def touched_coordinates(self, partition: Partition) -> np.ndarray | None:
+        """For a sharded model: the coordinates ``local`` reads and can make nonzero on this partition
+        (sorted, int64), or None for all of them. Sparse rows touch few: the engine then exchanges
+        just those values instead of whole vectors. Derived from the data alone (cache it)."""
+        return None
+
     def update(self, model: Model, total: Any, iteration: int) -> tuple[Model, dict[str, float]]:
         raise NotImplementedError
 

@@ -175,11 +175,30 @@ def test_auto_shards_wide_models_only():
     y = np.arange(300) % 2
     with pytest.warns(ConvergenceWarning):
         est = dm.LogisticRegression(max_iter=3, n_workers=2).fit(wide, y)
-    assert est.history_[-1]["reduction"] == "scatter+sharded"
+    assert est.history_[-1]["reduction"] == "sparse-scatter+sharded"  # each worker touches 2% of it
     narrow = dm.LogisticRegression(n_workers=2).fit(*load_default("classification")[:2])
     assert narrow.history_[-1]["reduction"] != "scatter+sharded"
     with pytest.raises(InvalidParameterError, match="The 'sharding' parameter of LogisticRegression must be"):
         dm.LogisticRegression(sharding="yes").fit(wide, y)
+
+
+@pytest.mark.parametrize("n_workers", [2, 3, 5])
+def test_sparse_partials_and_pulls_agree_with_replicated_fits(n_workers):
+    # 600 rows of 10 values over 2^16 columns: each worker touches a few percent of the coordinates,
+    # so the workers exchange only those (an all-to-all) instead of reduce-scatter and all-gather.
+    rng = np.random.default_rng(0)
+    n, d, k = 600, 1 << 16, 10
+    X_ = sp.csr_matrix((rng.normal(size=n * k), rng.integers(0, d, size=n * k), np.arange(0, n * k + 1, k)),
+                       shape=(n, d))
+    X_.sum_duplicates()
+    for y_ in ((X_ @ rng.normal(size=d) > 0).astype(int), np.asarray(X_.sum(axis=1)).ravel().argsort() % 3):
+        fits = [dm.LogisticRegression(C=10, tol=1e-10, max_iter=500, n_workers=n_workers, sharding=m).fit(X_, y_)
+                for m in ("replicated", "sharded", "sharded")]
+        ref, est, again = fits
+        assert est.history_[-1]["reduction"] == "sparse-scatter+sharded"
+        assert np.array_equal(again.coef_, est.coef_)
+        assert est.history_[-1]["metrics"]["loss"] == pytest.approx(ref.history_[-1]["metrics"]["loss"], rel=1e-12)
+        np.testing.assert_allclose(est.coef_, ref.coef_, rtol=0, atol=1e-8 * max(1.0, np.abs(ref.coef_).max()))
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
