@@ -127,7 +127,7 @@ class Cluster:
             self.n_workers = n_workers or (tasks - 1 if tasks and tasks > 1 else os.cpu_count() or 1)
             self._job = LaunchedJob()
             self.ctrl = self._job.start(self.n_workers, self.timeout, list(mpiexec_args), start_timeout)
-        self._reports = pkl5.Intracomm(self.ctrl)  # the workers' reports: large arrays out of band
+        self._large_reports = pkl5.Intracomm(self.ctrl)  # reports lending large arrays, out of band
         ranks_here = self.n_workers + 1 if self.mode == "launched" else int(
             os.environ.get("MPI_LOCALNRANKS", self.n_workers + 1)
         )
@@ -221,7 +221,10 @@ class Cluster:
     def _next_report(self) -> Any:
         """The next report that has arrived, or None. A worker's error report is raised."""
         while True:
-            msg = self._reports.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
+            msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
+            # Reports lending large arrays come apart (pkl5); a plain probe first, as pkl5's is Python.
+            if msg is None and self.ctrl.Iprobe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT_LARGE):
+                msg = self._large_reports.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT_LARGE)
             if msg is None:
                 return None
             obj = msg.recv()

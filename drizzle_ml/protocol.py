@@ -16,6 +16,7 @@ TAG_CTRL = 1  # driver -> worker, pickled control messages
 TAG_REPORT = 2  # worker -> driver, pickled reports
 TAG_DATA = 3  # driver -> worker, raw partition buffers after a LoadArrays
 TAG_PUBLISH = 4  # tree root -> driver, each new model version of a publishing job (streams)
+TAG_REPORT_LARGE = 5  # worker -> driver, reports that lend large arrays (pickle protocol 5, out of band)
 
 # Per-job data tags: kind (3 bits) | job (12 bits) | iteration (14 bits) < 2**29.
 UP, DOWN, BSP_TASK, BSP_PARTIAL = 1, 2, 3, 4

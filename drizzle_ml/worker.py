@@ -68,10 +68,10 @@ class WorkerRuntime:
         self.finished: set[int] = set()
         self.current_job: int | None = None
         self.driver_pid: int | None = None
-        # Reports travel with pickle protocol 5: large arrays go out of band, straight
-        # from the model's memory, with no pickled copy (see report).
-        self.reports = pkl5.Intracomm(ctrl)
-        self.pending_reports: list[tuple[pkl5.Request, list[np.ndarray]]] = []
+        # Reports that carry a model's large arrays travel with pickle protocol 5: the
+        # arrays go out of band, straight from the model's memory (see report).
+        self.large_reports = pkl5.Intracomm(ctrl)
+        self.pending_reports: list[tuple[Callable[[], bool], list[np.ndarray]]] = []
         self.doorbell = Doorbell()
         self.driver_bell: Address | None = None
         self.peer_bells: list[Address | None] = [None] * self.n_workers
@@ -81,26 +81,33 @@ class WorkerRuntime:
         """Send ``message`` to the driver.
 
         ``lend`` are arrays in it that go without a copy (a model's, as large
-        as the worker's share of it): they are read-only until the driver has
-        them, so an ``update`` that would reuse one in place copies it instead
-        (see :class:`~drizzle_ml.program.Program`), and writeable again after.
+        as the worker's share of it): such a report travels with pickle
+        protocol 5 under its own tag, and the arrays are read-only until the
+        driver has them, so an ``update`` that would reuse one in place copies
+        it instead (see :class:`~drizzle_ml.program.Program`), and writeable
+        again after. Other reports go as one pickled message, which costs the
+        driver less to poll for.
         """
         self.release_reports()
         lent = [a for a in lend if a.flags.writeable]
-        for array in lent:
-            array.flags.writeable = False
-        self.pending_reports.append((self.reports.isend(message, dest=0, tag=P.TAG_REPORT), lent))
+        if lent:
+            for array in lent:
+                array.flags.writeable = False
+            request = self.large_reports.isend(message, dest=0, tag=P.TAG_REPORT_LARGE)
+            self.pending_reports.append((lambda: request.test()[0], lent))
+        else:  # small: one pickled message, the cheaper path (the driver polls for these)
+            self.pending_reports.append((self.ctrl.isend(message, dest=0, tag=P.TAG_REPORT).Test, lent))
         self.ring_driver()
 
     def release_reports(self) -> None:
         """Let go of the reports the driver has received; their lent arrays are writeable again."""
         pending = []
-        for request, lent in self.pending_reports:
-            if request.test()[0]:
+        for done, lent in self.pending_reports:
+            if done():
                 for array in lent:
                     array.flags.writeable = True
             else:
-                pending.append((request, lent))
+                pending.append((done, lent))
         self.pending_reports = pending
 
     def ring_driver(self) -> None:
