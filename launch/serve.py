@@ -24,8 +24,9 @@ The child serves as an exposed server must:
   ``BODY_BUDGET * max_body`` bytes of bodies, are admitted to wait for them,
   more are answered 503 with ``Retry-After`` at once;
 * a request's JSON may nest at most ``MAX_DEPTH`` levels (checked before it
-  is parsed), ``X`` must be rows of finite numbers of the model's width: 400
-  with a one-line JSON error, never a traceback.
+  is parsed), ``X`` must be rows of finite numbers of the model's width, or
+  sparse rows ``{"indices": [...], "values": [...]}`` of its columns (wide,
+  hashed-feature models): 400 with a one-line JSON error, never a traceback.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import copy
 import http
 import ipaddress
 import json
+import math
 import os
 import pickle
 import re
@@ -51,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
+import scipy.sparse as sp
 
 BACKLOG = 128  # the kernel's queue of connections not yet accepted (capped by net.core.somaxconn)
 MAX_DEPTH = 32  # JSON nesting: a request is {"X": [[...]]}, 3 levels
@@ -309,6 +312,34 @@ def rows_of_numbers(X: Any) -> np.ndarray:
     return arr
 
 
+def sparse_rows(X: list, width: int) -> sp.csr_matrix:
+    """``X`` of sparse rows, ``{"indices": [...], "values": [...]}`` each, as a CSR matrix ``width`` wide.
+
+    For wide models (hashed features): a row names only its nonzero columns.
+    RequestError(400) naming the first row that is wrong.
+    """
+    indptr, indices, values = [0], [], []
+    for r, row in enumerate(X):
+        if not isinstance(row, dict) or set(row) != {"indices", "values"}:
+            raise RequestError(400, f"\"X\" row {r} must be {{\"indices\": [...], \"values\": [...]}} "
+                                    "like the rows before it")
+        idx, val = row["indices"], row["values"]
+        if not (isinstance(idx, list) and isinstance(val, list) and len(idx) == len(val)):
+            raise RequestError(400, f"\"X\" row {r}: \"indices\" and \"values\" must be lists of one length")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < width for i in idx):
+            raise RequestError(400, f"\"X\" row {r}: \"indices\" must be integers in 0..{width - 1} "
+                                    "(the model's columns)")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in val):
+            raise RequestError(400, f"\"X\" row {r}: \"values\" must be finite numbers")
+        indices.extend(idx)
+        values.extend(val)
+        indptr.append(len(indices))
+    matrix = sp.csr_matrix((np.asarray(values, dtype=np.float64), np.asarray(indices, dtype=np.int64),
+                            np.asarray(indptr, dtype=np.int64)), shape=(len(X), width))
+    matrix.sum_duplicates()
+    return matrix
+
+
 def answer_predict(body: bytes, models: Models, max_depth: int = MAX_DEPTH) -> tuple[int, bytes]:
     """``POST /predict``: the status and the JSON answer (``{"error": ...}`` on a refusal)."""
     try:
@@ -325,11 +356,16 @@ def answer_predict(body: bytes, models: Models, max_depth: int = MAX_DEPTH) -> t
             raise RequestError(400, f"TypeError: 'durable' must be true or false, got {durable!r:.100}")
         if "X" not in request:
             raise RequestError(400, "the request needs \"X\": a list of rows of numbers")
-        X = rows_of_numbers(request["X"])
+        X = request["X"]
+        sparse = isinstance(X, list) and bool(X) and isinstance(X[0], dict)
+        if not sparse:
+            X = rows_of_numbers(X)
         try:
             model = models.model(durable)
         except (LookupError, ValueError) as exc:  # (PCA before two records: ValueError)
             raise RequestError(503, f"no model to answer yet: {exc}") from None
+        if sparse:
+            X = sparse_rows(X, int(model.n_features_in_))
         width = getattr(model, "n_features_in_", X.shape[1])
         if X.shape[1] != width:
             raise RequestError(400, f"\"X\" has {X.shape[1]} features per row, the model takes {width}")

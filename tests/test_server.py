@@ -425,6 +425,19 @@ def test_each_version_is_finished_once_and_answers_like_at_version():
     assert answer_predict(b'{"X": [[1, 2, 3]], "durable": "false"}', models) == (
         400, b'{"error": "TypeError: \'durable\' must be true or false, got \'false\'"}')
     assert answer_predict(b'{"X": [[1, 2, 3]]}', Models())[0] == 503  # no version yet: retry later
+    # Sparse rows (a wide, hashed-feature model): only the nonzero columns.
+    sparse = {"X": [{"indices": [0, 2], "values": [1.5, -2.0]}, {"indices": [], "values": []}]}
+    status, data = answer_predict(json.dumps(sparse).encode(), models)
+    assert status == 200
+    np.testing.assert_allclose(json.loads(data)["predictions"],
+                               est.at_version().predict(np.array([[1.5, 0.0, -2.0], [0.0, 0.0, 0.0]])))
+    for rows, error in [
+        ([{"indices": [3], "values": [1.0]}], '"X" row 0: "indices" must be integers in 0..2 (the model\'s columns)'),
+        ([{"indices": [0, 1], "values": [1.0]}], '"X" row 0: "indices" and "values" must be lists of one length'),
+        ([{"indices": [0], "values": [1.0]}, [1, 2, 3]],
+         '"X" row 1 must be {"indices": [...], "values": [...]} like the rows before it'),
+    ]:
+        assert answer_predict(json.dumps({"X": rows}).encode(), models) == (400, json.dumps({"error": error}).encode())
 
 
 def test_a_defect_in_answering_is_a_500_with_one_line(capsys):
