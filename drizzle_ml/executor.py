@@ -394,8 +394,6 @@ class JobExecutor:
                 stop = self._tree_iteration(it, partial, times, metrics)
             n_done += 1
             self._iter_estimate = max(self._iter_estimate, perf() - t0)
-            if self.rt.pending_reports:
-                self.rt.release_reports()
             if stop:
                 self.stopped = True
                 break

@@ -189,6 +189,7 @@ def _start_sharded(cluster: Cluster, start: P.StartJob, keys: tuple[str, ...], p
 
 def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_group, commits, sizer):
     ctrl, n = cluster.ctrl, cluster.n_workers
+    model = freeze(model)  # the job's starting version: update must not reuse its arrays either
     shared = program.shared
     keys = tuple(model) if shared is None else tuple(shared)
     down = Layout({k: model[k] for k in keys})
@@ -252,8 +253,7 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
         for p in partials[1:]:
             total = program.combine(total, p)
         t_update = time.perf_counter()
-        # Read-only views: the store keeps this version, so update must not reuse its arrays.
-        model, step_metrics = program.update(freeze(model), total, it0 + it)
+        model, step_metrics = program.update(model, total, it0 + it)
         version += 1
         t_done = time.perf_counter()
         for key, value in step_metrics.items():
@@ -261,7 +261,8 @@ def _run_bsp(cluster, job, program, model, version, it0, max_iter, store, on_gro
         converged = bool(step_metrics.get("converged", False))
         last = converged or it + 1 == max_iter
         schedule = send_task(it + 1, last)
-        store.commit(version, model, it0 + it + 1, {k: float(v) for k, v in step_metrics.items()})
+        # The store's read-only views from here on: it keeps this version, so update must not reuse its arrays.
+        model = store.commit(version, model, it0 + it + 1, {k: float(v) for k, v in step_metrics.items()}).model
         commits.commit(version, model, it0 + it + 1, sizer.state(), step_metrics, last=last)
         metrics = GroupMetrics(
             group=it, start_iteration=it0 + it, group_size=1, n_iterations=1, version=version,

@@ -272,3 +272,13 @@ def test_binomial_loss_and_gradient_at_extreme_scores_match_scipy():
         grad_only, (no_loss, weight) = loss_fn.evaluate(np.array([1.0, 0.0]), X, y, weights, with_loss=False)
         np.testing.assert_array_equal(grad_only, grad)
         assert np.isnan(no_loss) and weight == w.sum()
+
+
+def test_bsp_keeps_every_stored_version_of_the_lbfgs_memory():
+    # L-BFGS reuses its memory (S, Y) in place when the arrays are its own; in BSP mode the
+    # driver's store holds every version, so update must get them read-only and copy.
+    X, y = datasets.make_classification(200, 6, random_state=3)
+    est = LogisticRegression(tol=1e-12, max_iter=12, n_workers=2, scheduling="bsp").fit(X, y)
+    store = est.model_store_
+    old, new = store.get(store.versions()[0] + 4).model["S"], store.latest().model["S"]
+    assert not old.flags.writeable and not np.array_equal(old, new)
