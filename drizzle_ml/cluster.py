@@ -221,6 +221,9 @@ class Cluster:
     def _next_report(self) -> Any:
         """The next report that has arrived, or None. A worker's error report is raised."""
         while True:
+            # Most polls find nothing: one probe of any tag answers that in one MPI call.
+            if not self.ctrl.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG):
+                return None
             msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
             # Reports lending large arrays come apart (pkl5); a plain probe first, as pkl5's is Python.
             if msg is None and self.ctrl.Iprobe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT_LARGE):
