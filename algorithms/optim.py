@@ -144,8 +144,10 @@ class Minimize(Program):
         pw = self.coordinates.shard(self.penalty) * w
         g = grad_sum + pw
         g /= weight
+        if not with_loss:
+            return math.nan, g
         penalty = self.coordinates.dot(pw, w)
-        return ((float(stats[0]) + 0.5 * penalty) / weight if with_loss else math.nan), g
+        return (float(stats[0]) + 0.5 * penalty) / weight, g
 
     def update(self, model, total, iteration):
         w = model["w"]
@@ -182,11 +184,14 @@ class Minimize(Program):
             p = self._two_loop(g, new["S"], new["Y"], state)
         else:
             p = -g
-        gtp = self.coordinates.dot(g, p)
-        if not gtp < 0:  # not a descent direction: forget the curvature pairs
-            state[_NMEM] = 0
-            p = -g
+        if self.fixed_step:
+            gtp = math.nan  # the slope serves only a line search, and a fixed step has none
+        else:
             gtp = self.coordinates.dot(g, p)
+            if not gtp < 0:  # not a descent direction: forget the curvature pairs
+                state[_NMEM] = 0
+                p = -g
+                gtp = self.coordinates.dot(g, p)
         if self.learning_rate is not None:
             step = self.learning_rate
         elif self.solver == "gd":
