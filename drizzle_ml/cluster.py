@@ -44,6 +44,8 @@ _world_cluster: Cluster | None = None
 
 #: Partitions kept per worker before the least recently used one is dropped.
 CACHE_DATASETS = 4
+#: Reports to receive before the driver trusts that workers' rings reach it.
+RELIABLE_AFTER = 8
 
 
 class Cluster:
@@ -103,6 +105,7 @@ class Cluster:
         # Reports that arrived before anyone asked for them: with groups sent
         # ahead, a fast worker can finish group g+1 while group g is collected.
         self._backlog: list[Any] = []
+        self._reports_in = 0  # reports received (each rings the driver), to judge the rings
         self._aborted: set[int] = set()
         self.workers: list[P.Hello] = []
         if launched_by_mpiexec():
@@ -202,18 +205,20 @@ class Cluster:
 
     def wait(self, test: Callable[[], Any], what: str, *, first_sleep: float = 0.0,
              extra: float = 0.0, timeout: float | None = None, watch_reports: bool = False,
-             max_sleep: float | None = None) -> Any:
+             max_sleep: float | None = None, bell: bool = False) -> Any:
         """Poll ``test`` under the cluster's policy, checking the workers are alive.
 
         The limit is ``timeout`` if given, else the cluster's timeout plus
         ``extra``. With ``watch_reports``, workers' error reports are raised
         while waiting (other reports are kept for later). ``max_sleep`` caps
-        the sleeps between tests (default: the policy's).
+        the sleeps between tests (default: the policy's). ``bell``: see
+        :func:`~drizzle_ml.waiting.poll` (only where every awaited message rings).
         """
         limit = self.timeout + extra if timeout is None else timeout
         try:
             return poll(test, self.policy, on_idle=self._watch if watch_reports else self._check_alive,
-                        first_sleep=first_sleep, timeout=limit, max_sleep=max_sleep, sleep=self.doorbell.sleep)
+                        first_sleep=first_sleep, timeout=limit, max_sleep=max_sleep, sleep=self.doorbell.sleep,
+                        bell=bell)
         except WaitTimeout:
             self._fail(WorkerTimeoutError(
                 f"timed out after {limit:.3g} s waiting for {what}; the cluster has been shut down"))
@@ -233,6 +238,8 @@ class Cluster:
             obj = msg.recv()
             if isinstance(obj, P.Hello):
                 self.workers.append(obj)
+            else:
+                self._reports_in += 1
             if not isinstance(obj, P.ErrorReport):
                 return obj
             if obj.job in self._aborted:
@@ -240,6 +247,15 @@ class Cluster:
             if obj.job is not None:
                 self.abort_job(obj.job, obj.message)
             raise WorkerError(f"worker {obj.worker} failed: {obj.message}", obj.worker, obj.traceback)
+
+    def rings_reliable(self) -> bool:
+        """Whether the workers' reports ring the driver's doorbell: nearly every one has so far.
+
+        Rings may not cross hosts (a firewall); then the driver keeps
+        waking in short steps to look for reports.
+        """
+        n = self._reports_in
+        return self.doorbell.port != 0 and n >= RELIABLE_AFTER and self.doorbell.rings >= 0.9 * n
 
     def _watch(self) -> None:
         """While waiting on data (BSP partials): notice dead workers and error reports."""

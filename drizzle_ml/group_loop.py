@@ -56,6 +56,7 @@ class Wait:
     first_sleep: float
     extra: float
     max_sleep: float | None
+    bell: bool = False  # sleep until a report rings the driver's doorbell (see waiting.poll)
 
 
 class GroupPlan:
@@ -94,16 +95,20 @@ class GroupPlan:
         depth = 2 if self.pipeline else 1
         return self.next_start < self.end and len(self.in_flight) < depth and not stopping
 
-    def wait(self, group: SentGroup, now: float) -> Wait:
+    def wait(self, group: SentGroup, now: float, bell: bool = False) -> Wait:
         """How to wait for ``group``: sleep through most of its expected time, then nap briefly.
 
         With the next group already with the workers, answering a few percent
         of a group late costs nothing, and on a small machine every wake-up of
-        the driver takes a core from a worker.
+        the driver takes a core from a worker. ``bell``: every report has
+        rung the driver's doorbell so far, so it sleeps until one does
+        (at most twice the group's expected time, and 20 ms, between looks).
         """
         began = max(group.sent_at, self.last_done)
         expected = self.per_iteration * group.size
         remaining = expected - (now - began)
+        if bell and not self.urgent and expected > 0:
+            return Wait(began, 0.0, 4 * expected, min(max(self.policy_max_sleep, 2 * expected), 0.02), bell=True)
         if self.urgent:
             max_sleep: float | None = 1e-3
         elif expected > 0:
@@ -210,11 +215,12 @@ class GroupLoop:
     def collect(self, group: SentGroup) -> tuple[list[P.GroupReport], Wait, float, float]:
         """The group's reports, how the driver waited, when it began waiting and when they were in."""
         waited_from = time.perf_counter()
-        wait = self.plan.wait(group, waited_from)
+        wait = self.plan.wait(group, waited_from, bell=self.cluster.rings_reliable())
         reports = self.cluster.collect(
             lambda m: isinstance(m, P.GroupReport) and m.job == self.job and m.start == group.start,
             self.cluster.n_workers, f"group at iteration {group.start} (size {group.size})",
-            first_sleep=wait.first_sleep, extra=wait.extra, max_sleep=wait.max_sleep, also=self.hooks.poll,
+            first_sleep=wait.first_sleep, extra=wait.extra, max_sleep=wait.max_sleep, bell=wait.bell,
+            also=self.hooks.poll,
         )
         return reports, wait, waited_from, time.perf_counter()
 

@@ -66,6 +66,7 @@ def poll(
     spin: float | None = None,
     max_sleep: float | None = None,
     sleep: Callable[[float], object] = time.sleep,
+    bell: bool = False,
 ) -> T:
     """Call ``test`` until it returns something truthy, and return that.
 
@@ -75,7 +76,10 @@ def poll(
     ``policy.check_every`` seconds, and may raise to end the wait.
     ``spin`` and ``max_sleep`` override the policy's for this wait.
     ``sleep`` sleeps between tests: a :class:`~drizzle_ml.doorbell.Doorbell`'s
-    ends early when a peer rings it after sending.
+    ends early when a peer rings it after sending. ``bell``: every sender
+    rings it (seen to work), so the back-off starts at ``max_sleep`` instead
+    of short steps; right after a ring the steps are short again, as the
+    message that rang may still be on its way (a rendezvous).
     Raises :class:`WaitTimeout` after ``timeout`` (default ``policy.timeout``).
     """
     result = test()
@@ -103,7 +107,7 @@ def poll(
         if time.perf_counter() >= spin_until:
             break
         os.sched_yield()
-    step = 2e-5
+    step = tick if bell else 2e-5
     next_check = time.perf_counter()
     while True:
         result = test()

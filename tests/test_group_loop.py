@@ -74,6 +74,11 @@ def test_waits_sleep_through_most_of_an_expected_group():
     assert plan.wait(nxt, now=0.2).first_sleep == 0.0  # overdue: no sleep
     urgent = GroupPlan(0, 0, 10, urgent=True)
     assert urgent.wait(send(urgent, 5), now=0.0).max_sleep == 1e-3  # versions are due while it runs
+    # Reports ring the driver's doorbell: no timed sleep, looks at most every 2 expected groups (<= 20 ms).
+    assert plan.wait(nxt, now=0.07, bell=True) == Wait(0.06, 0.0, pytest.approx(0.2), 0.02, bell=True)
+    plan.per_iteration = 2e-5
+    assert plan.wait(nxt, now=0.07, bell=True).max_sleep == pytest.approx(4e-3)
+    assert urgent.wait(urgent.in_flight[0], now=0.0, bell=True).bell is False
 
 
 def test_group_metrics_take_the_slowest_worker_per_phase():

@@ -370,3 +370,22 @@ def test_greedy_kmeans_plusplus_seeds_as_well_as_scikit_learns():
     assert ours <= 1.2 * theirs
     assert np.array_equal(greedy_kmeans_plusplus(X, 6, 4), greedy_kmeans_plusplus(X, 6, 4))  # seeded
     assert np.array_equal(greedy_kmeans_plusplus(np.ones((5, 2)), 3, 0), np.ones((3, 2)))  # one distinct row
+
+
+def test_poll_trusting_a_doorbell_sleeps_long_until_rung_then_short():
+    from drizzle_ml.waiting import WaitPolicy, poll
+
+    slept, rings, answers = [], iter([False, True, False, False, False]), iter([0, 0, 0, 0, 0, 0, 0, 1])
+
+    def sleep(seconds):
+        slept.append(seconds)
+        return next(rings)
+
+    policy = WaitPolicy(timeout=5.0, spin=0.0, max_sleep=0.01)
+    assert poll(lambda: next(answers), policy, sleep=sleep, bell=True) == 1
+    # Long (nobody rang), long, rung: short steps doubling, as the message may still be on its way.
+    assert slept[:2] == [0.01, 0.01] and slept[2:] == pytest.approx([2e-5, 4e-5, 8e-5])
+    slept.clear()
+    rings, answers = iter([False] * 3), iter([0, 0, 0, 0, 0, 1])
+    poll(lambda: next(answers), policy, sleep=sleep)  # without the bell: back-off from short steps
+    assert slept == pytest.approx([2e-5, 4e-5, 8e-5])
