@@ -106,7 +106,7 @@ def run_durable(job: DurableJob) -> tuple[JobResult, int]:
                 job.on_resumed(state)
             if job.stream is None and (state.converged or state.iteration >= job.end):
                 checkpoints.close(timeout=60.0)
-                result = JobResult(freeze(state.model), state.version, 0, state.converged, [], {})
+                result = JobResult(freeze(dict(state.model)), state.version, 0, state.converged, [], {})
                 return result, state.iteration
     with closing_store(checkpoints):  # the job's checkpoint directory is released at the end
         return _run_recovering(job, checkpoints)

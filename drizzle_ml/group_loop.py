@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -146,7 +146,7 @@ def check_replicas(reports: list[P.GroupReport], root: P.GroupReport) -> None:
                 "set DRIZZLE_UPDATE=root to update on one worker and broadcast", report.worker)
 
 
-def whole_model(reports: list[P.GroupReport], root: P.GroupReport) -> dict:
+def whole_model(reports: list[P.GroupReport], root: P.GroupReport) -> Mapping[str, Any]:
     """The model the group made: the root's, with every worker's shard of a sharded model."""
     if root.shard is None:
         return root.model
@@ -268,7 +268,7 @@ class GroupLoop:
                 break
             if plan.more_to_send(stopping):
                 self.send(size)
-        return JobResult(freeze(model), root.version, iteration - plan.begin, converged, history,
+        return JobResult(freeze(dict(model)), root.version, iteration - plan.begin, converged, history,
                          iteration_metrics, startup=job_startup, offsets=offsets,
                          reduction=root.reduction, **self.hooks.result())
 

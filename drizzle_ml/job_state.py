@@ -15,6 +15,7 @@ This is an engine module: it imports nothing from ``drizzle_ml.algorithms``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ class JobState:
     belong to streams; ``converged`` is what the last commit said.
     """
 
-    model: dict[str, np.ndarray]
+    model: Mapping[str, np.ndarray]  # a sharded job's is joined when read (sharding.ShardedVersion)
     version: int = 0
     iteration: int = 0
     tuner: dict | None = None
@@ -40,7 +41,7 @@ class JobState:
     n_partitions: int | None = None
     converged: bool = False
 
-    def commit(self, version: int, model: dict, iteration: int, tuner: dict | None,
+    def commit(self, version: int, model: Mapping[str, np.ndarray], iteration: int, tuner: dict | None,
                offsets: dict[str, Any] | None, converged: bool) -> None:
         """The group loop's commit at a group boundary (the model as the store holds it, read-only)."""
         self.version, self.model, self.iteration, self.tuner = version, model, iteration, tuner
@@ -90,15 +91,15 @@ class Commits:
             due = self.commits % self.every == 0
         return last or due
 
-    def commit(self, version: int, model: dict, iteration: int, tuner: dict, metrics: dict, last: bool,
-               offsets: dict | None = None) -> None:
+    def commit(self, version: int, model: Mapping[str, np.ndarray], iteration: int, tuner: dict, metrics: dict,
+               last: bool, offsets: dict | None = None) -> None:
         if self.state is not None:  # what a recovery continues from
             self.state.commit(version, model, iteration, tuner, offsets, bool(metrics.get("converged")))
         if self.checkpoints is None or not self.due(last):
             return
         self.written_at = time.monotonic()
         self.checkpoints.save_async(Checkpoint(
-            job_key=self.checkpoints.job_key, version=version, iteration=iteration, model=model,
+            job_key=self.checkpoints.job_key, version=version, iteration=iteration, model=dict(model),
             tuner=tuner, params=self.params, stream_offsets=dict(offsets or {}),
             metrics={k: float(v) for k, v in metrics.items()} | {"last": float(last)},
         ))

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .sharding import ShardedVersion
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class ModelVersion:
     """One committed model: ``version`` counts updates since the model was created."""
 
     version: int
-    model: dict[str, np.ndarray]
+    model: Mapping[str, np.ndarray]  # a dict, or a sharded model's ShardedVersion
     iteration: int
     metrics: dict[str, float] = field(default_factory=dict)
     durable: bool = True
@@ -32,11 +35,18 @@ class ModelVersion:
     @property
     def nbytes(self) -> int:
         """Bytes of the model's arrays."""
+        if isinstance(self.model, ShardedVersion):
+            return self.model.nbytes  # without joining its shards
         return sum(int(np.asarray(a).nbytes) for a in self.model.values())
 
 
-def freeze(model: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Read-only copy-free view of a model dict (arrays are marked non-writeable)."""
+def freeze(model: Mapping[str, Any]) -> Mapping[str, np.ndarray]:
+    """Read-only copy-free view of a model dict (arrays are marked non-writeable).
+
+    A :class:`~drizzle_ml.sharding.ShardedVersion` is read-only already and stays one.
+    """
+    if isinstance(model, ShardedVersion):
+        return model
     frozen = {}
     for key, value in model.items():
         arr = np.asarray(value)

@@ -10,6 +10,7 @@ of a sharded fit is replaced and the model is the same bit for bit.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 
 import numpy as np
@@ -24,6 +25,7 @@ from drizzle_ml import protocol as P
 from drizzle_ml.datasets import load_default
 from drizzle_ml.errors import WorkerError, WorkerRecoveredWarning
 from drizzle_ml.sharding import MIN_COORDINATES, assemble, bounds, choose, n_coordinates, split
+from drizzle_ml.store import ModelStore
 from drizzle_ml.testing import LeastSquaresGD, ShardedMomentumGD
 
 rng = np.random.default_rng(7)
@@ -48,6 +50,26 @@ def test_split_and_assemble_round_trip():
     assert parts[1]["S"].shape == (3, 3) and parts[1]["state"] is model["state"]
     whole = assemble({"state": model["state"]}, [{k: p[k] for k in keys} for p in parts])
     assert all(np.array_equal(whole[k], model[k]) for k in model)
+
+
+def test_a_sharded_version_joins_each_key_when_read_and_then_drops_its_shards():
+    model = {"state": np.array([1.0, 2.0]), "w": np.arange(10.0), "S": np.arange(30.0).reshape(3, 10)}
+    shards = [{k: split(model, ("w", "S"), lo, hi)[k] for k in ("w", "S")} for lo, hi in bounds(10, 3)]
+    version = assemble({"state": model["state"]}, shards)
+    assert list(version) == ["state", "w", "S"] and len(version) == 3
+    assert version.nbytes == sum(a.nbytes for a in model.values())
+    assert all(not a.flags.writeable for s in shards for a in s.values())  # the store's arrays are read-only
+    assert version._shards[0].keys() == {"w", "S"}  # nothing joined at the commit
+    w = version["w"]
+    assert np.array_equal(w, model["w"]) and not w.flags.writeable and version["w"] is w
+    assert version._shards[0].keys() == {"S"} and version.nbytes == sum(a.nbytes for a in model.values())
+    with pytest.raises(KeyError):
+        version["missing"]
+    store = ModelStore()
+    store.commit(4, version, 40)
+    assert store.latest().model is version and store.latest().nbytes == version.nbytes
+    back = pickle.loads(pickle.dumps(store))  # an estimator's store pickles as plain dicts
+    assert type(back.latest().model) is dict and np.array_equal(back.latest().model["S"], model["S"])
 
 
 def test_all_zero_arrays_travel_as_their_shape():
