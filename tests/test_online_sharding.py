@@ -11,6 +11,8 @@ without MPI.
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import os
 import signal
 
@@ -212,6 +214,8 @@ def test_a_sharded_stream_checkpoint_resumes_on_another_worker_count(tmp_path):
     def interrupted(sharding):
         ckpt = tmp_path / sharding
         _stream(path, sharding, n_workers=3, checkpoint_dir=ckpt, max_batches=12)  # re-sharded over 2 below
+        if sharding == "sharded":
+            _to_the_older_ftrl_layout(ckpt)  # as an earlier drizzle-ml wrote it: upgraded on resume
         return _stream(path, sharding, n_workers=2, checkpoint_dir=ckpt, resume=True)
 
     est, ref = interrupted("sharded"), interrupted("replicated")
@@ -219,3 +223,18 @@ def test_a_sharded_stream_checkpoint_resumes_on_another_worker_count(tmp_path):
     assert est.records_seen_ == ref.records_seen_ == 2400  # every record once across the resume
     _close(est.coef_, ref.coef_)
     _close(est.intercept_, ref.intercept_)
+
+
+def _to_the_older_ftrl_layout(checkpoint_dir):
+    """Rewrite the newest checkpoint's FTRL state as (m, d + 1) z and q, the intercept last."""
+    from drizzle_ml.checkpoint import CheckpointStore
+
+    path = max(glob.glob(os.path.join(checkpoint_dir, "**", "ckpt-*.h5"), recursive=True))
+    store = CheckpointStore(os.path.dirname(path))
+    ckpt = store.latest()
+    model = {k: np.array(v) for k, v in ckpt.model.items() if not k.endswith("_intercept")}
+    for key in ("z", "q"):
+        model[key] = np.column_stack([ckpt.model[key], ckpt.model[key + "_intercept"]])
+    os.remove(path)
+    store.save(dataclasses.replace(ckpt, model=model))
+    assert "z_intercept" not in store.latest().model

@@ -15,6 +15,8 @@ algorithm:
   before the group ends (:class:`PublishingHooks` plugs it into the
   driver's :class:`~drizzle_ml.group_loop.GroupLoop`). The group boundary
   then commits it as durable, with every partition's offset in the checkpoint.
+  A sharded model is published by every worker, each its shard, and the
+  driver assembles a version once it has every shard of it.
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def _with(rest: Any, where: int | str, vector: np.ndarray) -> Any:
 
 
 class Publisher:
-    """The root's side: send each new version to the driver without ever waiting for it.
+    """The root's side (every worker's, each its shard, when sharded): send each new version to the
+    driver without ever waiting for it.
 
     A send slot is reused only when its previous send completed; when every
     slot is still in flight (a driver that cannot keep up with very large
