@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from drizzle_ml.program import Partition, Program
 
@@ -198,6 +199,16 @@ class OnlineFTRL(OnlineLinear):
         out = self._batch_gradient(coef, intercept, part)
         out["g"] = out["g"].reshape(-1)  # one vector of the coordinates (summed by a reduce-scatter when sharded)
         return out
+
+    def touched_coordinates(self, part: Partition) -> np.ndarray | None:
+        """The columns a sparse batch holds values in (a sharded model's gradient is zero elsewhere,
+        and ``local`` reads no other coefficients), so that the workers exchange only those."""
+        if not sp.issparse(part.X):
+            return None
+        key = ("ftrl-touched", part.X.shape[1])
+        if key not in part.cache:
+            part.cache[key] = np.unique(sp.csr_matrix(part.X).indices).astype(np.int64)
+        return part.cache[key]
 
     def _step(self, w: np.ndarray, z: np.ndarray, q_old: np.ndarray, g: np.ndarray, l1: float,
               l2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

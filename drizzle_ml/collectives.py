@@ -379,7 +379,7 @@ class SparseShardPull:
 
     def start(self, model: dict) -> None:
         for key, collective in zip(self.keys, self.collectives):
-            np.take(model[key], self.plan.local, out=self.send[key])
+            np.take(np.ravel(model[key]), self.plan.local, out=self.send[key])  # (n,) or (1, n): one vector
             collective.start()
 
     def test(self) -> bool:
@@ -387,7 +387,7 @@ class SparseShardPull:
 
     def finish(self) -> None:
         for key in self.keys:
-            self.full[key][self.plan.touched] = self.recv[key]
+            self.full[key][..., self.plan.touched] = self.recv[key]
 
     def view(self, model: dict) -> dict:
         return {**model, **self.full}

@@ -68,14 +68,17 @@ def test_sharded_partial_fit_equals_replicated(n_workers):
 
 
 def test_partial_fit_shards_wide_ftrl_models_automatically():
-    wide = sp.random(200, MIN_COORDINATES, density=2e-4, random_state=4, format="csr")
-    y = np.arange(200) % 2
-    est = dm.LogisticRegression(penalty="l1", C=1.0, n_workers=2)
-    est.partial_fit(wide, y, classes=[0, 1])
-    assert est.history_[-1]["reduction"] == "scatter+sharded"
-    ref = dm.LogisticRegression(penalty="l1", C=1.0, n_workers=2, sharding="replicated").partial_fit(
-        wide, y, classes=[0, 1])
+    wide = sp.random(300, MIN_COORDINATES, density=2e-4, random_state=4, format="csr")
+    y = np.arange(300) % 2
+    # Each worker's rows touch 1% of the columns: the workers exchange only those values.
+    est = _partial_fits(dm.LogisticRegression(penalty="l1", C=1.0, n_workers=2), wide, y, [0, 1])
+    assert est.history_[-1]["reduction"] == "sparse-scatter+sharded"
+    ref = _partial_fits(dm.LogisticRegression(penalty="l1", C=1.0, n_workers=2, sharding="replicated"),
+                        wide, y, [0, 1])
     _close(est.coef_, ref.coef_)
+    _close(est.intercept_, ref.intercept_)
+    dense = dm.Lasso(alpha=0.01, n_workers=2).partial_fit(wide[:20].toarray(), Y_REG[:20])
+    assert dense.history_[-1]["reduction"] == "scatter+sharded"
     # Online models that cannot shard stay replicated whatever sharding says: SGD, and multinomial FTRL.
     sgd = dm.LogisticRegression(n_workers=2, sharding="sharded").partial_fit(wide, y, classes=[0, 1])
     assert sgd.history_[-1]["reduction"] == "allreduce+replicated"
