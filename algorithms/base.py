@@ -85,9 +85,11 @@ class DrizzleEstimator(BaseEstimator):
         coefficients and the optimizer's memory across the workers (each
         updates its shard; gradients arrive by reduce-scatter), or keep them
         whole on every worker. ``"auto"`` shards models of at least 2^16
-        coefficients on two workers or more. ``history_`` names what ran
-        (``reduction``: ``scatter+sharded`` when sharded). See
-        ``docs/large-sparse-models.md``.
+        coefficients on two workers or more. The same holds online
+        (``partial_fit``, streams) for FTRL-proximal models of one output
+        (L1 and elastic-net penalties); other online models stay replicated.
+        ``history_`` names what ran (``reduction``: ``scatter+sharded`` when
+        sharded). See ``docs/large-sparse-models.md``.
 
     After ``fit``: ``n_iter_``, ``model_version_`` (the committed version of
     the final model) and ``history_`` (one dict of metrics per group).

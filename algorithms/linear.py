@@ -85,7 +85,8 @@ class LinearModelBase(OnlineLearner):
         """
         online = getattr(self, "_online_model_", None)
         if online is not None and ("z" in online) == isinstance(program, OnlineFTRL):
-            return online
+            # An estimator pickled before FTRL's intercept state had keys of its own continues too.
+            return OnlineFTRL.upgrade(online) if isinstance(program, OnlineFTRL) else online
         if online is not None:
             return program.initial_model(n_features, n_outputs, online["coef"], online["intercept"])
         if hasattr(self, "coef_"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from drizzle_ml.program import Partition, Program
 
@@ -133,59 +134,107 @@ class OnlineFTRL(OnlineLinear):
     seen so far (``per_record=True``, Lasso and ElasticNet: ``l1 = alpha l1_ratio``),
     as :class:`OnlineLinear` makes its L2 term scikit-learn's.
 
-    Model: ``coef`` (m, d), ``intercept`` (m,), ``z`` and ``q`` (m, d + 1: the
-    coefficients, then the intercept), ``steps`` and ``n_seen`` (1,). Only
-    ``coef`` and ``intercept`` go down the tree.
+    Model: ``coef``, ``z`` and ``q`` (m, d): the coefficients' weights and
+    state; ``intercept``, ``z_intercept`` and ``q_intercept`` (m,): the
+    intercepts'; ``steps`` and ``n_seen`` (1,). Only ``coef`` and
+    ``intercept`` go down the tree.
+
+    Every coordinate's step reads only its own state, so a single-output
+    model (binomial, squared) may be sharded across the workers: ``coef``,
+    ``z`` and ``q`` share their last axis, the partial's gradient ``g`` is the
+    vector of those coordinates, and the intercepts are replicated. Models
+    of FTRL states saved before this layout (``z``, ``q`` of shape (m, d + 1))
+    are converted by :meth:`upgrade`.
     """
+
+    sharded_partial = "g"  # the partial: g (m d,), gi (m,), loss, n
 
     def __init__(self, loss: str, l1: float = 0.0, l2: float = 0.0, per_record: bool = False,
                  fit_intercept: bool = True, eta0: float = 1.0, beta: float = 1.0,
                  classes: np.ndarray | None = None):
         super().__init__(loss, fit_intercept=fit_intercept, eta0=eta0, classes=classes)
         self.l1, self.l2, self.per_record, self.beta = float(l1), float(l2), bool(per_record), float(beta)
+        # Sharded keys are coordinate vectors along their last axis: one output's coefficients.
+        # A multinomial model's (m, d) would need its gradient laid out likewise; it stays replicated.
+        self.sharded = () if loss == "multinomial" else ("coef", "z", "q")
 
     def initial_model(self, n_features: int, n_outputs: int, coef: Any = None,
                       intercept: Any = None) -> dict[str, np.ndarray]:
         """The state whose weights are ``coef`` and ``intercept`` (default zeros) before any record."""
         start = OnlineLinear.initial_model(n_features, n_outputs, coef, intercept)
-        w = np.column_stack([start["coef"], start["intercept"]])
-        l1, l2 = self._strengths(n_features, 0.0)
+        l1, l2 = self._strengths(0.0)
+        w, b = start["coef"], start["intercept"]
         z = -w * (self.beta / self.eta0 + l2) - np.sign(w) * l1
-        return {"coef": start["coef"], "intercept": start["intercept"], "z": z, "q": np.zeros_like(z),
-                "steps": np.zeros(1), "n_seen": np.zeros(1)}
+        # The intercepts' strengths are 0; the same expression keeps the values of the (m, d + 1) layout.
+        z_intercept = -b * (self.beta / self.eta0 + 0.0) - np.sign(b) * 0.0
+        return {"coef": w, "intercept": b, "z": z, "q": np.zeros_like(z), "z_intercept": z_intercept,
+                "q_intercept": np.zeros_like(z_intercept), "steps": np.zeros(1), "n_seen": np.zeros(1)}
 
-    def _strengths(self, n_features: int, n_seen: float) -> tuple[np.ndarray, np.ndarray]:
-        """Per-coordinate L1 and L2 strengths, shape (d + 1,): 0 for the intercept."""
+    @staticmethod
+    def upgrade(model: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``model`` in this layout: an FTRL state of the older one (``z``, ``q`` of shape (m, d + 1), the
+        intercept last) has its intercept columns moved to ``z_intercept`` and ``q_intercept``."""
+        if "z_intercept" in model or "z" not in model:
+            return model
+        d = np.shape(model["coef"])[-1]
+        if np.shape(model["z"])[-1] != d + 1 or np.shape(model["q"]) != np.shape(model["z"]):
+            raise ValueError(f"not an FTRL state: z has shape {np.shape(model['z'])} and q "
+                             f"{np.shape(model['q'])} for coef of shape {np.shape(model['coef'])}")
+        out = dict(model)
+        for key in ("z", "q"):
+            full = np.asarray(model[key], dtype=np.float64)
+            out[key], out[key + "_intercept"] = full[:, :d].copy(), full[:, d].copy()
+        return out
+
+    def _strengths(self, n_seen: float) -> tuple[float, float]:
+        """The coefficients' L1 and L2 strengths (the intercepts' are 0)."""
         scale = n_seen if self.per_record else 1.0
-        mask = np.r_[np.ones(n_features), 0.0]
-        return self.l1 * scale * mask, self.l2 * scale * mask
+        return self.l1 * scale * 1.0, self.l2 * scale * 1.0
 
     def local(self, model, part: Partition):
         coef, intercept = model["coef"], model["intercept"]
         if part.n_rows == 0:
             m, d = coef.shape
-            return {"g": np.zeros((m, d)), "gi": np.zeros(m), "loss": np.zeros(1), "n": np.zeros(1)}
-        return self._batch_gradient(coef, intercept, part)
+            return {"g": np.zeros(m * d), "gi": np.zeros(m), "loss": np.zeros(1), "n": np.zeros(1)}
+        out = self._batch_gradient(coef, intercept, part)
+        out["g"] = out["g"].reshape(-1)  # one vector of the coordinates (summed by a reduce-scatter when sharded)
+        return out
+
+    def touched_coordinates(self, part: Partition) -> np.ndarray | None:
+        """The columns a sparse batch holds values in (a sharded model's gradient is zero elsewhere,
+        and ``local`` reads no other coefficients), so that the workers exchange only those."""
+        if not sp.issparse(part.X):
+            return None
+        key = ("ftrl-touched", part.X.shape[1])
+        if key not in part.cache:
+            part.cache[key] = np.unique(sp.csr_matrix(part.X).indices).astype(np.int64)
+        return part.cache[key]
+
+    def _step(self, w: np.ndarray, z: np.ndarray, q_old: np.ndarray, g: np.ndarray, l1: float,
+              l2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One FTRL-proximal step of some coordinates: their new ``(w, z, q)``."""
+        q = q_old + g * g
+        sigma = (np.sqrt(q) - np.sqrt(q_old)) / self.eta0
+        z = z + g - sigma * w
+        shrunk = np.abs(z) - l1
+        w = np.where(shrunk > 0, -np.sign(z) * shrunk / ((self.beta + np.sqrt(q)) / self.eta0 + l2), 0.0)
+        return w, z, q
 
     def update(self, model, total, iteration):
         n = float(total["n"][0])
         if n <= 0.0:
             return dict(model), {"records": 0.0}
-        coef = model["coef"]
-        m, d = coef.shape
+        coef = model["coef"]  # this worker's coordinates when sharded
+        m = coef.shape[0]
         n_seen = float(model["n_seen"][0]) + n
-        g = np.column_stack([total["g"], total["gi"] if self.fit_intercept else np.zeros(m)])
-        w = np.column_stack([coef, model["intercept"]])
-        q_old = model["q"]
-        q = q_old + g * g
-        sigma = (np.sqrt(q) - np.sqrt(q_old)) / self.eta0
-        z = model["z"] + g - sigma * w
-        l1, l2 = self._strengths(d, n_seen)
-        shrunk = np.abs(z) - l1
-        w = np.where(shrunk > 0, -np.sign(z) * shrunk / ((self.beta + np.sqrt(q)) / self.eta0 + l2), 0.0)
-        new = {"coef": w[:, :d].copy(), "intercept": w[:, d].copy(), "z": z, "q": q,
+        l1, l2 = self._strengths(n_seen)
+        w, z, q = self._step(coef, model["z"], model["q"], total["g"].reshape(coef.shape), l1, l2)
+        gi = total["gi"] if self.fit_intercept else np.zeros(m)
+        b, zb, qb = self._step(model["intercept"], model["z_intercept"], model["q_intercept"], gi, 0.0, 0.0)
+        new = {"coef": w, "intercept": b, "z": z, "q": q, "z_intercept": zb, "q_intercept": qb,
                "steps": model["steps"] + 1.0, "n_seen": np.array([n_seen])}
-        return new, {"loss": float(total["loss"][0]) / n, "nonzero": float(np.count_nonzero(w[:, :d]))}
+        nonzero = self.coordinates.sums(np.array([float(np.count_nonzero(w))]))[0]
+        return new, {"loss": float(total["loss"][0]) / n, "nonzero": float(nonzero)}
 
 
 class OnlineMoments(Program):

@@ -70,13 +70,20 @@ class OnlineLearner(DrizzleEstimator, metaclass=ABCMeta):
         store = ModelStore() if store is None else store  # (an empty store is falsy)
         version = int(getattr(self, "model_version_", 0))
         result = cluster.run(program, model, dataset, max_iter=1, version=version, start_iteration=version,
-                             group_size=1, scheduling="group", store=store, allow_empty=True)
+                             group_size=1, scheduling="group", store=store, allow_empty=True,
+                             sharding=self.online_sharding(program))
         continuing = getattr(self, "_online_model_", None) is not None
         self.model_store_, self.model_version_ = store, result.version
         self.n_iter_ = self.n_iter_ + 1 if continuing else 1  # micro-batches since the online run began
-        self.history_ = getattr(self, "history_", [])
+        # The last micro-batch's job (one row per call would grow without bound over a long online run).
+        self.history_ = [g.as_dict() | {"reduction": result.reduction} for g in result.history]
         self._online_model_ = {k: np.array(v) for k, v in result.model.items()}
         return self._online_model_
+
+    def online_sharding(self, program: Program) -> str:
+        """The ``sharding`` of an online job: the estimator's, for a program that can shard its model
+        (FTRL, one output); replicated for the others, whatever ``sharding`` says (it also governs fit)."""
+        return getattr(self, "sharding", "auto") if getattr(program, "sharded", ()) else "replicated"
 
     def at_version(self, version: int | None = None, durable: bool = False):
         """A copy of this estimator holding model ``version`` of ``model_store_``.

@@ -103,10 +103,19 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     tuner, _ = estimator._adaptivity()  # the estimator's group size and tuner options
     job = DurableJob(type(estimator).__name__, program, JobState(model, version, version), UNBOUNDED,
                      n_workers=cluster.n_workers, stream=(source, fmt, batching), tuner=tuner, store=store,
-                     run_options={"on_group": on_group, "stop": stop})
+                     run_options={"on_group": on_group, "stop": stop,
+                                  "sharding": estimator.online_sharding(program)})
+
+    def on_resumed(state: Any) -> None:
+        upgrade = getattr(program, "upgrade", None)  # a checkpoint of an older layout of the online state
+        if upgrade is not None:
+            state.model = upgrade(state.model)
+        if max_batches:
+            job.end = state.iteration + max_batches
+
+    job.on_resumed = on_resumed
     if max_batches:  # counted from where the stream starts (or resumes)
         job.end = version + max_batches
-        job.on_resumed = lambda state: setattr(job, "end", state.iteration + max_batches)
     if checkpoint_dir is not None:
         params = {"estimator": type(estimator).__name__, "source": source.describe(),
                   "n_features": int(n_features), "format": record_format, "hash_features": hash_features,
@@ -121,7 +130,7 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     result, start = run_durable(job)
     estimator.model_store_, estimator.model_version_ = store, result.version
     estimator.n_iter_ = start + result.n_iter
-    estimator.history_ = [g.as_dict() for g in result.history]
+    estimator.history_ = [g.as_dict() | {"reduction": result.reduction} for g in result.history]
     estimator.stream_offsets_ = result.offsets
     estimator.records_seen_ = int(result.model["stream_records"][0])
     estimator.malformed_ = int(sum(result.iteration_metrics.get("malformed", ())))

@@ -238,7 +238,8 @@ class ScatterReduction:
             raise ValueError(f"a sharded program's partial[{where!r}] must be a float64 vector of its "
                              f"{shard.n} coordinates, got {getattr(vector, 'dtype', type(vector).__name__)} "
                              f"of shape {np.shape(vector)}")
-        if not sums_leafwise(program):
+        # A wrapper whose combine also merges other leaves (a stream's statistics) says its vector is summed.
+        if not (sums_leafwise(program) or getattr(program, "sums_coordinates", False)):
             raise ValueError("a sharded program's partials must be summed (the default combine)")
         self.where, self.plan = where, plan
         self.kind = "scatter" if plan is None else "sparse-scatter"
@@ -292,10 +293,11 @@ class ShardGather:
         counts, displacements = list(shard.counts), list(shard.displacements)
         for key in keys:
             start = np.asarray(shard.gathered[key])
-            if start.ndim != 1 or start.dtype != np.float64:
+            # One vector: (n,), or (1, n) as a single-output model's coefficients.
+            if start.ndim < 1 or start.size != start.shape[-1] or start.dtype != np.float64:
                 raise ValueError(f"sharded key {key!r}, which local reads, must be a float64 vector")
             self.full[key] = np.array(start)
-            self.send[key] = np.zeros(shard.hi - shard.lo)
+            self.send[key] = np.zeros(start.shape[:-1] + (shard.hi - shard.lo,))
             self.collectives.append(Collective(comm, "Allgatherv", self.send[key],
                                                [self.full[key], counts, displacements, MPI.DOUBLE]))
 
@@ -377,7 +379,7 @@ class SparseShardPull:
 
     def start(self, model: dict) -> None:
         for key, collective in zip(self.keys, self.collectives):
-            np.take(model[key], self.plan.local, out=self.send[key])
+            np.take(np.ravel(model[key]), self.plan.local, out=self.send[key])  # (n,) or (1, n): one vector
             collective.start()
 
     def test(self) -> bool:
@@ -385,7 +387,7 @@ class SparseShardPull:
 
     def finish(self) -> None:
         for key in self.keys:
-            self.full[key][self.plan.touched] = self.recv[key]
+            self.full[key][..., self.plan.touched] = self.recv[key]
 
     def view(self, model: dict) -> dict:
         return {**model, **self.full}

@@ -238,8 +238,14 @@ class JobExecutor:
             self._sharded_program = spec.program  # its coordinates refer back here: unset at close
             spec.program.coordinates = ShardedCoordinates(comm, self.shard, self._wait_collective)
             self.gather = ShardGather(comm, self.shard, tuple(k for k in self.shared_keys if k in self.shard.keys))
-        publishes = spec.publish and self.is_root
-        self.publisher = Publisher(rt.ctrl, self.job, spec.model, rt.ring_driver) if publishes else None
+        # A sharded job's versions are published by every worker: its shard (the root: its shard, the
+        # replicated keys and the header), assembled by the driver once every shard of a version arrived.
+        self.publisher = None
+        if spec.publish and self.is_root:
+            self.publisher = Publisher(rt.ctrl, self.job, spec.model, rt.ring_driver)
+        elif spec.publish and self.shard is not None:
+            self.publisher = Publisher(rt.ctrl, self.job, {k: spec.model[k] for k in self.shard.keys},
+                                       rt.ring_driver)
 
     # -- planning the reduction (first partial) ------------------------------------
     def _plan(self, partial: Any) -> None:
@@ -512,9 +518,9 @@ class JobExecutor:
         if self.shard is not None:
             self._gather_shards(new_model, it, times)
         self.model = new_model
+        if self.publisher is not None:
+            self.publisher.publish(self.version, it + 1, new_model, step_metrics)
         if self.is_root:
-            if self.publisher is not None:
-                self.publisher.publish(self.version, it + 1, new_model, step_metrics)
             for key, value in step_metrics.items():
                 metrics.setdefault(key, []).append(float(value))
         return stop

@@ -121,15 +121,16 @@ def run_job(
         confirm_data(confirm)  # BSP commits every iteration: confirm before the job starts
     store = store if store is not None else ModelStore()
     publish = stream is not None if publish is None else bool(publish)
-    if stream is not None:
-        if scheduling != "group":
-            raise ValueError("a stream job runs with scheduling='group'")
-        program = StreamStep(program, cluster.n_workers)
-        model = {**model, RECORDS_KEY: np.asarray(model.get(RECORDS_KEY, np.zeros(1)), dtype=np.float64)}
+    if stream is not None and scheduling != "group":
+        raise ValueError("a stream job runs with scheduling='group'")
+    # A publishing job may be sharded too: every worker then publishes its shard of each version
+    # (see drizzle_ml.streams.job.Publications).
     shard_keys = sharding_.choose(
         program, model, sharding, cluster.n_workers,
-        possible=(scheduling == "group" and stream is None and not publish and cluster.replicated_updates
-                  and cluster.reduction != "tree"))
+        possible=(scheduling == "group" and cluster.replicated_updates and cluster.reduction != "tree"))
+    if stream is not None:
+        program = StreamStep(program, cluster.n_workers, sharded=bool(shard_keys))
+        model = {**model, RECORDS_KEY: np.asarray(model.get(RECORDS_KEY, np.zeros(1)), dtype=np.float64)}
     commits = Commits(state, checkpoints, checkpoint_every, checkpoint_params)
     settings = (tuner or TunerSettings(group_size)).for_job(
         streaming=stream is not None, react_within=react_within, checkpoint_seconds=commits.seconds)
@@ -153,7 +154,10 @@ def run_job(
             _start_sharded(cluster, start, shard_keys, program)
         else:
             cluster.broadcast(start)
-        hooks = PublishingHooks(Publications(cluster.ctrl, job, model, store)) if publish else GroupHooks()
+        hooks = (PublishingHooks(Publications(cluster.ctrl, job, model, store, shard_keys=shard_keys,
+                                              spans=sharding_.bounds(sharding_.n_coordinates(model, shard_keys),
+                                                                     cluster.n_workers) if shard_keys else None))
+                 if publish else GroupHooks())
         try:
             if scheduling == "bsp":
                 result = _run_bsp(cluster, job, program, model, version, start_iteration, max_iter, store,

@@ -81,7 +81,7 @@ def n_coordinates(model: dict, keys: tuple[str, ...]) -> int:
 def choose(program: Any, model: dict, sharding: str, n_workers: int, possible: bool = True) -> tuple[str, ...]:
     """The keys to shard in this job (empty: replicate the model).
 
-    ``possible`` is False where the job cannot run sharded (BSP, a stream,
+    ``possible`` is False where the job cannot run sharded (BSP,
     updates on the root only, the point-to-point reduce tree): ``"sharded"``
     then falls back to replicated, as ``"auto"`` does.
     """

@@ -15,6 +15,8 @@ algorithm:
   before the group ends (:class:`PublishingHooks` plugs it into the
   driver's :class:`~drizzle_ml.group_loop.GroupLoop`). The group boundary
   then commits it as durable, with every partition's offset in the checkpoint.
+  A sharded model is published by every worker, each its shard, and the
+  driver assembles a version once it has every shard of it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import protocol as P
+from .. import sharding
 from ..group_loop import GroupHooks
 from ..layout import Layout
 from ..program import Program
@@ -50,23 +53,49 @@ class StreamStep(Program):
     record in the model exactly once.
     """
 
-    def __init__(self, program: Any, n_workers: int):
+    def __init__(self, program: Any, n_workers: int, sharded: bool = False):
         self.program, self.n_workers = program, int(n_workers)
         self.shared = program.shared
+        # Sharded, the partial is (coordinate vector, the rest of the program's partial, stats):
+        # the engine finds the vector at the top of the partial.
+        self.sharded = tuple(program.sharded) if sharded else ()
+        self.sharded_partial = 0 if sharded else None
+        # The vector is summed (a sharded program's partials are), though this combine is no plain sum.
+        self.sums_coordinates = sharded
+        self._where = program.sharded_partial if sharded else None
+
+    @property
+    def coordinates(self):  # set by the engine on this wrapper, used by the program's update
+        return self.program.coordinates
+
+    @coordinates.setter
+    def coordinates(self, value) -> None:
+        self.program.coordinates = value
 
     def local(self, model, batch):
         stats = np.array([batch.n_rows, batch.n_bad, float(batch.idle), batch.oldest, batch.newest])
-        return self.program.local(model, batch), stats
+        partial = self.program.local(model, batch)
+        if self._where is None:
+            return partial, stats
+        return partial[self._where], _without(partial, self._where), stats
 
     def combine(self, a, b):
-        stats = a[1] if a[1].flags.writeable else a[1].copy()
-        stats[:_OLDEST] += b[1][:_OLDEST]
-        stats[_OLDEST] = min(stats[_OLDEST], b[1][_OLDEST])
-        stats[_NEWEST] = max(stats[_NEWEST], b[1][_NEWEST])
-        return self.program.combine(a[0], b[0]), stats
+        # (partial, stats), or sharded (vector, rest, stats); the engine's reduce-scatter sums the vector
+        # and combines the (rest, stats) left without it here too.
+        stats = a[-1] if a[-1].flags.writeable else a[-1].copy()
+        stats[:_OLDEST] += b[-1][:_OLDEST]
+        stats[_OLDEST] = min(stats[_OLDEST], b[-1][_OLDEST])
+        stats[_NEWEST] = max(stats[_NEWEST], b[-1][_NEWEST])
+        if len(a) == 2:
+            return self.program.combine(a[0], b[0]), stats
+        return a[0] + b[0], self.program.combine(a[1], b[1]), stats
 
     def update(self, model, total, iteration):
-        partial, stats = total
+        if self._where is None:
+            partial, stats = total
+        else:
+            vector, rest, stats = total
+            partial = _with(rest, self._where, vector)
         new, metrics = self.program.update(model, partial, iteration)
         new = dict(new)
         new[RECORDS_KEY] = model[RECORDS_KEY] + stats[_RECORDS]
@@ -78,8 +107,23 @@ class StreamStep(Program):
         return new, metrics
 
 
+def _without(partial: Any, where: int | str) -> Any:
+    if isinstance(partial, dict):
+        return {k: v for k, v in partial.items() if k != where}
+    return tuple(v for i, v in enumerate(partial) if i != where)
+
+
+def _with(rest: Any, where: int | str, vector: np.ndarray) -> Any:
+    if isinstance(rest, dict):
+        return {**rest, where: vector}
+    items = list(rest)
+    items.insert(where, vector)
+    return tuple(items)
+
+
 class Publisher:
-    """The root's side: send each new version to the driver without ever waiting for it.
+    """The root's side (every worker's, each its shard, when sharded): send each new version to the
+    driver without ever waiting for it.
 
     A send slot is reused only when its previous send completed; when every
     slot is still in flight (a driver that cannot keep up with very large
@@ -137,13 +181,40 @@ class Publications:
     moment the driver made a version including it visible. Each published
     batch gives the latency of its oldest and newest record; the record-weighted
     distribution counts each record at its batch's oldest arrival, an upper bound.
+
+    A sharded job (``shard_keys``, each worker's coordinates in ``spans``)
+    publishes each version in pieces: every worker sends its shard of the
+    sharded keys, the root also the replicated keys and the header. A version
+    becomes visible once all its pieces arrived, assembled into one model;
+    the pieces of a version that some worker skipped (its send slots busy)
+    are dropped when a newer version completes, so readers always see the
+    newest complete version and no worker ever waits for the driver.
     """
 
-    def __init__(self, comm: MPI.Comm, job: int, model: dict, store: ModelStore, root_rank: int = 1):
+    #: Incomplete versions kept at most (a worker that skips many in a row leaves them unfinished).
+    MAX_PENDING = 2 * Publisher.SLOTS
+
+    def __init__(self, comm: MPI.Comm, job: int, model: dict, store: ModelStore, root_rank: int = 1,
+                 shard_keys: tuple[str, ...] = (), spans: list[tuple[int, int]] | None = None):
         self.comm, self.job, self.store, self.root_rank = comm, job, store, root_rank
         self.keys = tuple(model)
-        self.layout = Layout({k: np.asarray(model[k]) for k in self.keys})
         self.header = len(PUBLISH_HEADER) * 8
+        self.shard_keys = tuple(shard_keys)
+        if self.shard_keys:
+            # Each worker's piece, laid out as its Publisher packs it (see JobExecutor).
+            self.layouts = {}
+            for worker, (lo, hi) in enumerate(spans):
+                piece = sharding.split(model, self.shard_keys, lo, hi)
+                if worker:
+                    piece = {k: piece[k] for k in self.shard_keys}
+                self.layouts[root_rank + worker] = Layout({k: np.asarray(v) for k, v in piece.items()})
+            self.layout = self.layouts[root_rank]
+        else:
+            self.layout = Layout({k: np.asarray(model[k]) for k in self.keys})
+            self.layouts = {root_rank: self.layout}
+        self.source = root_rank if not self.shard_keys else MPI.ANY_SOURCE
+        self.pending: dict[int, dict[int, np.ndarray]] = {}  # version -> rank -> received piece
+        self.dropped = 0  # incomplete versions given up (sharded)
         self.status = MPI.Status()
         self.latest_version = -1
         self.batches: list[tuple[float, float, float]] = []  # (records, latency of oldest, of newest)
@@ -152,23 +223,52 @@ class Publications:
         """Receive every publication that has arrived; return how many."""
         received = 0
         while True:
-            msg = self.comm.Improbe(source=self.root_rank, tag=P.TAG_PUBLISH, status=self.status)
+            msg = self.comm.Improbe(source=self.source, tag=P.TAG_PUBLISH, status=self.status)
             if msg is None:
                 return received
+            source = self.status.Get_source()
             buf = np.empty(self.status.Get_count(MPI.BYTE), dtype=np.uint8)
             msg.Recv([buf, MPI.BYTE])
             received += 1
-            if buf.size != self.header + self.layout.nbytes:
-                continue  # left over from an aborted job with another model
-            job, version, iteration, records, oldest, newest = buf[: self.header].view(np.float64)
-            if int(job) != self.job or version <= self.latest_version:
-                continue
-            now = time.time()
-            model = self.layout.unpack(buf, self.header, reused=False)  # a new buffer per version
-            self.store.publish(int(version), model, int(iteration), {"records": float(records)})
-            self.latest_version = int(version)
-            if records > 0:
-                self.batches.append((float(records), now - oldest, now - newest))
+            self.receive(source, buf)
+
+    def receive(self, source: int, buf: np.ndarray) -> None:
+        """One publication (or a sharded version's piece) from rank ``source``."""
+        layout = self.layouts.get(source)
+        if layout is None or buf.size != self.header + layout.nbytes:
+            return  # left over from an aborted job with another model
+        job, version = buf[: self.header].view(np.float64)[:2]
+        if int(job) != self.job or version <= self.latest_version:
+            return
+        if not self.shard_keys:
+            self._publish(buf, self.layout.unpack(buf, self.header, reused=False))  # a new buffer per version
+            return
+        pieces = self.pending.setdefault(int(version), {})
+        pieces[source] = buf
+        if len(pieces) == len(self.layouts):
+            self._publish(pieces[self.root_rank], self._assemble(pieces))
+        elif len(self.pending) > self.MAX_PENDING:
+            del self.pending[min(self.pending)]
+            self.dropped += 1
+
+    def _assemble(self, pieces: dict[int, np.ndarray]) -> dict:
+        """One version's model from every worker's piece (copies: the pieces' buffers are let go)."""
+        unpacked = [self.layouts[r].unpack(pieces[r], self.header, reused=False) for r in sorted(pieces)]
+        replicated = {k: v for k, v in unpacked[0].items() if k not in self.shard_keys}
+        whole = sharding.assemble(replicated, [{k: u[k] for k in self.shard_keys} for u in unpacked])
+        return {k: whole[k] for k in self.keys}
+
+    def _publish(self, head: np.ndarray, model: dict) -> None:
+        _, version, iteration, records, oldest, newest = head[: self.header].view(np.float64)
+        now = time.time()
+        self.store.publish(int(version), model, int(iteration), {"records": float(records)})
+        self.latest_version = int(version)
+        if self.shard_keys:  # versions up to this one can no longer become visible
+            for stale in [v for v in self.pending if v <= self.latest_version]:
+                self.dropped += int(stale != self.latest_version)
+                del self.pending[stale]
+        if records > 0:
+            self.batches.append((float(records), now - oldest, now - newest))
 
     def take(self) -> list[tuple[float, float, float]]:
         """The latency records gathered since the last call."""
