@@ -47,7 +47,7 @@ from mpi4py import MPI
 
 from .layout import Layout
 from .program import Coordinates, Program
-from .sharding import Shard
+from .sharding import Shard, with_vector, without_vector
 
 #: Bytes one gather may bring to each worker (W x the packed partial); above
 #: it summed partials go through Allreduce and others through the tree.
@@ -203,22 +203,6 @@ def plan_reduction(comm: MPI.Intracomm, program: Any, layout: Layout) -> Reducti
     return None
 
 
-def _without(partial: Any, where: int | str) -> Any:
-    if isinstance(partial, dict):
-        return {k: v for k, v in partial.items() if k != where}
-    return tuple(v for i, v in enumerate(partial) if i != where)
-
-
-def _with(rest: Any, where: int | str, vector: np.ndarray) -> Any:
-    if isinstance(rest, dict):
-        out = dict(rest)
-        out[where] = vector
-        return out
-    items = list(rest)
-    items.insert(where, vector)
-    return tuple(items)
-
-
 class ScatterReduction:
     """A sharded job's reduction: the partial's coordinate vector by reduce-scatter, the rest summed.
 
@@ -250,7 +234,7 @@ class ScatterReduction:
             send, recv = plan.values_in()
             self.send, self.recv = send[0], recv[0]
             self.scatter = Collective(comm, "Alltoallv", send, recv)
-        rest = _without(partial, where)
+        rest = without_vector(partial, where)
         self.rest = plan_reduction(comm, program, Layout(rest, by_dtype=True)) if rest else None
         if rest and self.rest is None:
             raise ValueError("a sharded program's partial besides its coordinate vector must be small and summed")
@@ -262,7 +246,7 @@ class ScatterReduction:
             np.take(partial[self.where], self.plan.touched, out=self.send)
         self.scatter.start()
         if self.rest is not None:
-            self.rest.start(_without(partial, self.where))
+            self.rest.start(without_vector(partial, self.where))
 
     def test(self) -> bool:
         done = self.scatter.test()
@@ -274,7 +258,7 @@ class ScatterReduction:
             summed = self.recv.copy()
         else:
             summed = np.bincount(self.plan.local, weights=self.recv, minlength=self.plan.shard_size)
-        return _with(rest, self.where, summed)
+        return with_vector(rest, self.where, summed)
 
     def free(self) -> None:
         self.scatter.free()

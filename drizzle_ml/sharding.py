@@ -101,6 +101,22 @@ def choose(program: Any, model: dict, sharding: str, n_workers: int, possible: b
     return keys
 
 
+def without_vector(partial: Any, where: int | str) -> Any:
+    """A sharded program's partial without its coordinate vector (``program.sharded_partial``)."""
+    if isinstance(partial, dict):
+        return {k: v for k, v in partial.items() if k != where}
+    return tuple(v for i, v in enumerate(partial) if i != where)
+
+
+def with_vector(rest: Any, where: int | str, vector: np.ndarray) -> Any:
+    """The partial again: ``rest`` (see :func:`without_vector`) with ``vector`` back at ``where``."""
+    if isinstance(rest, dict):
+        return {**rest, where: vector}
+    items = list(rest)
+    items.insert(where, vector)
+    return tuple(items)
+
+
 def split(model: dict, shard_keys: tuple[str, ...], lo: int, hi: int) -> dict:
     """A worker's model: the sharded keys' coordinates ``lo:hi`` (copies), the other keys whole.
 

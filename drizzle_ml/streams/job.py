@@ -77,7 +77,7 @@ class StreamStep(Program):
         partial = self.program.local(model, batch)
         if self._where is None:
             return partial, stats
-        return partial[self._where], _without(partial, self._where), stats
+        return partial[self._where], sharding.without_vector(partial, self._where), stats
 
     def combine(self, a, b):
         # (partial, stats), or sharded (vector, rest, stats); the engine's reduce-scatter sums the vector
@@ -95,7 +95,7 @@ class StreamStep(Program):
             partial, stats = total
         else:
             vector, rest, stats = total
-            partial = _with(rest, self._where, vector)
+            partial = sharding.with_vector(rest, self._where, vector)
         new, metrics = self.program.update(model, partial, iteration)
         new = dict(new)
         new[RECORDS_KEY] = model[RECORDS_KEY] + stats[_RECORDS]
@@ -105,20 +105,6 @@ class StreamStep(Program):
         # The stream ends when every worker's partitions are idle or finished.
         metrics["converged"] = bool(metrics.get("converged", False)) or stats[_IDLE] >= self.n_workers
         return new, metrics
-
-
-def _without(partial: Any, where: int | str) -> Any:
-    if isinstance(partial, dict):
-        return {k: v for k, v in partial.items() if k != where}
-    return tuple(v for i, v in enumerate(partial) if i != where)
-
-
-def _with(rest: Any, where: int | str, vector: np.ndarray) -> Any:
-    if isinstance(rest, dict):
-        return {**rest, where: vector}
-    items = list(rest)
-    items.insert(where, vector)
-    return tuple(items)
 
 
 class Publisher:
