@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -157,6 +158,7 @@ class LaunchedJob:
         self._intercomm: MPI.Intercomm | None = None
         self._comm: MPI.Intracomm | None = None
         self._ended = False
+        self._watching = False  # a thread notes the workers' deaths (see watch_deaths)
 
     @property
     def pid(self) -> int | None:
@@ -246,6 +248,11 @@ class LaunchedJob:
     def diagnosis(self) -> str:
         """`` (worker job exit code N): <its last lines>``, as far as known."""
         self._join_pumps()
+        # Every worker is gone now; on a busy host the watching thread may not have
+        # noted the first death yet, and Hydra's notice may name a victim of its clean-up.
+        deadline = time.monotonic() + 2.0
+        while self._watching and not self.deaths and time.monotonic() < deadline:
+            time.sleep(0.01)
         tail = "".join(self.output_tail)
         code = self.process.poll() if self.process is not None else None
         if code is not None:
@@ -289,6 +296,7 @@ class LaunchedJob:
                 for fd in fds:
                     os.close(fd)
 
+        self._watching = True
         threading.Thread(target=watch, name="drizzle-death-watch", daemon=True).start()
 
     def death(self, workers: Sequence[Any]) -> tuple[str, int | None] | None:
@@ -299,6 +307,11 @@ class LaunchedJob:
         if self.process is None or self.process.poll() is None:
             return None
         self._join_pumps()
+        # Every worker is gone now; on a busy host the watching thread may not have
+        # noted the first death yet, and Hydra's notice may name a victim of its clean-up.
+        deadline = time.monotonic() + 2.0
+        while self._watching and not self.deaths and time.monotonic() < deadline:
+            time.sleep(0.01)
         tail = "".join(self.output_tail)
         dead = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s*EXIT CODE: (\d+)", tail)
         codes = re.search(r"Exit codes: \[[^\]]+\] ([\d,]+)\s*$", tail, re.MULTILINE)
