@@ -358,8 +358,8 @@ def test_outputs_that_are_inputs_are_refused_before_any_work(linked_data, output
     d = linked_data
     before = (d / "d.h5").read_bytes()
     target = str(d / output)
-    for option in ("-o", "--report", "--plot"):
-        _refused(drizzle("train", "--data", str(d / "d.h5"), "--workers", "1", option, target),
+    for option in ("-o", "--report", "--plot"):  # refused before any worker starts: in this process
+        _refused(run_cli("train", "--data", str(d / "d.h5"), "--workers", "1", option, target),
                  f"is the input --data {d / 'd.h5'}: refusing to overwrite it")
     _refused(run_cli("predict", "--model", str(d / "m.h5"), "--data", str(d / "d.h5"), "-o", target),
              f"-o/--output {target} is the input --data {d / 'd.h5'}: refusing to overwrite it")
@@ -403,9 +403,9 @@ def tmpfs(path, options):
 def test_unwritable_outputs_are_refused_before_training(linked_data):
     d = linked_data
     data = str(d / "d.h5")
-    _refused(drizzle("train", "--data", data, "--workers", "1", "-o", str(d / "no" / "m.h5")),
+    _refused(run_cli("train", "--data", data, "--workers", "1", "-o", str(d / "no" / "m.h5")),
              f"-o/--output {d / 'no' / 'm.h5'}: directory {d / 'no'} does not exist")
-    _refused(drizzle("train", "--data", data, "--workers", "1", "--report", str(d / "watched")),
+    _refused(run_cli("train", "--data", data, "--workers", "1", "--report", str(d / "watched")),
              f"--report {d / 'watched'} is a directory, not a file")
     _refused(run_cli("predict", "--model", str(d / "m.h5"), "--data", data, "-o", str(d / "no" / "p.npy")),
              f"-o/--output {d / 'no' / 'p.npy'}: directory {d / 'no'} does not exist")
@@ -650,7 +650,8 @@ def test_hashed_training_errors_are_one_line(hashed_libsvm, tmp_path):
          f"{bad} line 3: 'x' is not a feature index (an integer)"),
     ]
     for args, message in cases:
-        proc = drizzle(*args)
+        # Refused before any worker starts: in this process, but for the last (its workers read the file).
+        proc = drizzle(*args) if "--workers" in args else run_cli(*args)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"drizzle-ml: error: {message}", \
             proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["bad.svm"]
