@@ -248,11 +248,6 @@ class LaunchedJob:
     def diagnosis(self) -> str:
         """`` (worker job exit code N): <its last lines>``, as far as known."""
         self._join_pumps()
-        # Every worker is gone now; on a busy host the watching thread may not have
-        # noted the first death yet, and Hydra's notice may name a victim of its clean-up.
-        deadline = time.monotonic() + 2.0
-        while self._watching and not self.deaths and time.monotonic() < deadline:
-            time.sleep(0.01)
         tail = "".join(self.output_tail)
         code = self.process.poll() if self.process is not None else None
         if code is not None:
@@ -263,6 +258,16 @@ class LaunchedJob:
         return detail + (": " + " | ".join(lines[-5:]) if lines else "")
 
     # -- liveness ---------------------------------------------------------------------
+    def _await_first_death(self, timeout: float = 2.0) -> None:
+        """Once the job has ended: give the watching thread time to note the first death.
+
+        On a busy host it may not have run yet, and Hydra's notice may name a
+        victim of its clean-up instead.
+        """
+        deadline = time.monotonic() + timeout
+        while self._watching and not self.deaths and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def watch_deaths(self, workers: Sequence[Any]) -> None:
         """Note in ``deaths`` the order in which this host's ``workers`` (``Hello``s) exit.
 
@@ -307,11 +312,7 @@ class LaunchedJob:
         if self.process is None or self.process.poll() is None:
             return None
         self._join_pumps()
-        # Every worker is gone now; on a busy host the watching thread may not have
-        # noted the first death yet, and Hydra's notice may name a victim of its clean-up.
-        deadline = time.monotonic() + 2.0
-        while self._watching and not self.deaths and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self._await_first_death()
         tail = "".join(self.output_tail)
         dead = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s*EXIT CODE: (\d+)", tail)
         codes = re.search(r"Exit codes: \[[^\]]+\] ([\d,]+)\s*$", tail, re.MULTILINE)

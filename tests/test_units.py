@@ -389,3 +389,23 @@ def test_poll_trusting_a_doorbell_sleeps_long_until_rung_then_short():
     rings, answers = iter([False] * 3), iter([0, 0, 0, 0, 0, 1])
     poll(lambda: next(answers), policy, sleep=sleep)  # without the bell: back-off from short steps
     assert slept == pytest.approx([2e-5, 4e-5, 8e-5])
+
+
+def test_an_ended_job_names_the_worker_its_watcher_saw_die_first_even_when_late():
+    import subprocess
+    import threading
+
+    from drizzle_ml.protocol import Hello
+    from drizzle_ml.worker_job import LaunchedJob
+
+    job = LaunchedJob()
+    job.process = subprocess.Popen(["true"])
+    job.process.wait()
+    workers = [Hello(0, 101, "h"), Hello(1, 102, "h"), Hello(2, 103, "h")]
+    # Hydra's notice names a victim of its clean-up (worker 2); the watcher saw worker 1 die first,
+    # but on a busy host it notes that only after the driver asks.
+    job.output_tail.append("= PID 103 RUNNING AT h\n= EXIT CODE: 9\n")
+    job._watching = True
+    threading.Timer(0.2, job.deaths.append, args=(1,)).start()
+    message, worker = job.death(workers)
+    assert worker == 1 and message.startswith("worker 1 (pid 102 on h) died"), message
