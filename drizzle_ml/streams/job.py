@@ -86,7 +86,7 @@ class StreamStep(Program):
         stats[:_OLDEST] += b[-1][:_OLDEST]
         stats[_OLDEST] = min(stats[_OLDEST], b[-1][_OLDEST])
         stats[_NEWEST] = max(stats[_NEWEST], b[-1][_NEWEST])
-        if len(a) == 2:
+        if len(a) == 2:  # (partial, stats), or a sharded one's (rest, stats) once the engine took the vector
             return self.program.combine(a[0], b[0]), stats
         return a[0] + b[0], self.program.combine(a[1], b[1]), stats
 
