@@ -146,22 +146,24 @@ class GatherReduction(Reduction):
         super().__init__(layout, [Collective(comm, "Allgather", [send, MPI.BYTE], [self.gathered, MPI.BYTE])],
                          send)
         self.combine = combine
-        # Summing: each dtype run of every worker's block, as one (W, count) array, in one call.
+        # Summing: each dtype run of every worker's block, as one (W, count) array.
         blocks = self.gathered.reshape(self.n, layout.nbytes)
         runs = layout.runs if combine is None else ()
         if runs is None:
             raise ValueError("summing partials needs a Layout(..., by_dtype=True)")
-        self._runs = [(blocks[:, off: off + count * dt.itemsize].view(dt), off, count * dt.itemsize, dt)
-                      for dt, off, count in runs]
+        self._runs = [blocks[:, off: off + count * dt.itemsize].view(dt) for dt, off, count in runs]
 
     def total(self) -> Any:
-        nbytes = self.layout.nbytes
         if self.combine is None:
-            out = np.empty(nbytes, dtype=np.uint8)
-            for stacked, off, size, dtype in self._runs:
-                # Row after row: ((p0 + p1) + p2) + ..., as the BSP driver adds.
-                np.add.reduce(stacked, axis=0, dtype=dtype, out=out[off: off + size].view(dtype))
-            return self.layout.unpack(out, reused=False)
+            # Row after row: ((p0 + p1) + p2) + ..., as the BSP driver adds; into fresh arrays.
+            if self.n == 1:
+                sums = [stacked[0].copy() for stacked in self._runs]
+            elif self.n == 2:
+                sums = [np.add(stacked[0], stacked[1]) for stacked in self._runs]
+            else:
+                sums = [np.add.reduce(stacked, axis=0, dtype=stacked.dtype) for stacked in self._runs]
+            return self.layout.from_runs(sums)
+        nbytes = self.layout.nbytes
         acc = self.layout.unpack(self.gathered[:nbytes].copy(), reused=False)
         for w in range(1, self.n):
             acc = self.combine(acc, self.layout.unpack(self.gathered, w * nbytes))
@@ -183,9 +185,10 @@ class AllreduceReduction(Reduction):
             for dt, off, count in layout.runs
         ]
         super().__init__(layout, collectives, send)
+        self._runs = [self.result[off: off + count * dt.itemsize].view(dt) for dt, off, count in layout.runs]
 
     def total(self) -> Any:
-        return self.layout.unpack(self.result.copy(), reused=False)
+        return self.layout.from_runs([run.copy() for run in self._runs])
 
 
 def plan_reduction(comm: MPI.Intracomm, program: Any, layout: Layout) -> Reduction | None:

@@ -31,6 +31,19 @@ def test_layout_by_dtype_makes_one_run_per_dtype_and_round_trips():
     back = layout.unpack(buf, reused=False)
     assert back["a"].tolist() == [0, 1, 2] and back["b"].tolist() == [[1, 1], [1, 1]]
     assert back["c"] == 5 and back["d"][0] == np.float32(2.5) and back["d"][1].tolist() == [0.0]
+    # The same value from one typed array per run (a reduction's total): slices, not byte views.
+    runs = [buf[off: off + count * dt.itemsize].view(dt).copy() for dt, off, count in layout.runs]
+    fresh = layout.from_runs(runs)
+    assert fresh["b"].shape == (2, 2) and fresh["b"].tolist() == [[1, 1], [1, 1]]
+    assert isinstance(fresh["c"], np.int64) and fresh["c"] == 5 and fresh["d"][0] == np.float32(2.5)
+    assert np.shares_memory(fresh["a"], runs[0]) and not np.shares_memory(fresh["b"], buf)
+    odd = {"empty": np.zeros(0), "zero_d": np.array(3.0), "m": np.arange(6.0).reshape(2, 3), "n": 4.0}
+    odd_layout = Layout(odd, by_dtype=True)
+    odd_buf = odd_layout.new_buffer()
+    odd_layout.pack(odd, odd_buf)
+    back = odd_layout.from_runs([odd_buf.view(np.float64).copy()])
+    assert back["empty"].shape == (0,) and back["zero_d"].shape == () and back["zero_d"] == 3.0
+    assert back["m"].tolist() == [[0, 1, 2], [3, 4, 5]] and back["n"] == 4.0
     with pytest.raises(ValueError, match="value is missing key 'b' of the job's layout"):
         layout.pack({"a": value["a"], "x": 1, "c": 1, "d": value["d"]}, buf)
     with pytest.raises(ValueError, match="value structure differs from the job's layout"):
@@ -77,6 +90,7 @@ for it in range(3):  # the same persistent requests, started again each iteratio
     gather.collectives[0].request.Wait()
     total = gather.total()
     for key in expected:  # worker order, as the BSP driver adds: bit for bit
+        assert not np.shares_memory(total[key], gather.gathered), key  # fresh: an update may keep it
         assert total[key].dtype == expected[key].dtype, key
         assert np.array_equal(total[key], expected[key]), key
     allreduce.start(mine)
@@ -84,6 +98,7 @@ for it in range(3):  # the same persistent requests, started again each iteratio
         c.request.Wait()
     summed = allreduce.total()
     for key in expected:
+        assert not np.shares_memory(summed[key], allreduce.result), key
         rtol = 1e-5 if expected[key].dtype == np.float32 else 1e-12
         np.testing.assert_allclose(summed[key], expected[key], rtol=rtol, atol=1e-6)
     # every rank holds the same bits
