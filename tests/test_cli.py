@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -334,15 +335,24 @@ def test_bench_scale_sizes_must_be_positive():
         assert proc.returncode == 2 and f"argument {option}: must be a positive integer, got '0'" in proc.stderr
 
 
-@pytest.fixture
-def linked_data(tmp_path):
-    """d.h5 with a hard link and a symlink to it, a trained model m.h5 and a CSV stream file."""
+@pytest.fixture(scope="module")
+def _linked_sources(tmp_path_factory):
+    """d.h5, a model m.h5 trained on it by the CLI, and s.csv: made once, copied into each test."""
+    d = tmp_path_factory.mktemp("linked")
     X, y = make_classification(60, 4, random_state=0)
-    data = write_h5(tmp_path / "d.h5", X, y)
-    os.link(data, tmp_path / "hard.h5")
-    os.symlink(data, tmp_path / "sym.h5")
-    ok(drizzle("train", "--data", data, "--workers", "1", "-o", str(tmp_path / "m.h5"), "--quiet"))
-    np.savetxt(tmp_path / "s.csv", np.column_stack([X, y]), delimiter=",")
+    data = write_h5(d / "d.h5", X, y)
+    ok(drizzle("train", "--data", data, "--workers", "1", "-o", str(d / "m.h5"), "--quiet"))
+    np.savetxt(d / "s.csv", np.column_stack([X, y]), delimiter=",")
+    return d
+
+
+@pytest.fixture
+def linked_data(tmp_path, _linked_sources):
+    """d.h5 with a hard link and a symlink to it, a trained model m.h5 and a CSV stream file."""
+    for name in ("d.h5", "m.h5", "s.csv"):
+        shutil.copyfile(_linked_sources / name, tmp_path / name)
+    os.link(tmp_path / "d.h5", tmp_path / "hard.h5")
+    os.symlink(tmp_path / "d.h5", tmp_path / "sym.h5")
     (tmp_path / "watched").mkdir()
     return tmp_path
 
