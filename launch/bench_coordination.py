@@ -223,7 +223,8 @@ def coordination(args: argparse.Namespace) -> dict[str, Any]:
     }
     plain_ratios = [p["per_iter"] / h["per_iter"] for h, p in zip(hands, plains)]
     print(f"coordination benchmark: logistic GD, {args.rows} rows x {args.features} features per worker, "
-          f"{args.iterations} iterations, {workers} workers, median of {args.repeats} alternating repeats")
+          f"{args.iterations} iterations, {workers} worker{'s' if workers != 1 else ''}, "
+          f"median of {args.repeats} alternating repeats")
     print(f"{'configuration':42s} {'us/iter':>10s} {'x hand':>8s} {'range':>12s}  notes")
     print(f"{'hand-written mpi4py loop (the limit)':42s} {base * 1e6:10.1f} {1.0:8.2f} {'':>12s}  "
           "numpy + comm.Allreduce, no engine objects")
