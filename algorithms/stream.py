@@ -62,11 +62,15 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     on_error : "skip" (count malformed records) or "fail" (stop with an error naming the offset)
     checkpoint_dir, checkpoint_every, resume : checkpoints with the stream's offsets.
     stop : polled at group boundaries; True ends the stream there.
-    on_group : called with each group's metrics (records, latency_p50/p99 in seconds...).
+    on_group : called with each group's metrics (records, latency_p50/p99 in seconds,
+        unpublished: versions readers never saw...).
 
     Returns the estimator, fitted with the last version. ``model_store_``
     holds the versions (visible and durable), ``stream_offsets_`` the
-    offsets reached, ``records_seen_`` and ``malformed_`` the counts.
+    offsets reached, ``records_seen_`` and ``malformed_`` the counts,
+    ``stream_stats_`` the records, wall time, latencies and ``unpublished``:
+    versions the driver never made visible because it fell behind the
+    workers' sends (training never waits for it; readers got a newer version).
     """
     has_target = _has_target(estimator, classes)
     fmt = RecordFormat(record_format, None, has_target,
@@ -136,7 +140,8 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     estimator.malformed_ = int(sum(result.iteration_metrics.get("malformed", ())))
     wall = sum(g.wall for g in result.history)
     estimator.stream_stats_ = {"records": int(sum(result.iteration_metrics.get("records", ()))), "wall": wall,
-                               "latencies": result.latencies, **latency_percentiles(result.latencies)}
+                               "latencies": result.latencies, **latency_percentiles(result.latencies),
+                               "unpublished": int(sum(g.metrics.get("unpublished", 0.0) for g in result.history))}
     estimator._online_model_ = {k: np.array(v) for k, v in result.model.items()}
     estimator.online_finish(estimator._online_model_)
     return estimator

@@ -156,7 +156,8 @@ def run_job(
             cluster.broadcast(start)
         hooks = (PublishingHooks(Publications(cluster.ctrl, job, model, store, shard_keys=shard_keys,
                                               spans=sharding_.bounds(sharding_.n_coordinates(model, shard_keys),
-                                                                     cluster.n_workers) if shard_keys else None))
+                                                                     cluster.n_workers) if shard_keys else None,
+                                              version=version))
                  if publish else GroupHooks())
         try:
             if scheduling == "bsp":

@@ -285,10 +285,11 @@ def run_stream(args: argparse.Namespace) -> int:
         rate = g.metrics.get("records", 0.0) / g.wall if g.wall > 0 else 0.0
         p50, p99 = g.metrics.get("latency_p50"), g.metrics.get("latency_p99")
         latency = f" latency p50 {p50 * 1e3:.1f} ms p99 {p99 * 1e3:.1f} ms" if p99 is not None else ""
-        bad = int(g.metrics.get("malformed", 0))
+        bad, unpublished = int(g.metrics.get("malformed", 0)), int(g.metrics.get("unpublished", 0))
         print(f"batch {g.start_iteration + g.n_iterations:>7} records {int(totals['records']):>10} "
               f"{rate:>11,.0f} rec/s{latency} version {g.version} group {g.group_size}"
-              + (f" malformed {bad}" if bad else ""), file=sys.stderr, flush=True)
+              + (f" malformed {bad}" if bad else "") + (f" unpublished {unpublished}" if unpublished else ""),
+              file=sys.stderr, flush=True)
 
     try:
         stream_fit(estimator, source, n_features=args.n_features, classes=_classes(args.classes),
@@ -305,7 +306,8 @@ def run_stream(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     print(f"drizzle-ml: {estimator.records_seen_} records in {estimator.n_iter_} micro-batches, "
           f"{estimator.records_seen_ / wall:,.0f} records/s; {estimator.malformed_} malformed skipped; "
-          f"model version {estimator.model_version_}", flush=True)
+          f"model version {estimator.model_version_}" + _unpublished(estimator.stream_stats_["unpublished"]),
+          flush=True)
     if not estimator.records_seen_:
         # A model that learnt nothing is no result: no file that looks like one, no exit 0.
         raise CLIError(f"the stream gave no valid record ({estimator.malformed_} malformed skipped): "
@@ -327,3 +329,11 @@ def run_stream(args: argparse.Namespace) -> int:
             raise CLIError("; ".join(problems))
         print(f"drizzle-ml: model saved to {saved}", flush=True)
     return 0
+
+
+def _unpublished(count: int) -> str:
+    """The summary's note on versions the driver could not keep up with (none: nothing)."""
+    if not count:
+        return ""
+    return (f"; {count} version{'s' if count != 1 else ''} not served while training "
+            "(the driver fell behind; readers got newer ones)")

@@ -141,6 +141,26 @@ def test_the_driver_assembles_a_version_once_every_shard_arrived():
     assert len(pubs.pending) == Publications.MAX_PENDING and store.latest().version == 3
 
 
+def test_the_driver_counts_the_versions_a_replicated_root_skipped():
+    model = {"w": np.zeros(4)}
+    store = dm.ModelStore(history=100)
+    pubs = Publications(None, 7, model, store, version=10)  # a stream resumed at version 10
+
+    def publish(version):
+        buf = np.empty(pubs.header + pubs.layout.nbytes, dtype=np.uint8)
+        buf[: pubs.header].view(np.float64)[:] = (7, version, version, 5.0, 0.0, 0.0)
+        pubs.layout.pack({"w": np.full(4, float(version))}, buf, pubs.header)
+        pubs.receive(1, buf)
+
+    publish(11)
+    publish(12)
+    assert pubs.dropped == 0
+    publish(15)  # the root's send slots were busy for versions 13 and 14: they arrive in order
+    assert pubs.dropped == 2 and store.versions() == [11, 12, 15]
+    publish(14)  # stale (it cannot come late, but would not count twice)
+    assert pubs.dropped == 2 and store.versions() == [11, 12, 15]
+
+
 # -- streams -------------------------------------------------------------------------------------
 def _csv(tmp_path, n=2400, d=30):
     Xr, y = make_regression(n, d, noise=0.5, random_state=1)

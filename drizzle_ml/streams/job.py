@@ -175,13 +175,17 @@ class Publications:
     the pieces of a version that some worker skipped (its send slots busy)
     are dropped when a newer version completes, so readers always see the
     newest complete version and no worker ever waits for the driver.
+
+    ``dropped`` counts the versions readers never saw: those the root skipped
+    (a gap in the versions it published; they arrive in order) and, sharded,
+    those that never became complete. ``version`` is the job's first version.
     """
 
     #: Incomplete versions kept at most (a worker that skips many in a row leaves them unfinished).
     MAX_PENDING = 2 * Publisher.SLOTS
 
     def __init__(self, comm: MPI.Comm, job: int, model: dict, store: ModelStore, root_rank: int = 1,
-                 shard_keys: tuple[str, ...] = (), spans: list[tuple[int, int]] | None = None):
+                 shard_keys: tuple[str, ...] = (), spans: list[tuple[int, int]] | None = None, version: int = -1):
         self.comm, self.job, self.store, self.root_rank = comm, job, store, root_rank
         self.keys = tuple(model)
         self.header = len(PUBLISH_HEADER) * 8
@@ -200,9 +204,9 @@ class Publications:
             self.layouts = {root_rank: self.layout}
         self.source = root_rank if not self.shard_keys else MPI.ANY_SOURCE
         self.pending: dict[int, dict[int, np.ndarray]] = {}  # version -> rank -> received piece
-        self.dropped = 0  # incomplete versions given up (sharded)
+        self.dropped = 0  # versions never made visible (skipped by a worker)
         self.status = MPI.Status()
-        self.latest_version = -1
+        self.latest_version = version
         self.batches: list[tuple[float, float, float]] = []  # (records, latency of oldest, of newest)
 
     def drain(self) -> int:
@@ -227,6 +231,8 @@ class Publications:
         if int(job) != self.job or version <= self.latest_version:
             return
         if not self.shard_keys:
+            if self.latest_version >= 0:
+                self.dropped += int(version) - self.latest_version - 1
             self._publish(buf, self.layout.unpack(buf, self.header, reused=False))  # a new buffer per version
             return
         pieces = self.pending.setdefault(int(version), {})
@@ -286,6 +292,7 @@ class PublishingHooks(GroupHooks):
         self.publications = publications
         self.poll = publications.drain
         self.latencies: list[tuple[float, float, float]] = []  # every published batch of the job
+        self._dropped = 0  # publications.dropped at the last boundary
 
     def at_boundary(self, root: P.GroupReport, metrics: dict[str, float]) -> None:
         self.publications.drain()
@@ -294,6 +301,9 @@ class PublishingHooks(GroupHooks):
         batches = self.publications.take()
         self.latencies += batches
         metrics.update(latency_percentiles(batches))
+        # Versions readers never saw: the driver fell behind a worker's sends (see Publisher).
+        metrics["unpublished"] = float(self.publications.dropped - self._dropped)
+        self._dropped = self.publications.dropped
 
     def result(self) -> dict[str, Any]:
         return {"latencies": [tuple(b) for b in self.latencies]}
