@@ -12,6 +12,7 @@ arrays are frozen (read-only) so a reader never sees a half-written model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,9 +33,9 @@ class ModelVersion:
     metrics: dict[str, float] = field(default_factory=dict)
     durable: bool = True
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
-        """Bytes of the model's arrays."""
+        """Bytes of the model's arrays (counted once: the store sums them at every commit)."""
         if isinstance(self.model, ShardedVersion):
             return self.model.nbytes  # without joining its shards
         return sum(int(np.asarray(a).nbytes) for a in self.model.values())
