@@ -30,8 +30,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from mpi4py import MPI
-from mpi4py.util import pkl5
 
 from . import protocol as P
 from .doorbell import Doorbell, bell_address
@@ -46,6 +46,10 @@ _world_cluster: Cluster | None = None
 CACHE_DATASETS = 4
 #: Reports to receive before the driver trusts that workers' rings reach it.
 RELIABLE_AFTER = 8
+
+
+#: Seconds the driver receives a report's large arrays without sleeping (see _receive_out_of_band).
+OUT_OF_BAND_SPIN = 2.0
 
 
 class Cluster:
@@ -130,7 +134,7 @@ class Cluster:
             self.n_workers = n_workers or (tasks - 1 if tasks and tasks > 1 else os.cpu_count() or 1)
             self._job = LaunchedJob()
             self.ctrl = self._job.start(self.n_workers, self.timeout, list(mpiexec_args), start_timeout)
-        self._large_reports = pkl5.Intracomm(self.ctrl)  # reports lending large arrays, out of band
+        self._large_status = MPI.Status()
         ranks_here = self.n_workers + 1 if self.mode == "launched" else int(
             os.environ.get("MPI_LOCALNRANKS", self.n_workers + 1)
         )
@@ -205,7 +209,7 @@ class Cluster:
 
     def wait(self, test: Callable[[], Any], what: str, *, first_sleep: float = 0.0,
              extra: float = 0.0, timeout: float | None = None, watch_reports: bool = False,
-             max_sleep: float | None = None, bell: bool = False) -> Any:
+             max_sleep: float | None = None, bell: bool = False, spin: float | None = None) -> Any:
         """Poll ``test`` under the cluster's policy, checking the workers are alive.
 
         The limit is ``timeout`` if given, else the cluster's timeout plus
@@ -213,12 +217,13 @@ class Cluster:
         while waiting (other reports are kept for later). ``max_sleep`` caps
         the sleeps between tests (default: the policy's). ``bell``: see
         :func:`~drizzle_ml.waiting.poll` (only where every awaited message rings).
+        ``spin``: seconds of testing before the first sleep (default: the policy's).
         """
         limit = self.timeout + extra if timeout is None else timeout
         try:
             return poll(test, self.policy, on_idle=self._watch if watch_reports else self._check_alive,
                         first_sleep=first_sleep, timeout=limit, max_sleep=max_sleep, sleep=self.doorbell.sleep,
-                        bell=bell)
+                        bell=bell, spin=spin)
         except WaitTimeout:
             self._fail(WorkerTimeoutError(
                 f"timed out after {limit:.3g} s waiting for {what}; the cluster has been shut down"))
@@ -230,12 +235,13 @@ class Cluster:
             if not self.ctrl.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG):
                 return None
             msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
-            # Reports lending large arrays come apart (pkl5); a plain probe first, as pkl5's is Python.
-            if msg is None and self.ctrl.Iprobe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT_LARGE):
-                msg = self._large_reports.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT_LARGE)
-            if msg is None:
-                return None
-            obj = msg.recv()
+            if msg is not None:
+                obj = msg.recv()
+            else:
+                msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT_LARGE, status=self._large_status)
+                if msg is None:
+                    return None
+                obj = self._receive_out_of_band(msg, self._large_status.Get_source())
             if isinstance(obj, P.Hello):
                 self.workers.append(obj)
             else:
@@ -247,6 +253,20 @@ class Cluster:
             if obj.job is not None:
                 self.abort_job(obj.job, obj.message)
             raise WorkerError(f"worker {obj.worker} failed: {obj.message}", obj.worker, obj.traceback)
+
+    def _receive_out_of_band(self, msg: MPI.Message, source: int) -> Any:
+        """A report that lends large arrays: its pickle, then the arrays (see ``WorkerRuntime.report``)."""
+        pickled, sizes = msg.recv()
+        # numpy memory, not a plain buffer: the OS may back it with huge pages (fewer page faults).
+        arrays = [np.empty(n, dtype=np.uint8) for n in sizes]
+        requests = [self.ctrl.Irecv([a, MPI.BYTE], source=source, tag=P.TAG_REPORT_ARRAYS) for a in arrays]
+        if not MPI.Request.Testall(requests):
+            # The arrays are on their way: MPI moves a large message only while the receiver calls
+            # into it, so test without sleeping (for up to OUT_OF_BAND_SPIN s; a sender that died
+            # meanwhile is noticed once the wait sleeps).
+            self.wait(lambda: MPI.Request.Testall(requests), f"the arrays of a report from worker {source - 1}",
+                      spin=OUT_OF_BAND_SPIN)
+        return P.join_out_of_band(pickled, arrays)
 
     def rings_reliable(self) -> bool:
         """Whether the workers' reports ring the driver's doorbell: nearly every one has so far.

@@ -7,6 +7,7 @@ messages left over from an aborted job can never match a later job's receives.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,8 @@ TAG_CTRL = 1  # driver -> worker, pickled control messages
 TAG_REPORT = 2  # worker -> driver, pickled reports
 TAG_DATA = 3  # driver -> worker, raw partition buffers after a LoadArrays
 TAG_PUBLISH = 4  # tree root -> driver, each new model version of a publishing job (streams)
-TAG_REPORT_LARGE = 5  # worker -> driver, reports that lend large arrays (pickle protocol 5, out of band)
+TAG_REPORT_LARGE = 5  # worker -> driver, a report lending large arrays: its pickle without them
+TAG_REPORT_ARRAYS = 6  # worker -> driver, right after it: those arrays' raw bytes, in order
 
 # Per-job data tags: kind (3 bits) | job (12 bits) | iteration (14 bits) < 2**29.
 UP, DOWN, BSP_TASK, BSP_PARTIAL = 1, 2, 3, 4
@@ -28,6 +30,34 @@ def data_tag(kind: int, job: int, iteration: int) -> int:
     return (kind << (_ITER_BITS + _JOB_BITS)) | ((job % (1 << _JOB_BITS)) << _ITER_BITS) | (
         iteration % ITER_MOD
     )
+
+
+#: Arrays at least this large leave a large report's pickle and travel raw (see :func:`split_out_of_band`).
+OUT_OF_BAND_MIN_BYTES = 1 << 16
+
+
+def split_out_of_band(message: Any) -> tuple[bytes, list[memoryview]]:
+    """``message`` pickled (protocol 5) without its large arrays, and those arrays' memory (no copy).
+
+    The receiver allocates each array itself, as numpy memory (which the OS
+    may back with huge pages: receiving hundreds of MiB into it costs a
+    third of receiving into a plain buffer), then :func:`join_out_of_band`.
+    """
+    arrays: list[memoryview] = []
+
+    def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < OUT_OF_BAND_MIN_BYTES:
+            return True
+        arrays.append(raw)
+        return False
+
+    return pickle.dumps(message, protocol=5, buffer_callback=keep_in_band), arrays
+
+
+def join_out_of_band(pickled: bytes, arrays: list[np.ndarray]) -> Any:
+    """The message :func:`split_out_of_band` split, from its pickle and its arrays' received bytes."""
+    return pickle.loads(pickled, buffers=arrays)
 
 
 # Header in front of every model message going down the tree (float64 slots).

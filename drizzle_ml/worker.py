@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from mpi4py import MPI
-from mpi4py.util import pkl5
 
 from . import protocol as P
 from .data import PartitionCache, assemble_partition, read_hdf5_partition
@@ -68,9 +67,6 @@ class WorkerRuntime:
         self.finished: set[int] = set()
         self.current_job: int | None = None
         self.driver_pid: int | None = None
-        # Reports that carry a model's large arrays travel with pickle protocol 5: the
-        # arrays go out of band, straight from the model's memory (see report).
-        self.large_reports = pkl5.Intracomm(ctrl)
         self.pending_reports: list[tuple[Callable[[], bool], list[np.ndarray]]] = []
         self.doorbell = Doorbell()
         self.driver_bell: Address | None = None
@@ -81,20 +77,23 @@ class WorkerRuntime:
         """Send ``message`` to the driver.
 
         ``lend`` are arrays in it that go without a copy (a model's, as large
-        as the worker's share of it): such a report travels with pickle
-        protocol 5 under its own tag, and the arrays are read-only until the
-        driver has them, so an ``update`` that would reuse one in place copies
-        it instead (see :class:`~drizzle_ml.program.Program`), and writeable
-        again after. Other reports go as one pickled message, which costs the
-        driver less to poll for.
+        as the worker's share of it): such a report's pickle leaves its large
+        arrays out and goes under its own tag, the arrays follow as raw
+        messages from the model's memory (see :func:`~drizzle_ml.protocol.split_out_of_band`),
+        and the lent arrays are read-only until the driver has them, so an
+        ``update`` that would reuse one in place copies it instead (see
+        :class:`~drizzle_ml.program.Program`), and writeable again after. Other
+        reports go as one pickled message, which costs the driver less to poll for.
         """
         self.release_reports()
         lent = [a for a in lend if a.flags.writeable]
         if lent:
             for array in lent:
                 array.flags.writeable = False
-            request = self.large_reports.isend(message, dest=0, tag=P.TAG_REPORT_LARGE)
-            self.pending_reports.append((lambda: request.test()[0], lent))
+            pickled, arrays = P.split_out_of_band(message)
+            requests = [self.ctrl.isend((pickled, [a.nbytes for a in arrays]), dest=0, tag=P.TAG_REPORT_LARGE)]
+            requests += [self.ctrl.Isend([a, MPI.BYTE], dest=0, tag=P.TAG_REPORT_ARRAYS) for a in arrays]
+            self.pending_reports.append((lambda: MPI.Request.Testall(requests), lent))
         else:  # small: one pickled message, the cheaper path (the driver polls for these)
             self.pending_reports.append((self.ctrl.isend(message, dest=0, tag=P.TAG_REPORT).Test, lent))
         self.ring_driver()

@@ -409,3 +409,23 @@ def test_an_ended_job_names_the_worker_its_watcher_saw_die_first_even_when_late(
     threading.Timer(0.2, job.deaths.append, args=(1,)).start()
     message, worker = job.death(workers)
     assert worker == 1 and message.startswith("worker 1 (pid 102 on h) died"), message
+
+
+def test_a_large_report_leaves_its_large_arrays_out_of_its_pickle():
+    from drizzle_ml import protocol as P
+
+    big = np.arange(P.OUT_OF_BAND_MIN_BYTES // 8 * 3, dtype=np.float64).reshape(3, -1)
+    big.flags.writeable = False  # lent: read-only until the driver has it
+    small = np.arange(5.0)
+    report = P.GroupReport(job=1, start=0, worker=0, n_done=5, version=5, stopped=False,
+                           timings=P.GroupTimings(), model={"S": big, "w": small}, metrics={})
+    pickled, arrays = P.split_out_of_band(report)
+    assert len(arrays) == 1 and arrays[0].nbytes == big.nbytes and len(pickled) < 4096
+    assert np.shares_memory(np.frombuffer(arrays[0], dtype=np.float64), big)  # sent from the model's memory
+    received = [np.empty(a.nbytes, dtype=np.uint8) for a in arrays]
+    for into, raw in zip(received, arrays):
+        into[:] = np.frombuffer(raw, dtype=np.uint8)
+    back = P.join_out_of_band(pickled, received)
+    assert np.array_equal(back.model["S"], big) and back.model["S"].shape == (3, big.shape[1])
+    assert np.shares_memory(back.model["S"], received[0])  # no copy on the driver either
+    assert np.array_equal(back.model["w"], small) and back.version == 5
