@@ -642,7 +642,7 @@ class JobExecutor:
 
 
 #: Model arrays at least this large go to the driver without a pickled copy
-#: (pickle protocol 5 sends them out of band from this size on).
+#: (raw, out of the report's pickle: see protocol.split_out_of_band).
 LEND_MIN_BYTES = 1 << 18
 
 # Communicators and requests of aborted jobs: never freed (MPI forbids freeing
