@@ -350,13 +350,16 @@ class LaunchedJob:
     def kill(self) -> None:
         """End the job now: SIGTERM (and SIGCONT, for a stopped worker) to its process group, then wait."""
         self._ended = True
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
+            return
+        if self.process.poll() is not None:
+            self._close_pipes()
             return
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
             os.killpg(self.process.pid, signal.SIGCONT)  # a stopped (hung) worker must see it
         except ProcessLookupError:
-            return
+            pass  # gone already: reaped below
         self.wait(5.0)
 
     def wait(self, timeout: float) -> None:
@@ -371,6 +374,16 @@ class LaunchedJob:
             except ProcessLookupError:
                 pass
             self.process.wait(timeout=5.0)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        """Once the job's output is read to its end: close the pipes it came through."""
+        self._join_pumps()
+        if any(pump.is_alive() for pump in self._pumps):
+            return  # still reading (a process of the job outlived it): the pump owns the pipe
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def _connect_and_leave(port: str) -> None:

@@ -212,9 +212,12 @@ def test_killed_worker_gives_a_clear_error_and_no_orphans():
     with pytest.raises(drizzle_ml.ClusterClosedError, match="closed after a failure"):
         cluster.load(ArrayDataset(X))
     assert wait_cluster_gone(cluster) == []
+    mpiexec = cluster._job.process  # its output pipes are closed, not left to the garbage collector
+    assert mpiexec.stdout.closed and mpiexec.stderr.closed
     # the driver process is healthy: a new cluster works
     with Cluster(2, timeout=20) as fresh:
         assert fresh.run(Counter(), {"x": np.zeros(1), "seen": np.zeros(1)}, ArrayDataset(X), max_iter=3).version == 3
+    assert fresh._job.process.stdout.closed and fresh._job.process.stderr.closed
 
 
 def test_hung_worker_times_out_naming_it():
