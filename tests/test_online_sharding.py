@@ -139,6 +139,11 @@ def test_the_driver_assembles_a_version_once_every_shard_arrived():
     for version in range(4, 4 + Publications.MAX_PENDING + 3):  # worker 3 skips many: bounded
         publish(version, [1, 2])
     assert len(pubs.pending) == Publications.MAX_PENDING and store.latest().version == 3
+    last = 4 + Publications.MAX_PENDING + 3
+    publish(last, [3, 1])  # no worker published the versions after the pending ones
+    publish(last, [2])
+    assert store.latest().version == last and pubs.pending == {}
+    assert pubs.dropped == 1 + (last - 4)  # version 2, and every version from 4 up to the last: a gap
 
 
 def test_the_driver_counts_the_versions_a_replicated_root_skipped():

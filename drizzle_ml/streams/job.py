@@ -176,9 +176,10 @@ class Publications:
     are dropped when a newer version completes, so readers always see the
     newest complete version and no worker ever waits for the driver.
 
-    ``dropped`` counts the versions readers never saw: those the root skipped
-    (a gap in the versions it published; they arrive in order) and, sharded,
-    those that never became complete. ``version`` is the job's first version.
+    ``dropped`` counts the versions readers never saw: the gaps between
+    consecutive visible versions (a replicated root's publications arrive in
+    order; a sharded version is visible once complete, and the incomplete
+    ones before it are given up). ``version`` is the job's first version.
     """
 
     #: Incomplete versions kept at most (a worker that skips many in a row leaves them unfinished).
@@ -231,8 +232,6 @@ class Publications:
         if int(job) != self.job or version <= self.latest_version:
             return
         if not self.shard_keys:
-            if self.latest_version >= 0:
-                self.dropped += int(version) - self.latest_version - 1
             self._publish(buf, self.layout.unpack(buf, self.header, reused=False))  # a new buffer per version
             return
         pieces = self.pending.setdefault(int(version), {})
@@ -240,8 +239,7 @@ class Publications:
         if len(pieces) == len(self.layouts):
             self._publish(pieces[self.root_rank], self._assemble(pieces))
         elif len(self.pending) > self.MAX_PENDING:
-            del self.pending[min(self.pending)]
-            self.dropped += 1
+            del self.pending[min(self.pending)]  # counted as a gap once a newer version is complete
 
     def _assemble(self, pieces: dict[int, np.ndarray]) -> dict:
         """One version's model from every worker's piece (copies: the pieces' buffers are let go)."""
@@ -254,10 +252,11 @@ class Publications:
         _, version, iteration, records, oldest, newest = head[: self.header].view(np.float64)
         now = time.time()
         self.store.publish(int(version), model, int(iteration), {"records": float(records)})
+        if self.latest_version >= 0:
+            self.dropped += int(version) - self.latest_version - 1
         self.latest_version = int(version)
         if self.shard_keys:  # versions up to this one can no longer become visible
             for stale in [v for v in self.pending if v <= self.latest_version]:
-                self.dropped += int(stale != self.latest_version)
                 del self.pending[stale]
         if records > 0:
             self.batches.append((float(records), now - oldest, now - newest))
