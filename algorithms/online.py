@@ -165,8 +165,7 @@ class OnlineFTRL(OnlineLinear):
         l1, l2 = self._strengths(0.0)
         w, b = start["coef"], start["intercept"]
         z = -w * (self.beta / self.eta0 + l2) - np.sign(w) * l1
-        # The intercepts' strengths are 0; the same expression keeps the values of the (m, d + 1) layout.
-        z_intercept = -b * (self.beta / self.eta0 + 0.0) - np.sign(b) * 0.0
+        z_intercept = -b * (self.beta / self.eta0)  # the intercepts' strengths are 0
         return {"coef": w, "intercept": b, "z": z, "q": np.zeros_like(z), "z_intercept": z_intercept,
                 "q_intercept": np.zeros_like(z_intercept), "steps": np.zeros(1), "n_seen": np.zeros(1)}
 
@@ -189,7 +188,7 @@ class OnlineFTRL(OnlineLinear):
     def _strengths(self, n_seen: float) -> tuple[float, float]:
         """The coefficients' L1 and L2 strengths (the intercepts' are 0)."""
         scale = n_seen if self.per_record else 1.0
-        return self.l1 * scale * 1.0, self.l2 * scale * 1.0
+        return self.l1 * scale, self.l2 * scale
 
     def local(self, model, part: Partition):
         coef, intercept = model["coef"], model["intercept"]
