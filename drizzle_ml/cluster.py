@@ -36,7 +36,7 @@ from mpi4py import MPI
 from . import protocol as P
 from .doorbell import Doorbell, bell_address
 from .errors import ClusterClosedError, LaunchError, WorkerError, WorkerFailedError, WorkerTimeoutError
-from .waiting import WaitPolicy, WaitTimeout, poll
+from .waiting import WaitPolicy, WaitTimeout, look_twice, poll
 from .worker_job import LaunchedJob, launched_by_mpiexec, slurm_allocation_tasks, slurm_world_mismatch
 
 _open_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
@@ -135,6 +135,8 @@ class Cluster:
             self._job = LaunchedJob()
             self.ctrl = self._job.start(self.n_workers, self.timeout, list(mpiexec_args), start_timeout)
         self._large_status = MPI.Status()
+        ctrl = self.ctrl
+        self._probe_any = lambda: ctrl.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG)
         ranks_here = self.n_workers + 1 if self.mode == "launched" else int(
             os.environ.get("MPI_LOCALNRANKS", self.n_workers + 1)
         )
@@ -232,7 +234,7 @@ class Cluster:
         """The next report that has arrived, or None. A worker's error report is raised."""
         while True:
             # Most polls find nothing: one probe of any tag answers that in one MPI call.
-            if not self.ctrl.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG):
+            if not look_twice(self._probe_any):
                 return None
             msg = self.ctrl.improbe(source=MPI.ANY_SOURCE, tag=P.TAG_REPORT)
             if msg is not None:

@@ -56,6 +56,19 @@ class WaitPolicy:
         return cls(timeout=timeout, spin=spin)
 
 
+def look_twice(probe: Callable[[], T]) -> T:
+    """``probe()``, and once more if it found nothing.
+
+    MPICH's probes look for a matching message before they make progress: a
+    message that reached this rank since its last MPI call is taken in by the
+    first probe but found only by the second (every time, measured right after
+    the sender's doorbell ring). With one look, a rank woken by a ring finds
+    nothing and sleeps another step.
+    """
+    found = probe()
+    return found if found else probe()
+
+
 def poll(
     test: Callable[[], T],
     policy: WaitPolicy,
@@ -77,9 +90,10 @@ def poll(
     ``spin`` and ``max_sleep`` override the policy's for this wait.
     ``sleep`` sleeps between tests: a :class:`~drizzle_ml.doorbell.Doorbell`'s
     ends early when a peer rings it after sending. ``bell``: every sender
-    rings it (seen to work), so the back-off starts at ``max_sleep`` instead
-    of short steps; right after a ring the steps are short again, as the
-    message that rang may still be on its way (a rendezvous).
+    rings it (seen to work), so it sleeps at once, ``max_sleep`` between
+    looks, and ``test`` should look with :func:`look_twice`. Without it,
+    the steps start short and are short again right after a ring, as the
+    message that rang may come in steps (a rendezvous).
     Raises :class:`WaitTimeout` after ``timeout`` (default ``policy.timeout``).
     """
     result = test()
@@ -99,8 +113,10 @@ def poll(
             if result:
                 return result
     # Yield between tests: on a busy machine the peer we wait for may need this core.
-    spin_until = time.perf_counter() + (policy.spin if spin is None else spin)
-    while True:
+    # A rank that every sender rings does not spin: the ring wakes it.
+    budget = 0.0 if bell else policy.spin if spin is None else spin
+    spin_until = time.perf_counter() + budget
+    while budget > 0:
         result = test()
         if result:
             return result
@@ -120,4 +136,8 @@ def poll(
             on_idle()
             next_check = now + policy.check_every
         # Rung: a message came, and the next may follow (a rendezvous in steps).
-        step = 2e-5 if sleep(min(step, deadline - now)) else min(step * 2, tick)
+        # Where every sender rings (bell), the next look finds what rang; a ring
+        # it does not explain is stale (its message was taken with an earlier
+        # one), and short steps after it would only wake this rank for nothing.
+        rung = sleep(min(step, deadline - now))
+        step = 2e-5 if rung and not bell else min(step * 2, tick)

@@ -32,7 +32,7 @@ from .doorbell import Address, Doorbell, bell_address
 from .errors import WorkerTimeoutError
 from .executor import JobExecutor, RecvRing, SendRing
 from .layout import Layout
-from .waiting import WaitPolicy, WaitTimeout, poll
+from .waiting import WaitPolicy, WaitTimeout, look_twice, poll
 
 
 class JobAborted(Exception):
@@ -71,6 +71,7 @@ class WorkerRuntime:
         self.doorbell = Doorbell()
         self.driver_bell: Address | None = None
         self.peer_bells: list[Address | None] = [None] * self.n_workers
+        self._probe_ctrl = lambda: ctrl.improbe(source=0, tag=P.TAG_CTRL)
 
     # -- messaging --------------------------------------------------------------
     def report(self, message: Any, lend: Iterable[np.ndarray] = ()) -> None:
@@ -120,7 +121,7 @@ class WorkerRuntime:
 
     def poll_ctrl(self) -> None:
         while True:
-            msg = self.ctrl.improbe(source=0, tag=P.TAG_CTRL)
+            msg = look_twice(self._probe_ctrl)
             if msg is None:
                 return
             obj = msg.recv()

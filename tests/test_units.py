@@ -372,23 +372,47 @@ def test_greedy_kmeans_plusplus_seeds_as_well_as_scikit_learns():
     assert np.array_equal(greedy_kmeans_plusplus(np.ones((5, 2)), 3, 0), np.ones((3, 2)))  # one distinct row
 
 
-def test_poll_trusting_a_doorbell_sleeps_long_until_rung_then_short():
+def test_poll_trusting_a_doorbell_sleeps_long_even_after_a_stale_ring():
     from drizzle_ml.waiting import WaitPolicy, poll
 
-    slept, rings, answers = [], iter([False, True, False, False, False]), iter([0, 0, 0, 0, 0, 0, 0, 1])
+    slept, rings, answers = [], iter([False, True, False, False]), iter([0, 0, 0, 0, 0, 1])
+    looks = []
 
     def sleep(seconds):
         slept.append(seconds)
         return next(rings)
 
-    policy = WaitPolicy(timeout=5.0, spin=0.0, max_sleep=0.01)
-    assert poll(lambda: next(answers), policy, sleep=sleep, bell=True) == 1
-    # Long (nobody rang), long, rung: short steps doubling, as the message may still be on its way.
-    assert slept[:2] == [0.01, 0.01] and slept[2:] == pytest.approx([2e-5, 4e-5, 8e-5])
+    def test():
+        looks.append(len(slept))
+        return next(answers)
+
+    policy = WaitPolicy(timeout=5.0, spin=0.001, max_sleep=0.01)
+    assert poll(test, policy, sleep=sleep, bell=True) == 1
+    # No spinning (a ring wakes it): asleep after two looks. A ring whose message the next look
+    # does not find was stale: the steps stay long.
+    assert looks == [0, 0, 1, 2, 3, 4]
+    assert slept == [0.01, 0.01, 0.01, 0.01]
     slept.clear()
-    rings, answers = iter([False] * 3), iter([0, 0, 0, 0, 0, 1])
-    poll(lambda: next(answers), policy, sleep=sleep)  # without the bell: back-off from short steps
-    assert slept == pytest.approx([2e-5, 4e-5, 8e-5])
+    rings, answers = iter([False, True, False, False]), iter([0, 0, 0, 0, 0, 1])
+    poll(lambda: next(answers), WaitPolicy(timeout=5.0, spin=0.0, max_sleep=0.01), sleep=sleep)
+    # Without the bell: back-off from short steps, short again after a ring (a message may come in steps).
+    assert slept == pytest.approx([2e-5, 4e-5, 2e-5, 4e-5])
+
+
+def test_look_twice_looks_again_only_after_finding_nothing():
+    from drizzle_ml.waiting import look_twice
+
+    calls = []
+
+    def probe(results):
+        it = iter(results)
+        return lambda: calls.append(1) or next(it)
+
+    assert look_twice(probe(["message"])) == "message" and len(calls) == 1
+    calls.clear()
+    assert look_twice(probe([None, "message"])) == "message" and len(calls) == 2
+    calls.clear()
+    assert look_twice(probe([None, None, "message"])) is None and len(calls) == 2
 
 
 def test_an_ended_job_names_the_worker_its_watcher_saw_die_first_even_when_late():

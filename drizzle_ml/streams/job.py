@@ -34,6 +34,7 @@ from ..group_loop import GroupHooks
 from ..layout import Layout
 from ..program import Program
 from ..store import ModelStore
+from ..waiting import look_twice
 
 # Stream statistics carried with every partial: sums, then a min and a max.
 _RECORDS, _BAD, _IDLE, _OLDEST, _NEWEST = range(5)
@@ -207,6 +208,7 @@ class Publications:
         self.pending: dict[int, dict[int, np.ndarray]] = {}  # version -> rank -> received piece
         self.dropped = 0  # versions never made visible (skipped by a worker)
         self.status = MPI.Status()
+        self._probe = lambda: self.comm.Improbe(source=self.source, tag=P.TAG_PUBLISH, status=self.status)
         self.latest_version = version
         self.batches: list[tuple[float, float, float]] = []  # (records, latency of oldest, of newest)
 
@@ -214,7 +216,7 @@ class Publications:
         """Receive every publication that has arrived; return how many."""
         received = 0
         while True:
-            msg = self.comm.Improbe(source=self.source, tag=P.TAG_PUBLISH, status=self.status)
+            msg = look_twice(self._probe)
             if msg is None:
                 return received
             source = self.status.Get_source()
