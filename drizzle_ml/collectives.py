@@ -152,14 +152,16 @@ class GatherReduction(Reduction):
         if runs is None:
             raise ValueError("summing partials needs a Layout(..., by_dtype=True)")
         self._runs = [blocks[:, off: off + count * dt.itemsize].view(dt) for dt, off, count in runs]
+        # Each worker's row of every run, sliced once: total() runs every iteration.
+        self._rows = [tuple(stacked) for stacked in self._runs]
 
     def total(self) -> Any:
         if self.combine is None:
             # Row after row: ((p0 + p1) + p2) + ..., as the BSP driver adds; into fresh arrays.
             if self.n == 1:
-                sums = [stacked[0].copy() for stacked in self._runs]
+                sums = [rows[0].copy() for rows in self._rows]
             elif self.n == 2:
-                sums = [np.add(stacked[0], stacked[1]) for stacked in self._runs]
+                sums = [np.add(*rows) for rows in self._rows]
             else:
                 sums = [np.add.reduce(stacked, axis=0, dtype=stacked.dtype) for stacked in self._runs]
             return self.layout.from_runs(sums)

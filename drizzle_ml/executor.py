@@ -43,6 +43,7 @@ from .collectives import (
 )
 from .errors import VersionMismatchError
 from .layout import Layout
+from .metrics import metric_columns
 from .program import REPLICATED, Partition
 from .streams import StreamReader, worker_partitions
 from .streams.job import Publisher
@@ -373,7 +374,7 @@ class JobExecutor:
             )
         t_group = time.perf_counter()
         times = P.GroupTimings()
-        metrics: dict[str, list] = {}
+        steps: list[dict] = []  # the root's update metrics, one dict per iteration
         self.group_end = group.start + group.size
         for ring in self.up_recv.values():
             ring.post_until(group.start, self.group_end)
@@ -395,9 +396,9 @@ class JobExecutor:
             if not self.planned:
                 self._plan(partial)
             if self.reduction is not None:
-                stop = self._collective_iteration(it, partial, times, metrics)
+                stop = self._collective_iteration(it, partial, times, steps)
             else:
-                stop = self._tree_iteration(it, partial, times, metrics)
+                stop = self._tree_iteration(it, partial, times, steps)
             n_done += 1
             self._iter_estimate = max(self._iter_estimate, perf() - t0)
             if stop:
@@ -418,7 +419,7 @@ class JobExecutor:
             stopped=self.stopped,
             timings=times,
             model=self._replicated_keys() if self.is_root else None,
-            metrics=metrics,
+            metrics=metric_columns(steps),
             offsets=None if self.stream is None else self.stream.offsets(),
             digest=model_digest(self._replicated_keys()) if self.replicated else None,
             shard=None if self.shard is None else {k: self.model[k] for k in self.shard.keys},
@@ -478,7 +479,7 @@ class JobExecutor:
             return self.reduction.kind + "+sharded"
         return self.reduction.kind + ("+replicated" if self.replicated else "+broadcast")
 
-    def _collective_iteration(self, it: int, partial: Any, times: P.GroupTimings, metrics: dict) -> bool:
+    def _collective_iteration(self, it: int, partial: Any, times: P.GroupTimings, steps: list) -> bool:
         """One iteration over the job's collective; True when the job stops after it."""
         perf = time.perf_counter
         t1 = perf()
@@ -521,8 +522,7 @@ class JobExecutor:
         if self.publisher is not None:
             self.publisher.publish(self.version, it + 1, new_model, step_metrics)
         if self.is_root:
-            for key, value in step_metrics.items():
-                metrics.setdefault(key, []).append(float(value))
+            steps.append(dict(step_metrics))  # a copy: a program may reuse its dict
         return stop
 
     def _await_lent_arrays(self) -> None:
@@ -546,7 +546,7 @@ class JobExecutor:
         self.gather.finish()
         times.broadcast += time.perf_counter() - t0
 
-    def _tree_iteration(self, it: int, acc: Any, times: P.GroupTimings, metrics: dict) -> bool:
+    def _tree_iteration(self, it: int, acc: Any, times: P.GroupTimings, steps: list) -> bool:
         """One iteration over the point-to-point reduce tree; True when the job stops after it."""
         perf = time.perf_counter
         t1 = perf()
@@ -570,8 +570,7 @@ class JobExecutor:
             self.model = new_model
             if self.publisher is not None:
                 self.publisher.publish(self.version, it + 1, new_model, step_metrics)
-            for key, value in step_metrics.items():
-                metrics.setdefault(key, []).append(float(value))
+            steps.append(dict(step_metrics))
             return stop
         sbuf = self.up_send.slot(it)
         self.up_layout.pack(acc, sbuf)

@@ -71,6 +71,23 @@ class GroupMetrics:
         return asdict(self)
 
 
+def metric_columns(steps: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per-iteration metric dicts as one list of floats per metric, in iteration order.
+
+    A metric missing from some iterations gets a shorter list (its values in order).
+    """
+    if not steps:
+        return {}
+    keys = steps[0].keys()
+    if all(step.keys() == keys for step in steps):  # the common case: every iteration reports the same
+        return {key: [float(step[key]) for step in steps] for key in keys}
+    columns: dict[str, list[float]] = {}
+    for step in steps:
+        for key, value in step.items():
+            columns.setdefault(key, []).append(float(value))
+    return columns
+
+
 @dataclass
 class JobResult:
     """The outcome of one engine job.
