@@ -453,3 +453,15 @@ def test_a_large_report_leaves_its_large_arrays_out_of_its_pickle():
     assert np.array_equal(back.model["S"], big) and back.model["S"].shape == (3, big.shape[1])
     assert np.shares_memory(back.model["S"], received[0])  # no copy on the driver either
     assert np.array_equal(back.model["w"], small) and back.version == 5
+
+
+def test_metric_columns_keep_iteration_order_and_metrics_some_iterations_lack():
+    from drizzle_ml.metrics import metric_columns
+
+    steps = [{"loss": np.float64(0.5), "converged": False}, {"loss": 0.25, "converged": True}]
+    assert metric_columns(steps) == {"loss": [0.5, 0.25], "converged": [0.0, 1.0]}
+    assert all(type(v) is float for column in metric_columns(steps).values() for v in column)
+    # A line search reports its step only on some iterations: that metric's list is shorter.
+    mixed = [{"loss": 3.0}, {"loss": 2.0, "step": 0.5}, {"step": 0.25, "loss": 1.0}]
+    assert metric_columns(mixed) == {"loss": [3.0, 2.0, 1.0], "step": [0.5, 0.25]}
+    assert metric_columns([]) == {}
