@@ -25,11 +25,12 @@ partial's size:
   :mod:`drizzle_ml.executor`).
 
 A sharded job (see :mod:`drizzle_ml.sharding`) sums its partial's
-coordinate vector by a persistent ``Reduce_scatter`` (:class:`ScatterReduction`:
-each worker receives its shard of the total; the partial's other leaves
-take the small reduction above), all-gathers the coordinates ``local`` reads
-after each update (:class:`ShardGather`), and sums over all coordinates
-inside ``update`` with small all-reduces (:class:`ShardedCoordinates`).
+coordinate vector (k values per coordinate, coordinate-major) by a
+persistent ``Reduce_scatter`` (:class:`ScatterReduction`: each worker
+receives its shard of the total; the partial's other leaves take the small
+reduction above), all-gathers the coordinates ``local`` reads after each
+update (:class:`ShardGather`), and sums over all coordinates inside
+``update`` with small all-reduces (:class:`ShardedCoordinates`).
 
 Large partials with a non-sum ``combine`` return None from
 :func:`plan_reduction`: the executor keeps its point-to-point reduce tree
@@ -211,9 +212,13 @@ def plan_reduction(comm: MPI.Intracomm, program: Any, layout: Layout) -> Reducti
 class ScatterReduction:
     """A sharded job's reduction: the partial's coordinate vector by reduce-scatter, the rest summed.
 
-    ``total()`` is the partial's structure with this worker's shard of the
-    summed vector in place of the vector (``program.sharded_partial`` says
-    where it is) and the other leaves summed whole. With a :class:`SparseExchange`
+    The vector holds ``k >= 1`` values per coordinate, coordinate-major
+    (entries ``j k .. j k + k - 1`` are coordinate ``j``'s: a multinomial
+    model's gradient, one value per class), so its length is ``k n`` and a
+    worker's shard of it is contiguous. ``total()`` is the partial's
+    structure with this worker's ``k (hi - lo)`` entries of the summed vector
+    in place of the vector (``program.sharded_partial`` says where it is)
+    and the other leaves summed whole. With a :class:`SparseExchange`
     ``plan`` (sparse partials), each worker sends only the values of the
     coordinates it touches to their owners (an all-to-all), and owners add
     them up in source order.
@@ -223,22 +228,35 @@ class ScatterReduction:
                  plan: SparseExchange | None = None):
         where = program.sharded_partial
         vector = partial[where]
-        if not (isinstance(vector, np.ndarray) and vector.dtype == np.float64 and vector.shape == (shard.n,)):
+        if not (isinstance(vector, np.ndarray) and vector.dtype == np.float64 and vector.ndim == 1):
             raise ValueError(f"a sharded program's partial[{where!r}] must be a float64 vector of its "
                              f"{shard.n} coordinates, got {getattr(vector, 'dtype', type(vector).__name__)} "
                              f"of shape {np.shape(vector)}")
+        k = vector.size // shard.n if shard.n else 1
+        if k < 1 or vector.size != k * shard.n:
+            raise ValueError(f"a sharded program's partial[{where!r}] must hold k values for each of its "
+                             f"{shard.n} coordinates (a float64 vector of length k * {shard.n}, coordinate-major), "
+                             f"got length {vector.size}")
         # A wrapper whose combine also merges other leaves (a stream's statistics) says its vector is summed.
         if not (sums_leafwise(program) or getattr(program, "sums_coordinates", False)):
             raise ValueError("a sharded program's partials must be summed (the default combine)")
-        self.where, self.plan = where, plan
+        self.where, self.plan, self.k = where, plan, k
         self.kind = "scatter" if plan is None else "sparse-scatter"
         if plan is None:
-            self.send, self.recv = np.zeros(shard.n), np.zeros(shard.hi - shard.lo)
-            self.scatter = Collective(comm, "Reduce_scatter", self.send, self.recv, list(shard.counts), MPI.SUM)
+            self.send, self.recv = np.zeros(k * shard.n), np.zeros(k * (shard.hi - shard.lo))
+            self.scatter = Collective(comm, "Reduce_scatter", self.send, self.recv,
+                                      [k * c for c in shard.counts], MPI.SUM)
         else:
-            send, recv = plan.values_in()
+            # The arguments hold the counts: kept with the collective, which may read them at every start.
+            self._arguments = send, recv = plan.values_in(k)
             self.send, self.recv = send[0], recv[0]
             self.scatter = Collective(comm, "Alltoallv", send, recv)
+            # Which entries of the vector go out, and where each received value adds up: k per coordinate.
+            self._take, self._bins = plan.touched, plan.local
+            if k > 1:
+                self._take = (plan.touched[:, None] * k + np.arange(k)).ravel()
+                self._bins = (plan.local[:, None] * k + np.arange(k)).ravel()
+            self._length = k * plan.shard_size
         rest = without_vector(partial, where)
         self.rest = plan_reduction(comm, program, Layout(rest, by_dtype=True)) if rest else None
         if rest and self.rest is None:
@@ -248,7 +266,7 @@ class ScatterReduction:
         if self.plan is None:
             np.copyto(self.send, partial[self.where])
         else:
-            np.take(partial[self.where], self.plan.touched, out=self.send)
+            np.take(partial[self.where], self._take, out=self.send)
         self.scatter.start()
         if self.rest is not None:
             self.rest.start(without_vector(partial, self.where))
@@ -262,7 +280,7 @@ class ScatterReduction:
         if self.plan is None:
             summed = self.recv.copy()
         else:
-            summed = np.bincount(self.plan.local, weights=self.recv, minlength=self.plan.shard_size)
+            summed = np.bincount(self._bins, weights=self.recv, minlength=self._length)
         return with_vector(rest, self.where, summed)
 
     def free(self) -> None:
@@ -271,28 +289,52 @@ class ScatterReduction:
             self.rest.free()
 
 
+def _gathered_rows(key: str, start: np.ndarray) -> int:
+    """The rows of coordinates of a sharded key ``local`` reads: 1 for one vector ((n,), or (1, n) as a
+    single-output model's coefficients), m for an (m, n) matrix (a multinomial model's)."""
+    if start.dtype == np.float64 and start.ndim >= 1 and start.size == start.shape[-1]:
+        return 1
+    if start.dtype == np.float64 and start.ndim == 2 and start.shape[0] > 1:
+        return start.shape[0]
+    raise ValueError(f"sharded key {key!r}, which local reads, must be a float64 vector or matrix "
+                     f"(rows of its coordinates), got {start.dtype} of shape {start.shape}")
+
+
 class ShardGather:
-    """After each update, every worker's shard of the keys ``local`` reads, whole on every worker."""
+    """After each update, every worker's shard of the keys ``local`` reads, whole on every worker.
+
+    A key of m > 1 rows (a multinomial model's (m, n) coefficients) is
+    gathered transposed: every worker's shard as (hi - lo, m) rows, contiguous
+    as the all-gather needs them, into an (n, m) array, and ``local`` reads
+    its transpose, an (m, n) view (``X @ coef.T`` then reads a C-contiguous array).
+    """
 
     def __init__(self, comm: MPI.Intracomm, shard: Shard, keys: tuple[str, ...]):
         self.keys = keys
         self.full = {}
         self.send = {}
+        self.transposed = {}  # key -> its rows, where a key has more than one
         self.collectives = []
-        counts, displacements = list(shard.counts), list(shard.displacements)
         for key in keys:
             start = np.asarray(shard.gathered[key])
-            # One vector: (n,), or (1, n) as a single-output model's coefficients.
-            if start.ndim < 1 or start.size != start.shape[-1] or start.dtype != np.float64:
-                raise ValueError(f"sharded key {key!r}, which local reads, must be a float64 vector")
-            self.full[key] = np.array(start)
-            self.send[key] = np.zeros(start.shape[:-1] + (shard.hi - shard.lo,))
+            rows = _gathered_rows(key, start)
+            if rows == 1:  # one vector: (n,), or (1, n) as a single-output model's coefficients
+                self.full[key] = np.array(start)
+                self.send[key] = np.zeros(start.shape[:-1] + (shard.hi - shard.lo,))
+                buffer = self.full[key]
+            else:
+                buffer = np.ascontiguousarray(start.T)
+                self.full[key] = buffer.T
+                self.send[key] = np.zeros((shard.hi - shard.lo, rows))
+                self.transposed[key] = rows
+            counts = [rows * c for c in shard.counts]
+            displacements = [rows * d for d in shard.displacements]
             self.collectives.append(Collective(comm, "Allgatherv", self.send[key],
-                                               [self.full[key], counts, displacements, MPI.DOUBLE]))
+                                               [buffer, counts, displacements, MPI.DOUBLE]))
 
     def start(self, model: dict) -> None:
         for key, collective in zip(self.keys, self.collectives):
-            np.copyto(self.send[key], model[key])
+            np.copyto(self.send[key], model[key].T if key in self.transposed else model[key])
             collective.start()
 
     def test(self) -> bool:
@@ -340,35 +382,53 @@ class SparseExchange:
         self.local = indices - shard.lo
         self.shard_size = shard.hi - shard.lo
 
-    def values_in(self) -> list:
-        """Collective arguments: this worker's touched values out, its shard's values from all in."""
-        send, recv = np.zeros(len(self.touched)), np.zeros(len(self.local))
-        return [send, (self.send_counts, self.send_displ), MPI.DOUBLE], [recv, (self.recv_counts, self.recv_displ),
-                                                                          MPI.DOUBLE]
+    def values_in(self, k: int = 1) -> list:
+        """Collective arguments: this worker's touched values out, its shard's values from all in
+        (``k`` values per coordinate, coordinate-major)."""
+        send, recv = np.zeros(k * len(self.touched)), np.zeros(k * len(self.local))
+        return ([send, (k * self.send_counts, k * self.send_displ), MPI.DOUBLE],
+                [recv, (k * self.recv_counts, k * self.recv_displ), MPI.DOUBLE])
 
-    def values_out(self) -> list:
+    def values_out(self, k: int = 1) -> list:
         """The reverse: this shard's values each worker touches out, this worker's touched values in."""
-        send, recv = np.zeros(len(self.local)), np.zeros(len(self.touched))
-        return [send, (self.recv_counts, self.recv_displ), MPI.DOUBLE], [recv, (self.send_counts, self.send_displ),
-                                                                          MPI.DOUBLE]
+        send, recv = np.zeros(k * len(self.local)), np.zeros(k * len(self.touched))
+        return ([send, (k * self.recv_counts, k * self.recv_displ), MPI.DOUBLE],
+                [recv, (k * self.send_counts, k * self.send_displ), MPI.DOUBLE])
 
 
 class SparseShardPull:
     """After each update, the values of the coordinates each worker touches, from their owners
-    (an all-to-all): ``local`` reads no others, so the rest of its full vector may stay stale."""
+    (an all-to-all): ``local`` reads no others, so the rest of its full vector may stay stale.
+
+    A key of m > 1 rows moves m values per touched coordinate, coordinate-major,
+    and is kept transposed as in :class:`ShardGather`.
+    """
 
     def __init__(self, comm: MPI.Intracomm, shard: Shard, keys: tuple[str, ...], plan: SparseExchange):
         self.keys, self.plan = keys, plan
         self.full, self.send, self.recv, self.collectives = {}, {}, {}, []
+        self.transposed = {}  # key -> (n, m) buffer, where a key has more than one row
+        self._arguments = []  # the collectives' arguments hold their counts: kept with them
         for key in keys:
-            self.full[key] = np.array(shard.gathered[key])
-            send, recv = plan.values_out()
-            self.send[key], self.recv[key] = send[0], recv[0]
+            start = np.asarray(shard.gathered[key])
+            rows = _gathered_rows(key, start)
+            send, recv = plan.values_out(rows)
+            self._arguments.append((send, recv))
+            if rows == 1:
+                self.full[key] = np.array(start)
+                self.send[key], self.recv[key] = send[0], recv[0]
+            else:
+                self.transposed[key] = np.ascontiguousarray(start.T)
+                self.full[key] = self.transposed[key].T
+                self.send[key], self.recv[key] = send[0].reshape(-1, rows), recv[0].reshape(-1, rows)
             self.collectives.append(Collective(comm, "Alltoallv", send, recv))
 
     def start(self, model: dict) -> None:
         for key, collective in zip(self.keys, self.collectives):
-            np.take(np.ravel(model[key]), self.plan.local, out=self.send[key])  # (n,) or (1, n): one vector
+            if key in self.transposed:
+                np.take(model[key].T, self.plan.local, axis=0, out=self.send[key])
+            else:
+                np.take(np.ravel(model[key]), self.plan.local, out=self.send[key])  # (n,) or (1, n): one vector
             collective.start()
 
     def test(self) -> bool:
@@ -376,7 +436,10 @@ class SparseShardPull:
 
     def finish(self) -> None:
         for key in self.keys:
-            self.full[key][..., self.plan.touched] = self.recv[key]
+            if key in self.transposed:
+                self.transposed[key][self.plan.touched] = self.recv[key]
+            else:
+                self.full[key][..., self.plan.touched] = self.recv[key]
 
     def view(self, model: dict) -> dict:
         return {**model, **self.full}

@@ -121,6 +121,93 @@ def test_collective_sums_equal_numpys_dense_csr_float32_float64(n, tmp_path):
     assert f"sums OK {n}" in out
 
 
+_SHARDED_JOB = """
+import numpy as np
+from mpi4py import MPI
+from drizzle_ml.collectives import ScatterReduction, ShardGather, SparseExchange, SparseShardPull
+from drizzle_ml.program import Program
+from drizzle_ml.sharding import Shard, bounds
+
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+n, m = 11, 3  # shards of uneven sizes; m values (rows) per coordinate
+
+def wait(test, what=""):
+    while not test():
+        pass
+
+class Summed(Program):
+    sharded_partial = "g"
+
+spans = bounds(n, size)
+lo, hi = spans[rank]
+start = np.arange(m * n, dtype=np.float64).reshape(m, n)
+shard = Shard(("w", "v"), lo, hi, n, tuple(b - a for a, b in spans), {"w": start, "v": start[:1]})
+
+def partial(k, touched=None):
+    g = np.random.default_rng(10 * rank + k).standard_normal((n, k))  # coordinate-major: row j is coordinate j
+    if touched is not None:
+        g[np.setdiff1d(np.arange(n), touched)] = 0.0
+    return {"g": g.reshape(-1), "c": np.array([1.0 + rank])}
+
+touched = np.flatnonzero(np.random.default_rng(rank).random(n) < 0.4).astype(np.int64)
+plan = SparseExchange(comm, shard, touched, wait)
+for k in (1, m):
+    for sparse in (False, True):
+        reduction = ScatterReduction(comm, Summed(), partial(k), shard, plan if sparse else None)
+        assert reduction.kind == ("sparse-scatter" if sparse else "scatter")
+        for it in range(2):  # the same collectives, started again
+            mine = partial(k, touched if sparse else None)
+            everyone = comm.allgather(mine["g"])
+            reduction.start(mine)
+            wait(reduction.test)
+            total = reduction.total()
+            expected = sum(everyone[1:], everyone[0])[k * lo: k * hi]  # this worker's coordinates, k values each
+            assert total["g"].shape == (k * (hi - lo),) and total["c"][0] == size * (size + 1) / 2
+            if sparse:  # the owner adds the values up in source order: the sequential sum, bit for bit
+                assert np.array_equal(total["g"], expected), (k, sparse)
+            else:
+                np.testing.assert_allclose(total["g"], expected, rtol=1e-13, atol=1e-13)
+        reduction.free()
+
+for gather in (ShardGather(comm, shard, ("w", "v")), SparseShardPull(comm, shard, ("w", "v"), plan)):
+    for it in (1, 2):
+        new = start * 10 * it + it
+        gather.start({"w": new[:, lo:hi].copy(), "v": new[:1, lo:hi].copy()})
+        wait(gather.test)
+        gather.finish()
+        view = gather.view({"w": None, "v": None})
+        w, v = view["w"], view["v"]
+        assert w.shape == (m, n) and v.shape == (1, n) and w.T.flags.c_contiguous
+        if isinstance(gather, ShardGather):  # the whole key, on every worker
+            assert np.array_equal(w, new) and np.array_equal(v, new[:1])
+        else:  # the coordinates this worker touches are new, the others as they started
+            stale = np.setdiff1d(np.arange(n), touched)
+            assert np.array_equal(w[:, touched], new[:, touched]) and np.array_equal(w[:, stale], start[:, stale])
+            assert np.array_equal(v[:, touched], new[:1, touched]) and np.array_equal(v[:, stale], start[:1, stale])
+    gather.free()
+
+try:
+    ScatterReduction(comm, Summed(), {"g": np.zeros(2 * n + 1)}, shard)
+except ValueError as exc:
+    assert str(exc) == ("a sharded program's partial['g'] must hold k values for each of its 11 coordinates "
+                        "(a float64 vector of length k * 11, coordinate-major), got length 23"), str(exc)
+else:
+    raise AssertionError("a partial of 2 n + 1 values was accepted")
+if rank == 0:
+    print("sharded OK", size)
+"""
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_sharded_exchanges_move_k_values_per_coordinate(n, tmp_path):
+    # Reduce-scatter and its sparse all-to-all with 1 and 3 values per coordinate; the all-gather and
+    # the sparse pull of a (3, n) key, transposed, beside a (1, n) one; a partial of the wrong length.
+    code, out, err = run_mpi(n, _SHARDED_JOB, tmp_path, env={"DRIZZLE_NO_SERVE": "1"})
+    assert code == 0, err
+    assert f"sharded OK {n}" in out
+
+
 @pytest.fixture(scope="module")
 def cluster3():
     with Cluster(3, timeout=30) as cluster:
