@@ -139,24 +139,24 @@ class OnlineFTRL(OnlineLinear):
     intercepts'; ``steps`` and ``n_seen`` (1,). Only ``coef`` and
     ``intercept`` go down the tree.
 
-    Every coordinate's step reads only its own state, so a single-output
-    model (binomial, squared) may be sharded across the workers: ``coef``,
-    ``z`` and ``q`` share their last axis, the partial's gradient ``g`` is the
-    vector of those coordinates, and the intercepts are replicated. Models
+    Every coordinate's step reads only its own state, so the model may be
+    sharded across the workers, whatever its outputs: ``coef``, ``z`` and
+    ``q`` share their last axis (the features), the partial's gradient ``g``
+    holds the m values of every feature, feature after feature (the engine
+    sums and splits it by feature), and the intercepts are replicated. Models
     of FTRL states saved before this layout (``z``, ``q`` of shape (m, d + 1))
     are converted by :meth:`upgrade`.
     """
 
-    sharded_partial = "g"  # the partial: g (m d,), gi (m,), loss, n
+    sharded_partial = "g"  # the partial: g (d m,) feature-major, gi (m,), loss, n
 
     def __init__(self, loss: str, l1: float = 0.0, l2: float = 0.0, per_record: bool = False,
                  fit_intercept: bool = True, eta0: float = 1.0, beta: float = 1.0,
                  classes: np.ndarray | None = None):
         super().__init__(loss, fit_intercept=fit_intercept, eta0=eta0, classes=classes)
         self.l1, self.l2, self.per_record, self.beta = float(l1), float(l2), bool(per_record), float(beta)
-        # Sharded keys are coordinate vectors along their last axis: one output's coefficients.
-        # A multinomial model's (m, d) would need its gradient laid out likewise; it stays replicated.
-        self.sharded = () if loss == "multinomial" else ("coef", "z", "q")
+        # Sharded keys have the coordinates (features) along their last axis: (m, d), any m.
+        self.sharded = ("coef", "z", "q")
 
     def initial_model(self, n_features: int, n_outputs: int, coef: Any = None,
                       intercept: Any = None) -> dict[str, np.ndarray]:
@@ -196,7 +196,9 @@ class OnlineFTRL(OnlineLinear):
             m, d = coef.shape
             return {"g": np.zeros(m * d), "gi": np.zeros(m), "loss": np.zeros(1), "n": np.zeros(1)}
         out = self._batch_gradient(coef, intercept, part)
-        out["g"] = out["g"].reshape(-1)  # one vector of the coordinates (summed by a reduce-scatter when sharded)
+        # Feature-major, (d, m) flattened: a shard of features is then one contiguous piece of the vector,
+        # which a reduce-scatter sums when sharded. With one output it is the (1, d) gradient as it is.
+        out["g"] = out["g"].T.reshape(-1)
         return out
 
     def touched_coordinates(self, part: Partition) -> np.ndarray | None:
@@ -227,7 +229,8 @@ class OnlineFTRL(OnlineLinear):
         m = coef.shape[0]
         n_seen = float(model["n_seen"][0]) + n
         l1, l2 = self._strengths(n_seen)
-        w, z, q = self._step(coef, model["z"], model["q"], total["g"].reshape(coef.shape), l1, l2)
+        g = np.ascontiguousarray(total["g"].reshape(-1, m).T)  # (m, d) from feature-major (no copy when m is 1)
+        w, z, q = self._step(coef, model["z"], model["q"], g, l1, l2)
         gi = total["gi"] if self.fit_intercept else np.zeros(m)
         b, zb, qb = self._step(model["intercept"], model["z_intercept"], model["q_intercept"], gi, 0.0, 0.0)
         new = {"coef": w, "intercept": b, "z": z, "q": q, "z_intercept": zb, "q_intercept": qb,

@@ -1,7 +1,8 @@
 """FTRL-proximal with sharded state: partial_fit and streams, per coordinate on the shards.
 
 Real MPI jobs: a sharded partial_fit equals the replicated one (to 1e-10) on
-1, 2, 3 and 5 workers, dense and sparse; a sharded stream learns every
+1, 2, 3 and 5 workers, dense and sparse, with one output and multinomial
+(3 rows of coefficients per column); a sharded stream learns every
 record exactly once, publishes whole versions assembled from every worker's
 shard, and equals the replicated stream; a worker killed mid-stream is
 replaced and a checkpointed stream resumes on another number of workers
@@ -67,6 +68,34 @@ def test_sharded_partial_fit_equals_replicated(n_workers):
                 _close(est._online_model_[key], ref._online_model_[key])
 
 
+# Three classes, from the dense rows and from sparse ones touching 3 of 2,000 columns each (a few percent
+# of them per worker and batch, so the workers exchange only those values).
+Y_MULTI = X[:, :3].argmax(axis=1)
+XW = sp.csr_matrix((rng.normal(size=900), rng.integers(0, 2000, size=900), np.arange(0, 901, 3)), shape=(300, 2000))
+XW.sum_duplicates()
+Y_WIDE = np.asarray(XW @ rng.normal(size=(2000, 3))).argmax(axis=1)
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3, 5])
+def test_sharded_multinomial_partial_fit_equals_replicated(n_workers):
+    def make(sharding):
+        return dm.LogisticRegression(penalty="l1", C=5.0, n_workers=n_workers, sharding=sharding)
+
+    for data, y, reduction in ((X, Y_MULTI, "scatter+sharded"), (XW, Y_WIDE, "sparse-scatter+sharded")):
+        ref = _partial_fits(make("replicated"), data, y, [0, 1, 2])
+        est = _partial_fits(make("sharded"), data, y, [0, 1, 2])
+        assert est.history_[-1]["reduction"] == reduction and ref.history_[-1]["reduction"].endswith("+replicated")
+        assert est.coef_.shape == ref.coef_.shape == (3, data.shape[1])
+        _close(est.coef_, ref.coef_)
+        _close(est.intercept_, ref.intercept_)
+        assert 0 < np.count_nonzero(est.coef_) < est.coef_.size  # L1: some coefficients exactly zero
+        assert np.array_equal(est.coef_ == 0, ref.coef_ == 0)
+        nonzero = est.history_[-1]["metrics"]["nonzero"]
+        assert nonzero == ref.history_[-1]["metrics"]["nonzero"] == np.count_nonzero(est.coef_)
+        for key in ("z", "q", "z_intercept", "q_intercept"):
+            _close(est._online_model_[key], ref._online_model_[key])
+
+
 def test_partial_fit_shards_wide_ftrl_models_automatically():
     wide = sp.random(300, MIN_COORDINATES, density=2e-4, random_state=4, format="csr")
     y = np.arange(300) % 2
@@ -79,12 +108,12 @@ def test_partial_fit_shards_wide_ftrl_models_automatically():
     _close(est.intercept_, ref.intercept_)
     dense = dm.Lasso(alpha=0.01, n_workers=2).partial_fit(wide[:20].toarray(), Y_REG[:20])
     assert dense.history_[-1]["reduction"] == "scatter+sharded"
-    # Online models that cannot shard stay replicated whatever sharding says: SGD, and multinomial FTRL.
+    # A multinomial model shards by its columns too: 2^16 of them, each with 3 classes' state.
+    multi = dm.LogisticRegression(penalty="l1", n_workers=2).partial_fit(wide, np.arange(300) % 3, classes=[0, 1, 2])
+    assert multi.history_[-1]["reduction"] == "sparse-scatter+sharded" and multi.coef_.shape == (3, MIN_COORDINATES)
+    # SGD cannot shard: it stays replicated whatever sharding says.
     sgd = dm.LogisticRegression(n_workers=2, sharding="sharded").partial_fit(wide, y, classes=[0, 1])
     assert sgd.history_[-1]["reduction"] == "allreduce+replicated"
-    multi = dm.LogisticRegression(penalty="l1", n_workers=2, sharding="sharded").partial_fit(
-        X, np.arange(300) % 3, classes=[0, 1, 2])
-    assert multi.history_[-1]["reduction"] == "gather+replicated" and multi.coef_.shape == (3, 37)
 
 
 def test_an_ftrl_state_of_the_older_layout_is_upgraded():
@@ -198,6 +227,31 @@ def test_a_sharded_stream_learns_every_record_once_and_publishes_whole_versions(
         _close(model["coef"], twin["coef"])
         assert model["stream_records"][0] == twin["stream_records"][0]
     assert est.at_version(versions[3]).predict(np.ones((1, 30))).shape == (1,)
+
+
+def test_a_sharded_multinomial_stream_publishes_whole_versions(tmp_path):
+    rows = np.random.default_rng(5).normal(size=(900, 20))
+    path = tmp_path / "s.csv"
+    path.write_text("".join(",".join(repr(float(v)) for v in (*row, t)) + "\n"
+                            for row, t in zip(rows, rows[:, :3].argmax(axis=1))))
+
+    def stream(sharding):
+        est = dm.LogisticRegression(penalty="l1", C=1.0, n_workers=2, group_size=3, sharding=sharding)
+        est.model_store_ = dm.ModelStore(history=1000)
+        return dm.stream_fit(est, dm.FileSource(str(path), follow=False, block_size=4096), classes=[0, 1, 2],
+                             batch_interval=None, max_batch=50, idle_timeout=1.0)
+
+    est, ref = stream("sharded"), stream("replicated")
+    assert est.history_[-1]["reduction"] == "scatter+sharded" and est.records_seen_ == ref.records_seen_ == 900
+    _close(est.coef_, ref.coef_)
+    _close(est.intercept_, ref.intercept_)
+    versions = est.model_store_.versions()
+    for version in versions[:: max(1, len(versions) // 4)]:  # assembled from both workers' (3, d) shards
+        model, twin = est.model_store_.get(version).model, ref.model_store_.get(version).model
+        assert model["coef"].shape == model["z"].shape == model["q"].shape == (3, 20)
+        for key in ("coef", "z", "q"):
+            _close(model[key], twin[key])
+    assert est.at_version(versions[-1]).predict(rows[:5]).shape == (5,)
 
 
 def test_a_hashed_stream_shards_its_wide_ftrl_model_automatically(tmp_path):
