@@ -86,8 +86,10 @@ class DrizzleEstimator(BaseEstimator):
         updates its shard; gradients arrive by reduce-scatter), or keep them
         whole on every worker. ``"auto"`` shards models of at least 2^16
         coefficients on two workers or more. The same holds online
-        (``partial_fit``, streams) for FTRL-proximal models of one output
-        (L1 and elastic-net penalties); other online models stay replicated.
+        (``partial_fit``, streams) for FTRL-proximal models (L1 and
+        elastic-net penalties), sharded by columns (a multinomial model's
+        columns hold every class's coefficient; ``"auto"`` counts columns);
+        other online models stay replicated.
         ``history_`` names what ran (``reduction``: ``scatter+sharded`` when
         sharded). See ``docs/large-sparse-models.md``.
 

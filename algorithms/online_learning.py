@@ -82,7 +82,7 @@ class OnlineLearner(DrizzleEstimator, metaclass=ABCMeta):
 
     def online_sharding(self, program: Program) -> str:
         """The ``sharding`` of an online job: the estimator's, for a program that can shard its model
-        (FTRL, one output); replicated for the others, whatever ``sharding`` says (it also governs fit)."""
+        (FTRL); replicated for the others, whatever ``sharding`` says (it also governs fit)."""
         return getattr(self, "sharding", "auto") if getattr(program, "sharded", ()) else "replicated"
 
     def at_version(self, version: int | None = None, durable: bool = False):

@@ -119,9 +119,12 @@ class Program:
     #: coordinates ``lo:hi`` of these keys, and ``update`` sees only those
     #: (see :class:`Coordinates`). Empty: the model is always replicated.
     sharded: tuple[str, ...] = ()
-    #: Where the partial holds its coordinate vector (a top-level index or key,
-    #: a float64 array of the coordinates' length): when the model is sharded,
-    #: it is summed by a reduce-scatter, each worker receiving its shard.
+    #: Where the partial holds its coordinate vector (a top-level index or key):
+    #: a 1-D float64 array of k >= 1 values per coordinate, coordinate-major
+    #: (entries j k .. j k + k - 1 are coordinate j's: a model with m rows of
+    #: coordinates gives ``G.T.reshape(-1)``). When the model is sharded, it is
+    #: summed by a reduce-scatter, each worker receiving its shard (k (hi - lo)
+    #: values, in the same order).
     sharded_partial: int | str | None = None
 
     #: Set by the engine for a sharded job (see :class:`Coordinates`).

@@ -4,7 +4,8 @@ A program that declares :attr:`~drizzle_ml.program.Program.sharded` keys
 (coordinate vectors along their last axis: weights, gradients, optimizer
 memory) may run sharded: worker ``i`` holds coordinates ``lo_i:hi_i`` of
 those keys (contiguous shards, as equal as they can be) and updates only
-them. Its partial's coordinate vector is summed by a reduce-scatter, so each
+them. Its partial's coordinate vector (k values per coordinate,
+coordinate-major, for keys of k rows) is summed by a reduce-scatter, so each
 worker receives just its shard of the total; the keys ``local`` reads are
 all-gathered after each update; sums over all coordinates inside ``update``
 (dot products, norms) combine every worker's part
