@@ -71,6 +71,10 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     ``stream_stats_`` the records, wall time, latencies and ``unpublished``:
     versions the driver never made visible because it fell behind the
     workers' sends (training never waits for it; readers got a newer version).
+    A stream runs as long as its source lasts, so ``history_`` keeps its
+    newest 10,000 groups and ``stream_stats_["latencies"]`` its newest
+    100,000 versions (``drizzle_ml.metrics.STREAM_KEEP``); the counts and the
+    wall time cover the whole stream.
     """
     has_target = _has_target(estimator, classes)
     fmt = RecordFormat(record_format, None, has_target,
@@ -137,11 +141,11 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     estimator.history_ = [g.as_dict() | {"reduction": result.reduction} for g in result.history]
     estimator.stream_offsets_ = result.offsets
     estimator.records_seen_ = int(result.model["stream_records"][0])
-    estimator.malformed_ = int(sum(result.iteration_metrics.get("malformed", ())))
-    wall = sum(g.wall for g in result.history)
-    estimator.stream_stats_ = {"records": int(sum(result.iteration_metrics.get("records", ()))), "wall": wall,
+    totals = result.totals or {}  # over every group; history_ and the latencies keep the newest
+    estimator.malformed_ = int(totals.get("malformed", 0))
+    estimator.stream_stats_ = {"records": int(totals.get("records", 0)), "wall": result.summary()["wall"],
                                "latencies": result.latencies, **latency_percentiles(result.latencies),
-                               "unpublished": int(sum(g.metrics.get("unpublished", 0.0) for g in result.history))}
+                               "unpublished": int(totals.get("unpublished", 0))}
     estimator._online_model_ = {k: np.array(v) for k, v in result.model.items()}
     estimator.online_finish(estimator._online_model_)
     return estimator

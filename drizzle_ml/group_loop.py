@@ -27,7 +27,7 @@ from . import protocol as P
 from . import sharding
 from .data import ContentChanged
 from .errors import ReplicaMismatchError
-from .metrics import GroupMetrics, JobResult
+from .metrics import PHASES, STREAM_KEEP, GroupMetrics, JobResult
 from .store import ModelStore, freeze
 
 if TYPE_CHECKING:
@@ -182,7 +182,8 @@ class GroupHooks:
 
     ``poll`` (or None) runs while the driver waits for reports;
     :meth:`at_boundary` adds to a group's metrics once its reports are in;
-    :meth:`result` adds to the job's :class:`~drizzle_ml.metrics.JobResult`.
+    :meth:`result` adds to the job's :class:`~drizzle_ml.metrics.JobResult`,
+    :meth:`totals` to its totals.
     """
 
     urgent = False  # versions are due at the driver during a group
@@ -194,6 +195,10 @@ class GroupHooks:
     def result(self) -> dict[str, Any]:
         return {}
 
+    def totals(self) -> dict[str, float]:
+        """What this kind of job counted over all its groups (added to the result's totals)."""
+        return {}
+
 
 class GroupLoop:
     """Runs one group-scheduled job from the driver (see the module docstring)."""
@@ -201,10 +206,13 @@ class GroupLoop:
     def __init__(self, cluster: Cluster, job: int, plan: GroupPlan, sizer: GroupSizer, adapt: Adaptivity,
                  commits: Commits, store: ModelStore, hooks: GroupHooks | None = None,
                  on_group: Callable[[GroupMetrics], None] | None = None,
-                 stop: Callable[[], bool] | None = None, confirm: Callable[[], bool] | None = None):
+                 stop: Callable[[], bool] | None = None, confirm: Callable[[], bool] | None = None,
+                 bounded: bool = False):
         self.cluster, self.job, self.plan, self.sizer, self.adapt = cluster, job, plan, sizer, adapt
         self.commits, self.store, self.hooks = commits, store, hooks or GroupHooks()
         self.on_group, self.stop, self.confirm = on_group, stop, confirm
+        # A stream's record: the newest groups and iterations, with totals over all (see STREAM_KEEP).
+        self.bounded = bounded
 
     def send(self, size: int) -> None:
         start, size, version = self.plan.next_group(size)
@@ -225,8 +233,11 @@ class GroupLoop:
         return reports, wait, waited_from, time.perf_counter()
 
     def run(self) -> JobResult:
-        plan, history = self.plan, []
-        iteration_metrics: dict[str, list[float]] = {}
+        plan = self.plan
+        history: deque[GroupMetrics] = deque(maxlen=STREAM_KEEP["groups"] if self.bounded else None)
+        iteration_metrics: dict[str, Any] = {}
+        new_column = (lambda: deque(maxlen=STREAM_KEEP["iterations"])) if self.bounded else list
+        totals = dict.fromkeys(("groups", *PHASES), 0.0)
         offsets: dict[str, Any] = {}
         job_startup = 0.0
         self.send(self.sizer.size)
@@ -242,7 +253,10 @@ class GroupLoop:
             root = next(r for r in reports if r.worker == 0)
             check_replicas(reports, root)
             for key, values in root.metrics.items():
-                iteration_metrics.setdefault(key, []).extend(values)
+                column = iteration_metrics.get(key)
+                if column is None:
+                    column = iteration_metrics[key] = new_column()
+                column.extend(values)
             model, n_done, converged = whole_model(reports, root), root.n_done, root.stopped
             metrics_now = last_metrics(root)
             for r in reports:
@@ -254,10 +268,13 @@ class GroupLoop:
             self.store.commit(root.version, model, iteration, metrics_now)
             self.commits.commit(root.version, model, iteration, self.sizer.state(), metrics_now, last=last,
                                 offsets=offsets)
-            metrics = group_metrics(len(history), group, reports, wait, waited_from, done_at,
+            metrics = group_metrics(int(totals["groups"]), group, reports, wait, waited_from, done_at,
                                     time.process_time() - cpu_mark, metrics_now)
             cpu_mark = time.process_time()
             history.append(metrics)
+            totals["groups"] += 1
+            for key in PHASES:
+                totals[key] += getattr(metrics, key)
             job_startup = max(job_startup, max(r.timings.startup for r in reports))
             plan.measured(metrics, done_at)
             size = self.adapt.after_group(metrics, reports, plan.per_iteration, plan.remaining,
@@ -268,9 +285,9 @@ class GroupLoop:
                 break
             if plan.more_to_send(stopping):
                 self.send(size)
-        return JobResult(freeze(dict(model)), root.version, iteration - plan.begin, converged, history,
-                         iteration_metrics, startup=job_startup, offsets=offsets,
-                         reduction=root.reduction, **self.hooks.result())
+        return JobResult(freeze(dict(model)), root.version, iteration - plan.begin, converged, list(history),
+                         {k: list(v) for k, v in iteration_metrics.items()}, startup=job_startup, offsets=offsets,
+                         reduction=root.reduction, totals={**totals, **self.hooks.totals()}, **self.hooks.result())
 
 
 def confirm_data(confirm: Callable[[], bool] | None) -> None:

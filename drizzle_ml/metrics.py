@@ -104,6 +104,12 @@ class JobResult:
     offsets : stream jobs: every partition's offset after the last micro-batch.
     latencies : stream jobs: per published version ``(records, latency of its
         oldest record, of its newest)`` in seconds (see :mod:`drizzle_ml.streams.job`).
+    totals : sums over every group of the job: the phases ``summary`` adds up,
+        ``groups``, and for a stream ``records``, ``malformed`` and
+        ``unpublished``. A stream runs for as long as its source lasts, so its
+        ``history``, ``iteration_metrics`` and ``latencies`` keep only the newest
+        groups, iterations and versions (see :data:`STREAM_KEEP`); these
+        totals count them all. None where ``history`` holds every group.
     reduction : how the partials were combined: ``"gather"`` or ``"allreduce"``
         (MPI collectives, see :mod:`drizzle_ml.collectives`), ``"tree"``, or
         ``"bsp"`` (the driver); with ``"+replicated"`` when every worker
@@ -121,12 +127,26 @@ class JobResult:
     offsets: dict[str, Any] = field(default_factory=dict)
     latencies: list[tuple[float, float, float]] = field(default_factory=list)
     reduction: str = ""
+    totals: dict[str, float] | None = None
 
     def summary(self) -> dict[str, float]:
         """Totals over the job: time per phase and the overall overhead share."""
-        keys = ("wall", "schedule", "wait", "compute", "reduce", "broadcast", "update", "coordination")
-        totals = {k: sum(getattr(g, k) for g in self.history) for k in keys}
+        if self.totals is not None:
+            totals = {k: self.totals[k] for k in PHASES}
+            n_groups = int(self.totals["groups"])
+        else:
+            totals = {k: sum(getattr(g, k) for g in self.history) for k in PHASES}
+            n_groups = len(self.history)
         totals["overhead"] = 1.0 - totals["compute"] / totals["wall"] if totals["wall"] > 0 else 0.0
         totals["n_iter"] = self.n_iter
-        totals["n_groups"] = len(self.history)
+        totals["n_groups"] = n_groups
         return totals
+
+
+#: The per-group times a job's summary adds up.
+PHASES = ("wall", "schedule", "wait", "compute", "reduce", "broadcast", "update", "coordination")
+
+#: How much of a stream's record the driver keeps: the newest groups (``history``),
+#: iterations (each of ``iteration_metrics``) and published versions (``latencies``).
+#: Tens of MB in all; kept whole, a day's stream of a group every 10 ms would hold gigabytes.
+STREAM_KEEP = {"groups": 10_000, "iterations": 100_000, "versions": 100_000}

@@ -297,6 +297,32 @@ def test_stream_job_learns_every_record_once_and_publishes_before_the_group_ends
     assert np.array_equal(tuned.model["sums"], result.model["sums"])
 
 
+def test_a_stream_keeps_its_newest_groups_and_counts_them_all(tmp_path, cluster2, monkeypatch):
+    # A stream runs as long as its source: the driver keeps the newest groups, iterations and versions.
+    from drizzle_ml.metrics import STREAM_KEEP
+
+    for key, n in (("groups", 3), ("iterations", 5), ("versions", 4)):
+        monkeypatch.setitem(STREAM_KEEP, key, n)
+    X = np.random.default_rng(1).integers(0, 1000, size=(3000, 4)).astype(float)
+    path = tmp_path / "s.csv"
+    write_csv(path, X, extra={10: "garbage", 2990: "1,2"})  # one malformed record early, one late
+    spec = StreamSpec(dm.FileSource(str(path), follow=False, block_size=4096), RecordFormat("csv", 3, True),
+                      Batching(max_batch=50, interval=None), n_partitions=2)
+    result = run_job(cluster2, StreamSum(), StreamSum.initial_model(3), "", max_iter=10**6, stream=spec,
+                     group_size=8)
+    n_groups = int(result.totals["groups"])
+    assert n_groups > 3 and [g.group for g in result.history] == [n_groups - 3, n_groups - 2, n_groups - 1]
+    assert all(len(values) == 5 for values in result.iteration_metrics.values())
+    assert len(result.latencies) == 4
+    assert result.totals["records"] == 3000 and result.totals["malformed"] == 2
+    summary = result.summary()
+    assert summary["n_groups"] == n_groups and summary["wall"] > sum(g.wall for g in result.history)
+    est = dm.stream_fit(dm.LinearRegression(n_workers=2, group_size=8),
+                        dm.FileSource(str(path), follow=False, block_size=4096), max_batch=50, batch_interval=None)
+    assert len(est.history_) == 3 and len(est.stream_stats_["latencies"]) == 4
+    assert est.records_seen_ == est.stream_stats_["records"] == 3000 and est.malformed_ == 2
+
+
 def test_stream_fit_from_an_iterable_and_stop(cluster2):
     X, y = make_classification(2000, 5, random_state=1)
     est = dm.LogisticRegression(n_workers=2)

@@ -22,6 +22,7 @@ algorithm:
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from .. import protocol as P
 from .. import sharding
 from ..group_loop import GroupHooks
 from ..layout import Layout
+from ..metrics import STREAM_KEEP
 from ..program import Program
 from ..store import ModelStore
 from ..waiting import look_twice
@@ -292,7 +294,9 @@ class PublishingHooks(GroupHooks):
     def __init__(self, publications: Publications):
         self.publications = publications
         self.poll = publications.drain
-        self.latencies: list[tuple[float, float, float]] = []  # every published batch of the job
+        # The newest published batches (see STREAM_KEEP), and counts over the whole job.
+        self.latencies: deque[tuple[float, float, float]] = deque(maxlen=STREAM_KEEP["versions"])
+        self.counts = {"records": 0.0, "malformed": 0.0, "unpublished": 0.0}
         self._dropped = 0  # publications.dropped at the last boundary
 
     def at_boundary(self, root: P.GroupReport, metrics: dict[str, float]) -> None:
@@ -300,12 +304,17 @@ class PublishingHooks(GroupHooks):
         metrics["records"] = float(sum(root.metrics.get("records", ())))
         metrics["malformed"] = float(sum(root.metrics.get("malformed", ())))
         batches = self.publications.take()
-        self.latencies += batches
+        self.latencies.extend(batches)
         metrics.update(latency_percentiles(batches))
         # Versions readers never saw: the driver fell behind a worker's sends (see Publisher).
         metrics["unpublished"] = float(self.publications.dropped - self._dropped)
         self._dropped = self.publications.dropped
+        for key in self.counts:
+            self.counts[key] += metrics[key]
 
     def result(self) -> dict[str, Any]:
         return {"latencies": [tuple(b) for b in self.latencies]}
+
+    def totals(self) -> dict[str, float]:
+        return dict(self.counts)
 
