@@ -323,6 +323,24 @@ def test_a_stream_keeps_its_newest_groups_and_counts_them_all(tmp_path, cluster2
     assert est.records_seen_ == est.stream_stats_["records"] == 3000 and est.malformed_ == 2
 
 
+def test_a_stream_freezes_the_older_objects_out_of_collections_until_it_ends(tmp_path, cluster2):
+    import gc
+
+    X = np.random.default_rng(2).standard_normal((400, 3))
+    path = tmp_path / "s.csv"
+    write_csv(path, X)
+    assert gc.get_freeze_count() == 0
+    frozen = []
+    est = dm.stream_fit(dm.LinearRegression(n_workers=2, group_size=2), dm.FileSource(str(path), follow=False),
+                        max_batch=50, batch_interval=None, on_group=lambda g: frozen.append(gc.get_freeze_count()))
+    assert est.records_seen_ == 400 and frozen and min(frozen) > 1000  # the modules, the cluster, the data
+    assert gc.get_freeze_count() == 0  # given back at the end
+    batch = []
+    cluster2.run(StreamSum(), StreamSum.initial_model(3), dm.ArrayDataset(X), max_iter=4, group_size=2,
+                 on_group=lambda g: batch.append(gc.get_freeze_count()))
+    assert batch == [0, 0]  # a batch job has no versions due while it runs: nothing frozen
+
+
 def test_stream_fit_from_an_iterable_and_stop(cluster2):
     X, y = make_classification(2000, 5, random_state=1)
     est = dm.LogisticRegression(n_workers=2)
