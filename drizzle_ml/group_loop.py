@@ -301,8 +301,8 @@ def older_objects_frozen(enabled: bool) -> Iterator[None]:
     """While a publishing job runs, the garbage collector leaves the objects that existed before it alone.
 
     A full collection scans every object of the process, and the driver's
-    modules (numpy, SciPy, scikit-learn) and data made it take 15-20 ms in the
-    middle of a stream, which every record waiting to be seen waited through.
+    modules (numpy, SciPy, scikit-learn) and data make it long enough, in the
+    middle of a stream, to be the latency tail of every record waiting to be seen.
     ``gc.freeze`` moves them to a generation collections skip (garbage among
     them waits for the job's end); ``gc.unfreeze`` at the end gives them back.
     """
