@@ -240,7 +240,7 @@ class ScatterReduction:
         # A wrapper whose combine also merges other leaves (a stream's statistics) says its vector is summed.
         if not (sums_leafwise(program) or getattr(program, "sums_coordinates", False)):
             raise ValueError("a sharded program's partials must be summed (the default combine)")
-        self.where, self.plan, self.k = where, plan, k
+        self.where, self.plan = where, plan
         self.kind = "scatter" if plan is None else "sparse-scatter"
         if plan is None:
             self.send, self.recv = np.zeros(k * shard.n), np.zeros(k * (shard.hi - shard.lo))
@@ -252,10 +252,8 @@ class ScatterReduction:
             self.send, self.recv = send[0], recv[0]
             self.scatter = Collective(comm, "Alltoallv", send, recv)
             # Which entries of the vector go out, and where each received value adds up: k per coordinate.
-            self._take, self._bins = plan.touched, plan.local
-            if k > 1:
-                self._take = (plan.touched[:, None] * k + np.arange(k)).ravel()
-                self._bins = (plan.local[:, None] * k + np.arange(k)).ravel()
+            self._take = (plan.touched[:, None] * k + np.arange(k)).ravel()
+            self._bins = (plan.local[:, None] * k + np.arange(k)).ravel()
             self._length = k * plan.shard_size
         rest = without_vector(partial, where)
         self.rest = plan_reduction(comm, program, Layout(rest, by_dtype=True)) if rest else None
@@ -289,44 +287,41 @@ class ScatterReduction:
             self.rest.free()
 
 
-def _gathered_rows(key: str, start: np.ndarray) -> int:
-    """The rows of coordinates of a sharded key ``local`` reads: 1 for one vector ((n,), or (1, n) as a
-    single-output model's coefficients), m for an (m, n) matrix (a multinomial model's)."""
-    if start.dtype == np.float64 and start.ndim >= 1 and start.size == start.shape[-1]:
-        return 1
-    if start.dtype == np.float64 and start.ndim == 2 and start.shape[0] > 1:
-        return start.shape[0]
-    raise ValueError(f"sharded key {key!r}, which local reads, must be a float64 vector or matrix "
-                     f"(rows of its coordinates), got {start.dtype} of shape {start.shape}")
+def _by_coordinate(key: str, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A sharded key ``local`` reads, kept coordinate-major: an (n, rows) array holding each
+    coordinate's values together (a shard of coordinates is then one contiguous piece, as the
+    collectives need), and the key in its own shape as a view of it.
+
+    One vector (n,) is one row; a multinomial model's (m, n) coefficients are m rows, and ``local``
+    reads them as the transpose of the (n, m) array (``X @ coef.T`` then reads a C-contiguous array).
+    """
+    if start.dtype != np.float64 or start.ndim < 1 or start.size == 0:
+        raise ValueError(f"sharded key {key!r}, which local reads, must be float64 rows of its coordinates, "
+                         f"got {start.dtype} of shape {start.shape}")
+    buffer = np.array(start.reshape(-1, start.shape[-1]).T, order="C")  # a copy: collectives write into it
+    return buffer, buffer.T.reshape(start.shape)
+
+
+def _rows_of(shard: np.ndarray, rows: int) -> np.ndarray:
+    """This worker's shard of a key as (hi - lo, rows): its coordinates' values together."""
+    return shard.reshape(rows, -1).T
 
 
 class ShardGather:
     """After each update, every worker's shard of the keys ``local`` reads, whole on every worker.
 
-    A key of m > 1 rows (a multinomial model's (m, n) coefficients) is
-    gathered transposed: every worker's shard as (hi - lo, m) rows, contiguous
-    as the all-gather needs them, into an (n, m) array, and ``local`` reads
-    its transpose, an (m, n) view (``X @ coef.T`` then reads a C-contiguous array).
+    Each key is gathered coordinate-major (see :func:`_by_coordinate`): every
+    worker's shard as (hi - lo, rows), into an (n, rows) array that ``local``
+    reads in the key's own shape.
     """
 
     def __init__(self, comm: MPI.Intracomm, shard: Shard, keys: tuple[str, ...]):
         self.keys = keys
-        self.full = {}
-        self.send = {}
-        self.transposed = {}  # key -> its rows, where a key has more than one
-        self.collectives = []
+        self.full, self.send, self.rows, self.collectives = {}, {}, {}, []
         for key in keys:
-            start = np.asarray(shard.gathered[key])
-            rows = _gathered_rows(key, start)
-            if rows == 1:  # one vector: (n,), or (1, n) as a single-output model's coefficients
-                self.full[key] = np.array(start)
-                self.send[key] = np.zeros(start.shape[:-1] + (shard.hi - shard.lo,))
-                buffer = self.full[key]
-            else:
-                buffer = np.ascontiguousarray(start.T)
-                self.full[key] = buffer.T
-                self.send[key] = np.zeros((shard.hi - shard.lo, rows))
-                self.transposed[key] = rows
+            buffer, self.full[key] = _by_coordinate(key, np.asarray(shard.gathered[key]))
+            rows = self.rows[key] = buffer.shape[1]
+            self.send[key] = np.zeros((shard.hi - shard.lo, rows))
             counts = [rows * c for c in shard.counts]
             displacements = [rows * d for d in shard.displacements]
             self.collectives.append(Collective(comm, "Allgatherv", self.send[key],
@@ -334,7 +329,7 @@ class ShardGather:
 
     def start(self, model: dict) -> None:
         for key, collective in zip(self.keys, self.collectives):
-            np.copyto(self.send[key], model[key].T if key in self.transposed else model[key])
+            np.copyto(self.send[key], _rows_of(model[key], self.rows[key]))
             collective.start()
 
     def test(self) -> bool:
@@ -400,35 +395,27 @@ class SparseShardPull:
     """After each update, the values of the coordinates each worker touches, from their owners
     (an all-to-all): ``local`` reads no others, so the rest of its full vector may stay stale.
 
-    A key of m > 1 rows moves m values per touched coordinate, coordinate-major,
-    and is kept transposed as in :class:`ShardGather`.
+    Keys are kept coordinate-major as in :class:`ShardGather`: a touched
+    coordinate's values (one per row) travel together.
     """
 
     def __init__(self, comm: MPI.Intracomm, shard: Shard, keys: tuple[str, ...], plan: SparseExchange):
         self.keys, self.plan = keys, plan
-        self.full, self.send, self.recv, self.collectives = {}, {}, {}, []
-        self.transposed = {}  # key -> (n, m) buffer, where a key has more than one row
+        self.full, self.by_coordinate, self.send, self.recv, self.collectives = {}, {}, {}, {}, []
         self._arguments = []  # the collectives' arguments hold their counts: kept with them
         for key in keys:
-            start = np.asarray(shard.gathered[key])
-            rows = _gathered_rows(key, start)
+            buffer, self.full[key] = _by_coordinate(key, np.asarray(shard.gathered[key]))
+            self.by_coordinate[key] = buffer
+            rows = buffer.shape[1]
             send, recv = plan.values_out(rows)
             self._arguments.append((send, recv))
-            if rows == 1:
-                self.full[key] = np.array(start)
-                self.send[key], self.recv[key] = send[0], recv[0]
-            else:
-                self.transposed[key] = np.ascontiguousarray(start.T)
-                self.full[key] = self.transposed[key].T
-                self.send[key], self.recv[key] = send[0].reshape(-1, rows), recv[0].reshape(-1, rows)
+            self.send[key], self.recv[key] = send[0].reshape(-1, rows), recv[0].reshape(-1, rows)
             self.collectives.append(Collective(comm, "Alltoallv", send, recv))
 
     def start(self, model: dict) -> None:
         for key, collective in zip(self.keys, self.collectives):
-            if key in self.transposed:
-                np.take(model[key].T, self.plan.local, axis=0, out=self.send[key])
-            else:
-                np.take(np.ravel(model[key]), self.plan.local, out=self.send[key])  # (n,) or (1, n): one vector
+            rows = self.by_coordinate[key].shape[1]
+            np.take(_rows_of(model[key], rows), self.plan.local, axis=0, out=self.send[key])
             collective.start()
 
     def test(self) -> bool:
@@ -436,10 +423,7 @@ class SparseShardPull:
 
     def finish(self) -> None:
         for key in self.keys:
-            if key in self.transposed:
-                self.transposed[key][self.plan.touched] = self.recv[key]
-            else:
-                self.full[key][..., self.plan.touched] = self.recv[key]
+            self.by_coordinate[key][self.plan.touched] = self.recv[key]
 
     def view(self, model: dict) -> dict:
         return {**model, **self.full}

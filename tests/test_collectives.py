@@ -142,7 +142,8 @@ class Summed(Program):
 spans = bounds(n, size)
 lo, hi = spans[rank]
 start = np.arange(m * n, dtype=np.float64).reshape(m, n)
-shard = Shard(("w", "v"), lo, hi, n, tuple(b - a for a, b in spans), {"w": start, "v": start[:1]})
+shard = Shard(("w", "v", "u"), lo, hi, n, tuple(b - a for a, b in spans),
+              {"w": start, "v": start[:1], "u": start[2], "bad": np.arange(n)})
 
 def partial(k, touched=None):
     g = np.random.default_rng(10 * rank + k).standard_normal((n, k))  # coordinate-major: row j is coordinate j
@@ -170,22 +171,34 @@ for k in (1, m):
                 np.testing.assert_allclose(total["g"], expected, rtol=1e-13, atol=1e-13)
         reduction.free()
 
-for gather in (ShardGather(comm, shard, ("w", "v")), SparseShardPull(comm, shard, ("w", "v"), plan)):
+keys = ("w", "v", "u")  # (m, n), (1, n) and (n,)
+for gather in (ShardGather(comm, shard, keys), SparseShardPull(comm, shard, keys, plan)):
     for it in (1, 2):
         new = start * 10 * it + it
-        gather.start({"w": new[:, lo:hi].copy(), "v": new[:1, lo:hi].copy()})
+        gather.start({"w": new[:, lo:hi].copy(), "v": new[:1, lo:hi].copy(), "u": new[2, lo:hi].copy()})
         wait(gather.test)
         gather.finish()
-        view = gather.view({"w": None, "v": None})
-        w, v = view["w"], view["v"]
-        assert w.shape == (m, n) and v.shape == (1, n) and w.T.flags.c_contiguous
+        view = gather.view(dict.fromkeys(keys))
+        w, v, u = view["w"], view["v"], view["u"]
+        assert w.shape == (m, n) and v.shape == (1, n) and u.shape == (n,) and w.T.flags.c_contiguous
+        assert v.flags.c_contiguous and u.flags.c_contiguous  # one row: read as it always was
         if isinstance(gather, ShardGather):  # the whole key, on every worker
-            assert np.array_equal(w, new) and np.array_equal(v, new[:1])
+            assert np.array_equal(w, new) and np.array_equal(v, new[:1]) and np.array_equal(u, new[2])
         else:  # the coordinates this worker touches are new, the others as they started
             stale = np.setdiff1d(np.arange(n), touched)
-            assert np.array_equal(w[:, touched], new[:, touched]) and np.array_equal(w[:, stale], start[:, stale])
-            assert np.array_equal(v[:, touched], new[:1, touched]) and np.array_equal(v[:, stale], start[:1, stale])
+            for got, now, before in ((w, new, start), (v, new[:1], start[:1]), (u, new[2], start[2])):
+                assert np.array_equal(got[..., touched], now[..., touched])
+                assert np.array_equal(got[..., stale], before[..., stale])
     gather.free()
+
+for make in (lambda: ShardGather(comm, shard, ("bad",)), lambda: SparseShardPull(comm, shard, ("bad",), plan)):
+    try:
+        make()
+    except ValueError as exc:
+        assert str(exc) == ("sharded key 'bad', which local reads, must be float64 rows of its coordinates, "
+                            "got int64 of shape (11,)"), str(exc)
+    else:
+        raise AssertionError("an integer key was accepted")
 
 try:
     ScatterReduction(comm, Summed(), {"g": np.zeros(2 * n + 1)}, shard)
@@ -202,7 +215,8 @@ if rank == 0:
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_sharded_exchanges_move_k_values_per_coordinate(n, tmp_path):
     # Reduce-scatter and its sparse all-to-all with 1 and 3 values per coordinate; the all-gather and
-    # the sparse pull of a (3, n) key, transposed, beside a (1, n) one; a partial of the wrong length.
+    # the sparse pull of a (3, n) key, kept coordinate-major, beside (1, n) and (n,) ones; a partial of
+    # the wrong length and a key of the wrong dtype.
     code, out, err = run_mpi(n, _SHARDED_JOB, tmp_path, env={"DRIZZLE_NO_SERVE": "1"})
     assert code == 0, err
     assert f"sharded OK {n}" in out
