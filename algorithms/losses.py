@@ -87,26 +87,36 @@ class LinearLoss:
         X from memory instead of two. ``with_loss=False`` returns NaN for
         ``loss_sum`` and may skip computing it (a ``log`` per row).
         """
-        grad = np.zeros(self.n_params)
-        loss = 0.0
         n = X.shape[0]
         dense = isinstance(X, np.ndarray) or not sp.issparse(X)  # the ndarray test first: it is the hot path
         step = max(256, _BLOCK_BYTES // max(1, X.shape[1] * X.itemsize)) if dense else n
-        if n <= step:  # one block: no slicing (the common case of a small partition)
-            loss = self._accumulate(w, X, y, sample_weight, grad, with_loss)
-        for lo in range(0, n if n > step else 0, step):
-            hi = min(lo + step, n)
-            sw = None if sample_weight is None else sample_weight[lo:hi]
-            loss += self._accumulate(w, X[lo:hi], y[lo:hi], sw, grad, with_loss)
+        block = self._block_binomial if self.kind == "binomial" else self._block
+        if n <= step:  # one block, the common case of a small partition: its sums are the answer
+            gcoef, gintercept, loss = block(w, X, y, sample_weight, with_loss)
+        else:
+            # Summed in float64 whatever X's precision, block after block.
+            gcoef, gintercept, loss = np.zeros(self.n_coef), np.zeros(self.n_params - self.n_coef), 0.0
+            for lo in range(0, n, step):
+                hi = min(lo + step, n)
+                sw = None if sample_weight is None else sample_weight[lo:hi]
+                b_coef, b_intercept, b_loss = block(w, X[lo:hi], y[lo:hi], sw, with_loss)
+                gcoef += b_coef
+                gintercept += b_intercept
+                loss += b_loss
+        grad = np.empty(self.n_params)
+        grad[: self.n_coef] = gcoef
+        if self.fit_intercept:
+            grad[self.n_coef :] = gintercept
         if not with_loss:
             loss = np.nan
         weight = float(n) if sample_weight is None else float(sample_weight.sum(dtype=np.float64))
         return grad, np.array([loss, weight])
 
-    def _accumulate(self, w, X, y, sample_weight, grad: np.ndarray, with_loss: bool = True) -> float:
-        """Add these rows' gradient to ``grad``; return their loss sum (any value without ``with_loss``)."""
-        if self.kind == "binomial":
-            return self._accumulate_binomial(w, X, y, sample_weight, grad, with_loss)
+    def _block(self, w, X, y, sample_weight, with_loss: bool = True) -> tuple[Any, Any, float]:
+        """One block of rows: ``(coef gradient (n_coef,), intercept gradient (n_outputs,), loss sum)``.
+
+        The loss sum may be any value without ``with_loss``.
+        """
         n = X.shape[0]
         z = self.decision(w, X)
         if self.kind == "multinomial":
@@ -127,28 +137,23 @@ class LinearLoss:
         gcoef = X.T @ resid  # (n_features, n_outputs)
         if sp.issparse(gcoef):
             gcoef = gcoef.toarray()
-        grad[: self.n_coef] += np.asarray(gcoef).T.ravel()
-        if self.fit_intercept:
-            grad[self.n_coef :] += resid.sum(axis=0, dtype=np.float64)
-        return float(losses.sum(dtype=np.float64))
+        gintercept = resid.sum(axis=0, dtype=np.float64) if self.fit_intercept else 0.0
+        return np.asarray(gcoef).T.ravel(), gintercept, float(losses.sum(dtype=np.float64))
 
-    def _accumulate_binomial(self, w, X, y, sample_weight, grad: np.ndarray, with_loss: bool) -> float:
-        """The binomial case with matrix-vector products (BLAS gemv, or CSR's), not (n, 1) matrices."""
+    def _block_binomial(self, w, X, y, sample_weight, with_loss: bool) -> tuple[Any, Any, float]:
+        """:meth:`_block` for one output, with matrix-vector products (BLAS gemv, or CSR's), not (n, 1) matrices."""
         n_coef = self.n_coef  # one output: coef is w[:n_coef], the intercept w[n_coef]
         z = X @ w[:n_coef].astype(X.dtype, copy=False)
-        intercept = w[n_coef] if self.fit_intercept else None
-        if intercept is not None:
-            z += intercept
+        if self.fit_intercept:
+            z += w[n_coef]
         p = expit(z)
         loss = _binomial_loss_sum(z, p, y, sample_weight) if with_loss else 0.0
         resid = p
         resid -= y  # p is not needed any more: the residual goes in its place, in X's precision
         if sample_weight is not None:
             resid *= sample_weight.astype(resid.dtype, copy=False)
-        grad[:n_coef] += resid @ X
-        if intercept is not None:
-            grad[n_coef] += resid.sum(dtype=np.float64)
-        return loss
+        gintercept = resid.sum(dtype=np.float64) if self.fit_intercept else 0.0
+        return resid @ X, gintercept, loss
 
 
 def _binomial_loss_sum(z: np.ndarray, p: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> float:

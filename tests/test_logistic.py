@@ -274,6 +274,48 @@ def test_binomial_loss_and_gradient_at_extreme_scores_match_scipy():
         assert np.isnan(no_loss) and weight == w.sum()
 
 
+@pytest.mark.parametrize("kind", ["binomial", "multinomial", "squared"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocked_sums_equal_numpys_and_one_blocks(kind, dtype, monkeypatch):
+    # A partition larger than a block is summed block after block, in float64 whatever X's
+    # dtype; the sums must equal the textbook formula and the one-block evaluation.
+    from scipy.special import expit, softmax
+
+    from drizzle_ml.algorithms import losses
+
+    rng = np.random.default_rng(7)
+    n, d, m = 1000, 5, 3 if kind == "multinomial" else 1
+    X = rng.standard_normal((n, d)).astype(dtype)
+    y = {"binomial": (rng.random(n) < 0.5).astype(dtype), "multinomial": rng.integers(0, m, n),
+         "squared": rng.standard_normal(n)}[kind]
+    sw = rng.uniform(0.5, 2.0, n)
+    loss_fn = losses.LinearLoss(kind, d, m)
+    w = rng.standard_normal(loss_fn.n_params) * 0.3
+    coef, intercept = w[: d * m].reshape(m, d), w[d * m :]
+    z = X.astype(np.float64) @ coef.T + intercept
+    if kind == "binomial":
+        resid = (expit(z[:, 0]) - y)[:, None]
+        loss = np.logaddexp(0.0, z[:, 0]) - y * z[:, 0]
+    elif kind == "multinomial":
+        resid = softmax(z, axis=1)
+        resid[np.arange(n), y] -= 1.0
+        loss = np.logaddexp.reduce(z, axis=1) - z[np.arange(n), y]
+    else:
+        resid = z - y[:, None]
+        loss = 0.5 * resid[:, 0] ** 2
+    expected = np.r_[((resid * sw[:, None]).T @ X.astype(np.float64)).ravel(), (resid * sw[:, None]).sum(axis=0)]
+    whole = loss_fn.evaluate(w, X, y, sw)
+    monkeypatch.setattr(losses, "_BLOCK_BYTES", 1)  # blocks of 256 rows: four of them
+    blocked = loss_fn.evaluate(w, X, y, sw)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for grad, (loss_sum, weight) in (whole, blocked):
+        assert grad.dtype == np.float64 and grad.shape == (loss_fn.n_params,)
+        np.testing.assert_allclose(grad, expected, rtol=rtol, atol=rtol * n)
+        np.testing.assert_allclose(loss_sum, sw @ loss, rtol=rtol)
+        assert weight == pytest.approx(sw.sum(), rel=1e-15)
+    np.testing.assert_allclose(blocked[0], whole[0], rtol=rtol, atol=rtol * n)
+
+
 def test_bsp_keeps_every_stored_version_of_the_lbfgs_memory():
     # L-BFGS reuses its memory (S, Y) in place when the arrays are its own; in BSP mode the
     # driver's store holds every version, so update must get them read-only and copy.
