@@ -106,7 +106,9 @@ class GroupPlan:
         rung the driver's doorbell so far, so it sleeps until one does
         (at most twice the group's expected time, and 20 ms, between looks).
         """
-        began = max(group.sent_at, self.last_done)
+        # The job's first group runs from the job's start: the workers set the job up
+        # from then on, before the group is even sent (see group_metrics).
+        began = self.last_done if group.start == self.begin else max(group.sent_at, self.last_done)
         expected = self.per_iteration * group.size
         remaining = expected - (now - began)
         if bell and not self.urgent and expected > 0:
@@ -168,7 +170,10 @@ def group_metrics(index: int, group: SentGroup, reports: list[P.GroupReport], wa
     """What the group cost: the driver's times and the slowest worker's, per phase."""
     timings = [r.timings for r in reports]
     root = next(r for r in reports if r.worker == 0)
-    startup = max(t.startup for t in timings)
+    # The first group's wall leaves out the job's set-up: the quickest worker's, since any
+    # worker still setting up after it holds the others up in the group's first reduction,
+    # which their execution counts. So the wall is never shorter than an execution.
+    startup = min(t.startup for t in timings)
     return GroupMetrics(
         group=index, start_iteration=group.start, group_size=group.size,
         n_iterations=root.n_done, version=root.version, wall=max(done_at - wait.began - startup, 0.0),

@@ -100,7 +100,8 @@ class JobResult:
     iteration_metrics : per-iteration metrics from ``update`` (lists of floats).
     wall : driver time for the whole job, in seconds.
     startup : slowest worker's one-time job set-up (unpickling the program,
-        which may import its module), excluded from the first group's wall.
+        which may import its module); the quickest worker's is left out of the
+        first group's wall.
     offsets : stream jobs: every partition's offset after the last micro-batch.
     latencies : stream jobs: per published version ``(records, latency of its
         oldest record, of its newest)`` in seconds (see :mod:`drizzle_ml.streams.job`).

@@ -165,7 +165,7 @@ def run_job(
                                   on_group, commits, sizer)
             else:
                 plan = GroupPlan(start_iteration, version, max_iter, pipeline=pipeline, urgent=hooks.urgent,
-                                 max_sleep=cluster.policy.max_sleep, now=time.perf_counter())
+                                 max_sleep=cluster.policy.max_sleep, now=t_job)
                 result = GroupLoop(cluster, job, plan, sizer, adapt, commits, store, hooks, on_group=on_group,
                                    stop=stop, confirm=confirm, bounded=stream is not None).run()
                 cluster.end_job(job)

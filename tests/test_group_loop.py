@@ -62,6 +62,8 @@ def test_waits_sleep_through_most_of_an_expected_group():
     group = send(plan, 100, at=0.0)
     first = plan.wait(group, now=0.0)
     assert first == Wait(began=0.0, first_sleep=0.0, extra=0.0, max_sleep=None)  # nothing measured yet
+    late = GroupPlan(0, 0, 1000, now=2.0)
+    assert late.wait(send(late, 100, at=2.5), now=2.5).began == 2.0  # the first group: from the job's start
     done = group_metrics(0, group, [report(0, 0, 100, 100, execution=0.05, compute=0.04)], first, 0.0, 0.06,
                          0.001, {})
     plan.measured(done, done_at=0.06)
@@ -90,8 +92,10 @@ def test_group_metrics_take_the_slowest_worker_per_phase():
                       metrics=last_metrics(reports[1]))
     assert (m.group, m.start_iteration, m.group_size, m.n_iterations, m.version) == (3, 40, 10, 10, 50)
     assert (m.compute, m.reduce, m.update, m.execution) == (0.3, 0.05, 0.02, 0.5)
-    assert m.wall == pytest.approx(0.6)  # 0.7 from its start, less the job's startup
-    assert m.wait == pytest.approx(0.6) and m.coordination == pytest.approx(0.1)
+    assert m.wall == pytest.approx(0.7)  # from its start, less the quickest worker's startup (none)
+    reports[0].timings.startup = 0.05
+    assert group_metrics(3, group, reports, wait, 1.1, 1.7, 0.01, {}).wall == pytest.approx(0.65)
+    assert m.wait == pytest.approx(0.6) and m.coordination == pytest.approx(0.2)
     assert m.metrics == {"loss": 2.0}  # the last iteration's values, without arrival stamps
 
 

@@ -100,6 +100,17 @@ def test_fixed_step_gd_matches_numpy_reference_and_engine_attributes():
     np.testing.assert_allclose(clf.model_store_.latest().model["w"][:-1], coef, rtol=1e-10, atol=1e-12)
 
 
+def test_the_first_groups_wall_holds_its_execution():
+    # The workers set a job up from its start, before its first group is sent; the first
+    # group's wall runs from the job's start and leaves out only the quickest worker's
+    # set-up, so no worker's execution is longer than it.
+    Xs, ys = datasets.load_breast_cancer(return_X_y=True)
+    Xs = StandardScaler().fit_transform(Xs)
+    for _ in range(4):
+        first = LogisticRegression(n_workers=2).fit(Xs, ys).history_[0]
+        assert first["wall"] >= first["execution"] > 0, first
+
+
 def test_fixed_step_gd_reports_the_loss_of_every_tenth_iteration():
     # A fixed step needs the loss only for the report: it is evaluated at iterations
     # 0, 9, 19, ... and each group reports the newest evaluated by its end, exactly.
