@@ -184,13 +184,18 @@ class Cluster:
                 "the cluster is closed" + (f" after a failure: {self._broken}" if self._broken else "")
             )
 
-    def broadcast(self, message: Any, workers: range | list[int] | None = None) -> None:
-        """Send one pickled control message to each worker (pickled once)."""
+    def broadcast(self, message: Any, workers: range | list[int] | None = None, ring: bool = True) -> None:
+        """Send one pickled control message to each worker (pickled once).
+
+        ``ring=False`` where the workers are known to be busy: they will look
+        for the message before they sleep.
+        """
         self._require_open()
         payload = MPI.pickle.dumps(message)
         targets = range(self.n_workers) if workers is None else workers
         requests = [self.ctrl.Isend([payload, MPI.BYTE], dest=w + 1, tag=P.TAG_CTRL) for w in targets]
-        self.ring(targets)
+        if ring:
+            self.ring(targets)
         self._complete(requests, "control message delivery")
 
     def send_buffers(self, worker: int, buffers: list) -> None:

@@ -75,6 +75,7 @@ class GroupPlan:
         self.pipeline, self.urgent, self.policy_max_sleep = pipeline, urgent, max_sleep
         self.in_flight: deque[SentGroup] = deque()
         self.per_iteration = 0.0  # execution seconds per iteration in the last group
+        self.measured_groups = 0
         self.last_done = now
 
     def next_group(self, size: int) -> tuple[int, int, int]:
@@ -121,6 +122,25 @@ class GroupPlan:
             max_sleep = None
         return Wait(began, 0.8 * remaining if remaining > 2e-4 else 0.0, 4 * expected, max_sleep)
 
+    def workers_busy(self, now: float) -> bool:
+        """Whether the workers will still be running the groups in flight a while from ``now``.
+
+        A group sent then needs no doorbell: the workers look for the next
+        group between groups, and find it waiting. The groups in flight run
+        back to back from the last one's end; at least half of their expected
+        time, and 1 ms, must be left, so that a group that runs faster than
+        the last one still finds the message there. Otherwise (nothing in
+        flight, no pace known yet, the end near) a worker may be asleep
+        when the message comes, and the sender rings. So it does while the
+        pace comes from the first group only (its execution holds the wait
+        for the slowest worker's set-up), and for a publishing job (its pace
+        follows the records' arrival, not the last group's).
+        """
+        if self.urgent or not self.in_flight or self.measured_groups < 2:
+            return False
+        expected = self.per_iteration * sum(group.size for group in self.in_flight)
+        return self.last_done + expected - now > max(0.5 * expected, 1e-3)
+
     def reached_end(self, group: SentGroup, n_done: int, converged: bool) -> bool:
         """The job ends with this group: it converged or ran its last iteration."""
         return converged or group.start + n_done >= self.end
@@ -132,6 +152,7 @@ class GroupPlan:
     def measured(self, metrics: GroupMetrics, done_at: float) -> None:
         """Learn the pace from a finished group."""
         self.per_iteration = metrics.execution / max(metrics.n_iterations, 1)
+        self.measured_groups += 1
         self.last_done = done_at
 
     @property
@@ -224,7 +245,7 @@ class GroupLoop:
     def send(self, size: int) -> None:
         start, size, version = self.plan.next_group(size)
         t0 = time.perf_counter()
-        self.cluster.broadcast(P.RunGroup(self.job, start, size, version))
+        self.cluster.broadcast(P.RunGroup(self.job, start, size, version), ring=not self.plan.workers_busy(t0))
         self.plan.sent(SentGroup(start, size, version, t0, time.perf_counter() - t0))
 
     def collect(self, group: SentGroup) -> tuple[list[P.GroupReport], Wait, float, float]:

@@ -83,6 +83,33 @@ def test_waits_sleep_through_most_of_an_expected_group():
     assert urgent.wait(urgent.in_flight[0], now=0.0, bell=True).bell is False
 
 
+def test_a_group_sent_while_the_workers_are_busy_needs_no_ring():
+    plan = GroupPlan(0, 0, 1000, now=0.0)
+    assert not plan.workers_busy(0.0)  # nothing in flight: the workers may be asleep
+    first = send(plan, 100, at=0.0)
+    assert not plan.workers_busy(0.0)  # no pace measured yet
+    done = group_metrics(0, first, [report(0, 0, 100, 100, execution=0.01)], plan.wait(first, now=0.0), 0.0,
+                         0.01, 0.001, {})
+    plan.in_flight.popleft()
+    plan.measured(done, done_at=0.5)
+    send(plan, 100, at=0.5)
+    assert not plan.workers_busy(0.5)  # the first group's pace holds the workers' set-up
+    plan.in_flight.popleft()
+    plan.measured(done, done_at=1.0)  # 100 us an iteration; the last group ended at t = 1 s
+    send(plan, 100, at=0.5)  # in flight: expected to end at 1.01 s
+    assert plan.workers_busy(1.0004)  # 9.6 ms of 10 left
+    assert plan.workers_busy(1.0049) and not plan.workers_busy(1.0051)  # half of it must be left
+    plan.in_flight.popleft()
+    send(plan, 15, at=1.0)  # 1.5 ms expected: 1 ms must be left
+    assert plan.workers_busy(1.0004) and not plan.workers_busy(1.0006)
+    send(plan, 15, at=1.0)  # two groups in flight run back to back: 3 ms
+    assert plan.workers_busy(1.0014) and not plan.workers_busy(1.0016)
+    urgent = GroupPlan(0, 0, 1000, urgent=True, now=0.0)  # a stream: its pace is the records'
+    urgent.per_iteration, urgent.measured_groups = 1e-4, 2
+    send(urgent, 100)
+    assert not urgent.workers_busy(0.0)
+
+
 def test_group_metrics_take_the_slowest_worker_per_phase():
     group = SentGroup(40, 10, 40, sent_at=1.0, schedule=2e-4)
     reports = [report(1, 40, 10, 50, compute=0.3, reduce=0.01, execution=0.5, rows=5),
