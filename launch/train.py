@@ -146,7 +146,8 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
                                f"of .parquet files); convert it first with "
                                f"'drizzle-ml datasets convert {args.data} -o DATA.h5'{hint}")
             # Before any process starts: a thousand workers for three rows would start them all first.
-            n_rows = open_hdf5(args.data, args.x_key or "X", None).n_rows
+            y_key = (args.y_key or "y") if args.algorithm in SUPERVISED else None
+            n_rows = open_hdf5(args.data, args.x_key or "X", y_key).n_rows
         workers = getattr(args, "workers", None)
         if workers is not None and n_rows < workers:
             raise CLIError(f"{args.data} has {n_rows} row{'s' if n_rows != 1 else ''}, fewer than the "

@@ -557,6 +557,35 @@ def test_x_without_columns_is_one_line(tmp_path):
     _refused(drizzle("train", "--data", data, "--workers", "1"), f"{data}: 'X' has 0 columns")
 
 
+def test_targets_and_csr_shapes_that_cannot_be_read_are_one_line_before_any_process_starts(tmp_path, linked_data):
+    X = np.ones((20, 2))
+    files = {name: tmp_path / f"{name}.h5" for name in ("group", "scalar", "complex", "csr")}
+    with h5py.File(files["group"], "w") as f:
+        f["X"] = X
+        f.create_group("y")
+    write_h5(files["scalar"], X, np.float64(1))
+    write_h5(files["complex"], X, np.arange(20) + 1j)
+    with h5py.File(files["csr"], "w") as f:
+        group = f.create_group("X")
+        group["data"], group["indices"], group["indptr"] = np.ones(20), np.zeros(20, np.int32), np.arange(21)
+        group.attrs["shape"] = [20]
+        f["y"] = np.arange(20) % 2
+    messages = {
+        "group": "'y' is a group, not a dataset of targets",
+        "scalar": "'y' is a single value (shape ()), not a target for each of the 20 rows of 'X'",
+        "complex": "'y' has dtype complex128; targets must be numbers or text labels",
+        "csr": "group 'X' has the shape attribute [20]; a CSR matrix's shape is two non-negative integers "
+               "(rows, columns)",
+    }
+    for name, path in files.items():
+        expected = f"drizzle-ml: error: {path}: {messages[name]}\n"
+        for proc in (run_cli("train", "--data", str(path), "--workers", "1"), run_cli("datasets", "info", str(path))):
+            assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", expected)
+    proc = run_cli("predict", "--model", str(linked_data / "m.h5"), "--data", str(files["csr"]), "-o",
+                   str(tmp_path / "p.npy"))
+    assert (proc.returncode, proc.stderr) == (2, f"drizzle-ml: error: {files['csr']}: {messages['csr']}\n")
+
+
 def test_an_mpiexec_that_runs_nothing_is_an_error_not_success():
     proc = drizzle("train", "--workers", "1", env={"DRIZZLE_MPIEXEC": "/bin/true"})
     _refused(proc, "/bin/true exited 0, but the job never ran")

@@ -401,6 +401,14 @@ def test_describe(tmp_path):
         describe(tmp_path / "t.h5")
 
 
+def test_describe_refuses_targets_that_do_not_fit_x(tmp_path):
+    with h5py.File(tmp_path / "long.h5", "w") as f:
+        f["X"], f["y"] = np.ones((3, 2)), np.arange(4)
+    with pytest.raises(ValueError) as exc:
+        describe(tmp_path / "long.h5")
+    assert str(exc.value) == f"{tmp_path / 'long.h5'}: 'y' has 4 rows but 'X' has 3"
+
+
 def test_files_name_the_public_function_that_made_them(tmp_path):
     make_dataset("blobs", tmp_path / "b.h5", 10, 2)
     np.save(tmp_path / "x.npy", np.ones((3, 2)))
