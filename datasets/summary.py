@@ -113,8 +113,8 @@ def _describe_y(dset: Any, key: str) -> dict[str, Any]:
         lo_v, hi_v, total = math.inf, -math.inf, 0.0
         for lo in range(0, n, step):
             part = np.asarray(dset[lo : lo + step], dtype=np.float64)
-            if part.size:
-                lo_v, hi_v, total = min(lo_v, part.min()), max(hi_v, part.max()), total + part.sum()
+            if part.size:  # np.minimum keeps a NaN, which the builtin min drops
+                lo_v, hi_v, total = np.minimum(lo_v, part.min()), np.maximum(hi_v, part.max()), total + part.sum()
         info["min"], info["max"] = float(lo_v), float(hi_v)
         info["mean"] = float(total / n) if n else math.nan
     return info

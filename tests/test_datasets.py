@@ -401,7 +401,11 @@ def test_describe(tmp_path):
         describe(tmp_path / "t.h5")
 
 
-def test_describe_refuses_targets_that_do_not_fit_x(tmp_path):
+def test_describe_reports_nan_targets_and_refuses_targets_that_do_not_fit_x(tmp_path):
+    with h5py.File(tmp_path / "nan.h5", "w") as f:
+        f["X"], f["y"] = np.ones((3, 2)), [1.0, np.nan, 2.0]
+    y = describe(tmp_path / "nan.h5")["y"]
+    assert np.isnan(y["min"]) and np.isnan(y["max"]) and np.isnan(y["mean"])
     with h5py.File(tmp_path / "long.h5", "w") as f:
         f["X"], f["y"] = np.ones((3, 2)), np.arange(4)
     with pytest.raises(ValueError) as exc:
