@@ -157,7 +157,7 @@ def _check_finite_rows(values: np.ndarray, where: Callable[[int], str], tokens: 
 def _convert_csv(src, f, x_key, y_key, label_column, delimiter, has_header, chunk_rows, directory):
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         raise ValueError(f"the CSV delimiter must be one character, got {delimiter!r}")
-    with open(src, newline="", encoding="utf-8", errors="replace") as fh:
+    with open(src, newline="", encoding="utf-8-sig", errors="replace") as fh:
         reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=True)
         header: list[str] | None = None
         ncols = label = None
@@ -382,7 +382,7 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
         b_data.clear(), b_idx.clear(), b_ptr.clear(), b_y.clear()
 
     try:
-        with open(src, encoding="utf-8", errors="replace") as fh:
+        with open(src, encoding="utf-8-sig", errors="replace") as fh:
             for ln, line in enumerate(fh, 1):
                 toks = line.split("#", 1)[0].split()
                 if not toks:
@@ -487,7 +487,7 @@ def _convert_hashed(src, fmt, f, x_key, y_key, label_column, chunk_rows, n_bits,
             sink.append(y)
 
     try:
-        with open(src, encoding="utf-8", errors="replace") as fh:
+        with open(src, encoding="utf-8-sig", errors="replace") as fh:
             line_no = 1
             while lines := list(itertools.islice(fh, chunk_rows)):
                 flush(lines, line_no)

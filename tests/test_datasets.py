@@ -240,6 +240,23 @@ def test_common_errors(tmp_path):
         convert(tmp_path / "data.dat", tmp_path / "p.h5", fmt="csv", n_features=3)
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "rows.csv").write_text(bom + "1,2,0\n3,4,1\n", encoding="utf-8")
+    convert(tmp_path / "rows.csv", tmp_path / "rows.h5")
+    X, y = read(tmp_path / "rows.h5")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])  # the first row is data, not a header
+    np.testing.assert_array_equal(y, [0, 1])
+    (tmp_path / "named.csv").write_text(bom + "a,b,label\n1,2,0\n", encoding="utf-8")
+    convert(tmp_path / "named.csv", tmp_path / "named.h5", label_column="label")
+    assert describe(tmp_path / "named.h5")["attributes"]["feature_names"] == '["a", "b"]'
+    (tmp_path / "rows.svm").write_text(bom + "1 1:2.5\n0 2:1\n", encoding="utf-8")
+    convert(tmp_path / "rows.svm", tmp_path / "svm.h5")
+    X, y = read(tmp_path / "svm.h5")
+    np.testing.assert_array_equal(X.toarray(), [[2.5, 0], [0, 1]])
+    np.testing.assert_array_equal(y, [1, 0])
+
+
 # --------------------------------------------------------------------------- convert: NPY, NPZ
 
 
