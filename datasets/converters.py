@@ -302,6 +302,9 @@ def _convert_arrays(src, fmt, f, x_key, y_key, label_column, chunk_rows, directo
                 X = np.load(src, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as exc:
                 raise ValueError(f"{src}: not a readable .npy file ({exc})") from None
+            if not isinstance(X, np.ndarray):  # np.load opens a .npz archive too
+                X.close()
+                raise ValueError(f"{src}: a .npz archive, not a .npy file: give the format npz (--format npz)")
             name, Y = "array", None
         else:
             try:
@@ -679,6 +682,8 @@ def convert(
     src_s = os.fspath(src)
     if not os.path.exists(src_s):
         raise FileNotFoundError(f"{src_s}: no such file")
+    if not (os.path.isfile(src_s) or os.path.isdir(src_s)):  # reading a FIFO would wait for a writer
+        raise ValueError(f"{src_s} is not a regular file (a FIFO or a device): give a file to convert")
     fmt = _infer_format(src_s, fmt)
     if hash_features is not None:
         check_n_bits(hash_features, "hash_features")

@@ -257,6 +257,14 @@ def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path):
     np.testing.assert_array_equal(y, [1, 0])
 
 
+def test_a_fifo_to_convert_is_an_error_not_a_hang(tmp_path):
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError) as exc:
+        convert(fifo, tmp_path / "o.h5")
+    assert str(exc.value) == f"{fifo} is not a regular file (a FIFO or a device): give a file to convert"
+
+
 # --------------------------------------------------------------------------- convert: NPY, NPZ
 
 
@@ -319,6 +327,10 @@ def test_array_errors(tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
     with pytest.raises(ValueError, match="empty.npy: no data rows"):
         convert(tmp_path / "empty.npy", tmp_path / "o.h5")
+    with pytest.raises(ValueError) as exc:
+        convert(tmp_path / "d.npz", tmp_path / "o.h5", fmt="npy")
+    assert str(exc.value) == f"{tmp_path / 'd.npz'}: a .npz archive, not a .npy file: give the format npz " \
+                             "(--format npz)"
     assert not (tmp_path / "o.h5").exists() and leftovers(tmp_path) == []
 
 
