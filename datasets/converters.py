@@ -550,14 +550,20 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
     """
     import h5py
 
-    from drizzle_ml.data import read_targets
+    from drizzle_ml.data import check_targets, read_targets
     from drizzle_ml.parquet import pyarrow_parquet
 
     pq = pyarrow_parquet()
     import pyarrow as pa
 
     shown = source or h5_path
-    with h5py.File(h5_path, "r") as f:
+    if not h5py.is_hdf5(h5_path):
+        raise ValueError(f"{shown}: not an HDF5 file")
+    try:
+        h5 = h5py.File(h5_path, "r")
+    except OSError as exc:
+        raise OSError(f"cannot read {shown}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    with h5 as f:
         if x_key not in f:
             raise ValueError(f"{shown} has no {x_key!r} (keys: {', '.join(sorted(f.keys())) or 'none'})")
         node = f[x_key]
@@ -566,6 +572,7 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
                              "zero: keep it in HDF5")
         if node.ndim != 2:
             raise ValueError(f"{shown}: {x_key!r} must be 2-D (rows, features), got shape {node.shape}")
+        _check_numeric(shown, x_key, node)
         n, d = (int(v) for v in node.shape)
         names = None
         stored = f.attrs.get("feature_names")
@@ -580,6 +587,8 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
         ynode = f[y_key] if y_key is not None and y_key in f else None
         if ynode is not None and (not isinstance(ynode, h5py.Dataset) or ynode.shape != (n,)):
             raise ValueError(f"{shown}: {y_key!r} must have shape ({n},) like {x_key!r} rows")
+        if ynode is not None:
+            check_targets(ynode, n, shown, x_key, y_key)
         if ynode is not None and y_key in names:
             raise ValueError(f"{shown}: a feature column is named {y_key!r}, the name the target column takes; "
                              "give the target another name (y_key, --y-key)")
