@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -116,6 +117,10 @@ def check_recovery_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--max-restarts must be at least 0, got {args.max_restarts}")
     if args.min_workers is not None and not 1 <= args.min_workers <= args.workers:
         raise CLIError(f"--min-workers must be between 1 and --workers ({args.workers}), got {args.min_workers}")
+    try:
+        shlex.split(args.mpiexec_args)
+    except ValueError as exc:  # an unclosed quote
+        raise CLIError(f"--mpiexec-args {args.mpiexec_args!r}: {exc}") from None
 
 
 def check_arguments(args: argparse.Namespace) -> dict[str, Any]:

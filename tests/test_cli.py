@@ -287,6 +287,13 @@ def test_mpiexec_args_pass_through():
     assert "done:" in proc.stdout
 
 
+def test_an_unclosed_quote_in_mpiexec_args_is_one_line(tmp_path):
+    for command in (["train"], ["stream", "--source", f"file:{tmp_path / 's.csv'}", "--algorithm", "pca"]):
+        proc = run_cli(*command, "--mpiexec-args=-hosts 'a")
+        assert (proc.returncode, proc.stderr) == (2, "drizzle-ml: error: --mpiexec-args \"-hosts 'a\": "
+                                                     "No closing quotation\n")
+
+
 def test_progress_bar_on_a_terminal_and_lines_otherwise():
     import io
 
