@@ -151,6 +151,21 @@ def test_kmeans_and_linear_from_made_datasets(tmp_path):
     assert 0.9 < r2 <= 1.0
 
 
+def test_training_r2_of_several_targets_is_their_mean_as_in_scikit_learn(tmp_path):
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    Y = np.column_stack([X @ [1.0, 2.0, 0.0], (X[:, 0] > 0).astype(int)]) + rng.normal(scale=0.5, size=(200, 2))
+    data = write_h5(tmp_path / "two.h5", X, Y)
+    ok(drizzle("train", "--algorithm", "linear", "--data", data, "--workers", "2", "-o", str(tmp_path / "m.h5"),
+               "--report", str(tmp_path / "r.json"), "--quiet"))
+    from drizzle_ml.algorithms.persist import load_model
+
+    expected = r2_score(Y, load_model(str(tmp_path / "m.h5")).predict(X))
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["training_r2"] == pytest.approx(expected)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
 def test_plot_is_written(tmp_path):
     ok(drizzle("train", "--workers", "1", "--plot", str(tmp_path / "p.png"), "--quiet"))
