@@ -197,7 +197,10 @@ def _convert_csv(src, f, x_key, y_key, label_column, delimiter, has_header, chun
                         header = [tok.strip() for tok in fields]
                     label = _resolve_label(src, label_column, ncols, header, default_last=True)
                     if ncols - (label is not None) < 1:
-                        raise ValueError(f"{src}: no feature columns (only the label column)")
+                        other = next((c for c in ";\t|" if c in fields[0] and c != delimiter), None)
+                        hint = (f"; the lines hold {other!r}: is that the delimiter? (delimiter, --delimiter)"
+                                if other else "")
+                        raise ValueError(f"{src}: no feature columns (only the label column){hint}")
                     writer = _RowWriter(f, x_key, ncols - (label is not None), np.float64)
                     if label is not None:
                         if y_key is None:

@@ -207,6 +207,8 @@ def test_csv_no_label_and_blank_lines(tmp_path):
     ("a,b\n1,2\n", {"label_column": "target"}, "no column named 'target' (columns: a, b)"),
     ("1,2\n", {"label_column": 5}, "label column 5 is out of range for 2 columns"),
     ("1\n2\n", {}, "data.csv: no feature columns"),
+    ("1;2;3\n4;5;6\n", {}, "data.csv: no feature columns (only the label column); the lines hold ';': is that the "
+                          "delimiter? (delimiter, --delimiter)"),
 ])
 def test_csv_errors_name_the_file_and_line(tmp_path, text, kwargs, message):
     src = tmp_path / "data.csv"
