@@ -77,13 +77,13 @@ def stream_fit(estimator: Any, source: Source, *, n_features: int | None = None,
     wall time cover the whole stream.
     """
     has_target = _has_target(estimator, classes)
-    fmt = RecordFormat(record_format, None, has_target,
+    fmt = RecordFormat(record_format, n_features, has_target,
                        None if classes is None else np.unique(np.asarray(classes, dtype=np.float64)), on_error,
                        hash_features)
-    if hash_features is not None:
-        if n_features not in (None, fmt.n_features):
-            raise ValueError(f"hashed records have 2**{hash_features} features, not n_features={n_features}")
-        n_features = fmt.n_features
+    n_features = fmt.n_features
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, (int, np.integer))
+                                    or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
     batching = Batching(max_batch, batch_interval, idle_timeout)
     if batch_interval is None and idle_timeout is None and getattr(source, "follow", False):
         raise ValueError("a followed source cut by size only (batch_interval=None) needs idle_timeout: "

@@ -157,7 +157,7 @@ def _check_finite_rows(values: np.ndarray, where: Callable[[int], str], tokens: 
 def _convert_csv(src, f, x_key, y_key, label_column, delimiter, has_header, chunk_rows, directory):
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         raise ValueError(f"the CSV delimiter must be one character, got {delimiter!r}")
-    with open(src, newline="", encoding="utf-8", errors="replace") as fh:
+    with open(src, newline="", encoding="utf-8-sig", errors="replace") as fh:
         reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=True)
         header: list[str] | None = None
         ncols = label = None
@@ -197,7 +197,10 @@ def _convert_csv(src, f, x_key, y_key, label_column, delimiter, has_header, chun
                         header = [tok.strip() for tok in fields]
                     label = _resolve_label(src, label_column, ncols, header, default_last=True)
                     if ncols - (label is not None) < 1:
-                        raise ValueError(f"{src}: no feature columns (only the label column)")
+                        other = next((c for c in ";\t|" if c in fields[0] and c != delimiter), None)
+                        hint = (f"; the lines hold {other!r}: is that the delimiter? (delimiter, --delimiter)"
+                                if other else "")
+                        raise ValueError(f"{src}: no feature columns (only the label column){hint}")
                     writer = _RowWriter(f, x_key, ncols - (label is not None), np.float64)
                     if label is not None:
                         if y_key is None:
@@ -302,6 +305,9 @@ def _convert_arrays(src, fmt, f, x_key, y_key, label_column, chunk_rows, directo
                 X = np.load(src, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as exc:
                 raise ValueError(f"{src}: not a readable .npy file ({exc})") from None
+            if not isinstance(X, np.ndarray):  # np.load opens a .npz archive too
+                X.close()
+                raise ValueError(f"{src}: a .npz archive, not a .npy file: give the format npz (--format npz)")
             name, Y = "array", None
         else:
             try:
@@ -382,7 +388,7 @@ def _convert_libsvm(src, f, x_key, y_key, chunk_rows, n_features, zero_based, di
         b_data.clear(), b_idx.clear(), b_ptr.clear(), b_y.clear()
 
     try:
-        with open(src, encoding="utf-8", errors="replace") as fh:
+        with open(src, encoding="utf-8-sig", errors="replace") as fh:
             for ln, line in enumerate(fh, 1):
                 toks = line.split("#", 1)[0].split()
                 if not toks:
@@ -487,7 +493,7 @@ def _convert_hashed(src, fmt, f, x_key, y_key, label_column, chunk_rows, n_bits,
             sink.append(y)
 
     try:
-        with open(src, encoding="utf-8", errors="replace") as fh:
+        with open(src, encoding="utf-8-sig", errors="replace") as fh:
             line_no = 1
             while lines := list(itertools.islice(fh, chunk_rows)):
                 flush(lines, line_no)
@@ -547,14 +553,20 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
     """
     import h5py
 
-    from drizzle_ml.data import read_targets
+    from drizzle_ml.data import check_targets, read_targets
     from drizzle_ml.parquet import pyarrow_parquet
 
     pq = pyarrow_parquet()
     import pyarrow as pa
 
     shown = source or h5_path
-    with h5py.File(h5_path, "r") as f:
+    if not h5py.is_hdf5(h5_path):
+        raise ValueError(f"{shown}: not an HDF5 file")
+    try:
+        h5 = h5py.File(h5_path, "r")
+    except OSError as exc:
+        raise OSError(f"cannot read {shown}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    with h5 as f:
         if x_key not in f:
             raise ValueError(f"{shown} has no {x_key!r} (keys: {', '.join(sorted(f.keys())) or 'none'})")
         node = f[x_key]
@@ -563,6 +575,7 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
                              "zero: keep it in HDF5")
         if node.ndim != 2:
             raise ValueError(f"{shown}: {x_key!r} must be 2-D (rows, features), got shape {node.shape}")
+        _check_numeric(shown, x_key, node)
         n, d = (int(v) for v in node.shape)
         names = None
         stored = f.attrs.get("feature_names")
@@ -577,6 +590,8 @@ def _write_parquet(h5_path: str, dst: str, x_key: str, y_key: str | None, chunk_
         ynode = f[y_key] if y_key is not None and y_key in f else None
         if ynode is not None and (not isinstance(ynode, h5py.Dataset) or ynode.shape != (n,)):
             raise ValueError(f"{shown}: {y_key!r} must have shape ({n},) like {x_key!r} rows")
+        if ynode is not None:
+            check_targets(ynode, n, shown, x_key, y_key)
         if ynode is not None and y_key in names:
             raise ValueError(f"{shown}: a feature column is named {y_key!r}, the name the target column takes; "
                              "give the target another name (y_key, --y-key)")
@@ -679,6 +694,8 @@ def convert(
     src_s = os.fspath(src)
     if not os.path.exists(src_s):
         raise FileNotFoundError(f"{src_s}: no such file")
+    if not (os.path.isfile(src_s) or os.path.isdir(src_s)):  # reading a FIFO would wait for a writer
+        raise ValueError(f"{src_s} is not a regular file (a FIFO or a device): give a file to convert")
     fmt = _infer_format(src_s, fmt)
     if hash_features is not None:
         check_n_bits(hash_features, "hash_features")

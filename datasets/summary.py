@@ -33,6 +33,8 @@ def describe(path: str | os.PathLike, *, x_key: str = "X", y_key: str | None = "
     """
     import h5py
 
+    from drizzle_ml.data import check_targets, csr_shape
+
     path_s = os.fspath(path)
     if not os.path.exists(path_s):
         raise FileNotFoundError(f"{path_s}: no such file")
@@ -48,9 +50,7 @@ def describe(path: str | os.PathLike, *, x_key: str = "X", y_key: str | None = "
             rows, features = (int(s) for s in node.shape)
             sparse, dtype, nnz = False, node.dtype, rows * features
         else:
-            if not {"data", "indices", "indptr"} <= set(node.keys()) or "shape" not in node.attrs:
-                raise ValueError(f"{path_s}: group {x_key!r} is not a CSR matrix (data, indices, indptr, shape)")
-            rows, features = (int(s) for s in node.attrs["shape"])
+            rows, features = csr_shape(node, path_s, x_key)
             sparse, dtype, nnz = True, node["data"].dtype, int(node["data"].shape[0])
         out: dict[str, Any] = {
             "path": path_s,
@@ -63,8 +63,8 @@ def describe(path: str | os.PathLike, *, x_key: str = "X", y_key: str | None = "
             "attributes": {k: _python(v) for k, v in f.attrs.items()},
             "y": None,
         }
-        if y_key is not None and y_key in f and isinstance(f[y_key], h5py.Dataset):
-            out["y"] = _describe_y(f[y_key], y_key)
+        if y_key is not None and y_key in f:
+            out["y"] = _describe_y(check_targets(f[y_key], rows, path_s, x_key, y_key), y_key)
     return out
 
 
@@ -113,8 +113,8 @@ def _describe_y(dset: Any, key: str) -> dict[str, Any]:
         lo_v, hi_v, total = math.inf, -math.inf, 0.0
         for lo in range(0, n, step):
             part = np.asarray(dset[lo : lo + step], dtype=np.float64)
-            if part.size:
-                lo_v, hi_v, total = min(lo_v, part.min()), max(hi_v, part.max()), total + part.sum()
+            if part.size:  # np.minimum keeps a NaN, which the builtin min drops
+                lo_v, hi_v, total = np.minimum(lo_v, part.min()), np.maximum(hi_v, part.max()), total + part.sum()
         info["min"], info["max"] = float(lo_v), float(hi_v)
         info["mean"] = float(total / n) if n else math.nan
     return info

@@ -278,12 +278,8 @@ class HDF5Dataset(FileDataset):
                 if y_key is not None:
                     if y_key not in f:
                         raise KeyError(f"{self.path} has no dataset {y_key!r} (keys: {sorted(f.keys())})")
-                    if f[y_key].shape[:1] != (self.n_rows,):
-                        raise ValueError(
-                            f"{self.path}: {y_key!r} has {f[y_key].shape[0] if f[y_key].shape else 0} "
-                            f"rows but {x_key!r} has {self.n_rows}"
-                        )
-                    self.y_shape, self.y_dtype = tuple(f[y_key].shape), np.dtype(f[y_key].dtype)
+                    node = check_targets(f[y_key], self.n_rows, self.path, x_key, y_key)
+                    self.y_shape, self.y_dtype = tuple(node.shape), np.dtype(node.dtype)
         except OSError as exc:
             raise OSError(f"cannot read HDF5 file {self.path}: {exc}") from None
         stat = os.stat(self.path)
@@ -312,6 +308,22 @@ class HDF5Dataset(FileDataset):
         return spec, []
 
 
+def check_targets(node: Any, n_rows: int, path: str, x_key: str, y_key: str) -> Any:
+    """The HDF5 targets ``node``: a dataset of numbers or text with a row for each of the ``n_rows`` of ``x_key``."""
+    import h5py
+
+    if not isinstance(node, h5py.Dataset):
+        raise ValueError(f"{path}: {y_key!r} is a group, not a dataset of targets")
+    if not node.shape:
+        raise ValueError(f"{path}: {y_key!r} is a single value (shape ()), not a target for each of the "
+                         f"{n_rows} rows of {x_key!r}")
+    if node.shape[0] != n_rows:
+        raise ValueError(f"{path}: {y_key!r} has {node.shape[0]} rows but {x_key!r} has {n_rows}")
+    if node.dtype.kind not in "biufS" and h5py.check_string_dtype(node.dtype) is None:
+        raise ValueError(f"{path}: {y_key!r} has dtype {node.dtype}; targets must be numbers or text labels")
+    return node
+
+
 def read_targets(node: Any, lo: int, hi: int) -> np.ndarray:
     """Rows ``lo:hi`` of an HDF5 targets dataset; text labels come back as ``str``, not bytes."""
     import h5py
@@ -330,10 +342,18 @@ def _h5_shape(f: Any, key: str, path: str) -> tuple[int, int]:
         if len(node.shape) != 2:
             raise ValueError(f"{path}: {key!r} must be 2-D (rows, features), got shape {node.shape}")
         return int(node.shape[0]), int(node.shape[1])
+    return csr_shape(node, path, key)
+
+
+def csr_shape(node: Any, path: str, key: str) -> tuple[int, int]:
+    """``(rows, columns)`` of the CSR group ``node``: its arrays and its ``shape`` attribute, checked."""
     if not {"data", "indices", "indptr"} <= set(node.keys()) or "shape" not in node.attrs:
         raise ValueError(f"{path}: group {key!r} is not a CSR matrix (data, indices, indptr, shape)")
-    shape = tuple(int(s) for s in node.attrs["shape"])
-    return shape[0], shape[1]
+    shape = np.asarray(node.attrs["shape"])
+    if shape.shape != (2,) or shape.dtype.kind not in "iu" or (shape < 0).any():
+        raise ValueError(f"{path}: group {key!r} has the shape attribute {shape.tolist()!r}; a CSR matrix's "
+                         "shape is two non-negative integers (rows, columns)")
+    return int(shape[0]), int(shape[1])
 
 
 def read_csr_rows(node: Any, lo: int, hi: int, path: str, key: str) -> sp.csr_matrix:

@@ -238,7 +238,7 @@ def iter_hashed_rows(path: str, hashing: dict[str, Any], chunk_rows: int = CHUNK
 
     hasher = LineHasher(hashing["n_bits"], hashing["format"], has_label=hashing.get("label", True),
                         alternate_sign=hashing.get("alternate_sign", True))
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         first = 1
         while lines := list(itertools.islice(fh, chunk_rows)):
             def fail(i: int, reason: str, first: int = first) -> None:

@@ -127,12 +127,14 @@ class TrainingReport:
                 count += len(yc)
             self.metrics["training_accuracy"] = right / max(count, 1)
         else:
-            ss_res, y_sum, y_sq, count = 0.0, 0.0, 0.0, 0
+            ss_res, y_sum, y_sq, count = 0.0, 0.0, 0.0, 0  # per target: a 2-D y has several
             for Xc, yc in iter_rows(X, with_targets=True):
-                ss_res += float(np.sum((estimator.predict(Xc) - yc) ** 2))
-                y_sum, y_sq, count = y_sum + float(np.sum(yc)), y_sq + float(np.sum(yc * yc)), count + len(yc)
+                yc = yc.astype(np.float64)
+                ss_res = ss_res + np.sum((estimator.predict(Xc) - yc) ** 2, axis=0)
+                y_sum, y_sq, count = y_sum + np.sum(yc, axis=0), y_sq + np.sum(yc * yc, axis=0), count + len(yc)
             ss_tot = y_sq - y_sum * y_sum / max(count, 1)
-            self.metrics["training_r2"] = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+            r2 = 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, np.nan)  # as scikit-learn's score: the targets' mean
+            self.metrics["training_r2"] = float(np.mean(r2))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

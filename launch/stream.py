@@ -9,6 +9,7 @@ model with the stream's offsets, and saves the final model.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -122,8 +123,10 @@ def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
     from drizzle_ml.streams import parse_source
 
     check_recovery_arguments(args)
-    if args.max_batch < 1:
-        raise CLIError(f"--max-batch must be at least 1, got {args.max_batch}")
+    for option, value in (("--max-batch", args.max_batch), ("--max-batches", args.max_batches),
+                          ("--n-features", args.n_features)):
+        if value is not None and value < 1:
+            raise CLIError(f"{option} must be at least 1, got {value}")
     try:
         source = parse_source(args.source)
     except ValueError as exc:
@@ -148,6 +151,7 @@ def check_stream_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError("--algorithm logistic needs --classes (every label the stream will have, e.g. 0,1)")
     if args.classes and args.algorithm != "logistic":
         raise CLIError("--classes applies to --algorithm logistic only")
+    _classes(args.classes)
     if args.serve is not None:
         _host_port(args.serve)
     serve_limits(args)
@@ -221,9 +225,12 @@ def _classes(text: str | None) -> list[float] | None:
     if not text:
         return None
     try:
-        return [float(c) for c in text.split(",") if c.strip()]
+        values = [float(c) for c in text.split(",") if c.strip()]
     except ValueError:
-        raise CLIError(f"--classes must be numbers separated by commas, got {text!r}") from None
+        values = None
+    if values is None or not all(map(math.isfinite, values)):
+        raise CLIError(f"--classes must be numbers separated by commas, got {text!r}")
+    return values
 
 
 def run_stream(args: argparse.Namespace) -> int:

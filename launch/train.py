@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -116,6 +117,10 @@ def check_recovery_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--max-restarts must be at least 0, got {args.max_restarts}")
     if args.min_workers is not None and not 1 <= args.min_workers <= args.workers:
         raise CLIError(f"--min-workers must be between 1 and --workers ({args.workers}), got {args.min_workers}")
+    try:
+        shlex.split(args.mpiexec_args)
+    except ValueError as exc:  # an unclosed quote
+        raise CLIError(f"--mpiexec-args {args.mpiexec_args!r}: {exc}") from None
 
 
 def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,7 +151,8 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
                                f"of .parquet files); convert it first with "
                                f"'drizzle-ml datasets convert {args.data} -o DATA.h5'{hint}")
             # Before any process starts: a thousand workers for three rows would start them all first.
-            n_rows = open_hdf5(args.data, args.x_key or "X", None).n_rows
+            y_key = (args.y_key or "y") if args.algorithm in SUPERVISED else None
+            n_rows = open_hdf5(args.data, args.x_key or "X", y_key).n_rows
         workers = getattr(args, "workers", None)
         if workers is not None and n_rows < workers:
             raise CLIError(f"{args.data} has {n_rows} row{'s' if n_rows != 1 else ''}, fewer than the "

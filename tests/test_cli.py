@@ -151,6 +151,21 @@ def test_kmeans_and_linear_from_made_datasets(tmp_path):
     assert 0.9 < r2 <= 1.0
 
 
+def test_training_r2_of_several_targets_is_their_mean_as_in_scikit_learn(tmp_path):
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    Y = np.column_stack([X @ [1.0, 2.0, 0.0], (X[:, 0] > 0).astype(int)]) + rng.normal(scale=0.5, size=(200, 2))
+    data = write_h5(tmp_path / "two.h5", X, Y)
+    ok(drizzle("train", "--algorithm", "linear", "--data", data, "--workers", "2", "-o", str(tmp_path / "m.h5"),
+               "--report", str(tmp_path / "r.json"), "--quiet"))
+    from drizzle_ml.algorithms.persist import load_model
+
+    expected = r2_score(Y, load_model(str(tmp_path / "m.h5")).predict(X))
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["training_r2"] == pytest.approx(expected)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
 def test_plot_is_written(tmp_path):
     ok(drizzle("train", "--workers", "1", "--plot", str(tmp_path / "p.png"), "--quiet"))
@@ -285,6 +300,13 @@ def test_mpiexec_args_pass_through():
 
     proc = ok(drizzle("train", "--workers", "1", "--quiet", f"--mpiexec-args=-hosts {socket.gethostname()}"))
     assert "done:" in proc.stdout
+
+
+def test_an_unclosed_quote_in_mpiexec_args_is_one_line(tmp_path):
+    for command in (["train"], ["stream", "--source", f"file:{tmp_path / 's.csv'}", "--algorithm", "pca"]):
+        proc = run_cli(*command, "--mpiexec-args=-hosts 'a")
+        assert (proc.returncode, proc.stderr) == (2, "drizzle-ml: error: --mpiexec-args \"-hosts 'a\": "
+                                                     "No closing quotation\n")
 
 
 def test_progress_bar_on_a_terminal_and_lines_otherwise():
@@ -555,6 +577,35 @@ def test_integer_and_boolean_x_train_as_in_python(tmp_path, dtype):
 def test_x_without_columns_is_one_line(tmp_path):
     data = write_h5(tmp_path / "z.h5", np.zeros((30, 0)), np.arange(30) % 2)
     _refused(drizzle("train", "--data", data, "--workers", "1"), f"{data}: 'X' has 0 columns")
+
+
+def test_targets_and_csr_shapes_that_cannot_be_read_are_one_line_before_any_process_starts(tmp_path, linked_data):
+    X = np.ones((20, 2))
+    files = {name: tmp_path / f"{name}.h5" for name in ("group", "scalar", "complex", "csr")}
+    with h5py.File(files["group"], "w") as f:
+        f["X"] = X
+        f.create_group("y")
+    write_h5(files["scalar"], X, np.float64(1))
+    write_h5(files["complex"], X, np.arange(20) + 1j)
+    with h5py.File(files["csr"], "w") as f:
+        group = f.create_group("X")
+        group["data"], group["indices"], group["indptr"] = np.ones(20), np.zeros(20, np.int32), np.arange(21)
+        group.attrs["shape"] = [20]
+        f["y"] = np.arange(20) % 2
+    messages = {
+        "group": "'y' is a group, not a dataset of targets",
+        "scalar": "'y' is a single value (shape ()), not a target for each of the 20 rows of 'X'",
+        "complex": "'y' has dtype complex128; targets must be numbers or text labels",
+        "csr": "group 'X' has the shape attribute [20]; a CSR matrix's shape is two non-negative integers "
+               "(rows, columns)",
+    }
+    for name, path in files.items():
+        expected = f"drizzle-ml: error: {path}: {messages[name]}\n"
+        for proc in (run_cli("train", "--data", str(path), "--workers", "1"), run_cli("datasets", "info", str(path))):
+            assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", expected)
+    proc = run_cli("predict", "--model", str(linked_data / "m.h5"), "--data", str(files["csr"]), "-o",
+                   str(tmp_path / "p.npy"))
+    assert (proc.returncode, proc.stderr) == (2, f"drizzle-ml: error: {files['csr']}: {messages['csr']}\n")
 
 
 def test_an_mpiexec_that_runs_nothing_is_an_error_not_success():

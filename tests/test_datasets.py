@@ -207,6 +207,8 @@ def test_csv_no_label_and_blank_lines(tmp_path):
     ("a,b\n1,2\n", {"label_column": "target"}, "no column named 'target' (columns: a, b)"),
     ("1,2\n", {"label_column": 5}, "label column 5 is out of range for 2 columns"),
     ("1\n2\n", {}, "data.csv: no feature columns"),
+    ("1;2;3\n4;5;6\n", {}, "data.csv: no feature columns (only the label column); the lines hold ';': is that the "
+                          "delimiter? (delimiter, --delimiter)"),
 ])
 def test_csv_errors_name_the_file_and_line(tmp_path, text, kwargs, message):
     src = tmp_path / "data.csv"
@@ -238,6 +240,31 @@ def test_common_errors(tmp_path):
     assert leftovers(tmp_path) == []
     with pytest.raises(ValueError, match="n_features applies to LIBSVM input only"):
         convert(tmp_path / "data.dat", tmp_path / "p.h5", fmt="csv", n_features=3)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "rows.csv").write_text(bom + "1,2,0\n3,4,1\n", encoding="utf-8")
+    convert(tmp_path / "rows.csv", tmp_path / "rows.h5")
+    X, y = read(tmp_path / "rows.h5")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])  # the first row is data, not a header
+    np.testing.assert_array_equal(y, [0, 1])
+    (tmp_path / "named.csv").write_text(bom + "a,b,label\n1,2,0\n", encoding="utf-8")
+    convert(tmp_path / "named.csv", tmp_path / "named.h5", label_column="label")
+    assert describe(tmp_path / "named.h5")["attributes"]["feature_names"] == '["a", "b"]'
+    (tmp_path / "rows.svm").write_text(bom + "1 1:2.5\n0 2:1\n", encoding="utf-8")
+    convert(tmp_path / "rows.svm", tmp_path / "svm.h5")
+    X, y = read(tmp_path / "svm.h5")
+    np.testing.assert_array_equal(X.toarray(), [[2.5, 0], [0, 1]])
+    np.testing.assert_array_equal(y, [1, 0])
+
+
+def test_a_fifo_to_convert_is_an_error_not_a_hang(tmp_path):
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError) as exc:
+        convert(fifo, tmp_path / "o.h5")
+    assert str(exc.value) == f"{fifo} is not a regular file (a FIFO or a device): give a file to convert"
 
 
 # --------------------------------------------------------------------------- convert: NPY, NPZ
@@ -302,6 +329,10 @@ def test_array_errors(tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
     with pytest.raises(ValueError, match="empty.npy: no data rows"):
         convert(tmp_path / "empty.npy", tmp_path / "o.h5")
+    with pytest.raises(ValueError) as exc:
+        convert(tmp_path / "d.npz", tmp_path / "o.h5", fmt="npy")
+    assert str(exc.value) == f"{tmp_path / 'd.npz'}: a .npz archive, not a .npy file: give the format npz " \
+                             "(--format npz)"
     assert not (tmp_path / "o.h5").exists() and leftovers(tmp_path) == []
 
 
@@ -399,6 +430,18 @@ def test_describe(tmp_path):
     (tmp_path / "t.h5").write_text("text")
     with pytest.raises(ValueError, match="t.h5: not an HDF5 file"):
         describe(tmp_path / "t.h5")
+
+
+def test_describe_reports_nan_targets_and_refuses_targets_that_do_not_fit_x(tmp_path):
+    with h5py.File(tmp_path / "nan.h5", "w") as f:
+        f["X"], f["y"] = np.ones((3, 2)), [1.0, np.nan, 2.0]
+    y = describe(tmp_path / "nan.h5")["y"]
+    assert np.isnan(y["min"]) and np.isnan(y["max"]) and np.isnan(y["mean"])
+    with h5py.File(tmp_path / "long.h5", "w") as f:
+        f["X"], f["y"] = np.ones((3, 2)), np.arange(4)
+    with pytest.raises(ValueError) as exc:
+        describe(tmp_path / "long.h5")
+    assert str(exc.value) == f"{tmp_path / 'long.h5'}: 'y' has 4 rows but 'X' has 3"
 
 
 def test_files_name_the_public_function_that_made_them(tmp_path):

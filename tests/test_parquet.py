@@ -361,3 +361,24 @@ def test_convert_round_trips(several_files, tmp_path):
                "--label-column", "kind"))
     with h5py.File(tmp_path / "l.h5") as f:
         assert np.array_equal(f["X"][:], X[:6, [1, 3]]) and f["y"].asstr()[:].tolist() == ["a", "b", "c"] * 2
+
+
+def test_hdf5_that_parquet_cannot_hold_is_a_one_line_error(tmp_path):
+    (tmp_path / "text.h5").write_text("not HDF5\n")
+    with h5py.File(tmp_path / "whole.h5", "w") as f:
+        f["X"] = np.ones((40, 2))
+    (tmp_path / "cut.h5").write_bytes((tmp_path / "whole.h5").read_bytes()[:1000])
+    with h5py.File(tmp_path / "complex.h5", "w") as f:
+        f["X"] = np.ones((3, 2)) + 1j
+    with h5py.File(tmp_path / "ycomplex.h5", "w") as f:
+        f["X"], f["y"] = np.ones((3, 2)), np.ones(3) + 1j
+    for name, message in [
+        ("text.h5", "{path}: not an HDF5 file"),
+        ("cut.h5", "cannot read {path}: Unable to synchronously open file (truncated file: eof = 1000"),
+        ("complex.h5", "{path}: array 'X' has non-numeric dtype complex128"),
+        ("ycomplex.h5", "{path}: 'y' has dtype complex128; targets must be numbers or text labels"),
+    ]:
+        path = tmp_path / name
+        proc = run_cli("datasets", "convert", str(path), "-o", str(tmp_path / "out.parquet"))
+        assert proc.returncode == 2 and proc.stderr.startswith(f"drizzle-ml: error: {message.format(path=path)}")
+        assert proc.stderr.count("\n") == 1 and not (tmp_path / "out.parquet").exists()

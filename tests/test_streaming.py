@@ -186,6 +186,31 @@ def test_bad_sources_are_clear_errors(tmp_path):
         peek_n_features(dm.TCPSource("127.0.0.1", 1), RecordFormat())
 
 
+def test_bad_stream_sizes_classes_and_missing_sources_are_refused_before_any_work(tmp_path):
+    from .conftest import run_cli
+
+    path = tmp_path / "s.csv"
+    path.write_text("1,2,0\n")
+    for kwargs, message in [({"n_features": 0}, "n_features must be a positive integer or None, got 0"),
+                            ({"max_batches": 0}, "max_batches must be a positive integer or None, got 0"),
+                            ({"classes": [0, np.nan]}, "classes must be finite numbers, got [0.0, nan]")]:
+        with pytest.raises(ValueError) as exc:
+            dm.stream_fit(dm.LogisticRegression(n_workers=1), dm.FileSource(str(path), follow=False),
+                          **{"classes": [0, 1], **kwargs})
+        assert str(exc.value) == message
+    for source, name in [(dm.FileSource(str(tmp_path / "none.csv")), "file"),
+                         (dm.DirectorySource(str(tmp_path / "none")), "directory")]:
+        with pytest.raises(StreamError) as exc:
+            peek_n_features(source, RecordFormat())
+        assert str(exc.value) == f"stream {name} {source.path} does not exist"
+    for extra, message in [(["--classes", "0,nan"], "--classes must be numbers separated by commas, got '0,nan'"),
+                           (["--classes", "a,b"], "--classes must be numbers separated by commas, got 'a,b'"),
+                           (["--classes", "0,1", "--n-features", "0"], "--n-features must be at least 1, got 0"),
+                           (["--classes", "0,1", "--max-batches", "0"], "--max-batches must be at least 1, got 0")]:
+        proc = run_cli("stream", "--source", f"file:{path}", "--algorithm", "logistic", *extra)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"drizzle-ml: error: {message}\n")
+
+
 # -- online programs ------------------------------------------------------------------------------
 def test_online_linear_step_is_the_documented_sgd_step():
     rng = np.random.default_rng(0)

@@ -92,10 +92,13 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lin
             raise StreamError("the iterable source is empty")
         return len(_flatten(source.items[0], fmt.has_target)) - int(fmt.has_target)
     if isinstance(source, FileSource):
-        paths = [source.path] if os.path.isfile(source.path) else []
+        if not os.path.isfile(source.path):
+            raise StreamError(f"stream file {source.path} does not exist")
+        paths = [source.path]
     elif isinstance(source, DirectorySource):
-        names = sorted(n for n in os.listdir(source.path) if not n.startswith(".") and not n.endswith(".tmp")) \
-            if os.path.isdir(source.path) else []
+        if not os.path.isdir(source.path):
+            raise StreamError(f"stream directory {source.path} does not exist")
+        names = sorted(n for n in os.listdir(source.path) if not n.startswith(".") and not n.endswith(".tmp"))
         paths = [os.path.join(source.path, n) for n in names]
     else:
         raise StreamError(f"the number of features of {source.describe()} must be given (n_features): "

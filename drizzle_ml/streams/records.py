@@ -60,6 +60,8 @@ class RecordFormat:
             raise ValueError(f"n_features must be a positive integer or None, got {self.n_features!r}")
         if self.classes is not None:
             self.classes = np.asarray(self.classes, dtype=np.float64)
+            if not np.isfinite(self.classes).all():
+                raise ValueError(f"classes must be finite numbers, got {self.classes.tolist()}")
 
     @property
     def width(self) -> int | None:
