@@ -130,6 +130,10 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     if params.get("learning_rate") is not None and params.get("solver") != "gd":
         raise CLIError("--learning-rate is the step of --solver gd; other solvers choose their own steps")
     check_estimator_params(args.algorithm, params)
+    if args.y_key is not None and args.algorithm not in SUPERVISED:
+        supervised = [name for name in BY_CLI if name in SUPERVISED]
+        raise CLIError(f"--y-key does not apply to --algorithm {args.algorithm}, which has no targets "
+                       f"(it applies to {', '.join(supervised)})")
     if check_hashing(args, HASHED_ALGORITHMS) is not None:
         check_output_paths({"-o/--output": args.output, "--report": args.report, "--plot": args.plot},
                            {"--data": args.data}, {})

@@ -210,6 +210,9 @@ def bad_files(tmp_path):
         ("ok", ["--alpha", "1"],
          "--alpha does not apply to --algorithm logistic (it applies to ridge, lasso, elasticnet)"),
         ("ok", ["--workers", "0"], "--workers must be at least 1, got 0"),
+        ("ok", ["--algorithm", "pca", "--y-key", "y"],
+         "--y-key does not apply to --algorithm pca, which has no targets "
+         "(it applies to logistic, linear, ridge, lasso, elasticnet)"),
         ("ok", ["--C", "-1"], "The 'C' parameter of LogisticRegression must be a float in the range (0.0, inf]. "
                               "Got -1.0 instead."),
         ("ok", ["--algorithm", "kmeans", "--n-clusters", "0"],
