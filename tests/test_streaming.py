@@ -92,6 +92,17 @@ def test_file_offsets_resume_where_they_left_off_and_partial_lines_wait(tmp_path
     assert rows.tolist() == [[5, 6], [7, 8]] and ends == {"p0": os.path.getsize(path)}
 
 
+@pytest.mark.parametrize("n_partitions,block", [(1, None), (2, 8)])
+def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path, n_partitions, block):
+    path = tmp_path / "s.csv"
+    path.write_bytes(b"\xef\xbb\xbf1,2\n3,4\n5,6\n")  # as an editor that saves "UTF-8 with BOM" writes it
+    rows, bad, ends = read_all(dm.FileSource(str(path), follow=False, block_size=block), RecordFormat("csv", 2),
+                               n_partitions)
+    assert bad == 0 and same_rows(rows, np.array([[1.0, 2], [3, 4], [5, 6]]))
+    assert max(ends.values()) == os.path.getsize(path)
+    assert peek_n_features(dm.FileSource(str(path)), RecordFormat("csv", None)) == 2
+
+
 def test_malformed_records_are_skipped_and_counted_or_fail_with_the_offset(tmp_path):
     X = np.arange(20.0).reshape(10, 2)
     path = tmp_path / "s.csv"

@@ -38,7 +38,7 @@ from .file import FileSource
 from .hdf5 import HDF5Source
 from .iterable import IterableSource, _flatten
 from .parquet import ParquetSource
-from .records import FORMATS, ON_ERROR, RecordFormat, StreamError, first_lines, too_long
+from .records import BOM, FORMATS, ON_ERROR, RecordFormat, StreamError, first_lines, too_long
 from .tcp import TCPSource
 
 __all__ = [
@@ -106,7 +106,7 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lin
     counts: Counter = Counter()
     for path in paths:
         with open(path, "rb") as f:
-            head = f.read(limit)
+            head = f.read(limit).removeprefix(BOM)
         for line in head.split(b"\n")[:-1]:  # complete lines only
             if sum(counts.values()) >= lines:
                 break

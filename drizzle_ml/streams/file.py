@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Chunk, PartitionReader, Source, _Arrivals
-from .records import RecordFormat, StreamError, first_lines, too_long
+from .records import BOM, RecordFormat, StreamError, first_lines, too_long
 
 
 class _TextFileReader(PartitionReader):
@@ -71,6 +71,8 @@ class _TextFileReader(PartitionReader):
         block_end = (None if self.block_size is None
                      else (start // self.block_size + 1) * self.block_size)
         data = os.pread(self.fd, min(self.chunk_bytes, size - start), start)
+        if start == 0 and data.startswith(BOM):  # an editor's mark, not part of the first record
+            start, data = len(BOM), data[len(BOM):]
         # Lines starting before the block's end are ours; keep complete ones only.
         take = data if block_end is None else data[: max(block_end - start, 0)]
         cut = take.rfind(b"\n") + 1 if take else 0

@@ -13,6 +13,7 @@ from ..hashing import LINE_FORMATS, LineHasher, check_n_bits
 
 FORMATS = ("csv", "json", *LINE_FORMATS)
 ON_ERROR = ("skip", "fail")
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors put at a text file's start
 
 
 class StreamError(ValueError):
