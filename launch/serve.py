@@ -312,6 +312,16 @@ def rows_of_numbers(X: Any) -> np.ndarray:
     return arr
 
 
+def _finite_number(value: Any) -> bool:
+    """A JSON number that is a finite float (an integer beyond float's range is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int of 309 digits or more
+        return False
+
+
 def sparse_rows(X: list, width: int) -> sp.csr_matrix:
     """``X`` of sparse rows, ``{"indices": [...], "values": [...]}`` each, as a CSR matrix ``width`` wide.
 
@@ -329,7 +339,7 @@ def sparse_rows(X: list, width: int) -> sp.csr_matrix:
         if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < width for i in idx):
             raise RequestError(400, f"\"X\" row {r}: \"indices\" must be integers in 0..{width - 1} "
                                     "(the model's columns)")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in val):
+        if not all(map(_finite_number, val)):
             raise RequestError(400, f"\"X\" row {r}: \"values\" must be finite numbers")
         indices.extend(idx)
         values.extend(val)

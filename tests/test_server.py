@@ -192,6 +192,10 @@ def test_answers_and_refusals(stream):
     with stream.connect() as sock:
         sock.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: -5\r\n\r\n")
         assert read_answer(sock)[0] == 400
+    # A sparse row's value beyond float's range is the client's mistake, not an internal error.
+    huge = b'{"X": [{"indices": [0], "values": [1' + b"0" * 400 + b']}]}'
+    assert stream.request("POST", "/predict", huge) == (400, {"error": '"X" row 0: "values" must be finite numbers'})
+    assert not any("internal error" in line for line in stream.err), "".join(stream.err)
 
 
 def test_keep_alive_and_expect_continue(stream):
