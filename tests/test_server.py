@@ -370,6 +370,8 @@ def test_serve_options_are_checked():
                            (["--serve", "0", "--serve-threads", "0"], "--serve-threads must be between 1 and"),
                            (["--serve", "0", "--serve-max-body", "lots"], "must be bytes like"),
                            (["--serve", "0", "--serve-timeout", "0"], "must be positive seconds"),
+                           (["--serve", "0", "--serve-timeout", "nan"], "must be positive seconds, got 'nan'"),
+                           (["--serve", "0", "--serve-timeout", "inf"], "must be positive seconds, got 'inf'"),
                            (["--serve", "host:port"], "--serve must look like HOST:PORT or PORT")]:
         proc = run_cli("stream", "--source", "file:/nonexistent.csv", "--algorithm", "pca", *extra)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
