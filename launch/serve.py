@@ -531,7 +531,8 @@ class _Server:
                                     linger=unread, head_only=method == "HEAD")
         if method != "POST":
             return await self._send(reader, writer, 405, {"error": "use POST /predict"}, extra=("Allow: POST",),
-                                    keep_alive=keep_alive and not length, linger=bool(length))
+                                    keep_alive=keep_alive and not length, linger=bool(length),
+                                    head_only=method == "HEAD")
         if length is None:
             return await self._send(reader, writer, 411, {"error": "POST /predict needs a Content-Length"},
                                     keep_alive=False, linger=True)

@@ -213,6 +213,13 @@ def test_keep_alive_and_expect_continue(stream):
         assert sock.recv(25).startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(body)
         assert read_answer(sock)[0] == 200
+    with stream.connect() as sock:  # an answer to HEAD has no body, or the next answer would start inside it
+        sock.sendall(b"HEAD /predict HTTP/1.1\r\n\r\nGET /model HTTP/1.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 405 ") and rest.startswith(b"HTTP/1.1 200 OK\r\n"), data
 
 
 def test_oversized_body_is_refused_before_it_is_read(stream):
