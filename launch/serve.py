@@ -268,7 +268,9 @@ class RequestError(Exception):
         self.status = status
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A string, or an unterminated one up to the end: a search that failed on an unterminated string would
+# start again at every quote inside it, quadratic in the body (a few MB of \" would take hours).
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
 _INNERMOST = re.compile(rb"\[\]|\{\}")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 

@@ -261,6 +261,11 @@ def test_deep_json_is_refused_without_a_traceback(stream):
     assert stream.request("POST", "/predict", body) == (400, {"error": "the JSON nests deeper than 32 levels"})
     assert stream.request("POST", "/predict", b'{"X": [[1, 2]], "a": "' + b"[" * 1000 + b'"}')[0] == 200
     assert not any("Traceback" in line for line in stream.err), "".join(stream.err)
+    # An unterminated string of escaped quotes (1 MB): refused at once, not after hours with the GIL held.
+    body = b'{"X": [[1, 2]], "a": "' + b'\\"' * 500_000
+    assert stream.request("POST", "/predict", body) == (400, {"error": "the body is not JSON: Unterminated string "
+                                                                       "starting at: line 1 column 22 (char 21)"})
+    assert stream.predict()[0] == 200
 
 
 def test_idle_connections_cost_no_threads_and_new_clients_are_served(stream):
@@ -493,6 +498,8 @@ def test_json_depth_check():
     assert not json_depth_exceeds(b'{"X": "[[[[[[", "y": "\\"[[[["}', 1)  # brackets in strings do not count
     assert json_depth_exceeds(b"[" * 100_000 + b"]" * 100_000, 32)
     assert json_depth_exceeds(b"{[{[{[]}]}]}", 5) and not json_depth_exceeds(b"{[{[{[]}]}]}", 6)
+    assert json_depth_exceeds(b'{"a": "\\\\", "b": [[[]]]}', 3)  # an escaped backslash ends no string early
+    assert not json_depth_exceeds(b'{"a": "[[[[' + b'\\"' * 10, 1)  # an unterminated string: left to the parser
 
 
 def test_connections_beyond_the_limit_are_answered_503():
