@@ -268,7 +268,9 @@ class RequestError(Exception):
         self.status = status
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A string, or an unterminated one up to the end: a search that failed on an unterminated string would
+# start again at every quote inside it, quadratic in the body (a few MB of \" would take hours).
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
 _INNERMOST = re.compile(rb"\[\]|\{\}")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
@@ -312,6 +314,16 @@ def rows_of_numbers(X: Any) -> np.ndarray:
     return arr
 
 
+def _finite_number(value: Any) -> bool:
+    """A JSON number that is a finite float (an integer beyond float's range is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int of 309 digits or more
+        return False
+
+
 def sparse_rows(X: list, width: int) -> sp.csr_matrix:
     """``X`` of sparse rows, ``{"indices": [...], "values": [...]}`` each, as a CSR matrix ``width`` wide.
 
@@ -329,7 +341,7 @@ def sparse_rows(X: list, width: int) -> sp.csr_matrix:
         if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < width for i in idx):
             raise RequestError(400, f"\"X\" row {r}: \"indices\" must be integers in 0..{width - 1} "
                                     "(the model's columns)")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in val):
+        if not all(map(_finite_number, val)):
             raise RequestError(400, f"\"X\" row {r}: \"values\" must be finite numbers")
         indices.extend(idx)
         values.extend(val)
@@ -521,7 +533,8 @@ class _Server:
                                     linger=unread, head_only=method == "HEAD")
         if method != "POST":
             return await self._send(reader, writer, 405, {"error": "use POST /predict"}, extra=("Allow: POST",),
-                                    keep_alive=keep_alive and not length, linger=bool(length))
+                                    keep_alive=keep_alive and not length, linger=bool(length),
+                                    head_only=method == "HEAD")
         if length is None:
             return await self._send(reader, writer, 411, {"error": "POST /predict needs a Content-Length"},
                                     keep_alive=False, linger=True)

@@ -49,7 +49,7 @@ def _seconds_or_none(text: str) -> float | None:
 
 def _positive_seconds(text: str) -> float:
     value = _seconds_or_none(text)
-    if value is None:
+    if value is None or not math.isfinite(value):  # nan or inf would disable the timeout, or fire at once
         raise argparse.ArgumentTypeError(f"must be positive seconds, got {text!r}")
     return value
 

@@ -192,6 +192,10 @@ def test_answers_and_refusals(stream):
     with stream.connect() as sock:
         sock.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: -5\r\n\r\n")
         assert read_answer(sock)[0] == 400
+    # A sparse row's value beyond float's range is the client's mistake, not an internal error.
+    huge = b'{"X": [{"indices": [0], "values": [1' + b"0" * 400 + b']}]}'
+    assert stream.request("POST", "/predict", huge) == (400, {"error": '"X" row 0: "values" must be finite numbers'})
+    assert not any("internal error" in line for line in stream.err), "".join(stream.err)
 
 
 def test_keep_alive_and_expect_continue(stream):
@@ -209,6 +213,13 @@ def test_keep_alive_and_expect_continue(stream):
         assert sock.recv(25).startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(body)
         assert read_answer(sock)[0] == 200
+    with stream.connect() as sock:  # an answer to HEAD has no body, or the next answer would start inside it
+        sock.sendall(b"HEAD /predict HTTP/1.1\r\n\r\nGET /model HTTP/1.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 405 ") and rest.startswith(b"HTTP/1.1 200 OK\r\n"), data
 
 
 def test_oversized_body_is_refused_before_it_is_read(stream):
@@ -250,6 +261,11 @@ def test_deep_json_is_refused_without_a_traceback(stream):
     assert stream.request("POST", "/predict", body) == (400, {"error": "the JSON nests deeper than 32 levels"})
     assert stream.request("POST", "/predict", b'{"X": [[1, 2]], "a": "' + b"[" * 1000 + b'"}')[0] == 200
     assert not any("Traceback" in line for line in stream.err), "".join(stream.err)
+    # An unterminated string of escaped quotes (1 MB): refused at once, not after hours with the GIL held.
+    body = b'{"X": [[1, 2]], "a": "' + b'\\"' * 500_000
+    assert stream.request("POST", "/predict", body) == (400, {"error": "the body is not JSON: Unterminated string "
+                                                                       "starting at: line 1 column 22 (char 21)"})
+    assert stream.predict()[0] == 200
 
 
 def test_idle_connections_cost_no_threads_and_new_clients_are_served(stream):
@@ -366,6 +382,8 @@ def test_serve_options_are_checked():
                            (["--serve", "0", "--serve-threads", "0"], "--serve-threads must be between 1 and"),
                            (["--serve", "0", "--serve-max-body", "lots"], "must be bytes like"),
                            (["--serve", "0", "--serve-timeout", "0"], "must be positive seconds"),
+                           (["--serve", "0", "--serve-timeout", "nan"], "must be positive seconds, got 'nan'"),
+                           (["--serve", "0", "--serve-timeout", "inf"], "must be positive seconds, got 'inf'"),
                            (["--serve", "host:port"], "--serve must look like HOST:PORT or PORT")]:
         proc = run_cli("stream", "--source", "file:/nonexistent.csv", "--algorithm", "pca", *extra)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
@@ -480,6 +498,8 @@ def test_json_depth_check():
     assert not json_depth_exceeds(b'{"X": "[[[[[[", "y": "\\"[[[["}', 1)  # brackets in strings do not count
     assert json_depth_exceeds(b"[" * 100_000 + b"]" * 100_000, 32)
     assert json_depth_exceeds(b"{[{[{[]}]}]}", 5) and not json_depth_exceeds(b"{[{[{[]}]}]}", 6)
+    assert json_depth_exceeds(b'{"a": "\\\\", "b": [[[]]]}', 3)  # an escaped backslash ends no string early
+    assert not json_depth_exceeds(b'{"a": "[[[[' + b'\\"' * 10, 1)  # an unterminated string: left to the parser
 
 
 def test_connections_beyond_the_limit_are_answered_503():
