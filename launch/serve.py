@@ -460,10 +460,15 @@ class _Server:
         writer.close()  # flushes what is buffered; a client that never reads it is cut off later
         asyncio.get_running_loop().call_later(self.limits.timeout, writer.transport.abort)
 
-    async def _read_head(self, reader: asyncio.StreamReader, head: list[bytes]) -> None:
+    async def _read_head(self, reader: asyncio.StreamReader, head: list[bytes], begun: list[bool]) -> None:
         size = 0
         while True:
-            line = await reader.readuntil(b"\n")
+            if head:
+                line = await reader.readuntil(b"\n")
+            else:  # the request line's first byte: from then on the connection is not idle (a 408 is due)
+                first = await reader.readexactly(1)
+                begun.append(True)
+                line = first if first == b"\n" else first + await reader.readuntil(b"\n")
             if not head and line in (b"\r\n", b"\n"):  # empty lines before a request are ignored (RFC 9112)
                 continue
             size += len(line)
@@ -477,10 +482,11 @@ class _Server:
         """Answer one request; True to wait for the next on this connection."""
         limits = self.limits
         head: list[bytes] = []
+        begun: list[bool] = []
         try:
-            await asyncio.wait_for(self._read_head(reader, head), limits.timeout)
+            await asyncio.wait_for(self._read_head(reader, head, begun), limits.timeout)
         except (asyncio.TimeoutError, TimeoutError):
-            if head:
+            if begun:
                 await self._send(reader, writer, 408, {"error": f"the request headers took longer than "
                                                                 f"{limits.timeout:g} s"}, keep_alive=False)
             return False  # an idle kept-alive connection just ends

@@ -242,6 +242,8 @@ def test_slow_and_truncated_clients_are_cut_off_while_others_are_answered(stream
     since = stream.versions[-1]
     slow_head = stream.connect()
     slow_head.sendall(b"POST /predict HTTP/1.1\r\nContent-Le")  # then nothing
+    slow_line = stream.connect()
+    slow_line.sendall(b"POST /pre")  # not even the request line, then nothing: still not an idle connection
     slow_body = stream.connect()
     slow_body.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + b"{\"X\": [[1")  # then nothing
     half_closed = stream.connect()
@@ -249,7 +251,7 @@ def test_slow_and_truncated_clients_are_cut_off_while_others_are_answered(stream
     half_closed.shutdown(socket.SHUT_WR)
     answers = [stream.predict()[0] for _ in range(5)]  # meanwhile
     assert answers == [200] * 5
-    for sock, status in ((slow_head, 408), (slow_body, 408), (half_closed, 400)):
+    for sock, status in ((slow_head, 408), (slow_line, 408), (slow_body, 408), (half_closed, 400)):
         with sock:
             got, answer, closed = read_answer(sock)
             assert (got, closed) == (status, True), answer
