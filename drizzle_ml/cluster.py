@@ -537,6 +537,11 @@ def _close_all() -> None:
                 cluster._teardown()
         except Exception:
             pass
+    # A world cluster torn down just now (a rank hung, so close() timed out) registered
+    # _abort_world while atexit runs: such handlers are never called, and MPI_Finalize would
+    # then wait for the hung rank for ever. (Torn down earlier, _abort_world ran before this.)
+    if _world_cluster is not None and _world_cluster._broken is not None:
+        _abort_world()
     # The driver of an mpiexec world must release its workers even if it never
     # made a Cluster (an early error, a script that did not need one); with
     # DRIZZLE_NO_SERVE no rank serves, so there is nobody to release.

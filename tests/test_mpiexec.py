@@ -123,3 +123,16 @@ def test_world_mode_workers_use_the_drivers_timeout(tmp_path):
     code, out, err = run_mpi(3, script, tmp_path, timeout=60)
     assert code == 0, err
     assert "ERR worker" in out and "waited 1 s for the driver's task for iteration 1" in out
+
+
+def test_world_mode_worker_hung_at_exit_ends_the_job(tmp_path):
+    # The driver's exit waits for the workers' goodbyes (bounded), then must abort: MPI_Finalize
+    # would wait for the stopped rank for ever.
+    script = """
+    import os, signal, drizzle_ml
+    cluster = drizzle_ml.Cluster(timeout=2.0)
+    os.kill(cluster.workers[1].pid, signal.SIGSTOP)
+    print("bye", flush=True)
+    """
+    code, out, err = run_mpi(3, script, tmp_path, timeout=60)
+    assert code == 1 and "bye" in out, out + err  # MPI_Abort(1), within the goodbyes' timeout
