@@ -759,6 +759,8 @@ def open_job_store(root: str | os.PathLike, index: int, job_key: str, *,
     job's directory. ``store.close()`` releases it.
     """
     root = os.fspath(root)
+    if os.path.exists(root) and not os.path.isdir(root):  # else the error names job-<k>-<hash> inside it
+        raise CheckpointError(f"checkpoint directory {root} is a file, not a directory")
     directory = job_directory(root, index, job_key)
     lock = _DirectoryLock(directory)
     store = CheckpointStore(directory, job_key=job_key, max_pending=1)

@@ -257,6 +257,13 @@ class Cluster:
                 return obj
             if obj.job in self._aborted:
                 continue  # a second worker failing in a job already aborted
+            if obj.failed:
+                # A worker timed out waiting on a peer before this driver's own (longer) wait
+                # ran out: the peer is hung or dead, so the cluster is as broken as after a
+                # timeout here. Keeping it would leave the hung rank to block the next job, and
+                # the exit of an mpiexec world, for ever.
+                self._check_alive()  # a dead worker is named by its death
+                self._fail(WorkerTimeoutError(f"{obj.message}; the cluster has been shut down"))
             if obj.job is not None:
                 self.abort_job(obj.job, obj.message)
             raise WorkerError(f"worker {obj.worker} failed: {obj.message}", obj.worker, obj.traceback)
@@ -537,6 +544,11 @@ def _close_all() -> None:
                 cluster._teardown()
         except Exception:
             pass
+    # A world cluster torn down just now (a rank hung, so close() timed out) registered
+    # _abort_world while atexit runs: such handlers are never called, and MPI_Finalize would
+    # then wait for the hung rank for ever. (Torn down earlier, _abort_world ran before this.)
+    if _world_cluster is not None and _world_cluster._broken is not None:
+        _abort_world()
     # The driver of an mpiexec world must release its workers even if it never
     # made a Cluster (an early error, a script that did not need one); with
     # DRIZZLE_NO_SERVE no rank serves, so there is nobody to release.

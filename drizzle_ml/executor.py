@@ -329,7 +329,7 @@ class JobExecutor:
         if self.stream is None:
             self.rt.ring_peers(workers)
 
-    def _wait(self, test: Callable[[], Any], what: str, collective: bool = False) -> Any:
+    def _wait(self, test: Callable[[], Any], what: str, collective: bool = False, peers: bool = True) -> Any:
         # Bounded like every wait; a slow iteration elsewhere in the tree extends it.
         # A peer's partial or model is due within a fraction of an iteration: with
         # a core to itself, this worker spins through that (up to 5 ms) instead of
@@ -345,13 +345,13 @@ class JobExecutor:
         # in steps no longer than its source's poll interval instead.
         if self.stream is not None:
             return self.rt.wait(test, what, extra=4 * self._iter_estimate, spin=0.0,
-                                max_sleep=self.stream.poll_interval)
+                                max_sleep=self.stream.poll_interval, peers=peers)
         spin = None
         if collective:
             spin = max(self.rt.policy.spin, min(max(2 * self._iter_estimate, 1e-3), 5e-3))
         elif self.rt.policy.spin >= SPIN_ON_OWN_CORE:
             spin = max(self.rt.policy.spin, min(0.25 * self._iter_estimate, 5e-3))
-        return self.rt.wait(test, what, extra=4 * self._iter_estimate, spin=spin)
+        return self.rt.wait(test, what, extra=4 * self._iter_estimate, spin=spin, peers=peers)
 
     def _wait_collective(self, test: Callable[[], Any], what: str) -> Any:
         self._in_flight = True
@@ -450,9 +450,9 @@ class JobExecutor:
         before, after = [], []
         for src, dst, _ in moves:
             if dst == me:
-                rt.wait(lambda s=src: rt.peers.iprobe(source=s, tag=tag), f"rows from worker {src}")
+                rt.wait(lambda s=src: rt.peers.iprobe(source=s, tag=tag), f"rows from worker {src}", peers=True)
                 (before if src < me else after).append(rt.peers.recv(source=src, tag=tag))
-        rt.wait(lambda: all(r.Test() for r in sends), "delivery of moved rows")
+        rt.wait(lambda: all(r.Test() for r in sends), "delivery of moved rows", peers=True)
         if not sends and not before and not after:
             return
         X, y, sw = stack_rows(before + [take_rows(part, lo, hi)] + after)
@@ -535,7 +535,7 @@ class JobExecutor:
         self.rt.release_reports()
         if any(lent for _, lent in self.rt.pending_reports):
             self._wait(lambda: self.rt.release_reports() or not any(lent for _, lent in self.rt.pending_reports),
-                       "the driver to receive this worker's last report")
+                       "the driver to receive this worker's last report", peers=False)
 
     def _gather_shards(self, model: dict, it: int, times: P.GroupTimings) -> None:
         """Every worker's new shard of the keys ``local`` reads, whole here for the next ``local``."""

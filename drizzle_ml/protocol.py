@@ -217,6 +217,9 @@ class ErrorReport:
     worker: int
     message: str
     traceback: str = ""
+    # The worker gave up waiting on a peer (a WorkerFailedError: a hung or dead worker), not a
+    # program error: the driver must tear the cluster down as after its own timeout.
+    failed: bool = False
 
 
 @dataclass

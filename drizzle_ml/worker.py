@@ -39,6 +39,12 @@ class JobAborted(Exception):
     """The driver aborted the job this worker is running."""
 
 
+class _PeerTimeout(WorkerTimeoutError):
+    """A worker waited in vain on other workers, not on the driver: one of them hung or died, and the
+    driver tears the cluster down (its own wait would run out a moment later). A late driver leaves
+    the workers sound: that stays an ordinary error report."""
+
+
 def _limit_blas_threads(ranks_on_host: int) -> None:
     # One BLAS thread per rank unless the user said otherwise: W+1 ranks on a
     # few cores must not each start a full thread pool.
@@ -133,12 +139,14 @@ class WorkerRuntime:
                 self.inbox.append(obj)
 
     def wait(self, test: Callable[[], Any], what: str, extra: float = 0.0, spin: float | None = None,
-             max_sleep: float | None = None) -> Any:
+             max_sleep: float | None = None, peers: bool = False) -> Any:
+        """Poll ``test`` until true, bounded by the job's timeout. ``peers``: it waits on other workers."""
         try:
             return poll(test, self.policy, on_idle=self.poll_ctrl, timeout=self.policy.timeout + extra,
                         spin=spin, max_sleep=max_sleep, sleep=self.doorbell.sleep)
         except WaitTimeout:
-            raise WorkerTimeoutError(
+            error = _PeerTimeout if peers else WorkerTimeoutError
+            raise error(
                 f"worker {self.index} waited {self.policy.timeout + extra:.3g} s for {what}", self.index
             ) from None
 
@@ -180,9 +188,12 @@ class WorkerRuntime:
             except Exception as exc:  # reported to the driver, which raises it
                 job = getattr(msg, "job", None)
                 self._drop_job(job)
-                self.report(
-                    P.ErrorReport(job, self.index, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-                )
+                if isinstance(exc, _PeerTimeout):  # a peer hung or died: no program error to show
+                    self.report(P.ErrorReport(job, self.index, str(exc), failed=True))
+                else:
+                    self.report(
+                        P.ErrorReport(job, self.index, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                    )
             finally:
                 self.current_job = None
 
@@ -261,7 +272,7 @@ class WorkerRuntime:
         comm, request = self.peers.Idup()
         if not request.Test():
             try:
-                self.wait(request.Test, "the other workers to start the job")
+                self.wait(request.Test, "the other workers to start the job", peers=True)
             except BaseException:
                 from .executor import _ABANDONED
 

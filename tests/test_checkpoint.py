@@ -297,6 +297,13 @@ def test_empty_and_missing_directory(tmp_path):
     assert store.latest().version == 0
 
 
+def test_a_checkpoint_directory_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "ck").write_text("not a directory")
+    with pytest.raises(CheckpointError, match=rf"^checkpoint directory {re.escape(str(tmp_path / 'ck'))} is a file, "
+                                              r"not a directory$"):
+        C.open_job_store(tmp_path / "ck", 0, KEY, resume=True)
+
+
 def slow_writes(monkeypatch, store, delay):
     """Slow down the writer; record how many checkpoints the store held at each write."""
     held = []

@@ -1,5 +1,7 @@
 """World mode: the user launches mpiexec; rank 0 runs the script, the other ranks serve."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,43 @@ def test_world_mode_workers_use_the_drivers_timeout(tmp_path):
     code, out, err = run_mpi(3, script, tmp_path, timeout=60)
     assert code == 0, err
     assert "ERR worker" in out and "waited 1 s for the driver's task for iteration 1" in out
+
+
+def test_world_mode_worker_hung_mid_group_ends_the_job_not_hangs(tmp_path):
+    # Long groups: worker 0's wait for the stopped worker's partials runs out before the driver's
+    # (which has the group's expected duration on top). That is a dead cluster too: the job must
+    # end (so that `drizzle-ml train` can restart it), not go on with a hung rank and never exit.
+    script = """
+    import os, signal
+    from sklearn.datasets import make_classification
+    import drizzle_ml
+    X, y = make_classification(6000, 12, random_state=0)
+    cluster = drizzle_ml.Cluster(timeout=3.0)
+    victim, stopped = cluster.workers[1].pid, []
+    def stop_once(group):
+        if group.start_iteration >= 400 and not stopped:
+            stopped.append(os.kill(victim, signal.SIGSTOP))
+    est = drizzle_ml.LogisticRegression(solver="gd", learning_rate=0.5, tol=0.0, max_iter=4000, group_size=200)
+    est.progress_callback = stop_once
+    try:
+        est.fit(X, y)
+    except drizzle_ml.WorkerTimeoutError as exc:
+        print("ERR", exc, flush=True)
+    """
+    code, out, err = run_mpi(3, script, tmp_path, timeout=60)
+    assert code == 1, out + err  # MPI_Abort(1): the driver aborted the hung ranks
+    assert re.search(r"^ERR worker 0 waited [0-9.]+ s for the workers' partials for iteration \d+; the cluster "
+                     r"has been shut down", out, re.M), out + err
+
+
+def test_world_mode_worker_hung_at_exit_ends_the_job(tmp_path):
+    # The driver's exit waits for the workers' goodbyes (bounded), then must abort: MPI_Finalize
+    # would wait for the stopped rank for ever.
+    script = """
+    import os, signal, drizzle_ml
+    cluster = drizzle_ml.Cluster(timeout=2.0)
+    os.kill(cluster.workers[1].pid, signal.SIGSTOP)
+    print("bye", flush=True)
+    """
+    code, out, err = run_mpi(3, script, tmp_path, timeout=60)
+    assert code == 1 and "bye" in out, out + err  # MPI_Abort(1), within the goodbyes' timeout

@@ -220,6 +220,11 @@ def test_cli_checkpoint_errors(data_file, tmp_path):
     assert proc.returncode == 2 and "--resume needs --checkpoint-dir" in proc.stderr
     proc = train_cli(data_file, "--checkpoint-dir", str(tmp_path / "x"), "--checkpoint-every", "often")
     assert proc.returncode == 2 and "--checkpoint-every: checkpoint_every must be" in proc.stderr
+    (tmp_path / "file").write_text("")
+    proc = train_cli(data_file, "--workers", "2", "--max-iter", "40", "--checkpoint-dir", str(tmp_path / "file"))
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("drizzle-ml: error:")]
+    assert errors == [f"drizzle-ml: error: checkpoint directory {tmp_path / 'file'} is a file, not a directory"]
     ck = str(tmp_path / "ck")
     assert train_cli(data_file, "--workers", "2", "--max-iter", "40", "--checkpoint-dir", ck).returncode == 0
     proc = train_cli(data_file, "--workers", "2", "--max-iter", "40", "--checkpoint-dir", ck, "--resume",
