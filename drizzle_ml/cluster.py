@@ -36,7 +36,7 @@ from mpi4py import MPI
 from . import protocol as P
 from .doorbell import Doorbell, bell_address
 from .errors import ClusterClosedError, LaunchError, WorkerError, WorkerFailedError, WorkerTimeoutError
-from .waiting import WaitPolicy, WaitTimeout, look_twice, poll
+from .waiting import WaitPolicy, WaitTimeout, look_twice, poll, timeout_from_env
 from .worker_job import LaunchedJob, launched_by_mpiexec, slurm_allocation_tasks, slurm_world_mismatch
 
 _open_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
@@ -61,9 +61,11 @@ class Cluster:
         Workers to launch. ``None``: in world mode all ranks but 0; in a
         Slurm allocation (an ``sbatch`` script) its tasks minus one, the
         driver's; otherwise the machine's core count.
-    timeout : float
+    timeout : float or None
         Seconds any single wait may last without progress before a worker is
-        declared failed (a group's wait adds its expected duration).
+        declared failed (a group's wait adds its expected duration). None:
+        ``$DRIZZLE_TIMEOUT``, else 60 (so the estimators' and the command
+        line's clusters follow the variable).
     fanout : int
         Children per node of the reduce tree.
     mpiexec_args : sequence of str
@@ -79,7 +81,7 @@ class Cluster:
         self,
         n_workers: int | None = None,
         *,
-        timeout: float = 60.0,
+        timeout: float | None = None,
         fanout: int = 4,
         mpiexec_args: tuple[str, ...] | list[str] = (),
         start_timeout: float = 120.0,
@@ -87,7 +89,8 @@ class Cluster:
         global _world_cluster
         if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
             raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
-        if timeout <= 0:
+        timeout = timeout_from_env() if timeout is None else timeout
+        if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if fanout < 1:
             raise ValueError(f"fanout must be >= 1, got {fanout!r}")

@@ -9,6 +9,7 @@ deadline.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -54,6 +55,25 @@ class WaitPolicy:
         if os.environ.get("DRIZZLE_SPIN_US"):
             spin = float(os.environ["DRIZZLE_SPIN_US"]) * 1e-6
         return cls(timeout=timeout, spin=spin)
+
+
+def timeout_from_env(default: float = 60.0) -> float:
+    """``$DRIZZLE_TIMEOUT``, seconds that bound every wait (``default`` where unset or empty).
+
+    The workers read it before any job tells them the driver's limit, and a
+    cluster made without ``timeout`` (the estimators', the command line's)
+    takes it too. Raises ValueError unless it is a positive finite number.
+    """
+    text = os.environ.get("DRIZZLE_TIMEOUT", "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"DRIZZLE_TIMEOUT must be positive seconds, got {text!r}")
+    return value
 
 
 def look_twice(probe: Callable[[], T]) -> T:

@@ -32,7 +32,7 @@ from .doorbell import Address, Doorbell, bell_address
 from .errors import WorkerTimeoutError
 from .executor import JobExecutor, RecvRing, SendRing
 from .layout import Layout
-from .waiting import WaitPolicy, WaitTimeout, look_twice, poll
+from .waiting import WaitPolicy, WaitTimeout, look_twice, poll, timeout_from_env
 
 
 class JobAborted(Exception):
@@ -404,12 +404,8 @@ def serve_world(comm: MPI.Intracomm | None = None) -> None:
     group = world.Get_group().Excl([0])
     peers = world.Create_group(group)  # collective over the workers only
     group.Free()
-    runtime = WorkerRuntime(world, peers, _timeout_from_env())
+    runtime = WorkerRuntime(world, peers, timeout_from_env())
     runtime.serve()
-
-
-def _timeout_from_env() -> float:
-    return float(os.environ.get("DRIZZLE_TIMEOUT", "60"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -417,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m drizzle_ml.worker")
     parser.add_argument("--connect", required=True, help="MPI port name published by the driver")
     parser.add_argument("--driver-pid", type=int, default=None)
-    parser.add_argument("--timeout", type=float, default=_timeout_from_env())
+    parser.add_argument("--timeout", type=float, default=timeout_from_env())
     args = parser.parse_args(argv)
     faulthandler.register(signal.SIGUSR2)  # `kill -USR2 <pid>` prints where a worker is
     peers = MPI.COMM_WORLD.Dup()

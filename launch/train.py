@@ -121,6 +121,12 @@ def check_recovery_arguments(args: argparse.Namespace) -> None:
         shlex.split(args.mpiexec_args)
     except ValueError as exc:  # an unclosed quote
         raise CLIError(f"--mpiexec-args {args.mpiexec_args!r}: {exc}") from None
+    from drizzle_ml.waiting import timeout_from_env
+
+    try:  # before any rank starts: each would fail on it alone
+        timeout_from_env()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def check_arguments(args: argparse.Namespace) -> dict[str, Any]:

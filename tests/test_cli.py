@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -194,6 +195,35 @@ def bad_files(tmp_path):
         "tiny": write_h5(tmp_path / "tiny.h5", X[:2], np.array([0, 1])),
         "ok": write_h5(tmp_path / "ok.h5", X, np.arange(20) % 2),
     }
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf"])
+def test_a_bad_drizzle_timeout_is_refused_before_any_rank_starts(value):
+    proc = drizzle("train", "--workers", "2", env={"DRIZZLE_TIMEOUT": value})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == f"drizzle-ml: error: DRIZZLE_TIMEOUT must be positive seconds, got {value!r}"
+
+
+def test_drizzle_timeout_bounds_the_waits_of_a_cluster_made_without_one():
+    # As the estimators' and the command line's clusters are made: no timeout given.
+    code = """
+import os, signal, time, numpy as np, drizzle_ml
+from drizzle_ml.testing import Counter
+with drizzle_ml.Cluster(2) as cluster:
+    print(cluster.timeout)
+    os.kill(cluster.workers[1].pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        cluster.run(Counter(), {"x": np.zeros(1), "seen": np.zeros(1)},
+                    drizzle_ml.ArrayDataset(np.ones((10, 2))), max_iter=3)
+    except drizzle_ml.WorkerTimeoutError as exc:
+        print(round(time.monotonic() - t0), exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DRIZZLE_TIMEOUT": "2.5"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "2.5" and re.match(r"[23] timed out after 2.5 s waiting for ", lines[1]), proc.stdout
 
 
 @pytest.mark.parametrize(
