@@ -762,6 +762,7 @@ def open_job_store(root: str | os.PathLike, index: int, job_key: str, *,
     if os.path.exists(root) and not os.path.isdir(root):  # else the error names job-<k>-<hash> inside it
         raise CheckpointError(f"checkpoint directory {root} is a file, not a directory")
     directory = job_directory(root, index, job_key)
+    created = not os.path.isdir(directory)
     lock = _DirectoryLock(directory)
     store = CheckpointStore(directory, job_key=job_key, max_pending=1)
     store._directory_lock = lock
@@ -780,6 +781,10 @@ def open_job_store(root: str | os.PathLike, index: int, job_key: str, *,
                     "or other data). Use another checkpoint directory, or start without resuming")
     except BaseException:
         store.close()
+        if created:  # refused before it began: leave no empty job directory to puzzle over
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, _LOCK_NAME))
+                os.rmdir(directory)
         raise
     return store, resumed
 

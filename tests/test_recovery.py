@@ -94,6 +94,7 @@ def test_empty_directory_starts_fresh_and_foreign_jobs_are_refused(tmp_path, ref
     with pytest.raises(CheckpointMismatchError, match=r"cannot resume: .* holds no checkpoint of this job "
                        r"\(LogisticRegression\.Minimize\.0-\w+\), only of other jobs \(job-0-\w+: another"):
         gd(C=0.5, checkpoint_dir=tmp_path / "new").fit(X, Y, resume=True)
+    assert len(os.listdir(tmp_path / "new")) == 1  # the refused job left no directory of its own
     with pytest.raises(ValueError, match="needs checkpoint_dir"):
         gd().fit(X, Y, resume=True)
 
