@@ -140,9 +140,11 @@ class TrainingReport:
         return asdict(self)
 
     def text(self) -> str:
-        it_s = self.iterations / self.wall_seconds if self.wall_seconds > 0 else float("inf")
+        ran = sum(g["n_iterations"] for g in self.history)  # a resumed fit ran only those after its checkpoint
+        resumed = f" (resumed at {self.iterations - ran})" if ran < self.iterations else ""
+        it_s = ran / self.wall_seconds if self.wall_seconds > 0 else float("inf")
         lines = [
-            f"done: {self.iterations} iterations in {self.groups} groups, {self.wall_seconds:.3f} s "
+            f"done: {self.iterations} iterations{resumed} in {self.groups} groups, {self.wall_seconds:.3f} s "
             f"({it_s:,.0f} it/s), model version {self.model_version}"
             + ("" if self.converged else f" (did not converge: {self.stopped_because})" if self.stopped_because
                else " (did not converge: raise --max-iter or --tol)"),

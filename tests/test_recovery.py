@@ -201,6 +201,7 @@ def test_cli_resume_after_a_failure_without_restarts(data_file, undisturbed, tmp
                      "-o", str(tmp_path / "m.h5"))
     assert proc.returncode == 0, proc.stderr
     assert f"resumed from the checkpoint at iteration 200 in {ck}" in proc.stdout
+    assert "done: 400 iterations (resumed at 200) in " in proc.stdout  # its speed: of the 200 it made
     assert np.array_equal(load_model(tmp_path / "m.h5").coef_, undisturbed[2, 400])
 
 
