@@ -115,6 +115,8 @@ def check_recovery_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--checkpoint-every: {exc}") from None
     if args.max_restarts < 0:
         raise CLIError(f"--max-restarts must be at least 0, got {args.max_restarts}")
+    if args.min_workers is not None and args.checkpoint_dir is None:  # restarts resume from checkpoints
+        raise CLIError("--min-workers needs --checkpoint-dir")
     if args.min_workers is not None and not 1 <= args.min_workers <= args.workers:
         raise CLIError(f"--min-workers must be between 1 and --workers ({args.workers}), got {args.min_workers}")
     try:

@@ -220,6 +220,8 @@ def test_cli_elastic_resume_grows(data_file, undisturbed, tmp_path, before, afte
 def test_cli_checkpoint_errors(data_file, tmp_path):
     proc = train_cli(data_file, "--resume")
     assert proc.returncode == 2 and "--resume needs --checkpoint-dir" in proc.stderr
+    proc = train_cli(data_file, "--min-workers", "1")
+    assert proc.returncode == 2 and "--min-workers needs --checkpoint-dir" in proc.stderr
     proc = train_cli(data_file, "--checkpoint-dir", str(tmp_path / "x"), "--checkpoint-every", "often")
     assert proc.returncode == 2 and "--checkpoint-every: checkpoint_every must be" in proc.stderr
     (tmp_path / "file").write_text("")

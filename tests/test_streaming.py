@@ -608,7 +608,9 @@ def test_stream_checks_its_recovery_options_like_train(tmp_path):
 
     source = ["--source", f"file:{tmp_path / 'none.csv'}", "--algorithm", "linear", "--workers", "2"]
     for extra, message in [(["--max-restarts", "-1"], "--max-restarts must be at least 0, got -1"),
-                           (["--min-workers", "3"], "--min-workers must be between 1 and --workers (2), got 3"),
+                           (["--min-workers", "3", "--checkpoint-dir", str(tmp_path / "ck")],
+                            "--min-workers must be between 1 and --workers (2), got 3"),
+                           (["--min-workers", "1"], "--min-workers needs --checkpoint-dir"),
                            (["--checkpoint-every", "often"], "--checkpoint-every: checkpoint_every must be"),
                            (["--resume"], "--resume needs --checkpoint-dir")]:
         proc = run_cli("stream", *source, *extra)
