@@ -219,7 +219,8 @@ class Cluster:
 
     def wait(self, test: Callable[[], Any], what: str, *, first_sleep: float = 0.0,
              extra: float = 0.0, timeout: float | None = None, watch_reports: bool = False,
-             max_sleep: float | None = None, bell: bool = False, spin: float | None = None) -> Any:
+             max_sleep: float | None = None, bell: bool = False, spin: float | None = None,
+             silent: Callable[[], list[int]] | None = None) -> Any:
         """Poll ``test`` under the cluster's policy, checking the workers are alive.
 
         The limit is ``timeout`` if given, else the cluster's timeout plus
@@ -228,6 +229,7 @@ class Cluster:
         the sleeps between tests (default: the policy's). ``bell``: see
         :func:`~drizzle_ml.waiting.poll` (only where every awaited message rings).
         ``spin``: seconds of testing before the first sleep (default: the policy's).
+        ``silent``: the workers still unheard from, named when the wait times out.
         """
         limit = self.timeout + extra if timeout is None else timeout
         try:
@@ -235,8 +237,11 @@ class Cluster:
                         first_sleep=first_sleep, timeout=limit, max_sleep=max_sleep, sleep=self.doorbell.sleep,
                         bell=bell, spin=spin)
         except WaitTimeout:
+            missing = silent() if silent is not None else []
+            detail = f" (no answer from worker {', '.join(map(str, missing)) or '?'})" if silent is not None else ""
             self._fail(WorkerTimeoutError(
-                f"timed out after {limit:.3g} s waiting for {what}; the cluster has been shut down"))
+                f"timed out after {limit:.3g} s waiting for {what}; the cluster has been shut down{detail}",
+                missing[0] if missing else None))
 
     def _next_report(self) -> Any:
         """The next report that has arrived, or None. A worker's error report is raised."""
@@ -316,14 +321,9 @@ class Cluster:
                 (got if accept(obj) else self._backlog).append(obj)
             return len(got) >= count
 
-        try:
-            self.wait(test, what, **wait)
-        except WorkerTimeoutError as exc:
-            missing = sorted(set(range(self.n_workers)) - {getattr(m, "worker", -1) for m in got})
-            names = ", ".join(str(w) for w in missing) or "?"
-            exc.args = (f"{exc.args[0]} (no answer from worker {names})",)
-            exc.worker = missing[0] if missing else None
-            raise
+        # A worker's own failure report (a peer of it hung) is raised as it is, from test().
+        self.wait(test, what, silent=lambda: sorted(set(range(self.n_workers)) - {getattr(m, "worker", -1)
+                                                                                  for m in got}), **wait)
         return got
 
     def collect(self, accept: Callable[[Any], bool], count: int, what: str, **kw: Any) -> list[Any]:
