@@ -77,6 +77,7 @@ class GroupPlan:
         self.per_iteration = 0.0  # execution seconds per iteration in the last group
         self.measured_groups = 0
         self.last_done = now
+        self.workers_free = now  # about when the workers ended the last group (before the driver saw it)
 
     def next_group(self, size: int) -> tuple[int, int, int]:
         """``(start, size, version)`` of the next group, at most ``size`` iterations; the plan moves on."""
@@ -127,7 +128,8 @@ class GroupPlan:
 
         A group sent then needs no doorbell: the workers look for the next
         group between groups, and find it waiting. The groups in flight run
-        back to back from the last one's end; at least half of their expected
+        back to back from the last one's end (as the workers ended it, which a
+        driver busy elsewhere may have seen late); at least half of their expected
         time, and 1 ms, must be left, so that a group that runs faster than
         the last one still finds the message there. Otherwise (nothing in
         flight, no pace known yet, the end near) a worker may be asleep
@@ -139,7 +141,7 @@ class GroupPlan:
         if self.urgent or not self.in_flight or self.measured_groups < 2:
             return False
         expected = self.per_iteration * sum(group.size for group in self.in_flight)
-        return self.last_done + expected - now > max(0.5 * expected, 1e-3)
+        return self.workers_free + expected - now > max(0.5 * expected, 1e-3)
 
     def reached_end(self, group: SentGroup, n_done: int, converged: bool) -> bool:
         """The job ends with this group: it converged or ran its last iteration."""
@@ -154,6 +156,8 @@ class GroupPlan:
         self.per_iteration = metrics.execution / max(metrics.n_iterations, 1)
         self.measured_groups += 1
         self.last_done = done_at
+        # Time between the slowest worker's end and the driver seeing it counts as coordination.
+        self.workers_free = done_at - metrics.coordination
 
     @property
     def remaining(self) -> int:

@@ -104,6 +104,11 @@ def test_a_group_sent_while_the_workers_are_busy_needs_no_ring():
     assert plan.workers_busy(1.0004) and not plan.workers_busy(1.0006)
     send(plan, 15, at=1.0)  # two groups in flight run back to back: 3 ms
     assert plan.workers_busy(1.0014) and not plan.workers_busy(1.0016)
+    late = group_metrics(2, first, [report(0, 0, 100, 100, execution=0.01)],
+                         Wait(2.0, 0.0, 0.0, None), 2.0, 2.012, 0.001, {})
+    plan.measured(late, done_at=2.012)  # seen 2 ms after the workers ended it, at 2.010
+    # The two groups in flight (3 ms) run from 2.010, not from when the driver saw the last one end.
+    assert plan.workers_busy(2.0114) and not plan.workers_busy(2.0116)
     urgent = GroupPlan(0, 0, 1000, urgent=True, now=0.0)  # a stream: its pace is the records'
     urgent.per_iteration, urgent.measured_groups = 1e-4, 2
     send(urgent, 100)
