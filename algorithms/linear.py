@@ -149,8 +149,12 @@ class _LeastSquares(RegressorMixin, LinearModelBase):
         """``coef`` (n_targets, n_features) and ``intercept`` (n_targets,) by the chosen solver."""
         alpha = self._alpha
         solver = self.solver
-        if solver == "auto":
-            solver = "exact" if n_features + n_targets <= EXACT_MAX_COLUMNS else "lbfgs"
+        if solver == "auto":  # the normal equations' moments cannot be sharded: sharding="sharded" iterates
+            exact = n_features + n_targets <= EXACT_MAX_COLUMNS and self.sharding != "sharded"
+            solver = "exact" if exact else "lbfgs"
+        if solver == "exact" and self.sharding == "sharded":
+            raise ValueError("solver='exact' cannot shard the model (it sums the normal equations whole): "
+                             "use solver='lbfgs' or 'gd' with sharding='sharded'")
         if solver == "exact":
             program = NormalEquations(n_features, alpha, self.fit_intercept)
             model = {"coef": np.zeros((n_targets, n_features)), "intercept": np.zeros(n_targets)}

@@ -204,6 +204,20 @@ def test_auto_shards_wide_models_only():
         dm.LogisticRegression(sharding="yes").fit(wide, y)
 
 
+def test_forced_sharding_of_a_narrow_least_squares_model_iterates():
+    # 3 features over 3 workers: solver="auto" takes L-BFGS rather than the (unshardable) normal equations.
+    X_ = X[:, :3]
+    y_ = X_ @ np.array([1.0, -2.0, 0.5]) + 3.0
+    for est in (dm.LinearRegression, dm.Ridge):
+        sharded = est(n_workers=3, sharding="sharded", tol=1e-10).fit(X_, y_)
+        ref = est(n_workers=3, sharding="replicated", solver="lbfgs", tol=1e-10).fit(X_, y_)
+        assert sharded.solver_ == "lbfgs" and sharded.history_[-1]["reduction"] == "scatter+sharded"
+        np.testing.assert_allclose(sharded.coef_, ref.coef_, rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match=r"^solver='exact' cannot shard the model \(it sums the normal equations "
+                                         r"whole\): use solver='lbfgs' or 'gd' with sharding='sharded'$"):
+        dm.Ridge(solver="exact", sharding="sharded", n_workers=2).fit(X_, y_)
+
+
 @pytest.mark.parametrize("n_workers", [2, 3, 5])
 def test_sparse_partials_and_pulls_agree_with_replicated_fits(n_workers):
     # 600 rows of 10 values over 2^16 columns: each worker touches a few percent of the coordinates,
