@@ -39,7 +39,7 @@ ALGORITHMS = tuple(BY_CLI)
 # Option -> (estimator parameter, algorithms it applies to).
 ALGORITHM_OPTIONS = option_table("train")
 # The algorithms that take hashed features: a sparse X of 2**BITS columns (PCA's covariance would be dense).
-HASHED_ALGORITHMS = ("logistic", "linear", "ridge", "kmeans")
+HASHED_ALGORITHMS = ("logistic", "linear", "ridge", "lasso", "elasticnet", "kmeans")
 
 
 def add_train_arguments(train: argparse.ArgumentParser, group_size_type: Any) -> None:

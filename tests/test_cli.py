@@ -723,6 +723,24 @@ def test_train_and_predict_on_hashed_libsvm_match_scikit_learn_hashing(hashed_li
         assert np.mean(np.load(out) == ref.predict(Xh)) >= 0.995
 
 
+def test_lasso_and_elasticnet_train_on_hashed_libsvm(hashed_libsvm, tmp_path):
+    import drizzle_ml
+    from drizzle_ml.algorithms.persist import load_model
+
+    svm, Xh, y = hashed_libsvm
+    for algorithm, est in (("lasso", drizzle_ml.Lasso(alpha=0.01, tol=1e-8, n_workers=2)),
+                           ("elasticnet", drizzle_ml.ElasticNet(alpha=0.01, l1_ratio=0.5, tol=1e-8, n_workers=2))):
+        model, out = tmp_path / f"{algorithm}.h5", tmp_path / f"{algorithm}.npy"
+        proc = ok(drizzle("train", "--algorithm", algorithm, "--alpha", "0.01", "--data", str(svm), "--hash-features",
+                          "10", "--workers", "2", "--tol", "1e-8", "-o", str(model), "--quiet"))
+        assert f"{algorithm} on {svm} (400 x 1024, sparse, hashed into 2**10 columns) with 2 workers" in proc.stdout
+        ours, ref = load_model(model), est.fit(Xh, y.astype(float))
+        assert np.count_nonzero(ours.coef_) < Xh.shape[1] and np.array_equal(ours.coef_ == 0, ref.coef_ == 0)
+        np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
+        ok(run_cli("predict", "--model", str(model), "--data", str(svm), "-o", str(out)))
+        np.testing.assert_allclose(np.load(out), ours.predict(Xh), rtol=1e-12)
+
+
 def test_hashed_training_errors_are_one_line(hashed_libsvm, tmp_path):
     svm, _, _ = hashed_libsvm
     bad = tmp_path / "bad.svm"
@@ -733,7 +751,8 @@ def test_hashed_training_errors_are_one_line(hashed_libsvm, tmp_path):
         (["train", "--data", str(svm), "--hash-features", "40"], "--hash-features must be an integer between 1 and "
                                                                   "31, got 40"),
         (["train", "--data", str(svm), "--hash-features", "8", "--algorithm", "pca"],
-         "--hash-features does not apply to --algorithm pca (it applies to logistic, linear, ridge, kmeans)"),
+         "--hash-features does not apply to --algorithm pca (it applies to logistic, linear, ridge, lasso, "
+         "elasticnet, kmeans)"),
         (["train", "--hash-features", "8"], "--hash-features hashes the features of --data, a LIBSVM or tokens "
                                             "file: give --data"),
         (["train", "--data", str(tmp_path / "x.h5"), "--hash-features", "8"],
