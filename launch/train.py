@@ -280,6 +280,9 @@ def _fit_and_save(args: argparse.Namespace, params: dict[str, Any], cluster: Any
         progress.close()
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise CLIError(message.splitlines()[0] if message else type(exc).__name__) from None
+    except MemoryError as exc:  # a model too wide for this host (--hash-features 31: 16 GiB a vector)
+        progress.close()
+        raise CLIError(f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'MemoryError'}") from None
     fit_wall = time.perf_counter() - t_fit
     progress.close()
     history = estimator.history_

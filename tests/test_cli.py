@@ -741,6 +741,25 @@ def test_lasso_and_elasticnet_train_on_hashed_libsvm(hashed_libsvm, tmp_path):
         np.testing.assert_allclose(np.load(out), ours.predict(Xh), rtol=1e-12)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS")
+def test_a_hashed_model_too_wide_for_memory_is_one_line(tmp_path):
+    import resource
+
+    svm = tmp_path / "tiny.svm"
+    svm.write_text("1 1:1\n0 2:1\n")
+
+    def limit():  # 6 GB of address space: 2**31 coefficients (16 GiB a vector) cannot be allocated
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "drizzle_ml", "train", "--data", str(svm), "--hash-features", "31",
+                           "--workers", "1", "-o", str(tmp_path / "m.h5"), "--quiet"], capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines() == ["drizzle-ml: error: out of memory: Unable to allocate 16.0 GiB for an array "
+                                        "with shape (2147483649,) and data type float64"], proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["tiny.svm"]  # the hashed copy is gone, no model written
+
+
 def test_hashed_training_errors_are_one_line(hashed_libsvm, tmp_path):
     svm, _, _ = hashed_libsvm
     bad = tmp_path / "bad.svm"
