@@ -120,6 +120,19 @@ def test_malformed_records_are_skipped_and_counted_or_fail_with_the_offset(tmp_p
     assert bad == 1 and rows.tolist() == [[1, 0], [2, 1]]
 
 
+def test_json_records_nested_too_deep_or_too_large_or_with_a_string_x_are_malformed(tmp_path):
+    path = tmp_path / "s.jsonl"
+    garbage = ["[" * 100_000, "[1, " + "9" * 400 + ", 0]", '{"x": "12", "y": 0}']
+    path.write_text("".join(line + "\n" for line in ['{"x": [1, 2], "y": 0}', *garbage, "[3, 4, 1]"]))
+    rows, bad, _ = read_all(dm.FileSource(str(path), follow=False), RecordFormat("json", 2, has_target=True), 1)
+    assert bad == 3 and rows.tolist() == [[1, 2, 0], [3, 4, 1]]
+    for line in garbage:
+        path.write_text(line + "\n")
+        with pytest.raises(StreamError, match="malformed record at .*s.jsonl byte offset 0: .*on_error='fail'"):
+            read_all(dm.FileSource(str(path), follow=False),
+                     RecordFormat("json", 2, has_target=True, on_error="fail"), 1)
+
+
 def test_a_record_longer_than_the_read_chunk_is_an_error_not_a_stall(tmp_path):
     path = tmp_path / "long.csv"
     path.write_text("1,2\n" + "3," * 100)  # a writer that never ends its line

@@ -177,14 +177,19 @@ class RecordFormat:
     def _parse_line(self, line: bytes) -> list[float]:
         if self.kind == "csv":
             return [float(token) for token in line.split(b",")]
-        obj = json.loads(line)
-        if isinstance(obj, dict):
-            x = [float(v) for v in obj["x"]]
-            if self.has_target:
-                x.append(float(obj["y"]))
-            return x
-        if isinstance(obj, list):
-            return [float(v) for v in obj]
+        try:  # a line nested thousands deep, or an integer beyond a float's range, is one bad record
+            obj = json.loads(line)
+            if isinstance(obj, dict):
+                if not isinstance(obj["x"], list):  # a string would be read as one feature per character
+                    raise TypeError(f'"x" must be a list of numbers, got {type(obj["x"]).__name__}')
+                x = [float(v) for v in obj["x"]]
+                if self.has_target:
+                    x.append(float(obj["y"]))
+                return x
+            if isinstance(obj, list):
+                return [float(v) for v in obj]
+        except (RecursionError, OverflowError) as exc:
+            raise ValueError(str(exc)) from None
         raise TypeError(f"a JSON record must be an object or a list, got {type(obj).__name__}")
 
 
