@@ -159,6 +159,19 @@ def test_json_lines_and_directory_source(tmp_path):
     assert peek_n_features(dm.DirectorySource(str(tmp_path / "d")), fmt) == 2
 
 
+def test_a_subdirectory_a_fifo_or_a_dangling_link_in_a_stream_directory_is_no_file_of_it(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.csv").write_text("1,2\n")
+    (d / "b.csv").mkdir()  # as a Spark job's output directory
+    os.mkfifo(d / "c.csv")  # opening it would block the reader
+    (d / "e.csv").symlink_to(tmp_path / "gone.csv")
+    (d / "f.csv").write_text("3,4\n")
+    rows, bad, ends = read_all(dm.DirectorySource(str(d), follow=False), RecordFormat("csv", 2), 1)
+    assert bad == 0 and rows.tolist() == [[1, 2], [3, 4]] and ends == {"p0": {"file": "f.csv", "pos": 4}}
+    assert peek_n_features(dm.DirectorySource(str(d)), RecordFormat("csv", None)) == 2
+
+
 def test_tcp_source_sends_its_offset_and_reads_lines(tmp_path):
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]

@@ -98,8 +98,7 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lin
     elif isinstance(source, DirectorySource):
         if not os.path.isdir(source.path):
             raise StreamError(f"stream directory {source.path} does not exist")
-        names = sorted(n for n in os.listdir(source.path) if not n.startswith(".") and not n.endswith(".tmp"))
-        paths = [os.path.join(source.path, n) for n in names]
+        paths = [os.path.join(source.path, n) for n in source.files()]
     else:
         raise StreamError(f"the number of features of {source.describe()} must be given (n_features): "
                           "it cannot be read ahead without consuming the stream")
