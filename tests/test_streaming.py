@@ -143,6 +143,26 @@ def test_a_record_longer_than_the_read_chunk_is_an_error_not_a_stall(tmp_path):
     reader.close()
 
 
+@pytest.mark.parametrize("change", ["replaced", "removed"])
+def test_a_followed_file_replaced_or_removed_is_an_error_once_its_lines_are_read(tmp_path, change):
+    path = tmp_path / "s.csv"
+    path.write_text("1,2\n")
+    reader = _TextFileReader(str(path), RecordFormat("csv", 2), 0, follow=True)
+    assert reader.read(10).rows.tolist() == [[1, 2]]
+    with open(path, "a") as f:
+        f.write("3,4\n")  # still read: it is in the file the reader holds
+    if change == "replaced":  # as an atomic rename of a new file over it
+        (tmp_path / "new.csv").write_text("5,6\n7,8\n9,10\n")
+        os.rename(tmp_path / "new.csv", path)
+    else:
+        path.unlink()
+    assert reader.read(10).rows.tolist() == [[3, 4]]
+    with pytest.raises(StreamError, match=f"s.csv was {change} while followed \\(consumed up to byte offset 8\\): "
+                                          "a stream file must only grow in place"):
+        reader.read(10)
+    reader.close()
+
+
 def test_json_lines_and_directory_source(tmp_path):
     (tmp_path / "d").mkdir()
     records = [{"x": [i, i + 1], "y": i % 2} for i in range(30)]
