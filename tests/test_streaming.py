@@ -683,8 +683,11 @@ def test_hdf5_source_errors_close_the_file(tmp_path):
     with h5py.File(path, "w") as f:
         f["X"] = np.zeros((4, 3))
         f["flat"] = np.zeros(4)
+        f["words"] = np.array([[b"a", b"b", b"c", b"d", b"e"]])
+        f.create_group("g")
     for key, message in [("nope", "has no dataset 'nope'"), ("flat", "must be 2-D"),
-                         ("X", "has 3 columns, expected 5")]:
+                         ("X", "has 3 columns, expected 5"), ("g", "has no dataset 'g'"),
+                         ("words", "grow.h5#words must hold numbers, got dtype \\|S1")]:
         with pytest.raises(dm.StreamError, match=message) as raised:
             dm.HDF5Source(str(path), key).open(RecordFormat(n_features=4, has_target=True), 0, 1, None)
         # The traceback still holds the half-made reader: its file must be closed all the same.
