@@ -676,6 +676,17 @@ def test_csv_lines_with_wrong_field_counts_never_shift_into_rows():
         fmt.parse_text(b"1,2\n\n3,nan\n", lambda i: f"line {i}")
 
 
+def test_a_blank_csv_field_is_malformed_not_minus_one(tmp_path):
+    # A trailing comma before CRLF leaves a field of "\r"; NumPy's parser reads such a field as -1.
+    path = tmp_path / "crlf.csv"
+    path.write_bytes(b"1,2,0\r\n3,4,\r\n5, ,1\r\n6,7,1 \r\n")
+    rows, bad, _ = read_all(dm.FileSource(str(path), follow=False), RecordFormat("csv", 2, has_target=True), 1)
+    assert bad == 2 and rows.tolist() == [[1, 2, 0], [6, 7, 1]]
+    with pytest.raises(StreamError, match="malformed record at .*crlf.csv byte offset 7: could not convert"):
+        read_all(dm.FileSource(str(path), follow=False),
+                 RecordFormat("csv", 2, has_target=True, on_error="fail"), 1)
+
+
 def test_hdf5_source_errors_close_the_file(tmp_path):
     from drizzle_ml.streams import RecordFormat
 

@@ -13,6 +13,9 @@ from ..hashing import LINE_FORMATS, LineHasher, check_n_bits
 
 FORMATS = ("csv", "json", *LINE_FORMATS)
 ON_ERROR = ("skip", "fail")
+_BLANKS = (b" ", b"\t", b"\r", b"\v", b"\f")
+_SOLID = np.ones(256, dtype=np.int32)  # whether a byte is not blank
+_SOLID[[ord(blank) for blank in _BLANKS]] = 0
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors put at a text file's start
 
 
@@ -163,9 +166,18 @@ class RecordFormat:
         if not data.endswith(b"\n"):
             ends = np.append(ends, len(data))
         n_lines = len(ends)
-        commas_before_end = np.searchsorted(np.flatnonzero(raw == ord(",")), ends)
+        commas = np.flatnonzero(raw == ord(","))
+        commas_before_end = np.searchsorted(commas, ends)
         if np.any(np.diff(commas_before_end, prepend=0) != self.width - 1):
             return None
+        # NumPy reads a field of only blanks ("1, ,0", or "1,2,\r\n": a trailing comma
+        # before CRLF) as -1: every field must hold a non-blank byte.
+        if any(blank in data for blank in _BLANKS):
+            field_ends = np.column_stack([commas.reshape(n_lines, self.width - 1), ends]).ravel()
+            solid = np.zeros(len(raw) + 1, dtype=np.int32)
+            np.cumsum(_SOLID[raw], out=solid[1:])  # non-blank bytes before each position
+            if np.any(solid[field_ends] == solid[np.concatenate([[0], field_ends[:-1] + 1])]):
+                return None
         try:
             values = np.fromstring(data.replace(b"\n", b","), sep=",")
         except ValueError:
