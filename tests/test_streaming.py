@@ -103,6 +103,13 @@ def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path, n_partition
     assert peek_n_features(dm.FileSource(str(path)), RecordFormat("csv", None)) == 2
 
 
+def test_a_utf16_stream_file_is_named_as_such(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("1,2\n3,4\n", encoding="utf-16")  # as some spreadsheet programs save "Unicode text"
+    with pytest.raises(StreamError, match="s.csv is UTF-16 text: records must be UTF-8 \\(or ASCII\\) lines$"):
+        peek_n_features(dm.FileSource(str(path)), RecordFormat("csv", None))
+
+
 def test_malformed_records_are_skipped_and_counted_or_fail_with_the_offset(tmp_path):
     X = np.arange(20.0).reshape(10, 2)
     path = tmp_path / "s.csv"

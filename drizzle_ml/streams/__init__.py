@@ -103,9 +103,12 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lin
         raise StreamError(f"the number of features of {source.describe()} must be given (n_features): "
                           "it cannot be read ahead without consuming the stream")
     counts: Counter = Counter()
+    utf16 = []  # files that start with UTF-16's byte order mark: no line of them is a record
     for path in paths:
         with open(path, "rb") as f:
             head = f.read(limit).removeprefix(BOM)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            utf16.append(path)
         for line in head.split(b"\n")[:-1]:  # complete lines only
             if sum(counts.values()) >= lines:
                 break
@@ -120,5 +123,7 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lin
     if counts:
         width = counts.most_common(1)[0][0]  # ties: the first seen
         return width - int(fmt.has_target)
+    if utf16:
+        raise StreamError(f"{utf16[0]} is UTF-16 text: records must be UTF-8 (or ASCII) lines")
     raise StreamError(f"{source.describe()} has no complete record yet to tell the number of features; "
                       "pass n_features")
