@@ -492,6 +492,22 @@ def test_cli_stream_errors():
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_a_resumed_stream_says_where_it_began_and_its_rate_is_this_runs(tmp_path):
+    X, y = make_regression(300, 2, random_state=0)
+    path = tmp_path / "s.csv"
+    write_csv(path, X[:200], y[:200])
+    args = ["stream", "--source", f"file:{path}", "--algorithm", "linear", "--workers", "2", "--no-follow",
+            "--quiet", "--checkpoint-dir", str(tmp_path / "ck"), "-o", str(tmp_path / "m.h5")]
+    first = drizzle(*args)
+    assert first.returncode == 0 and "drizzle-ml: 200 records in " in first.stdout, first.stderr
+    write_csv(tmp_path / "more.csv", X[200:], y[200:])
+    with open(path, "a") as f:
+        f.write((tmp_path / "more.csv").read_text())
+    again = drizzle(*args, "--resume")
+    assert again.returncode == 0 and "drizzle-ml: 300 records (resumed at 200) in " in again.stdout, again.stderr
+    assert model_info(tmp_path / "m.h5")["extra"]["records"] == 300
+
+
 def test_one_odd_first_line_does_not_fix_the_record_format(tmp_path):
     X, y = make_classification(300, 3, n_informative=2, n_redundant=0, random_state=0)
     path = tmp_path / "s.csv"
