@@ -199,6 +199,14 @@ def test_a_subdirectory_a_fifo_or_a_dangling_link_in_a_stream_directory_is_no_fi
     assert peek_n_features(dm.DirectorySource(str(d)), RecordFormat("csv", None)) == 2
 
 
+def test_an_iterable_item_beyond_a_floats_range_is_malformed():
+    items = [([1, 2], 0), ([10**400, 2], 1), ([1, 2], 10**400), ([3, 4], 1)]
+    rows, bad, _ = read_all(dm.IterableSource(items), RecordFormat("csv", 2, has_target=True), 1)
+    assert bad == 2 and rows.tolist() == [[1, 2, 0], [3, 4, 1]]
+    with pytest.raises(StreamError, match="malformed record at item 1: int too large to convert to float"):
+        read_all(dm.IterableSource(items), RecordFormat("csv", 2, has_target=True, on_error="fail"), 1)
+
+
 def test_tcp_source_sends_its_offset_and_reads_lines(tmp_path):
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
