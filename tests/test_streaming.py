@@ -740,19 +740,31 @@ def test_a_quiet_directory_is_listed_every_few_milliseconds_not_every_poll(tmp_p
     import drizzle_ml.streams.directory as S
 
     listings = []
-    real = os.listdir
-    monkeypatch.setattr(S.os, "listdir", lambda p: listings.append(p) or real(p))
+    real = os.scandir
+    monkeypatch.setattr(S.os, "scandir", lambda p: listings.append(p) or real(p))
     reader = dm.DirectorySource(str(tmp_path)).open(RecordFormat(n_features=1, has_target=True), 0, 1, None)
     end = time.monotonic() + 0.05
     polls = 0
     while time.monotonic() < end:
         assert reader.read(10) is None
         polls += 1
-    assert polls > 100 and len(listings) <= 0.05 / reader.LISTING_INTERVAL + 2
+    assert polls > 100 and 1 <= len(listings) <= 0.05 / reader.LISTING_INTERVAL + 2
     (tmp_path / "a.csv").write_text("1,2\n")
     time.sleep(reader.LISTING_INTERVAL)
     assert reader.read(10).rows.tolist() == [[1.0, 2.0]]
     reader.close()
+
+
+def test_the_format_of_a_directory_of_many_files_is_told_by_its_first_ones(tmp_path, monkeypatch):
+    import builtins
+
+    for k in range(50):
+        (tmp_path / f"part-{k:03d}.csv").write_text("".join(f"{i},{k},1\n" for i in range(100)))
+    opened = []
+    real = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **kw: opened.append(path) or real(path, *a, **kw))
+    assert peek_n_features(dm.DirectorySource(str(tmp_path)), RecordFormat("csv", None, has_target=True)) == 2
+    assert len(opened) == 10  # 1000 records tell; not every file of the directory is read
 
 
 def test_the_online_learning_contract_is_declared():
