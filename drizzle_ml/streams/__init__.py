@@ -105,6 +105,8 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lin
     counts: Counter = Counter()
     utf16 = []  # files that start with UTF-16's byte order mark: no line of them is a record
     for path in paths:
+        if sum(counts.values()) >= lines:
+            break  # a directory of many files: the first ones tell, the rest are not opened
         with open(path, "rb") as f:
             head = f.read(limit).removeprefix(BOM)
         if head.startswith((b"\xff\xfe", b"\xfe\xff")):
