@@ -252,6 +252,15 @@ def test_bad_sources_are_clear_errors(tmp_path):
         dm.parse_source("ftp:x")
     with pytest.raises(StreamError, match="does not exist"):
         dm.parse_source(f"file:{tmp_path}/missing.csv").open(RecordFormat(), 0, 1, 0)
+    (tmp_path / "f.csv").write_text("1,2\n")
+    for source, message in [(f"file:{tmp_path}", f"stream file {tmp_path} is not a file$"),
+                            (f"h5:{tmp_path}#X", f"stream file {tmp_path} is not a file$"),
+                            (f"dir:{tmp_path}/f.csv", f"stream directory {tmp_path}/f.csv is not a directory$")]:
+        with pytest.raises(StreamError, match=message):
+            dm.parse_source(source).open(RecordFormat(), 0, 1, 0)
+        if not source.startswith("h5:"):
+            with pytest.raises(StreamError, match=message):
+                peek_n_features(dm.parse_source(source), RecordFormat())
     with pytest.raises(TypeError, match="use list"):
         dm.IterableSource(x for x in range(3))
     with pytest.raises(StreamError, match="cannot be read ahead"):

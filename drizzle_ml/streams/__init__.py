@@ -38,14 +38,14 @@ from .file import FileSource
 from .hdf5 import HDF5Source
 from .iterable import IterableSource, _flatten
 from .parquet import ParquetSource
-from .records import BOM, FORMATS, ON_ERROR, RecordFormat, StreamError, first_lines, too_long
+from .records import BOM, FORMATS, ON_ERROR, RecordFormat, StreamError, first_lines, not_there, too_long
 from .tcp import TCPSource
 
 __all__ = [
     "FORMATS", "ON_ERROR", "Batch", "Batching", "Chunk", "DirectorySource", "FileSource", "HDF5Source",
     "IterableSource", "ParquetSource", "PartitionReader", "RecordFormat", "Source", "StreamError", "StreamReader",
-    "StreamSpec", "TCPSource", "first_lines", "parse_source", "partition_key", "peek_n_features", "too_long",
-    "worker_partitions",
+    "StreamSpec", "TCPSource", "first_lines", "not_there", "parse_source", "partition_key", "peek_n_features",
+    "too_long", "worker_partitions",
 ]
 
 
@@ -93,11 +93,11 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lin
         return len(_flatten(source.items[0], fmt.has_target)) - int(fmt.has_target)
     if isinstance(source, FileSource):
         if not os.path.isfile(source.path):
-            raise StreamError(f"stream file {source.path} does not exist")
+            raise not_there("file", source.path)
         paths = [source.path]
     elif isinstance(source, DirectorySource):
         if not os.path.isdir(source.path):
-            raise StreamError(f"stream directory {source.path} does not exist")
+            raise not_there("directory", source.path)
         paths = [os.path.join(source.path, n) for n in source.files()]
     else:
         raise StreamError(f"the number of features of {source.describe()} must be given (n_features): "

@@ -10,7 +10,7 @@ from typing import Any
 
 from .base import Chunk, PartitionReader, Source
 from .file import _TextFileReader
-from .records import RecordFormat, StreamError
+from .records import RecordFormat, not_there
 
 
 class _DirectoryReader(PartitionReader):
@@ -47,7 +47,7 @@ class _DirectoryReader(PartitionReader):
         try:
             names = self.source.files()
         except FileNotFoundError:
-            raise StreamError(f"stream directory {self.source.path} does not exist") from None
+            raise not_there("directory", self.source.path) from None
         return [n for n in names if zlib.crc32(n.encode()) % self.n_partitions == self.partition]
 
     def _advance(self) -> bool:
@@ -97,7 +97,7 @@ class DirectorySource(Source):
 
     def open(self, fmt, partition, n_partitions, offset):
         if not os.path.isdir(self.path):
-            raise StreamError(f"stream directory {self.path} does not exist")
+            raise not_there("directory", self.path)
         return _DirectoryReader(self, fmt, partition, n_partitions, offset)
 
     def wanted(self, name: str) -> bool:

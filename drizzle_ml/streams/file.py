@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Chunk, PartitionReader, Source, _Arrivals
-from .records import BOM, RecordFormat, StreamError, first_lines, too_long
+from .records import BOM, RecordFormat, StreamError, first_lines, not_there, too_long
 
 
 class _TextFileReader(PartitionReader):
@@ -147,7 +147,7 @@ class FileSource(Source):
 
     def open(self, fmt, partition, n_partitions, offset):
         if not os.path.isfile(self.path):
-            raise StreamError(f"stream file {self.path} does not exist")
+            raise not_there("file", self.path)
         return _TextFileReader(self.path, fmt, int(offset or 0), self.follow, self.block_size,
                                partition, n_partitions)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .base import Chunk, PartitionReader, Source, _Arrivals
-from .records import RecordFormat, StreamError
+from .records import RecordFormat, StreamError, not_there
 
 
 class _HDF5Reader(PartitionReader):
@@ -101,7 +101,7 @@ class HDF5Source(Source):
 
     def open(self, fmt, partition, n_partitions, offset):
         if not os.path.isfile(self.path):
-            raise StreamError(f"stream file {self.path} does not exist")
+            raise not_there("file", self.path)
         return _HDF5Reader(self, fmt, partition, n_partitions, offset)
 
     def describe(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -218,6 +219,12 @@ def first_lines(data: bytes, n: int) -> bytes:
         return data
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
     return data[: int(ends[n - 1]) + 1]
+
+
+def not_there(kind: str, path: str) -> StreamError:
+    """The error for a stream ``kind`` ("file" or "directory") that is missing, or is something else."""
+    return StreamError(f"stream {kind} {path} " + ("does not exist" if not os.path.exists(path)
+                                                   else f"is not a {kind}"))
 
 
 def too_long(where: str, limit: int) -> StreamError:
