@@ -311,8 +311,10 @@ def run_stream(args: argparse.Namespace) -> int:
         if server is not None:
             server.close()
     wall = time.perf_counter() - t0
-    print(f"drizzle-ml: {estimator.records_seen_} records in {estimator.n_iter_} micro-batches, "
-          f"{estimator.records_seen_ / wall:,.0f} records/s; {estimator.malformed_} malformed skipped; "
+    ran = int(totals["records"])  # a resumed stream read only those after its checkpoint
+    resumed = f" (resumed at {estimator.records_seen_ - ran})" if ran < estimator.records_seen_ else ""
+    print(f"drizzle-ml: {estimator.records_seen_} records{resumed} in {estimator.n_iter_} micro-batches, "
+          f"{ran / wall:,.0f} records/s; {estimator.malformed_} malformed skipped; "
           f"model version {estimator.model_version_}" + _unpublished(estimator.stream_stats_["unpublished"]),
           flush=True)
     if not estimator.records_seen_:

@@ -103,6 +103,13 @@ def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path, n_partition
     assert peek_n_features(dm.FileSource(str(path)), RecordFormat("csv", None)) == 2
 
 
+def test_a_utf16_stream_file_is_named_as_such(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("1,2\n3,4\n", encoding="utf-16")  # as some spreadsheet programs save "Unicode text"
+    with pytest.raises(StreamError, match="s.csv is UTF-16 text: records must be UTF-8 \\(or ASCII\\) lines$"):
+        peek_n_features(dm.FileSource(str(path)), RecordFormat("csv", None))
+
+
 def test_malformed_records_are_skipped_and_counted_or_fail_with_the_offset(tmp_path):
     X = np.arange(20.0).reshape(10, 2)
     path = tmp_path / "s.csv"
@@ -120,12 +127,45 @@ def test_malformed_records_are_skipped_and_counted_or_fail_with_the_offset(tmp_p
     assert bad == 1 and rows.tolist() == [[1, 0], [2, 1]]
 
 
+def test_json_records_nested_too_deep_or_too_large_or_with_a_string_x_are_malformed(tmp_path):
+    path = tmp_path / "s.jsonl"
+    garbage = ["[" * 100_000, "[1, " + "9" * 400 + ", 0]", '{"x": "12", "y": 0}']
+    path.write_text("".join(line + "\n" for line in ['{"x": [1, 2], "y": 0}', *garbage, "[3, 4, 1]"]))
+    rows, bad, _ = read_all(dm.FileSource(str(path), follow=False), RecordFormat("json", 2, has_target=True), 1)
+    assert bad == 3 and rows.tolist() == [[1, 2, 0], [3, 4, 1]]
+    for line in garbage:
+        path.write_text(line + "\n")
+        with pytest.raises(StreamError, match="malformed record at .*s.jsonl byte offset 0: .*on_error='fail'"):
+            read_all(dm.FileSource(str(path), follow=False),
+                     RecordFormat("json", 2, has_target=True, on_error="fail"), 1)
+
+
 def test_a_record_longer_than_the_read_chunk_is_an_error_not_a_stall(tmp_path):
     path = tmp_path / "long.csv"
     path.write_text("1,2\n" + "3," * 100)  # a writer that never ends its line
     reader = _TextFileReader(str(path), RecordFormat("csv", 2), 0, follow=True, chunk_bytes=64)
     assert reader.read(10).rows.tolist() == [[1, 2]]
     with pytest.raises(StreamError, match="long.csv byte offset 4: a record longer than 64 bytes"):
+        reader.read(10)
+    reader.close()
+
+
+@pytest.mark.parametrize("change", ["replaced", "removed"])
+def test_a_followed_file_replaced_or_removed_is_an_error_once_its_lines_are_read(tmp_path, change):
+    path = tmp_path / "s.csv"
+    path.write_text("1,2\n")
+    reader = _TextFileReader(str(path), RecordFormat("csv", 2), 0, follow=True)
+    assert reader.read(10).rows.tolist() == [[1, 2]]
+    with open(path, "a") as f:
+        f.write("3,4\n")  # still read: it is in the file the reader holds
+    if change == "replaced":  # as an atomic rename of a new file over it
+        (tmp_path / "new.csv").write_text("5,6\n7,8\n9,10\n")
+        os.rename(tmp_path / "new.csv", path)
+    else:
+        path.unlink()
+    assert reader.read(10).rows.tolist() == [[3, 4]]
+    with pytest.raises(StreamError, match=f"s.csv was {change} while followed \\(consumed up to byte offset 8\\): "
+                                          "a stream file must only grow in place"):
         reader.read(10)
     reader.close()
 
@@ -144,6 +184,27 @@ def test_json_lines_and_directory_source(tmp_path):
     assert bad == 0 and same_rows(rows, expect)
     assert all(set(v) == {"file", "pos"} for v in ends.values())
     assert peek_n_features(dm.DirectorySource(str(tmp_path / "d")), fmt) == 2
+
+
+def test_a_subdirectory_a_fifo_or_a_dangling_link_in_a_stream_directory_is_no_file_of_it(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.csv").write_text("1,2\n")
+    (d / "b.csv").mkdir()  # as a Spark job's output directory
+    os.mkfifo(d / "c.csv")  # opening it would block the reader
+    (d / "e.csv").symlink_to(tmp_path / "gone.csv")
+    (d / "f.csv").write_text("3,4\n")
+    rows, bad, ends = read_all(dm.DirectorySource(str(d), follow=False), RecordFormat("csv", 2), 1)
+    assert bad == 0 and rows.tolist() == [[1, 2], [3, 4]] and ends == {"p0": {"file": "f.csv", "pos": 4}}
+    assert peek_n_features(dm.DirectorySource(str(d)), RecordFormat("csv", None)) == 2
+
+
+def test_an_iterable_item_beyond_a_floats_range_is_malformed():
+    items = [([1, 2], 0), ([10**400, 2], 1), ([1, 2], 10**400), ([3, 4], 1)]
+    rows, bad, _ = read_all(dm.IterableSource(items), RecordFormat("csv", 2, has_target=True), 1)
+    assert bad == 2 and rows.tolist() == [[1, 2, 0], [3, 4, 1]]
+    with pytest.raises(StreamError, match="malformed record at item 1: int too large to convert to float"):
+        read_all(dm.IterableSource(items), RecordFormat("csv", 2, has_target=True, on_error="fail"), 1)
 
 
 def test_tcp_source_sends_its_offset_and_reads_lines(tmp_path):
@@ -191,6 +252,15 @@ def test_bad_sources_are_clear_errors(tmp_path):
         dm.parse_source("ftp:x")
     with pytest.raises(StreamError, match="does not exist"):
         dm.parse_source(f"file:{tmp_path}/missing.csv").open(RecordFormat(), 0, 1, 0)
+    (tmp_path / "f.csv").write_text("1,2\n")
+    for source, message in [(f"file:{tmp_path}", f"stream file {tmp_path} is not a file$"),
+                            (f"h5:{tmp_path}#X", f"stream file {tmp_path} is not a file$"),
+                            (f"dir:{tmp_path}/f.csv", f"stream directory {tmp_path}/f.csv is not a directory$")]:
+        with pytest.raises(StreamError, match=message):
+            dm.parse_source(source).open(RecordFormat(), 0, 1, 0)
+        if not source.startswith("h5:"):
+            with pytest.raises(StreamError, match=message):
+                peek_n_features(dm.parse_source(source), RecordFormat())
     with pytest.raises(TypeError, match="use list"):
         dm.IterableSource(x for x in range(3))
     with pytest.raises(StreamError, match="cannot be read ahead"):
@@ -439,6 +509,22 @@ def test_cli_stream_errors():
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_a_resumed_stream_says_where_it_began_and_its_rate_is_this_runs(tmp_path):
+    X, y = make_regression(300, 2, random_state=0)
+    path = tmp_path / "s.csv"
+    write_csv(path, X[:200], y[:200])
+    args = ["stream", "--source", f"file:{path}", "--algorithm", "linear", "--workers", "2", "--no-follow",
+            "--quiet", "--checkpoint-dir", str(tmp_path / "ck"), "-o", str(tmp_path / "m.h5")]
+    first = drizzle(*args)
+    assert first.returncode == 0 and "drizzle-ml: 200 records in " in first.stdout, first.stderr
+    write_csv(tmp_path / "more.csv", X[200:], y[200:])
+    with open(path, "a") as f:
+        f.write((tmp_path / "more.csv").read_text())
+    again = drizzle(*args, "--resume")
+    assert again.returncode == 0 and "drizzle-ml: 300 records (resumed at 200) in " in again.stdout, again.stderr
+    assert model_info(tmp_path / "m.h5")["extra"]["records"] == 300
+
+
 def test_one_odd_first_line_does_not_fix_the_record_format(tmp_path):
     X, y = make_classification(300, 3, n_informative=2, n_redundant=0, random_state=0)
     path = tmp_path / "s.csv"
@@ -630,6 +716,17 @@ def test_csv_lines_with_wrong_field_counts_never_shift_into_rows():
         fmt.parse_text(b"1,2\n\n3,nan\n", lambda i: f"line {i}")
 
 
+def test_a_blank_csv_field_is_malformed_not_minus_one(tmp_path):
+    # A trailing comma before CRLF leaves a field of "\r"; NumPy's parser reads such a field as -1.
+    path = tmp_path / "crlf.csv"
+    path.write_bytes(b"1,2,0\r\n3,4,\r\n5, ,1\r\n6,7,1 \r\n")
+    rows, bad, _ = read_all(dm.FileSource(str(path), follow=False), RecordFormat("csv", 2, has_target=True), 1)
+    assert bad == 2 and rows.tolist() == [[1, 2, 0], [6, 7, 1]]
+    with pytest.raises(StreamError, match="malformed record at .*crlf.csv byte offset 7: could not convert"):
+        read_all(dm.FileSource(str(path), follow=False),
+                 RecordFormat("csv", 2, has_target=True, on_error="fail"), 1)
+
+
 def test_hdf5_source_errors_close_the_file(tmp_path):
     from drizzle_ml.streams import RecordFormat
 
@@ -637,8 +734,11 @@ def test_hdf5_source_errors_close_the_file(tmp_path):
     with h5py.File(path, "w") as f:
         f["X"] = np.zeros((4, 3))
         f["flat"] = np.zeros(4)
+        f["words"] = np.array([[b"a", b"b", b"c", b"d", b"e"]])
+        f.create_group("g")
     for key, message in [("nope", "has no dataset 'nope'"), ("flat", "must be 2-D"),
-                         ("X", "has 3 columns, expected 5")]:
+                         ("X", "has 3 columns, expected 5"), ("g", "has no dataset 'g'"),
+                         ("words", "grow.h5#words must hold numbers, got dtype \\|S1")]:
         with pytest.raises(dm.StreamError, match=message) as raised:
             dm.HDF5Source(str(path), key).open(RecordFormat(n_features=4, has_target=True), 0, 1, None)
         # The traceback still holds the half-made reader: its file must be closed all the same.
@@ -649,19 +749,31 @@ def test_a_quiet_directory_is_listed_every_few_milliseconds_not_every_poll(tmp_p
     import drizzle_ml.streams.directory as S
 
     listings = []
-    real = os.listdir
-    monkeypatch.setattr(S.os, "listdir", lambda p: listings.append(p) or real(p))
+    real = os.scandir
+    monkeypatch.setattr(S.os, "scandir", lambda p: listings.append(p) or real(p))
     reader = dm.DirectorySource(str(tmp_path)).open(RecordFormat(n_features=1, has_target=True), 0, 1, None)
     end = time.monotonic() + 0.05
     polls = 0
     while time.monotonic() < end:
         assert reader.read(10) is None
         polls += 1
-    assert polls > 100 and len(listings) <= 0.05 / reader.LISTING_INTERVAL + 2
+    assert polls > 100 and 1 <= len(listings) <= 0.05 / reader.LISTING_INTERVAL + 2
     (tmp_path / "a.csv").write_text("1,2\n")
     time.sleep(reader.LISTING_INTERVAL)
     assert reader.read(10).rows.tolist() == [[1.0, 2.0]]
     reader.close()
+
+
+def test_the_format_of_a_directory_of_many_files_is_told_by_its_first_ones(tmp_path, monkeypatch):
+    import builtins
+
+    for k in range(50):
+        (tmp_path / f"part-{k:03d}.csv").write_text("".join(f"{i},{k},1\n" for i in range(100)))
+    opened = []
+    real = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **kw: opened.append(path) or real(path, *a, **kw))
+    assert peek_n_features(dm.DirectorySource(str(tmp_path)), RecordFormat("csv", None, has_target=True)) == 2
+    assert len(opened) == 10  # 1000 records tell; not every file of the directory is read
 
 
 def test_the_online_learning_contract_is_declared():

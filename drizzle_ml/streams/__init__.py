@@ -38,14 +38,14 @@ from .file import FileSource
 from .hdf5 import HDF5Source
 from .iterable import IterableSource, _flatten
 from .parquet import ParquetSource
-from .records import BOM, FORMATS, ON_ERROR, RecordFormat, StreamError, first_lines, too_long
+from .records import BOM, FORMATS, ON_ERROR, RecordFormat, StreamError, first_lines, not_there, too_long
 from .tcp import TCPSource
 
 __all__ = [
     "FORMATS", "ON_ERROR", "Batch", "Batching", "Chunk", "DirectorySource", "FileSource", "HDF5Source",
     "IterableSource", "ParquetSource", "PartitionReader", "RecordFormat", "Source", "StreamError", "StreamReader",
-    "StreamSpec", "TCPSource", "first_lines", "parse_source", "partition_key", "peek_n_features", "too_long",
-    "worker_partitions",
+    "StreamSpec", "TCPSource", "first_lines", "not_there", "parse_source", "partition_key", "peek_n_features",
+    "too_long", "worker_partitions",
 ]
 
 
@@ -93,20 +93,24 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lin
         return len(_flatten(source.items[0], fmt.has_target)) - int(fmt.has_target)
     if isinstance(source, FileSource):
         if not os.path.isfile(source.path):
-            raise StreamError(f"stream file {source.path} does not exist")
+            raise not_there("file", source.path)
         paths = [source.path]
     elif isinstance(source, DirectorySource):
         if not os.path.isdir(source.path):
-            raise StreamError(f"stream directory {source.path} does not exist")
-        names = sorted(n for n in os.listdir(source.path) if not n.startswith(".") and not n.endswith(".tmp"))
-        paths = [os.path.join(source.path, n) for n in names]
+            raise not_there("directory", source.path)
+        paths = [os.path.join(source.path, n) for n in source.files()]
     else:
         raise StreamError(f"the number of features of {source.describe()} must be given (n_features): "
                           "it cannot be read ahead without consuming the stream")
     counts: Counter = Counter()
+    utf16 = []  # files that start with UTF-16's byte order mark: no line of them is a record
     for path in paths:
+        if sum(counts.values()) >= lines:
+            break  # a directory of many files: the first ones tell, the rest are not opened
         with open(path, "rb") as f:
             head = f.read(limit).removeprefix(BOM)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            utf16.append(path)
         for line in head.split(b"\n")[:-1]:  # complete lines only
             if sum(counts.values()) >= lines:
                 break
@@ -121,5 +125,7 @@ def peek_n_features(source: Source, fmt: RecordFormat, limit: int = 1 << 16, lin
     if counts:
         width = counts.most_common(1)[0][0]  # ties: the first seen
         return width - int(fmt.has_target)
+    if utf16:
+        raise StreamError(f"{utf16[0]} is UTF-16 text: records must be UTF-8 (or ASCII) lines")
     raise StreamError(f"{source.describe()} has no complete record yet to tell the number of features; "
                       "pass n_features")

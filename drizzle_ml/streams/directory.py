@@ -10,7 +10,7 @@ from typing import Any
 
 from .base import Chunk, PartitionReader, Source
 from .file import _TextFileReader
-from .records import RecordFormat, StreamError
+from .records import RecordFormat, not_there
 
 
 class _DirectoryReader(PartitionReader):
@@ -45,11 +45,10 @@ class _DirectoryReader(PartitionReader):
 
     def _mine(self) -> list[str]:
         try:
-            names = os.listdir(self.source.path)
+            names = self.source.files()
         except FileNotFoundError:
-            raise StreamError(f"stream directory {self.source.path} does not exist") from None
-        return sorted(n for n in names if self.source.wanted(n)
-                      and zlib.crc32(n.encode()) % self.n_partitions == self.partition)
+            raise not_there("directory", self.source.path) from None
+        return [n for n in names if zlib.crc32(n.encode()) % self.n_partitions == self.partition]
 
     def _advance(self) -> bool:
         """Move to this partition's next file after ``name``; False when there is none (yet)."""
@@ -98,12 +97,18 @@ class DirectorySource(Source):
 
     def open(self, fmt, partition, n_partitions, offset):
         if not os.path.isdir(self.path):
-            raise StreamError(f"stream directory {self.path} does not exist")
+            raise not_there("directory", self.path)
         return _DirectoryReader(self, fmt, partition, n_partitions, offset)
 
     def wanted(self, name: str) -> bool:
         """Whether a directory entry is one of the stream's files."""
         return not name.startswith(".") and not name.endswith(".tmp")
+
+    def files(self) -> list[str]:
+        """The stream's files in the directory now, in name order: wanted names of regular files
+        (a subdirectory, a FIFO or a dangling link is none; opening one would fail or block)."""
+        with os.scandir(self.path) as entries:
+            return sorted(e.name for e in entries if self.wanted(e.name) and e.is_file())
 
     def open_file(self, path: str, fmt: RecordFormat, pos: int) -> PartitionReader:
         """A reader of one complete file from position ``pos`` on."""

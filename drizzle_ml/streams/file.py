@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .base import Chunk, PartitionReader, Source, _Arrivals
-from .records import BOM, RecordFormat, StreamError, first_lines, too_long
+from .records import BOM, RecordFormat, StreamError, first_lines, not_there, too_long
 
 
 class _TextFileReader(PartitionReader):
@@ -20,6 +21,8 @@ class _TextFileReader(PartitionReader):
     Without it the whole file is this partition's (a directory source).
     """
 
+    CHECK_INTERVAL = 0.05
+
     def __init__(self, path: str, fmt: RecordFormat, pos: int, follow: bool,
                  block_size: int | None = None, partition: int = 0, n_partitions: int = 1,
                  chunk_bytes: int = 1 << 20):
@@ -29,6 +32,7 @@ class _TextFileReader(PartitionReader):
         self.fd = os.open(path, os.O_RDONLY)
         self.arrivals = _Arrivals()
         self.ended = False
+        self.next_check = 0.0  # monotonic time before which a followed file is not checked again
 
     @property
     def offset(self) -> int:
@@ -55,6 +59,25 @@ class _TextFileReader(PartitionReader):
             probe += len(data)
         return None
 
+    def _check_same_file(self) -> None:
+        """A followed file renamed over or removed gets nothing more: an error, not a wait without end.
+
+        Checked when this partition has read everything of the file it holds open, at most
+        every ``CHECK_INTERVAL`` seconds (the reader is polled every 0.25 ms).
+        """
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + self.CHECK_INTERVAL
+        held = os.fstat(self.fd)
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            named = None
+        if named is None or (named.st_ino, named.st_dev) != (held.st_ino, held.st_dev):
+            raise StreamError(f"{self.path} was {'removed' if named is None else 'replaced'} while followed "
+                              f"(consumed up to byte offset {self.pos}): a stream file must only grow in place")
+
     def read(self, max_records: int) -> Chunk | None:
         size = os.fstat(self.fd).st_size
         if size < self.pos:
@@ -66,6 +89,8 @@ class _TextFileReader(PartitionReader):
             if start is not None:
                 self.pos = start
             self.ended = not self.follow
+            if self.follow:
+                self._check_same_file()
             return None
         self.pos = start
         block_end = (None if self.block_size is None
@@ -122,7 +147,7 @@ class FileSource(Source):
 
     def open(self, fmt, partition, n_partitions, offset):
         if not os.path.isfile(self.path):
-            raise StreamError(f"stream file {self.path} does not exist")
+            raise not_there("file", self.path)
         return _TextFileReader(self.path, fmt, int(offset or 0), self.follow, self.block_size,
                                partition, n_partitions)
 

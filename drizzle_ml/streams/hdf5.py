@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .base import Chunk, PartitionReader, Source, _Arrivals
-from .records import RecordFormat, StreamError
+from .records import RecordFormat, StreamError, not_there
 
 
 class _HDF5Reader(PartitionReader):
@@ -43,11 +43,15 @@ class _HDF5Reader(PartitionReader):
         self.ended = False
 
     def _check_dataset(self, source: HDF5Source, fmt: RecordFormat) -> Any:
-        if source.key not in self.file:
+        import h5py
+
+        if not isinstance(self.file.get(source.key), h5py.Dataset):  # missing, or a group
             raise StreamError(f"{source.path} has no dataset {source.key!r}")
         dset = self.file[source.key]
         if dset.ndim != 2:
             raise StreamError(f"{source.path}#{source.key} must be 2-D (records x fields), got shape {dset.shape}")
+        if not (np.issubdtype(dset.dtype, np.number) or dset.dtype == np.bool_):
+            raise StreamError(f"{source.path}#{source.key} must hold numbers, got dtype {dset.dtype}")
         width = dset.shape[1]
         if fmt.n_features is None:
             fmt.n_features = width - int(fmt.has_target)
@@ -97,7 +101,7 @@ class HDF5Source(Source):
 
     def open(self, fmt, partition, n_partitions, offset):
         if not os.path.isfile(self.path):
-            raise StreamError(f"stream file {self.path} does not exist")
+            raise not_there("file", self.path)
         return _HDF5Reader(self, fmt, partition, n_partitions, offset)
 
     def describe(self) -> str:

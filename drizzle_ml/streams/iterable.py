@@ -39,7 +39,7 @@ class _IterableReader(PartitionReader):
         for i, item in enumerate(picked):
             try:
                 values = np.asarray(_flatten(item, self.fmt.has_target), dtype=np.float64)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int beyond a float's range
                 n_bad += 1
                 self.fmt.fail(f"item {start + i * self.n_partitions}", str(exc))
                 continue

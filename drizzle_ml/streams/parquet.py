@@ -133,7 +133,7 @@ class ParquetSource(DirectorySource):
         target = (self.target or DEFAULT_TARGET) if has_target else None
         if self.features is not None:
             return ParquetSource(self.path, self.follow, list(self.features), target)
-        names = sorted(n for n in os.listdir(self.path) if self.wanted(n)) if os.path.isdir(self.path) else []
+        names = self.files() if os.path.isdir(self.path) else []
         if not names:
             raise StreamError(f"{self.describe()} has no Parquet file yet to tell the feature columns; "
                               "name them (features)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,9 @@ from ..hashing import LINE_FORMATS, LineHasher, check_n_bits
 
 FORMATS = ("csv", "json", *LINE_FORMATS)
 ON_ERROR = ("skip", "fail")
+_BLANKS = (b" ", b"\t", b"\r", b"\v", b"\f")
+_SOLID = np.ones(256, dtype=np.int32)  # whether a byte is not blank
+_SOLID[[ord(blank) for blank in _BLANKS]] = 0
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors put at a text file's start
 
 
@@ -163,9 +167,18 @@ class RecordFormat:
         if not data.endswith(b"\n"):
             ends = np.append(ends, len(data))
         n_lines = len(ends)
-        commas_before_end = np.searchsorted(np.flatnonzero(raw == ord(",")), ends)
+        commas = np.flatnonzero(raw == ord(","))
+        commas_before_end = np.searchsorted(commas, ends)
         if np.any(np.diff(commas_before_end, prepend=0) != self.width - 1):
             return None
+        # NumPy reads a field of only blanks ("1, ,0", or "1,2,\r\n": a trailing comma
+        # before CRLF) as -1: every field must hold a non-blank byte.
+        if any(blank in data for blank in _BLANKS):
+            field_ends = np.column_stack([commas.reshape(n_lines, self.width - 1), ends]).ravel()
+            solid = np.zeros(len(raw) + 1, dtype=np.int32)
+            np.cumsum(_SOLID[raw], out=solid[1:])  # non-blank bytes before each position
+            if np.any(solid[field_ends] == solid[np.concatenate([[0], field_ends[:-1] + 1])]):
+                return None
         try:
             values = np.fromstring(data.replace(b"\n", b","), sep=",")
         except ValueError:
@@ -177,14 +190,19 @@ class RecordFormat:
     def _parse_line(self, line: bytes) -> list[float]:
         if self.kind == "csv":
             return [float(token) for token in line.split(b",")]
-        obj = json.loads(line)
-        if isinstance(obj, dict):
-            x = [float(v) for v in obj["x"]]
-            if self.has_target:
-                x.append(float(obj["y"]))
-            return x
-        if isinstance(obj, list):
-            return [float(v) for v in obj]
+        try:  # a line nested thousands deep, or an integer beyond a float's range, is one bad record
+            obj = json.loads(line)
+            if isinstance(obj, dict):
+                if not isinstance(obj["x"], list):  # a string would be read as one feature per character
+                    raise TypeError(f'"x" must be a list of numbers, got {type(obj["x"]).__name__}')
+                x = [float(v) for v in obj["x"]]
+                if self.has_target:
+                    x.append(float(obj["y"]))
+                return x
+            if isinstance(obj, list):
+                return [float(v) for v in obj]
+        except (RecursionError, OverflowError) as exc:
+            raise ValueError(str(exc)) from None
         raise TypeError(f"a JSON record must be an object or a list, got {type(obj).__name__}")
 
 
@@ -201,6 +219,12 @@ def first_lines(data: bytes, n: int) -> bytes:
         return data
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
     return data[: int(ends[n - 1]) + 1]
+
+
+def not_there(kind: str, path: str) -> StreamError:
+    """The error for a stream ``kind`` ("file" or "directory") that is missing, or is something else."""
+    return StreamError(f"stream {kind} {path} " + ("does not exist" if not os.path.exists(path)
+                                                   else f"is not a {kind}"))
 
 
 def too_long(where: str, limit: int) -> StreamError:
