@@ -162,6 +162,7 @@ class RecordFormat:
         # short line, a word) falls back to the line-by-line path. Every line
         # must have width - 1 commas: a total count alone would let a long and
         # a short line make up for each other.
+        data = data.replace(b"\r\n", b"\n")  # Windows line ends: then the blank check below is rarely due
         raw = np.frombuffer(data, dtype=np.uint8)
         ends = np.flatnonzero(raw == ord("\n"))
         if not data.endswith(b"\n"):
