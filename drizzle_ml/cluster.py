@@ -237,8 +237,8 @@ class Cluster:
                         first_sleep=first_sleep, timeout=limit, max_sleep=max_sleep, sleep=self.doorbell.sleep,
                         bell=bell, spin=spin)
         except WaitTimeout:
-            missing = silent() if silent is not None else []
-            detail = f" (no answer from worker {', '.join(map(str, missing)) or '?'})" if silent is not None else ""
+            missing = silent() if silent is not None else None
+            detail = "" if missing is None else f" (no answer from worker {', '.join(map(str, missing)) or '?'})"
             self._fail(WorkerTimeoutError(
                 f"timed out after {limit:.3g} s waiting for {what}; the cluster has been shut down{detail}",
                 missing[0] if missing else None))
@@ -321,9 +321,11 @@ class Cluster:
                 (got if accept(obj) else self._backlog).append(obj)
             return len(got) >= count
 
+        def silent() -> list[int]:
+            return sorted(set(range(self.n_workers)) - {getattr(m, "worker", -1) for m in got})
+
         # A worker's own failure report (a peer of it hung) is raised as it is, from test().
-        self.wait(test, what, silent=lambda: sorted(set(range(self.n_workers)) - {getattr(m, "worker", -1)
-                                                                                  for m in got}), **wait)
+        self.wait(test, what, silent=silent, **wait)
         return got
 
     def collect(self, accept: Callable[[Any], bool], count: int, what: str, **kw: Any) -> list[Any]:

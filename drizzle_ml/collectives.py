@@ -401,12 +401,12 @@ class SparseShardPull:
 
     def __init__(self, comm: MPI.Intracomm, shard: Shard, keys: tuple[str, ...], plan: SparseExchange):
         self.keys, self.plan = keys, plan
-        self.full, self.by_coordinate, self.send, self.recv, self.collectives = {}, {}, {}, {}, []
+        self.full, self.by_coordinate, self.rows, self.send, self.recv, self.collectives = {}, {}, {}, {}, {}, []
         self._arguments = []  # the collectives' arguments hold their counts: kept with them
         for key in keys:
             buffer, self.full[key] = _by_coordinate(key, np.asarray(shard.gathered[key]))
             self.by_coordinate[key] = buffer
-            rows = buffer.shape[1]
+            rows = self.rows[key] = buffer.shape[1]
             send, recv = plan.values_out(rows)
             self._arguments.append((send, recv))
             self.send[key], self.recv[key] = send[0].reshape(-1, rows), recv[0].reshape(-1, rows)
@@ -414,8 +414,7 @@ class SparseShardPull:
 
     def start(self, model: dict) -> None:
         for key, collective in zip(self.keys, self.collectives):
-            rows = self.by_coordinate[key].shape[1]
-            np.take(_rows_of(model[key], rows), self.plan.local, axis=0, out=self.send[key])
+            np.take(_rows_of(model[key], self.rows[key]), self.plan.local, axis=0, out=self.send[key])
             collective.start()
 
     def test(self) -> bool:
